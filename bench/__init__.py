@@ -1,0 +1,1 @@
+"""Benchmarks of FusedGate against torch's fused AdamW, installed as ``fusedgate.bench``."""

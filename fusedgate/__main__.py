@@ -1,0 +1,3 @@
+from fusedgate.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""The ``fusedgate`` command line.
+
+Each subcommand lives in its own module, imported only when that subcommand runs, so
+``fusedgate --version`` never pays for torch or Triton. A subcommand module provides
+
+    add_arguments(parser: argparse.ArgumentParser) -> None
+    main(args: argparse.Namespace) -> int | None
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from fusedgate import __version__
+
+# name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "spec": ("fusedgate.spec_cli", "show or validate a GateSpec JSON file"),
+    "train": ("fusedgate.nanochat.cli", "train a NanoChat model (baseline, FusedGate or AdamW)"),
+    "search": ("fusedgate.search.cli", "evolutionary search over the spec DSL"),
+    "brain-eval": ("fusedgate.brain_eval", "evaluate OptBrain against its base optimizers"),
+    "bench": ("fusedgate.bench.cli", "benchmark FusedGate against torch's fused AdamW"),
+}
+
+
+def _chosen_subcommand(argv: list[str]) -> str | None:
+    for token in argv:
+        if not token.startswith("-"):
+            return token if token in SUBCOMMANDS else None
+    return None
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fusedgate", description="Training-phase-aware optimizer tools.")
+    parser.add_argument("--version", action="version", version=f"fusedgate {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = _chosen_subcommand(argv)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub)
+            sub.set_defaults(_run=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    code = args._run(args)
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Evolutionary search over the GateSpec DSL (see fusedgate.search.cli)."""

@@ -1,0 +1,294 @@
+"""The GateSpec DSL: a bounded, frozen, JSON-serialisable description of FusedGate's behaviour.
+
+A spec has four parts.
+
+* **Base update** (defaults for every param group): ``lr``, ``beta1``, ``beta2``, ``eps``,
+  ``weight_decay`` (decoupled, AdamW-style), ``momentum``, ``nesterov``, ``ns_steps`` and
+  ``units``. ``units`` says what ``lr`` means for matrix params: ``"adam"`` — lr scales the Adam
+  direction exactly as in ``torch.optim.AdamW``; ``"muon"`` — lr scales the Newton–Schulz
+  direction with nanochat's shape factor, exactly as in Muon. Groups passed with
+  ``kind='muon'`` always use ``"muon"`` units.
+* **Sensor EMA decays**: ``ema_loss``, ``ema_loss_improvement``, ``ema_grad_norm``,
+  ``ema_update_ratio``, ``ema_grad_alignment`` (the sixth sensor, step fraction, has none).
+* **Gate**: ``gate_bias``, one weight per sensor (``w_*``) and ``sharpness``;
+  g = sigmoid(sharpness · (bias + Σ wᵢ·sᵢ)) over the normalised sensors sᵢ (see ``fusedgate.gate``).
+* **Poles**: an ``aggressive`` and a ``conservative`` :class:`Pole`, each holding a value for the
+  five actuators. Each actuator is lerp(conservative, aggressive, g).
+
+Every number is checked against hard bounds at construction; a violation raises
+:class:`SpecError` naming the field, the value and the bound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+SPEC_VERSION = 1
+
+
+class SpecError(ValueError):
+    """A GateSpec field is missing, unknown, of the wrong type or out of its bounds."""
+
+
+@dataclass(frozen=True)
+class Bound:
+    lo: float
+    hi: float
+    kind: type = float
+
+    def check(self, name: str, value: Any) -> Any:
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise SpecError(f"{name}={value!r}: expected a bool")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpecError(f"{name}={value!r}: expected a number in [{self.lo}, {self.hi}]")
+        if self.kind is int:
+            if not math.isfinite(value) or float(value) != int(value):
+                raise SpecError(f"{name}={value!r}: expected an integer in [{self.lo}, {self.hi}]")
+            value = int(value)
+        else:
+            value = float(value)
+        if math.isnan(value) or not (self.lo <= value <= self.hi):
+            raise SpecError(f"{name}={value!r} is outside its bound [{self.lo}, {self.hi}]")
+        return value
+
+
+# Actuator bounds. ``clip`` is k in "each gradient element is clamped to ±k·RMS", with
+# k = inf meaning off; the gate blends 1/k so that "off" interpolates smoothly.
+POLE_BOUNDS: dict[str, Bound] = {
+    "update_mult": Bound(0.0, 10.0),
+    "trust_mix": Bound(0.0, 1.0),
+    "clip": Bound(1.0, math.inf),
+    "beta2": Bound(0.5, 0.99999),
+    "ortho": Bound(0.0, 1.0),
+}
+ACTUATORS = tuple(POLE_BOUNDS)
+
+
+@dataclass(frozen=True)
+class Pole:
+    """One end of the gate: a value for each of the five actuators.
+
+    update_mult  multiplies the group lr for the matrix update.
+    trust_mix    τ: the step is scaled by (1-τ) + τ·clamp(‖p‖/‖d‖, 0, 10) (LAMB-style trust ratio).
+    clip         k: each gradient element is clamped to ±k·(running RMS of the gradient); inf = off.
+    beta2        second-moment decay of the Adam direction.
+    ortho        ω: blend (1-ω)·Adam direction + ω·RMS-matched Newton–Schulz direction.
+    """
+
+    update_mult: float = 1.0
+    trust_mix: float = 0.0
+    clip: float = math.inf
+    beta2: float = 0.999
+    ortho: float = 0.0
+
+    def __post_init__(self):
+        for f in fields(self):
+            object.__setattr__(self, f.name, POLE_BOUNDS[f.name].check(f"pole.{f.name}", getattr(self, f.name)))
+
+
+SENSORS = ("loss", "loss_improvement", "grad_norm", "update_ratio", "grad_alignment", "step_fraction")
+
+BOUNDS: dict[str, Bound] = {
+    "version": Bound(SPEC_VERSION, SPEC_VERSION, int),
+    "lr": Bound(0.0, 10.0),
+    "beta1": Bound(0.0, 0.9999),
+    "beta2": Bound(0.0, 0.99999),
+    "eps": Bound(1e-16, 1e-2),
+    "weight_decay": Bound(0.0, 10.0),
+    "momentum": Bound(0.0, 0.9999),
+    "nesterov": Bound(0, 1, bool),
+    "ns_steps": Bound(1, 10, int),
+    "ema_loss": Bound(0.0, 0.9999),
+    "ema_loss_improvement": Bound(0.0, 0.9999),
+    "ema_grad_norm": Bound(0.0, 0.9999),
+    "ema_update_ratio": Bound(0.0, 0.9999),
+    "ema_grad_alignment": Bound(0.0, 0.9999),
+    "gate_bias": Bound(-8.0, 8.0),
+    **{f"w_{s}": Bound(-8.0, 8.0) for s in SENSORS},
+    "sharpness": Bound(0.1, 10.0),
+}
+UNITS = ("adam", "muon")
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """A bounded FusedGate behaviour. Field order is the JSON order (stable)."""
+
+    version: int = SPEC_VERSION
+    units: str = "adam"
+    # base update (defaults for param groups)
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    momentum: float = 0.95
+    nesterov: bool = True
+    ns_steps: int = 5
+    # sensor EMA decays
+    ema_loss: float = 0.9
+    ema_loss_improvement: float = 0.95
+    ema_grad_norm: float = 0.9
+    ema_update_ratio: float = 0.9
+    ema_grad_alignment: float = 0.9
+    # gate
+    gate_bias: float = 0.0
+    w_loss: float = 0.0
+    w_loss_improvement: float = 0.0
+    w_grad_norm: float = 0.0
+    w_update_ratio: float = 0.0
+    w_grad_alignment: float = 0.0
+    w_step_fraction: float = 0.0
+    sharpness: float = 1.0
+    # poles
+    aggressive: Pole = field(default_factory=Pole)
+    conservative: Pole = field(default_factory=Pole)
+
+    def __post_init__(self):
+        if self.units not in UNITS:
+            raise SpecError(f"units={self.units!r} is not one of {UNITS}")
+        for name, bound in BOUNDS.items():
+            object.__setattr__(self, name, bound.check(name, getattr(self, name)))
+        for pole_name in ("aggressive", "conservative"):
+            pole = getattr(self, pole_name)
+            if isinstance(pole, dict):
+                pole = _pole_from_dict(pole, pole_name)
+            if not isinstance(pole, Pole):
+                raise SpecError(f"{pole_name}={pole!r}: expected a Pole or a dict of actuators")
+            object.__setattr__(self, pole_name, pole)
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def adamw(cls, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+              weight_decay: float = 1e-2) -> GateSpec:
+        """Exactly ``torch.optim.AdamW(lr, betas, eps, weight_decay)``: both poles equal, the gate inert."""
+        pole = Pole(update_mult=1.0, trust_mix=0.0, clip=math.inf, beta2=betas[1], ortho=0.0)
+        return cls(units="adam", lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay,
+                   aggressive=pole, conservative=pole)
+
+    @classmethod
+    def muon(cls, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5,
+             weight_decay: float = 0.0, adamw_betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8) -> GateSpec:
+        """Exactly Muon (nesterov momentum, quintic Newton–Schulz, nanochat's shape scaling
+        sqrt(max(1, rows/cols))) for matrix params; AdamW(lr, adamw_betas, eps) for the rest.
+        Both poles equal: the gate is inert."""
+        pole = Pole(update_mult=1.0, trust_mix=0.0, clip=math.inf, beta2=adamw_betas[1], ortho=1.0)
+        return cls(units="muon", lr=lr, beta1=adamw_betas[0], beta2=adamw_betas[1], eps=eps,
+                   weight_decay=weight_decay, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
+                   aggressive=pole, conservative=pole)
+
+    @classmethod
+    def default(cls) -> GateSpec:
+        """A gated starting point, in Adam units (lr 1e-3, betas (0.9, 0.95)).
+
+        Aggressive pole: full step, no clip, β2 0.95, fully orthogonalised (Muon-like) direction.
+        Conservative pole: 0.5× step, clip at 5·RMS, β2 0.99, half Adam / half orthogonal.
+        Gate: bias +2 (start aggressive), w_step_fraction −4 (anneal toward conservative over the
+        run: g ≈ 0.88 at the start, ≈ 0.12 at the end when progress stalls), w_loss_improvement +2
+        (keep pushing while the loss falls), w_grad_alignment +1 (consistent gradients → push).
+        """
+        return cls(
+            units="adam", lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.0,
+            gate_bias=2.0, w_loss_improvement=2.0, w_grad_alignment=1.0, w_step_fraction=-4.0, sharpness=1.0,
+            aggressive=Pole(update_mult=1.0, trust_mix=0.0, clip=math.inf, beta2=0.95, ortho=1.0),
+            conservative=Pole(update_mult=0.5, trust_mix=0.0, clip=5.0, beta2=0.99, ortho=0.5),
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def replace(self, **changes: Any) -> GateSpec:
+        """A copy with some fields changed (bounds re-checked)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def gate_weights(self) -> tuple[float, ...]:
+        """The sensor weights in ``SENSORS`` order."""
+        return tuple(getattr(self, f"w_{s}") for s in SENSORS)
+
+    @property
+    def is_inert(self) -> bool:
+        """True when both poles are equal, so the gate cannot change anything."""
+        return self.aggressive == self.conservative
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Pole):
+                value = {a: _encode_float(getattr(value, a)) for a in ACTUATORS}
+            out[f.name] = value
+        return out
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GateSpec:
+        if not isinstance(data, dict):
+            raise SpecError(f"a spec must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(f"unknown spec field(s): {', '.join(unknown)}")
+        if "version" not in data:
+            raise SpecError("spec has no 'version' field")
+        if data["version"] != SPEC_VERSION:
+            raise SpecError(f"version={data['version']!r}: this fusedgate reads spec version {SPEC_VERSION}")
+        kwargs = dict(data)
+        for pole_name in ("aggressive", "conservative"):
+            if pole_name in kwargs:
+                kwargs[pole_name] = _pole_from_dict(kwargs[pole_name], pole_name)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> GateSpec:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path) -> GateSpec:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise SpecError(f"cannot read spec file {path}: {exc.strerror}") from None
+        return cls.from_json(text)
+
+    def save(self, path) -> None:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(self.to_json() + "\n")
+
+    def content_hash(self) -> str:
+        """A stable hash of the spec's content (used to never evaluate a spec twice)."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _encode_float(value: float) -> float | str:
+    return "inf" if value == math.inf else value
+
+
+def _pole_from_dict(data: Any, pole_name: str) -> Pole:
+    if isinstance(data, Pole):
+        return data
+    if not isinstance(data, dict):
+        raise SpecError(f"{pole_name}={data!r}: expected an object with fields {', '.join(ACTUATORS)}")
+    unknown = sorted(set(data) - set(ACTUATORS))
+    if unknown:
+        raise SpecError(f"unknown field(s) in {pole_name}: {', '.join(unknown)}")
+    values = {}
+    for name, value in data.items():
+        if value == "inf":
+            value = math.inf
+        values[name] = POLE_BOUNDS[name].check(f"{pole_name}.{name}", value)
+    return Pole(**values)

@@ -1,0 +1,1 @@
+"""Triton kernels for FusedGate, installed as ``fusedgate.kernels``."""

@@ -1,0 +1,1 @@
+"""NanoChat substrate: a small GPT trainer, installed as ``fusedgate.nanochat``."""

@@ -1,0 +1,120 @@
+"""The spec DSL: bounds, presets, JSON round-trip."""
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fusedgate.spec import ACTUATORS, BOUNDS, POLE_BOUNDS, SENSORS, GateSpec, Pole, SpecError
+
+
+def finite_in(bound):
+    hi = bound.hi if math.isfinite(bound.hi) else 1e6
+    if bound.kind is int:
+        return st.integers(int(bound.lo), int(hi))
+    return st.floats(bound.lo, hi, allow_nan=False)
+
+
+poles = st.builds(Pole, **{name: st.one_of(finite_in(b), st.just(math.inf)) if name == "clip" else finite_in(b)
+                           for name, b in POLE_BOUNDS.items()})
+specs = st.builds(
+    GateSpec,
+    units=st.sampled_from(["adam", "muon"]),
+    nesterov=st.booleans(),
+    aggressive=poles,
+    conservative=poles,
+    **{name: finite_in(b) for name, b in BOUNDS.items() if name not in ("version", "nesterov")},
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(specs)
+def test_json_round_trip_is_exact(spec):
+    text = spec.to_json()
+    again = GateSpec.from_json(text)
+    assert again == spec
+    assert again.content_hash() == spec.content_hash()
+    assert json.loads(text)  # standard JSON: inf is written as the string "inf"
+
+
+def test_field_order_is_stable_and_versioned():
+    keys = list(json.loads(GateSpec.default().to_json()))
+    assert keys[0] == "version" and keys[-2:] == ["aggressive", "conservative"]
+    assert keys == list(GateSpec().to_dict())
+    assert [f"w_{s}" for s in SENSORS] == [k for k in keys if k.startswith("w_")]
+    assert list(json.loads(GateSpec.default().to_json())["aggressive"]) == list(ACTUATORS)
+
+
+@pytest.mark.parametrize("name", [n for n in BOUNDS if n not in ("version", "nesterov")])
+def test_every_field_is_bounded(name):
+    bound = BOUNDS[name]
+    too_big = bound.hi + 1 if math.isfinite(bound.hi) else None
+    with pytest.raises(SpecError) as info:
+        GateSpec(**{name: too_big if too_big is not None else -1e9})
+    message = str(info.value)
+    assert name in message and str(bound.hi) in message
+    with pytest.raises(SpecError, match=name):
+        GateSpec(**{name: bound.lo - 1})
+    with pytest.raises(SpecError, match=name):
+        GateSpec(**{name: float("nan")})
+
+
+@pytest.mark.parametrize("name", list(POLE_BOUNDS))
+def test_every_actuator_is_bounded(name):
+    bound = POLE_BOUNDS[name]
+    with pytest.raises(SpecError, match=name):
+        Pole(**{name: bound.lo - 0.5})
+    data = GateSpec.default().to_dict()
+    data["aggressive"][name] = bound.lo - 0.5
+    with pytest.raises(SpecError, match=f"aggressive.{name}"):
+        GateSpec.from_dict(data)
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda d: d.update(version=2), "version"),
+    (lambda d: d.pop("version"), "version"),
+    (lambda d: d.update(learning_rate=1), "unknown"),
+    (lambda d: d.update(units="sgd"), "units"),
+    (lambda d: d.update(ns_steps=2.5), "integer"),
+    (lambda d: d.update(nesterov="yes"), "bool"),
+    (lambda d: d.update(lr="fast"), "number"),
+    (lambda d: d["conservative"].update(speed=1), "unknown"),
+    (lambda d: d.update(aggressive=[1, 2]), "aggressive"),
+])
+def test_malformed_specs_are_refused_with_the_reason(mutate, match):
+    data = GateSpec.default().to_dict()
+    mutate(data)
+    with pytest.raises(SpecError, match=match):
+        GateSpec.from_dict(data)
+
+
+def test_not_json_and_not_an_object():
+    with pytest.raises(SpecError, match="JSON"):
+        GateSpec.from_json("{lr: 1")
+    with pytest.raises(SpecError, match="object"):
+        GateSpec.from_json("[1, 2]")
+
+
+def test_presets():
+    adamw = GateSpec.adamw(lr=3e-4, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1)
+    assert (adamw.lr, adamw.beta1, adamw.beta2, adamw.eps, adamw.weight_decay) == (3e-4, 0.8, 0.95, 1e-6, 0.1)
+    assert adamw.is_inert and adamw.aggressive.ortho == 0 and adamw.aggressive.beta2 == 0.95
+    muon = GateSpec.muon(lr=0.03, momentum=0.9)
+    assert muon.is_inert and muon.units == "muon" and muon.aggressive.ortho == 1 and muon.momentum == 0.9
+    default = GateSpec.default()
+    assert not default.is_inert and default.w_step_fraction < 0 < default.gate_bias
+
+
+def test_replace_rechecks_bounds():
+    with pytest.raises(SpecError, match="sharpness"):
+        GateSpec.default().replace(sharpness=100.0)
+
+
+def test_files(tmp_path):
+    path = tmp_path / "spec.json"
+    GateSpec.default().save(path)
+    assert GateSpec.load(path) == GateSpec.default()
+    with pytest.raises(SpecError, match="cannot read"):
+        GateSpec.load(tmp_path / "missing.json")
