@@ -166,6 +166,7 @@ class FusedGate(torch.optim.Optimizer):
         spec = self.spec
         hp = self._hyper(group)
         use_ortho = max(spec.aggressive.ortho, spec.conservative.ortho) > 0
+        use_adam = min(spec.aggressive.ortho, spec.conservative.ortho) < 1
         use_clip = min(spec.aggressive.clip, spec.conservative.clip) < math.inf
         modulation = (float(group["gate_scale"]), float(group["gate_clip"]), float(group["gate_dampen"]))
         if items and self._use_triton(items[0][0]):
@@ -174,7 +175,7 @@ class FusedGate(torch.optim.Optimizer):
         for p, state in items:
             act = self._set_actuators(state, global_state, modulation)
             ns_dtype = torch.bfloat16 if p.is_cuda else torch.float32
-            R.gated_matrix_step(p, p.grad, state, hp, act, spec, use_ortho, use_clip, ns_dtype)
+            R.gated_matrix_step(p, p.grad, state, hp, act, spec, use_ortho, use_clip, ns_dtype, use_adam)
 
     def _set_actuators(self, state: dict, global_state: torch.Tensor, modulation) -> dict[str, torch.Tensor]:
         """Compute this step's gate and actuators for one parameter and record them in its sensors."""

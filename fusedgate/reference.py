@@ -115,12 +115,13 @@ def new_adamw_state(p: torch.Tensor) -> dict:
 
 def gated_matrix_step(p: torch.Tensor, grad: torch.Tensor, state: dict, hp: MatrixHyper,
                       act: dict[str, torch.Tensor], spec, use_ortho: bool, use_clip: bool,
-                      ns_dtype: torch.dtype = torch.float32) -> None:
+                      ns_dtype: torch.dtype = torch.float32, use_adam: bool = True) -> None:
     """One gated step of one matrix parameter, in place (see the module docstring for the math).
 
     ``act`` holds 0-d tensors update_mult, trust_mix, clip_inv, beta2, ortho. ``use_ortho`` /
-    ``use_clip`` are host-side facts from the spec (False when every pole has ω = 0 / k = ∞), so the
-    Newton–Schulz and clip work is skipped without reading anything from the device."""
+    ``use_clip`` / ``use_adam`` are host-side facts from the spec (False when every pole has ω = 0 /
+    k = ∞ / ω = 1), so work whose weight is exactly zero is skipped without reading the device.
+    (v is still updated when the Adam direction is unused, so a later spec can use it.)"""
     sensors, step = state["sensors"], state["step"]
     m, v = state["exp_avg"], state["exp_avg_sq"]
     P = p.detach().float()
@@ -140,7 +141,6 @@ def gated_matrix_step(p: torch.Tensor, grad: torch.Tensor, state: dict, hp: Matr
     v_new = v * beta2 + (1.0 - beta2) * g * g
     p1 = state["m_decay_prod"] * mu
     p2 = state["v_decay_prod"] * beta2
-    adam_raw = m_new / (v_new.sqrt() / (1.0 - p2).sqrt() + hp.eps)   # Adam direction times (1 − P₁)
 
     # Scalar coefficients are folded in float64 first, so each direction touches the tensor once
     # (torch's AdamW does the same with lr / bias_correction1).
@@ -148,18 +148,22 @@ def gated_matrix_step(p: torch.Tensor, grad: torch.Tensor, state: dict, hp: Matr
     c_a = c_a / (1.0 - p1)
     trust = (1.0 - act["trust_mix"]) + act["trust_mix"] * sensors[G.S_TRUST_RATIO].double()
     step_size = hp.lr * act["update_mult"] * trust
-    P_new = P * (1.0 - hp.lr * hp.weight_decay) - (step_size * c_a) * adam_raw
-    d = c_a * adam_raw
+    P_new = P * (1.0 - hp.lr * hp.weight_decay)
+    d = torch.zeros_like(P)
+    if use_adam:
+        adam_raw = m_new / (v_new.sqrt() / (1.0 - p2).sqrt() + hp.eps)   # Adam direction times (1 − P₁)
+        P_new = P_new - (step_size * c_a) * adam_raw
+        d = c_a * adam_raw
     if use_ortho:
         source = torch.lerp(g, m_new, mu) if hp.nesterov else m_new
         ortho = newton_schulz(source.reshape(rows, cols), hp.ns_steps, ns_dtype).reshape(p.shape).float()
         P_new = P_new - (step_size * c_o) * ortho
         d = d + c_o * ortho
 
-    sums = {
-        "gg": (g * g).sum(), "gm": (g * m).sum(), "mm": (m * m).sum(),
-        "pp": (P * P).sum(), "dd": (d * d).sum(), "uu": ((P_new - P) ** 2).sum(),
-    }
+    dot = lambda x, y: torch.dot(x.reshape(-1), y.reshape(-1))
+    delta = P_new - P
+    sums = {"gg": dot(g, g), "gm": dot(g, m), "mm": dot(m, m), "pp": dot(P, P), "dd": dot(d, d),
+            "uu": dot(delta, delta)}
     G.observe_param(sensors, step, spec, sums, applied)
 
     m.copy_(torch.where(applied, m_new, m))

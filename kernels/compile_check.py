@@ -1,0 +1,87 @@
+"""Compile every Triton kernel of fusedgate.kernels for CUDA without a GPU (ahead of time, to cubin).
+
+    TRITON_INTERPRET=0 python -m fusedgate.kernels.compile_check 90     # sm_90; prints one JSON line
+
+prints {kernel variant: "ok" | error}. The interpreter accepts code the compiler rejects (e.g.
+non-constexpr globals), so CI runs this to check that the kernels build for the GPU.
+"""
+
+import json
+import sys
+
+import triton
+import triton.language as tl
+from fusedgate.kernels import newton_schulz as NS
+from fusedgate.kernels import scalar_kernels as SK
+from fusedgate.kernels import step_kernels as K
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+P = "*i64"
+CHUNKS = {"ptrs": P, "chunk_param": P, "chunk_off": P, "numels": P}
+
+
+def floats(*names):
+    return {name: "fp32" for name in names}
+
+
+def variants():
+    step = {**CHUNKS, "coefs": "*fp32", "partials": "*fp32", **floats("one_minus_mu", "decay", "eps"),
+            "P_DTYPE": "constexpr", "G_DTYPE": "constexpr", "USE_CLIP": "constexpr", "SENSORS": "constexpr",
+            "BLOCK": "constexpr"}
+    gate = {"ptrs": P, "chunk_start": P, "flags": "*i32", "static64": "*fp64", "poles64": "*fp64",
+            "coefs": "*fp32", "global_state": "*fp32",
+            **floats("total_steps", "gate_bias", "sharpness", "dampen_keep", "w_loss", "w_imp", "w_gn", "w_ur",
+                     "w_al", "w_sf", "scale_hi", "scale_lo", "clip_hi", "clip_lo", "lr_hi", "lr_lo", "mu_hi",
+                     "mu_lo"), "FBLOCK": "constexpr"}
+    adamw = {"ptrs": P, "chunk_start": P, "flags": "*i32", "coefs": "*fp32",
+             **floats("beta2", "one_minus_beta2", "lr_hi", "lr_lo", "beta1_hi", "beta1_lo", "beta2_hi", "beta2_lo"),
+             "FBLOCK": "constexpr"}
+    finalize = {"ptrs": P, "chunk_start": P, "partials": "*fp32", "coefs": "*fp32",
+                **floats("w_grad_norm", "w_update_ratio", "w_alignment"), "FBLOCK": "constexpr"}
+    ns = {"PRECISION": "tf32", "BM": 64, "BK": 32}
+    yield "nonfinite/bf16", K.nonfinite_kernel, {**CHUNKS, "flags": "*i32", "G_DTYPE": "constexpr",
+                                                 "BLOCK": "constexpr"}, {"G_DTYPE": tl.bfloat16, "BLOCK": 1024}
+    for p_dtype, name in ((tl.float32, "fp32"), (tl.bfloat16, "bf16")):
+        yield f"step/{name}/gated", K.step_kernel, step, {"P_DTYPE": p_dtype, "G_DTYPE": p_dtype, "USE_CLIP": True,
+                                                          "SENSORS": True, "BLOCK": 1024}
+        yield f"step/{name}/adamw", K.step_kernel, step, {"P_DTYPE": p_dtype, "G_DTYPE": p_dtype,
+                                                          "USE_CLIP": False, "SENSORS": False, "BLOCK": 1024}
+        yield f"apply/{name}", K.apply_kernel, {**CHUNKS, "coefs": "*fp32", "partials": "*fp32", "ns_output": "*bf16",
+                                                "ns_base": P, **floats("decay", "eps"), "P_DTYPE": "constexpr",
+                                                "BLOCK": "constexpr"}, {"P_DTYPE": p_dtype, "BLOCK": 1024}
+    yield "moments/bf16", K.moments_kernel, {**CHUNKS, "coefs": "*fp32", "partials": "*fp32", "ns_input": "*bf16",
+                                             "ns_base": P, **floats("one_minus_mu", "mu"), "G_DTYPE": "constexpr",
+                                             "S_DTYPE": "constexpr", "USE_CLIP": "constexpr",
+                                             "NESTEROV": "constexpr", "BLOCK": "constexpr"}, \
+        {"G_DTYPE": tl.bfloat16, "S_DTYPE": tl.bfloat16, "USE_CLIP": True, "NESTEROV": True, "BLOCK": 1024}
+    yield "gate", SK.gate_kernel, gate, {"FBLOCK": 256}
+    yield "adamw", SK.adamw_kernel, adamw, {"FBLOCK": 256}
+    yield "finalize", SK.finalize_kernel, finalize, {"FBLOCK": 256}
+    yield "ns/gram", NS._gram_kernel, {"X": "*bf16", "A": "*bf16", **{k: "i32" for k in ("n", "k", "sxb", "sxr",
+                                       "sxc")}, "PRECISION": "constexpr", "BM": "constexpr", "BK": "constexpr"}, ns
+    yield "ns/poly", NS._poly_kernel, {"A": "*bf16", "B": "*bf16", "n": "i32", **floats("coef_b", "coef_c"),
+                                       "PRECISION": "constexpr", "BM": "constexpr", "BK": "constexpr"}, ns
+    yield "ns/update", NS._update_kernel, {"X": "*bf16", "B": "*bf16", "Y": "*bf16", "n": "i32", "k": "i32",
+                                           "coef_a": "fp32", "PRECISION": "constexpr", "BM": "constexpr",
+                                           "BN": "constexpr", "BK": "constexpr"}, {**ns, "BN": 64}
+
+
+def main(arch: int) -> dict[str, str]:
+    target = GPUTarget("cuda", arch, 32)
+    results = {}
+    for name, fn, signature, constexprs in variants():
+        try:
+            compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=target)
+            results[name] = "ok" if compiled.asm.get("cubin") else "no cubin"
+        except Exception as exc:  # report every failure, not just the first
+            results[name] = f"{type(exc).__name__}: {str(exc)[-400:]}"
+    return results
+
+
+if __name__ == "__main__":
+    from fusedgate.kernels._interpret import INTERPRET
+
+    if INTERPRET:
+        sys.exit("compile_check needs TRITON_INTERPRET=0 (the kernels are defined for the interpreter)")
+    print(json.dumps(main(int(sys.argv[1]) if len(sys.argv) > 1 else 90)))

@@ -1,0 +1,192 @@
+"""The element-wise passes: one Triton program per chunk of ``BLOCK`` elements of one parameter.
+
+All parameters of a bucket (same param dtype, same grad dtype) run in one launch: program ``c`` reads
+its parameter index and element offset from the chunk table and the tensors' addresses from the
+pointer table (``fusedgate.kernels.layout``). Per-parameter scalars come from the coefficient table.
+
+Memory traffic per element (by design; p, g in their own dtype, m, v in float32):
+    nonfinite_kernel   reads g                                      (4 B fp32 grad, 2 B bf16)
+    step_kernel        reads p, g, m, v; writes p, m, v             (28 B fp32, 22 B bf16 p and g)
+    moments_kernel     reads g, m, v; writes m, v, s (NS input)     (20 B + s: 4 B fp32 / 2 B bf16)
+    apply_kernel       reads p, m, v, o (NS output); writes p       (16 B + o: 4 B fp32 / 2 B bf16)
+A parameter whose gradient is not finite is masked out of every pass after ``nonfinite_kernel``: its
+p, m, v are neither read nor written.
+"""
+
+import triton
+import triton.language as tl
+from fusedgate.kernels import slots as S
+from fusedgate.kernels._interpret import helper, library
+
+_sum = library(tl.sum)
+_max = library(tl.max)
+
+T_P = tl.constexpr(S.T_P)
+T_G = tl.constexpr(S.T_G)
+T_M = tl.constexpr(S.T_M)
+T_V = tl.constexpr(S.T_V)
+N_PTR = tl.constexpr(S.N_PTR)
+C_APPLIED = tl.constexpr(S.C_APPLIED)
+C_CLIP = tl.constexpr(S.C_CLIP)
+C_BETA2 = tl.constexpr(S.C_BETA2)
+C_ONE_MINUS_B2 = tl.constexpr(S.C_ONE_MINUS_B2)
+C_SQRT_BC2 = tl.constexpr(S.C_SQRT_BC2)
+C_STEP_A = tl.constexpr(S.C_STEP_A)
+C_DIR_A = tl.constexpr(S.C_DIR_A)
+C_STEP_O = tl.constexpr(S.C_STEP_O)
+C_DIR_O = tl.constexpr(S.C_DIR_O)
+N_COEF = tl.constexpr(S.N_COEF)
+N_PS = tl.constexpr(S.N_PS)
+FP32_MAX = tl.constexpr(3.4028234663852886e38)
+
+
+@helper
+def _chunk(chunk_param, chunk_off, numels, BLOCK: tl.constexpr):
+    """(chunk index, parameter index, element offsets, in-bounds mask) of this program."""
+    c = tl.program_id(0)
+    i = tl.load(chunk_param + c)
+    offs = tl.load(chunk_off + c) + tl.arange(0, BLOCK)
+    return c, i, offs, offs < tl.load(numels + i)
+
+
+@helper
+def _applied_chunk(chunk_param, chunk_off, numels, coefs, BLOCK: tl.constexpr):
+    """As ``_chunk`` plus the parameter's coefficient row; the mask is empty when the step is skipped."""
+    c = tl.program_id(0)
+    i = tl.load(chunk_param + c)
+    cf = coefs + i * N_COEF
+    offs = tl.load(chunk_off + c) + tl.arange(0, BLOCK)
+    limit = tl.where(tl.load(cf + C_APPLIED) != 0, tl.load(numels + i), 0)
+    return c, i, cf, offs, offs < limit
+
+
+@helper
+def _ptr(ptrs, i, col: tl.constexpr, DTYPE: tl.constexpr):
+    """The address in column ``col`` of row ``i`` of the pointer table, typed as ``DTYPE*``."""
+    return tl.load(ptrs + i * N_PTR + col).to(tl.pointer_type(DTYPE))
+
+
+@helper
+def _lerp(a, b, w):
+    """torch.lerp: a + w·(b − a) for w < 0.5, else b − (b − a)·(1 − w)."""
+    return tl.where(w < 0.5, a + w * (b - a), b - (b - a) * (1.0 - w))
+
+
+@helper
+def _round_to(x, DTYPE: tl.constexpr):
+    """float32 → DTYPE with round-to-nearest-even (spelled out for bf16: the interpreter truncates)."""
+    if DTYPE == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = bits + (0x7FFF + ((bits >> 16) & 1))
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(DTYPE)
+
+
+@helper
+def _store_sums(partials, c, s0, s1, s2, FIRST: tl.constexpr):
+    """Write three partial sums into columns FIRST..FIRST+2 of this chunk's row."""
+    row = partials + c * N_PS + FIRST
+    tl.store(row, s0)
+    tl.store(row + 1, s1)
+    tl.store(row + 2, s2)
+
+
+@helper
+def _moments(g, m, v, cf, one_minus_mu, USE_CLIP: tl.constexpr):
+    """Clipped gradient g̃ and the new moments (m ← lerp(m, g̃, 1 − μ), v ← β₂·v + (1 − β₂)·g̃²)."""
+    if USE_CLIP:
+        threshold = tl.load(cf + C_CLIP)
+        g = tl.minimum(tl.maximum(g, -threshold), threshold)
+    m_new = _lerp(m, g, one_minus_mu)
+    v_new = v * tl.load(cf + C_BETA2) + tl.load(cf + C_ONE_MINUS_B2) * g * g
+    return g, m_new, v_new
+
+
+@helper
+def _adam_direction(m_new, v_new, cf, eps):
+    """(1 − P₁)·Adam direction = m / (√v / √(1 − P₂) + eps)."""
+    return m_new / (tl.sqrt_rn(v_new) / tl.load(cf + C_SQRT_BC2) + eps)
+
+
+@triton.jit
+def nonfinite_kernel(ptrs, chunk_param, chunk_off, numels, flags, G_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+    """flags[c] = 1 when chunk c of its gradient holds a NaN or an infinity, else 0."""
+    c, i, offs, mask = _chunk(chunk_param, chunk_off, numels, BLOCK)
+    g = tl.load(_ptr(ptrs, i, T_G, G_DTYPE) + offs, mask=mask, other=0.0).to(tl.float32)
+    bad = (g != g) | (tl.abs(g) > FP32_MAX)
+    tl.store(flags + c, _max(bad.to(tl.int32), axis=0))
+
+
+@triton.jit
+def step_kernel(ptrs, chunk_param, chunk_off, numels, coefs, partials, one_minus_mu, decay, eps,
+                P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, USE_CLIP: tl.constexpr, SENSORS: tl.constexpr,
+                BLOCK: tl.constexpr):
+    """The whole Adam-direction update in one pass (gated without Newton–Schulz, and AdamW):
+
+        g̃ = clamp(g, ±threshold);  m, v ← moments;  a = m / (√v/√(1 − P₂) + eps)
+        p ← p·decay − C_STEP_A·a           (decay = 1 − lr·wd)
+    and, with SENSORS, the chunk's ‖g̃‖², g̃·m₋, ‖m₋‖², ‖p₋‖², ‖d‖² (d = C_DIR_A·a), ‖Δp‖²."""
+    c, i, cf, offs, mask = _applied_chunk(chunk_param, chunk_off, numels, coefs, BLOCK)
+    p_ptr = _ptr(ptrs, i, T_P, P_DTYPE) + offs
+    m_ptr = _ptr(ptrs, i, T_M, tl.float32) + offs
+    v_ptr = _ptr(ptrs, i, T_V, tl.float32) + offs
+    p = tl.load(p_ptr, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(_ptr(ptrs, i, T_G, G_DTYPE) + offs, mask=mask, other=0.0).to(tl.float32)
+    m = tl.load(m_ptr, mask=mask, other=0.0)
+    v = tl.load(v_ptr, mask=mask, other=0.0)
+    g, m_new, v_new = _moments(g, m, v, cf, one_minus_mu, USE_CLIP)
+    adam = _adam_direction(m_new, v_new, cf, eps)
+    p_new = p * decay - tl.load(cf + C_STEP_A) * adam
+    tl.store(p_ptr, _round_to(p_new, P_DTYPE), mask=mask)
+    tl.store(m_ptr, m_new, mask=mask)
+    tl.store(v_ptr, v_new, mask=mask)
+    if SENSORS:
+        d = tl.load(cf + C_DIR_A) * adam
+        u = p_new - p
+        _store_sums(partials, c, _sum(g * g, axis=0), _sum(g * m, axis=0), _sum(m * m, axis=0), 0)
+        _store_sums(partials, c, _sum(p * p, axis=0), _sum(d * d, axis=0), _sum(u * u, axis=0), 3)
+
+
+@triton.jit
+def moments_kernel(ptrs, chunk_param, chunk_off, numels, coefs, partials, ns_input, ns_base, one_minus_mu, mu,
+                   G_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, USE_CLIP: tl.constexpr, NESTEROV: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    """First pass of the orthogonalised update: clip, moments, and the Newton–Schulz input
+    s = lerp(g̃, m, μ) (Nesterov) or m, written at ``ns_base[i]`` in ``ns_input``; sums ‖g̃‖², g̃·m₋, ‖m₋‖²."""
+    c, i, cf, offs, mask = _applied_chunk(chunk_param, chunk_off, numels, coefs, BLOCK)
+    m_ptr = _ptr(ptrs, i, T_M, tl.float32) + offs
+    v_ptr = _ptr(ptrs, i, T_V, tl.float32) + offs
+    g = tl.load(_ptr(ptrs, i, T_G, G_DTYPE) + offs, mask=mask, other=0.0).to(tl.float32)
+    m = tl.load(m_ptr, mask=mask, other=0.0)
+    v = tl.load(v_ptr, mask=mask, other=0.0)
+    g, m_new, v_new = _moments(g, m, v, cf, one_minus_mu, USE_CLIP)
+    tl.store(m_ptr, m_new, mask=mask)
+    tl.store(v_ptr, v_new, mask=mask)
+    if NESTEROV:
+        source = _lerp(g, m_new, mu)
+    else:
+        source = m_new
+    s_ptr = ns_input + tl.load(ns_base + i) + offs
+    tl.store(s_ptr, _round_to(source, S_DTYPE), mask=mask)
+    _store_sums(partials, c, _sum(g * g, axis=0), _sum(g * m, axis=0), _sum(m * m, axis=0), 0)
+
+
+@triton.jit
+def apply_kernel(ptrs, chunk_param, chunk_off, numels, coefs, partials, ns_output, ns_base, decay, eps,
+                 P_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+    """Second pass: p ← p·decay − C_STEP_A·a − C_STEP_O·o with a recomputed from the new m, v and o the
+    Newton–Schulz output; sums ‖p₋‖², ‖d‖² (d = C_DIR_A·a + C_DIR_O·o), ‖Δp‖²."""
+    c, i, cf, offs, mask = _applied_chunk(chunk_param, chunk_off, numels, coefs, BLOCK)
+    p_ptr = _ptr(ptrs, i, T_P, P_DTYPE) + offs
+    p = tl.load(p_ptr, mask=mask, other=0.0).to(tl.float32)
+    m_new = tl.load(_ptr(ptrs, i, T_M, tl.float32) + offs, mask=mask, other=0.0)
+    v_new = tl.load(_ptr(ptrs, i, T_V, tl.float32) + offs, mask=mask, other=0.0)
+    o = tl.load(ns_output + tl.load(ns_base + i) + offs, mask=mask, other=0.0).to(tl.float32)
+    adam = _adam_direction(m_new, v_new, cf, eps)
+    p_new = p * decay - tl.load(cf + C_STEP_A) * adam
+    p_new = p_new - tl.load(cf + C_STEP_O) * o
+    d = tl.load(cf + C_DIR_A) * adam + tl.load(cf + C_DIR_O) * o
+    tl.store(p_ptr, _round_to(p_new, P_DTYPE), mask=mask)
+    u = p_new - p
+    _store_sums(partials, c, _sum(p * p, axis=0), _sum(d * d, axis=0), _sum(u * u, axis=0), 3)

@@ -1,0 +1,158 @@
+"""The Triton kernels (under TRITON_INTERPRET=1 without a GPU) against fusedgate.reference, step by step.
+
+Tolerances (max |a − b| / max |b| per tensor, fp32): params ≤ 1e-6, moments ≤ 1e-5, sensors ≤ 1e-5,
+decay products ≤ 1e-7. Sources of difference: summation order of the sensor reductions, tanh/log/sigmoid
+spelled out in the gate kernel (~1e-7), and Newton–Schulz batched over equal shapes.
+"""
+
+import math
+
+import pytest
+import torch
+from fusedgate.kernels import backend
+from fusedgate.kernels import layout as L
+from test_kernels_cases import busy_spec, make_params, random_grads, rel, step_both, twin_optimizers, worst_differences
+
+from fusedgate import FusedGate, GateSpec
+from fusedgate import gate as G
+
+ODD_SHAPES = [(7, 13), (1, 5), (0, 4), (5, 3, 2), (7, 13), (3, L.BLOCK + 5)]
+TOL = {"param": 1e-6, "exp_avg": 1e-5, "exp_avg_sq": 1e-5, "sensors": 1e-5, "m_decay_prod": 1e-7,
+       "v_decay_prod": 1e-7, "step": 0.0}
+
+
+def run_and_compare(shapes, spec, dtype=torch.float32, steps=3, spike_at=1):
+    rp, ref, tp, tri = twin_optimizers(shapes, spec, dtype)
+    for s in range(steps):
+        step_both(rp, ref, tp, tri, random_grads(shapes, s, dtype, spike=(s == spike_at)), 2.0 - 0.1 * s)
+    worst = worst_differences(rp, ref, tp, tri)
+    for key, tol in TOL.items():
+        assert worst[key] <= tol, (key, worst[key])
+    return rp, ref, tp, tri
+
+
+@pytest.mark.parametrize("units,ortho,nesterov", [("adam", (0.0, 0.0), True), ("adam", (1.0, 0.5), True),
+                                                  ("muon", (1.0, 0.0), True), ("muon", (0.7, 0.2), False)])
+def test_gated_step_matches_reference_fp32(units, ortho, nesterov):
+    run_and_compare(ODD_SHAPES, busy_spec(units, ortho, nesterov=nesterov))
+
+
+@pytest.mark.parametrize("ortho", [(0.0, 0.0), (1.0, 0.3)])
+def test_gated_step_matches_reference_bf16_params(ortho):
+    """bf16 params, fp32 state: the kernel rounds p to bf16 to nearest-even, as .to(torch.bfloat16) does."""
+    rp, _, tp, _ = run_and_compare([(9, 6), (4, 11)], busy_spec("adam", ortho), dtype=torch.bfloat16)
+    for a, b in zip(tp, rp):
+        assert a.dtype == torch.bfloat16
+        assert torch.equal(a, b)
+
+
+def test_adamw_group_matches_reference_fp32_and_bf16():
+    spec = GateSpec.adamw(lr=3e-3, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.05)
+    shapes = [(5,), (7, 3), (0,), (L.BLOCK + 3,)]
+    for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 0.0)):
+        rp, ref, tp, tri = twin_optimizers(shapes, spec, dtype)
+        for s in range(3):
+            step_both(rp, ref, tp, tri, random_grads(shapes, s, dtype), 1.0)
+        for a, b in zip(tp, rp):
+            assert rel(a.detach(), b.detach()) <= tol
+            for key in ("exp_avg", "exp_avg_sq", "m_decay_prod", "v_decay_prod", "step"):
+                assert rel(tri.state[a][key], ref.state[b][key]) <= 1e-6, key
+
+
+def test_sensor_sums_match_torch_reductions():
+    """The per-chunk partial sums, added per parameter, equal torch's reductions (rtol 1e-5)."""
+    shapes = [(6, 9), (3, 2 * L.BLOCK + 7)]
+    spec = busy_spec("adam", (0.0, 0.0), clip=math.inf)  # no clip: g̃ = g
+    params = make_params(shapes)
+    opt = FusedGate(params, spec=spec, backend="triton")
+    for s in range(2):
+        grads = random_grads(shapes, s)
+        before = [(p.detach().clone(), opt.state[p]["exp_avg"].clone() if opt.state[p] else torch.zeros_like(p))
+                  for p in params]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step(loss=torch.tensor(1.0))
+    (layout,) = backend._layouts[opt].values()
+    start = layout.chunk_start.tolist()
+    for i, (p, g) in enumerate(zip(params, grads)):
+        row = layout.shapes.index(tuple(p.shape))   # the layout orders params by shape
+        sums = layout.partials[start[row]:start[row + 1]].double().sum(0)
+        p_old, m_old = before[i]
+        expected = [(g * g).sum(), (g * m_old).sum(), (m_old * m_old).sum(), (p_old * p_old).sum(),
+                    None, ((p.detach() - p_old) ** 2).sum()]
+        for column, value in enumerate(expected):
+            if value is not None:
+                assert sums[column].item() == pytest.approx(value.item(), rel=1e-5), column
+
+
+def test_non_finite_gradient_skips_only_that_param():
+    shapes = [(6, 5), (4, 4), (3, 8)]
+    rp, ref, tp, tri = twin_optimizers(shapes, busy_spec("adam", (1.0, 0.5)))
+    for s in range(3):
+        grads = random_grads(shapes, s)
+        if s == 1:
+            grads[0][2, 3] = float("nan")
+            grads[2][0, 0] = float("inf")
+        kept = [tri.state[p]["exp_avg"].clone() if tri.state[p] else None for p in tp]
+        p_before = [p.detach().clone() for p in tp]
+        step_both(rp, ref, tp, tri, grads, 1.5)
+        if s == 1:
+            assert torch.equal(tp[0].detach(), p_before[0]) and torch.equal(tp[2].detach(), p_before[2])
+            assert torch.equal(tri.state[tp[0]]["exp_avg"], kept[0])
+            assert not torch.equal(tp[1].detach(), p_before[1])
+    worst = worst_differences(rp, ref, tp, tri)
+    assert all(worst[k] <= tol for k, tol in TOL.items()), worst
+    skipped = [int(tri.state[p]["sensors"][G.S_SKIPPED]) for p in tp]
+    assert skipped == [1, 0, 1]
+    assert [int(tri.state[p]["step"]) for p in tp] == [2, 3, 2]
+
+
+def test_all_params_of_a_group_in_one_launch_table():
+    """40 matrices of mixed shapes: one bucket, one table, every chunk mapped to the right tensor."""
+    shapes = [(3 + i % 5, 2 + i % 7) for i in range(40)]
+    rp, ref, tp, tri = run_and_compare(shapes, busy_spec("adam", (0.0, 0.0)), steps=2)
+    (layout,) = backend._layouts[tri].values()
+    assert layout.n == 40 and layout.n_chunks == 40
+
+
+def test_non_contiguous_param_and_grad():
+    base = make_params([(5, 8)])[0]
+    ref_p = torch.nn.Parameter(base.detach().clone().t())   # (8, 5), not contiguous
+    tri_p = torch.nn.Parameter(base.detach().clone().t())
+    assert not tri_p.is_contiguous()
+    spec = busy_spec("adam", (1.0, 0.0))
+    ref = FusedGate([ref_p], spec=spec, backend="reference")
+    tri = FusedGate([tri_p], spec=spec, backend="triton")
+    for s in range(2):
+        g = random_grads([(5, 8)], s)[0].t()
+        step_both([ref_p], ref, [tri_p], tri, [g], 1.0)
+    assert rel(tri_p.detach(), ref_p.detach()) <= 1e-6
+
+
+def test_unsupported_device_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="does not support meta tensors"):
+        backend.check_device(torch.device("meta"))
+
+
+def test_split64_round_trips_float64():
+    for x in (0.999, 1e-3, 0.95, 123.456, -7.25e-9):
+        hi, lo = L.split64(x)
+        assert abs((hi + lo) - x) <= 1e-15 * abs(x)
+
+
+def test_gated_step_with_triton_newton_schulz(monkeypatch):
+    """backend.NS_IMPL = "triton": the symmetric Triton Newton–Schulz inside the optimizer (fp32 dots)."""
+    monkeypatch.setattr(backend, "NS_IMPL", "triton")
+    rp, ref, tp, tri = twin_optimizers([(6, 10), (6, 10), (12, 5)], busy_spec("muon", (1.0, 0.5)))
+    for s in range(2):
+        step_both(rp, ref, tp, tri, random_grads([(6, 10), (6, 10), (12, 5)], s), 1.0)
+    assert worst_differences(rp, ref, tp, tri)["param"] <= 1e-5
+
+
+def test_group_of_empty_params_only():
+    rp, ref, tp, tri = twin_optimizers([(0, 3), (4, 0)], busy_spec("adam", (1.0, 0.0)))
+    for s in range(2):
+        step_both(rp, ref, tp, tri, random_grads([(0, 3), (4, 0)], s), 1.0)
+    assert [int(tri.state[p]["step"]) for p in tp] == [2, 2]
+    worst = worst_differences(rp, ref, tp, tri)
+    assert worst["sensors"] <= 1e-6
