@@ -154,33 +154,33 @@ def actuators(spec: GateSpec, g: torch.Tensor, scale: float = 1.0, clip: float =
     return out
 
 
-def observe_param(sensors: torch.Tensor, step: torch.Tensor, spec: GateSpec, sums: dict[str, torch.Tensor],
-                  applied: torch.Tensor) -> None:
-    """Fold one step's reductions into a parameter's sensors, in place, where ``applied`` is true.
+SUMS = ("gg", "gm", "mm", "pp", "dd", "uu")   # the order of a step's reductions in a sums tensor
 
-    sums: gg = ‖g̃‖², gm = g̃·mₜ₋₁, mm = ‖mₜ₋₁‖², pp = ‖pₜ₋₁‖², dd = ‖d‖², uu = ‖Δp‖² (all fp32 scalars).
-    ``step`` is the applied-step count *before* this step (0 means first observation)."""
+
+def observe_param(sensors: torch.Tensor, step: torch.Tensor, spec: GateSpec, sums: torch.Tensor,
+                  applied: torch.Tensor) -> None:
+    """Fold one step's reductions into parameters' sensors ``[..., N_SLOTS]``, in place, where ``applied``.
+
+    ``sums[..., 6]`` in ``SUMS`` order: ‖g̃‖², g̃·mₜ₋₁, ‖mₜ₋₁‖², ‖pₜ₋₁‖², ‖d‖², ‖Δp‖² (fp32).
+    ``step[...]`` is the applied-step count *before* this step (0 means first observation)."""
     first = step == 0
-    gnorm = sums["gg"].sqrt()
-    mnorm = sums["mm"].sqrt()
-    pnorm = sums["pp"].sqrt()
-    dnorm = sums["dd"].sqrt()
-    unorm = sums["uu"].sqrt()
-    cos = torch.where((gnorm > 0) & (mnorm > 0), sums["gm"] / (gnorm * mnorm).clamp_min(1e-30), 0.0)
+    gnorm, mnorm, pnorm, dnorm, unorm = (sums[..., SUMS.index(k)].sqrt() for k in ("gg", "mm", "pp", "dd", "uu"))
+    gm = sums[..., SUMS.index("gm")]
+    cos = torch.where((gnorm > 0) & (mnorm > 0), gm / (gnorm * mnorm).clamp_min(1e-30), 0.0)
     ratio = torch.where(unorm > 0, unorm / (pnorm + unorm).clamp_min(1e-30), 0.0)
     trust = torch.where((pnorm > 0) & (dnorm > 0), (pnorm / dnorm.clamp_min(1e-30)).clamp(0.0, TRUST_RATIO_MAX), 1.0)
 
     def ema(slot, obs, decay):
-        return torch.where(first, obs, torch.lerp(sensors[slot], obs, 1.0 - decay))
+        return torch.where(first, obs, torch.lerp(sensors[..., slot], obs, 1.0 - decay))
 
     new = sensors.clone()
-    new[S_GRAD_NORM] = ema(S_GRAD_NORM, gnorm, spec.ema_grad_norm)
-    new[S_GRAD_NORM_REF] = torch.where(sensors[S_GRAD_NORM_REF] > 0, sensors[S_GRAD_NORM_REF], gnorm)
-    new[S_UPDATE_RATIO] = ema(S_UPDATE_RATIO, ratio, spec.ema_update_ratio)
-    new[S_ALIGNMENT] = ema(S_ALIGNMENT, cos, spec.ema_grad_alignment)
-    new[S_TRUST_RATIO] = trust
-    sensors.copy_(torch.where(applied, new, sensors))
-    sensors[S_SKIPPED] += (~applied).float()
+    new[..., S_GRAD_NORM] = ema(S_GRAD_NORM, gnorm, spec.ema_grad_norm)
+    new[..., S_GRAD_NORM_REF] = torch.where(sensors[..., S_GRAD_NORM_REF] > 0, sensors[..., S_GRAD_NORM_REF], gnorm)
+    new[..., S_UPDATE_RATIO] = ema(S_UPDATE_RATIO, ratio, spec.ema_update_ratio)
+    new[..., S_ALIGNMENT] = ema(S_ALIGNMENT, cos, spec.ema_grad_alignment)
+    new[..., S_TRUST_RATIO] = trust
+    sensors.copy_(torch.where(applied[..., None], new, sensors))
+    sensors[..., S_SKIPPED] += (~applied).float()
 
 
 def describe(sensors: torch.Tensor, normalised: torch.Tensor) -> dict:

@@ -172,21 +172,32 @@ class FusedGate(torch.optim.Optimizer):
         if items and self._use_triton(items[0][0]):
             self._triton_backend().gated_group(self, items, hp, global_state, modulation, use_ortho, use_clip)
             return
-        for p, state in items:
-            act = self._set_actuators(state, global_state, modulation)
+        # The gate and the sensor EMAs are computed for all matrices of the group at once.
+        states = [state for _, state in items]
+        sensors = torch.stack([state["sensors"] for state in states])
+        steps = torch.stack([state["step"] for state in states])   # before this step
+        act = self._actuators(sensors, steps, global_state, modulation)
+        sums, applied = [], []
+        for i, (p, state) in enumerate(items):
             ns_dtype = torch.bfloat16 if p.is_cuda else torch.float32
-            R.gated_matrix_step(p, p.grad, state, hp, act, spec, use_ortho, use_clip, ns_dtype, use_adam)
+            s, a = R.gated_matrix_step(p, p.grad, state, hp, {k: v[i] for k, v in act.items()},
+                                       use_ortho, use_clip, ns_dtype, use_adam)
+            sums.append(s)
+            applied.append(a)
+        G.observe_param(sensors, steps, spec, torch.stack(sums), torch.stack(applied))
+        for state, row in zip(states, sensors):
+            state["sensors"].copy_(row)
 
-    def _set_actuators(self, state: dict, global_state: torch.Tensor, modulation) -> dict[str, torch.Tensor]:
-        """Compute this step's gate and actuators for one parameter and record them in its sensors."""
+    def _actuators(self, sensors: torch.Tensor, steps: torch.Tensor, global_state: torch.Tensor,
+                   modulation) -> dict[str, torch.Tensor]:
+        """This step's gate and actuators for parameters with sensors ``[P, N_SLOTS]``; recorded in them."""
         scale, clip, dampen = modulation
-        sensors = state["sensors"]
-        normalised = G.normalised_sensors(global_state, sensors, state["step"], self.total_steps)
+        normalised = G.normalised_sensors(global_state, sensors, steps, self.total_steps)
         g = G.gate_value(self.spec, normalised, dampen)
         act = G.actuators(self.spec, g, scale, clip)
-        sensors[G.S_GATE] = g
+        sensors[:, G.S_GATE] = g
         for name, slot in G.ACTUATOR_SLOTS.items():
-            sensors[slot] = act[name]
+            sensors[:, slot] = act[name].float()
         return act
 
     def _adamw_group(self, group: dict, items: list) -> None:

@@ -22,7 +22,8 @@ nesterov, ns_steps, and this step's actuators A (update_mult), τ (trust_mix), k
              Moonlight observation. ω = 0 in Adam units is AdamW; ω = 1 in Muon units is nanochat's Muon.)
 6. trust     T = (1−τ) + τ·r
 7. update    p ← p·(1 − lr·wd) − lr·A·T·d
-8. sensors   ‖g̃‖², g̃·m₋, ‖m₋‖², ‖p₋‖², ‖d‖², ‖Δp‖² (m₋, p₋: before this step) → ``gate.observe_param``.
+8. sensors   ‖g̃‖², g̃·m₋, ‖m₋‖², ‖p₋‖², ‖d‖², ‖Δp‖² (m₋, p₋: before this step), returned for
+             ``gate.observe_param``.
 A non-finite gradient skips the whole step for that parameter (state untouched, counted).
 
 AdamW (every non-matrix parameter and every ``kind='adamw'`` group): torch's AdamW formula,
@@ -114,9 +115,12 @@ def new_adamw_state(p: torch.Tensor) -> dict:
 
 
 def gated_matrix_step(p: torch.Tensor, grad: torch.Tensor, state: dict, hp: MatrixHyper,
-                      act: dict[str, torch.Tensor], spec, use_ortho: bool, use_clip: bool,
-                      ns_dtype: torch.dtype = torch.float32, use_adam: bool = True) -> None:
+                      act: dict[str, torch.Tensor], use_ortho: bool, use_clip: bool,
+                      ns_dtype: torch.dtype = torch.float32,
+                      use_adam: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """One gated step of one matrix parameter, in place (see the module docstring for the math).
+    Returns (the step's reductions in ``gate.SUMS`` order, the 0-d bool ``applied``); the caller folds
+    them into the sensors with ``gate.observe_param`` (for a whole group at once).
 
     ``act`` holds 0-d tensors update_mult, trust_mix, clip_inv, beta2, ortho. ``use_ortho`` /
     ``use_clip`` / ``use_adam`` are host-side facts from the spec (False when every pole has ω = 0 /
@@ -162,9 +166,7 @@ def gated_matrix_step(p: torch.Tensor, grad: torch.Tensor, state: dict, hp: Matr
 
     dot = lambda x, y: torch.dot(x.reshape(-1), y.reshape(-1))
     delta = P_new - P
-    sums = {"gg": dot(g, g), "gm": dot(g, m), "mm": dot(m, m), "pp": dot(P, P), "dd": dot(d, d),
-            "uu": dot(delta, delta)}
-    G.observe_param(sensors, step, spec, sums, applied)
+    sums = torch.stack([dot(g, g), dot(g, m), dot(m, m), dot(P, P), dot(d, d), dot(delta, delta)])
 
     m.copy_(torch.where(applied, m_new, m))
     v.copy_(torch.where(applied, v_new, v))
@@ -172,6 +174,7 @@ def gated_matrix_step(p: torch.Tensor, grad: torch.Tensor, state: dict, hp: Matr
     state["v_decay_prod"].copy_(torch.where(applied, p2, state["v_decay_prod"]))
     step.add_(applied.float())
     p.detach().copy_(torch.where(applied, P_new, P).to(p.dtype))
+    return sums, applied
 
 
 def adamw_step(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, betas: tuple[float, float],

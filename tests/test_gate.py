@@ -84,14 +84,12 @@ def test_inert_poles_pass_exact_values_whatever_the_gate():
 def test_observe_param_emas_and_lagged_trust_ratio():
     spec = GateSpec.default().replace(ema_grad_norm=0.5, ema_update_ratio=0.5, ema_grad_alignment=0.5)
     s = G.new_param_sensors("cpu")
-    sums = dict(gg=torch.tensor(4.0), gm=torch.tensor(0.0), mm=torch.tensor(0.0), pp=torch.tensor(9.0),
-                dd=torch.tensor(36.0), uu=torch.tensor(0.01))
+    sums = torch.tensor([4.0, 0.0, 0.0, 9.0, 36.0, 0.01])  # gg, gm, mm, pp, dd, uu
     G.observe_param(s, torch.tensor(0.0), spec, sums, torch.tensor(True))
     assert s[G.S_GRAD_NORM] == 2.0 and s[G.S_GRAD_NORM_REF] == 2.0
     assert s[G.S_TRUST_RATIO].item() == pytest.approx(3.0 / 6.0)
     assert s[G.S_UPDATE_RATIO].item() == pytest.approx(0.1 / 3.1)
-    sums2 = dict(gg=torch.tensor(16.0), gm=torch.tensor(2.0), mm=torch.tensor(1.0), pp=torch.tensor(0.0),
-                 dd=torch.tensor(1.0), uu=torch.tensor(0.0))
+    sums2 = torch.tensor([16.0, 2.0, 1.0, 0.0, 1.0, 0.0])
     G.observe_param(s, torch.tensor(1.0), spec, sums2, torch.tensor(True))
     assert s[G.S_GRAD_NORM].item() == pytest.approx(0.5 * 2.0 + 0.5 * 4.0)
     assert s[G.S_GRAD_NORM_REF] == 2.0
@@ -100,3 +98,17 @@ def test_observe_param_emas_and_lagged_trust_ratio():
     frozen = s.clone()
     G.observe_param(s, torch.tensor(2.0), spec, sums, torch.tensor(False))
     assert torch.equal(s[:G.S_SKIPPED], frozen[:G.S_SKIPPED]) and s[G.S_SKIPPED] == 1
+
+
+def test_observe_param_on_a_stack_equals_one_at_a_time():
+    spec = GateSpec.default()
+    gen = torch.Generator().manual_seed(0)
+    stack = torch.rand(5, G.N_SLOTS, generator=gen)
+    steps = torch.tensor([0.0, 1.0, 4.0, 2.0, 0.0])
+    sums = torch.rand(5, 6, generator=gen)
+    applied = torch.tensor([True, True, False, True, True])
+    singles = stack.clone()
+    for i in range(5):
+        G.observe_param(singles[i], steps[i], spec, sums[i], applied[i])
+    G.observe_param(stack, steps, spec, sums, applied)
+    assert torch.equal(stack, singles)
