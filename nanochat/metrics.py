@@ -1,0 +1,66 @@
+"""The JSONL metrics log. Every record carries ``type``, ``step`` and the corpus fingerprint.
+
+Record types: ``config`` (once per run start/resume), ``train`` (loss, lr multiplier, tokens/s,
+step time, cumulative training wall time), ``val`` (val bpb), ``gate`` (FusedGate's per-param
+gate, actuators and sensors), ``result`` (the final summary).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+FILENAME = "metrics.jsonl"
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as strings so every line stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class MetricsLog:
+    def __init__(self, out_dir: str | Path | None, fingerprint: str, resume_step: int | None = None):
+        self.fingerprint = fingerprint
+        self.path = Path(out_dir) / FILENAME if out_dir is not None else None
+        if self.path is not None and resume_step is not None and self.path.exists():
+            self._truncate_after(resume_step)
+
+    def _truncate_after(self, step: int) -> None:
+        """On resume, drop records logged after the checkpoint's step (they will be redone)."""
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("type") in ("train", "gate") and record.get("step", 0) >= step:
+                continue
+            if record.get("type") == "val" and record.get("step", 0) > step or record.get("type") == "result":
+                continue
+            kept.append(line)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def write(self, type_: str, **fields: Any) -> None:
+        if self.path is None:
+            return
+        record = {"type": type_, **_clean(fields), "corpus": self.fingerprint}
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    p = Path(path)
+    if p.is_dir():
+        p = p / FILENAME
+    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,309 @@
+"""The trainer: ``train(TrainConfig) -> TrainResult`` (the contract the search harness and the
+OptBrain eval use).
+
+One step t (0 ≤ t < N): batch(seed, t) → loss → backward → schedule(t) sets every group's lr
+(and Muon momentum / weight decay) → ``opt.step`` → zero grads. Validation runs before step t when
+t % eval_every == 0 and after the last step; val bpb = Σ nats / (ln 2 · Σ target bytes). A
+checkpoint (model, optimizer, step, curves) is written after validation at t % checkpoint_every == 0
+and at the end, so resuming at step t replays exactly the steps t, t+1, ... of the uninterrupted run.
+A non-finite loss stops the run before the optimizer step, keeping the last good checkpoint.
+
+Timing: ``wall_s`` is the summed wall time of the training steps (no evaluation, no checkpoints);
+``tokens_per_s`` is trained tokens / wall_s, leaving out the first step of the run (warm-up,
+compilation) when there is more than one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from fusedgate.nanochat.checkpoint import FILENAME as CHECKPOINT_FILENAME
+from fusedgate.nanochat.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from fusedgate.nanochat.data import check_size, load_data, train_batch, val_batches
+from fusedgate.nanochat.errors import TrainError
+from fusedgate.nanochat.metrics import FILENAME as METRICS_FILENAME
+from fusedgate.nanochat.metrics import MetricsLog
+from fusedgate.nanochat.model import GPT, GPTConfig
+from fusedgate.nanochat.muon import MuonAdamW
+from fusedgate.nanochat.presets import Preset, get_preset
+from fusedgate.nanochat.schedule import Schedule
+from fusedgate.spec import GateSpec
+
+OPTIMIZERS = ("baseline", "fusedgate", "adamw")
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "tiny"            # "test", "tiny" (CPU), "small", "d12", "d20" (GPU)
+    optimizer: str = "baseline"     # "baseline" (nanochat Muon+AdamW) | "fusedgate" | "adamw"
+    spec: GateSpec | None = None    # fusedgate only; None -> GateSpec.muon() (neutral)
+    steps: int | None = None        # None -> the preset's default
+    seed: int = 0
+    device: str = "cpu"
+    data: str | None = None         # None -> the embedded stdlib corpus
+    out_dir: str | None = None      # None -> write nothing to disk
+    eval_every: int | None = None   # None -> preset default
+    progress: bool = True           # tqdm bar
+    gate_log_every: int = 10        # steps between FusedGate gate_state() records
+    tokenizer: str = "byte"         # "byte" or "bpe:N"
+    compile: bool = False           # torch.compile the model (GPU)
+    resume: str | None = None       # a checkpoint file or run directory to continue
+    stop_at: int | None = None      # stop (with a checkpoint) at this step, as if interrupted
+    checkpoint_every: int | None = None  # None -> preset default (0: only at the end)
+    lr_scale: float = 1.0           # multiplies every group's lr (for lr sweeps)
+    overwrite: bool = False         # allow out_dir to already hold a run
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["spec"] = self.spec.to_dict() if self.spec is not None else None
+        return d
+
+
+@dataclass
+class TrainResult:
+    config: TrainConfig
+    final_val_bpb: float            # nan if diverged
+    val_curve: list[dict]           # [{"step", "val_bpb", "wall_s", "tokens"}], step 0 and the last step included
+    train_curve: list[dict]         # [{"step", "loss", "wall_s"}]
+    tokens_per_s: float
+    wall_s: float
+    diverged: bool                  # a NaN/inf loss stopped the run
+    corpus_fingerprint: str
+    gate_trajectory: list[dict] = field(default_factory=list)  # [{"step", "params": opt.gate_state()}]
+    steps_done: int = 0
+    total_s: float = 0.0            # wall time of the whole call, evaluation and setup included
+    n_params: int = 0
+    tokenizer: str = "byte"
+    device: str = "cpu"
+    message: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        return {"optimizer": self.config.optimizer, "preset": self.config.preset, "seed": self.config.seed,
+                "steps": self.steps_done, "final_val_bpb": self.final_val_bpb, "wall_s": self.wall_s,
+                "total_s": self.total_s, "tokens_per_s": self.tokens_per_s, "diverged": self.diverged,
+                "corpus": self.corpus_fingerprint, "tokenizer": self.tokenizer, "n_params": self.n_params,
+                "device": self.device, "message": self.message}
+
+
+# --------------------------------------------------------------------------------------------- setup
+def _check_config(config: TrainConfig) -> Preset:
+    preset = get_preset(config.preset)
+    if config.optimizer not in OPTIMIZERS:
+        raise TrainError(f"unknown optimizer {config.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    if config.spec is not None and not isinstance(config.spec, GateSpec):
+        raise TrainError("spec must be a GateSpec")
+    if config.steps is not None and config.steps < 1:
+        raise TrainError(f"steps must be at least 1, got {config.steps}")
+    if not (config.lr_scale > 0 and math.isfinite(config.lr_scale)):
+        raise TrainError(f"lr_scale must be a positive number, got {config.lr_scale}")
+    try:
+        device = torch.device(config.device)
+    except RuntimeError:
+        raise TrainError(f"unknown device {config.device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError(f"device {config.device!r} requested but CUDA is not available")
+    return preset
+
+
+def build_optimizer(name: str, groups: list[dict], spec: GateSpec | None, total_steps: int):
+    if name == "baseline":
+        return MuonAdamW(groups)
+    if name == "adamw":
+        return torch.optim.AdamW(groups)
+    from fusedgate.optimizer import FusedGate
+
+    return FusedGate(groups, spec=spec if spec is not None else GateSpec.muon(), total_steps=total_steps)
+
+
+def _group_kinds(optimizer, groups: list[dict]) -> list[str]:
+    """The nanochat kind of each of the optimizer's groups, matched by parameter identity."""
+    kind_of = {id(p): g["kind"] for g in groups for p in g["params"]}
+    return [kind_of[id(g["params"][0])] for g in optimizer.param_groups]
+
+
+@torch.no_grad()
+def evaluate_bpb(model: GPT, batches, token_bytes: torch.Tensor, device: torch.device, autocast) -> float:
+    """Bits per byte: Σ nats over targets with token_bytes > 0, over ln 2 · Σ their bytes."""
+    was_training = model.training
+    model.eval()
+    nats = torch.zeros((), dtype=torch.float64, device=device)
+    nbytes = torch.zeros((), dtype=torch.int64, device=device)
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        with autocast():
+            loss = model(x, y, reduction="none")
+        b = token_bytes[y]
+        nats += (loss.double() * (b > 0)).sum()
+        nbytes += b.sum()
+    model.train(was_training)
+    return float(nats.item() / (math.log(2) * max(int(nbytes.item()), 1)))
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def _prepare_out_dir(config: TrainConfig) -> Path | None:
+    if config.out_dir is None:
+        return None
+    out = Path(config.out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"--out {out} exists and is not a directory")
+    held = [name for name in (METRICS_FILENAME, CHECKPOINT_FILENAME) if (out / name).exists()]
+    if held and config.resume is None and not config.overwrite:
+        raise TrainError(f"--out {out} already holds a run ({held[0]}); choose another directory, "
+                         "--resume it or pass --overwrite")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- train
+def train(config: TrainConfig) -> TrainResult:
+    """Train one model; see the module docstring. Raises TrainError on bad input (nothing written)."""
+    t_start = time.perf_counter()
+    preset = _check_config(config)
+    device = torch.device(config.device)
+    ckpt = load_checkpoint(config.resume) if config.resume is not None else None
+    total_steps = config.steps or (ckpt["total_steps"] if ckpt else preset.steps)
+    eval_every = config.eval_every or preset.eval_every
+    checkpoint_every = preset.checkpoint_every if config.checkpoint_every is None else config.checkpoint_every
+    where = config.data or "(python stdlib)"
+    data = load_data(config.data, config.tokenizer, preset.max_corpus_bytes)
+    check_size(data, preset.seq_len, where)
+    model_config = GPTConfig.from_depth(preset.depth, data.vocab_size, preset.seq_len, preset.aspect_ratio,
+                                        preset.head_dim)
+    spec_json = config.spec.to_json(indent=None) if config.spec is not None else None
+    identity = {"model_config": model_config.to_dict(), "optimizer": config.optimizer, "spec": spec_json,
+                "seed": config.seed, "total_steps": total_steps, "corpus": data.fingerprint,
+                "tokenizer": data.tokenizer, "lr_scale": config.lr_scale}
+    if ckpt is not None:
+        check_compatible(ckpt, config.resume, identity)
+    out_dir = _prepare_out_dir(config)
+
+    # model and optimizer: initialised on the CPU from the seed, so every device and optimizer starts equal
+    torch.manual_seed(config.seed)
+    model = GPT(model_config)
+    model.to(device)
+    matrix_kind = "adamw" if config.optimizer == "adamw" else "muon"
+    groups = model.param_groups(preset.embedding_lr, preset.unembedding_lr, preset.matrix_lr, preset.weight_decay,
+                                matrix_kind=matrix_kind, adam_matrix_lr=preset.adam_matrix_lr)
+    optimizer = build_optimizer(config.optimizer, groups, config.spec, total_steps)
+    kinds = _group_kinds(optimizer, groups)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"] * config.lr_scale
+        group["initial_weight_decay"] = group["weight_decay"]
+    schedule = Schedule(total_steps, preset.warmup_steps, preset.warmdown_ratio, preset.final_lr_frac,
+                        preset.momentum_warmup)
+
+    start, wall, first_step_s = 0, 0.0, 0.0
+    val_curve: list[dict] = []
+    train_curve: list[dict] = []
+    gates: list[dict] = []
+    if ckpt is not None:
+        try:
+            model.load_state_dict(ckpt["model_state"])
+            optimizer.load_state_dict(ckpt["optimizer_state"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise TrainError(f"checkpoint {config.resume} does not fit this model/optimizer: "
+                             f"{str(exc).splitlines()[0][:160]}") from None
+        start, wall, first_step_s = ckpt["step"], ckpt["wall_s"], ckpt["first_step_s"]
+        val_curve, train_curve, gates = ckpt["val_curve"], ckpt["train_curve"], ckpt["gate_trajectory"]
+
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    log = MetricsLog(out_dir, data.fingerprint, resume_step=start if ckpt is not None else None)
+    log.write("config", step=start, config=config.to_dict(), model=model_config.to_dict(),
+              n_params=model.num_params(), tokenizer=data.tokenizer, train_tokens=len(data.train),
+              val_tokens=len(data.val), total_steps=total_steps, resumed=ckpt is not None)
+
+    fwd = torch.compile(model) if config.compile else model
+    autocast = _autocast(device)
+    token_bytes = torch.from_numpy(data.token_bytes).to(device)
+    val_sets = val_batches(data, preset.batch_size, preset.seq_len, preset.eval_tokens)
+    tokens_per_step = preset.tokens_per_step
+    stop = total_steps if config.stop_at is None else min(config.stop_at, total_steps)
+    diverged, message = False, ""
+
+    def checkpoint(step: int) -> None:
+        if out_dir is None:
+            return
+        save_checkpoint(out_dir / CHECKPOINT_FILENAME, {
+            **identity, "step": step, "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+            "data_position": {"sampler": "random-windows(seed, step)", "seed": config.seed, "step": step},
+            "wall_s": wall, "first_step_s": first_step_s, "val_curve": val_curve, "train_curve": train_curve,
+            "gate_trajectory": gates, "config": config.to_dict()})
+
+    bar = tqdm(total=stop, initial=start, disable=not config.progress, desc=config.optimizer, unit="step",
+               dynamic_ncols=True, file=sys.stderr)
+    step = start
+    for step in range(start, stop + 1):
+        if (step % eval_every == 0 or step == stop) and not (val_curve and val_curve[-1]["step"] == step):
+            bpb = evaluate_bpb(model, val_sets, token_bytes, device, autocast)
+            val_curve.append({"step": step, "val_bpb": bpb, "wall_s": wall, "tokens": step * tokens_per_step})
+            log.write("val", step=step, val_bpb=bpb, wall_s=wall, tokens=step * tokens_per_step)
+            bar.set_postfix(val_bpb=f"{bpb:.3f}", refresh=False)
+        if step > start and (step == stop or (checkpoint_every and step % checkpoint_every == 0)):
+            checkpoint(step)
+        if step == stop:
+            break
+
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        x, y = train_batch(data, config.seed, step, preset.batch_size, preset.seq_len)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast():
+            loss = fwd(x, y)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            diverged = True
+            message = (f"loss became {loss_value} at step {step}; stopped"
+                       + (f", last good checkpoint kept in {out_dir}" if out_dir is not None else ""))
+            break
+        loss.backward()
+        lrm = schedule.apply(optimizer.param_groups, kinds, step)
+        if config.optimizer == "adamw":
+            optimizer.step()
+        else:
+            optimizer.step(loss=loss.detach())
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        wall += dt
+        if step == 0:
+            first_step_s = dt
+        train_curve.append({"step": step, "loss": loss_value, "wall_s": wall})
+        log.write("train", step=step, loss=loss_value, lr_mult=lrm, step_s=dt, tokens_per_s=tokens_per_step / dt,
+                  wall_s=wall)
+        if config.optimizer == "fusedgate" and (step % config.gate_log_every == 0 or step == total_steps - 1):
+            state = optimizer.gate_state()
+            gates.append({"step": step, "params": state})
+            log.write("gate", step=step, params=state)
+        bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_step / dt:,.0f}", refresh=False)
+        bar.update(1)
+    bar.close()
+
+    steps_done = len(train_curve)
+    timed_steps, timed_wall = (steps_done - 1, wall - first_step_s) if steps_done > 1 else (steps_done, wall)
+    tokens_per_s = timed_steps * tokens_per_step / timed_wall if timed_wall > 0 else 0.0
+    finished = not diverged and step == total_steps
+    result = TrainResult(
+        config=config, final_val_bpb=float("nan") if diverged else val_curve[-1]["val_bpb"], val_curve=val_curve,
+        train_curve=train_curve, tokens_per_s=tokens_per_s, wall_s=wall, diverged=diverged,
+        corpus_fingerprint=data.fingerprint, gate_trajectory=gates, steps_done=steps_done,
+        total_s=time.perf_counter() - t_start, n_params=model.num_params(), tokenizer=data.tokenizer,
+        device=str(device), message=message or ("" if finished else f"stopped at step {step} of {total_steps}"))
+    log.write("result", step=step, **result.summary())
+    return result
