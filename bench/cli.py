@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import torch
+
 from fusedgate.bench import contestants as C
 from fusedgate.bench import report, suite
 from fusedgate.bench.targets import evaluate

@@ -27,9 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from fusedgate.bench.workloads import Workload, ns_flops
 
 from fusedgate import reference as R
+from fusedgate.bench.workloads import Workload, ns_flops
 from fusedgate.optimizer import FusedGate
 from fusedgate.spec import GateSpec
 

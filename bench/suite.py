@@ -15,12 +15,12 @@ import platform
 import re
 
 import torch
-from fusedgate.bench.contestants import BASELINE, Contestant, Unavailable, ns_dtype
-from fusedgate.bench.timing import Plan, copy_bandwidth, flush_buffer, measure
-from fusedgate.bench.workloads import DTYPES, Workload
 from tqdm import tqdm
 
 import fusedgate
+from fusedgate.bench.contestants import BASELINE, Contestant, Unavailable, ns_dtype
+from fusedgate.bench.timing import Plan, copy_bandwidth, flush_buffer, measure
+from fusedgate.bench.workloads import DTYPES, Workload
 
 PLANS = {
     "gpu": Plan(warmup=5, min_reps=10, max_reps=200, budget_s=0.5),

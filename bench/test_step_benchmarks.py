@@ -14,6 +14,7 @@ import os
 
 import pytest
 import torch
+
 from fusedgate.bench.contestants import CONTESTANTS, Unavailable, ns_dtype
 from fusedgate.bench.timing import flush_buffer, synchronize
 from fusedgate.bench.workloads import workloads

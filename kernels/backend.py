@@ -21,14 +21,14 @@ import weakref
 
 import torch
 import triton.language as tl
+
+from fusedgate import gate as G
+from fusedgate import reference as R
 from fusedgate.kernels import layout as L
 from fusedgate.kernels import scalar_kernels as SK
 from fusedgate.kernels import step_kernels as K
 from fusedgate.kernels._interpret import INTERPRET
 from fusedgate.kernels.newton_schulz import newton_schulz_torch
-
-from fusedgate import gate as G
-from fusedgate import reference as R
 
 TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16,
              torch.float64: tl.float64}

@@ -11,11 +11,12 @@ import sys
 
 import triton
 import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
 from fusedgate.kernels import newton_schulz as NS
 from fusedgate.kernels import scalar_kernels as SK
 from fusedgate.kernels import step_kernels as K
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
 P = "*i64"
 CHUNKS = {"ptrs": P, "chunk_param": P, "chunk_off": P, "numels": P}

@@ -17,10 +17,10 @@ from __future__ import annotations
 import math
 
 import torch
-from fusedgate.kernels import slots as S
-from fusedgate.kernels._interpret import INTERPRET
 
 from fusedgate import reference as R
+from fusedgate.kernels import slots as S
+from fusedgate.kernels._interpret import INTERPRET
 
 # Elements per program: large blocks keep the interpreter's per-program overhead down.
 BLOCK = 4096 if INTERPRET else 1024

@@ -17,10 +17,10 @@ the reference; tanh, log and sigmoid are spelled out with exp/log and differ fro
 
 import triton
 import triton.language as tl
-from fusedgate.kernels import slots as S
-from fusedgate.kernels._interpret import helper, library
 
 from fusedgate import gate as G
+from fusedgate.kernels import slots as S
+from fusedgate.kernels._interpret import helper, library
 
 _sum = library(tl.sum)
 _max = library(tl.max)

@@ -15,6 +15,7 @@ p, m, v are neither read nor written.
 
 import triton
 import triton.language as tl
+
 from fusedgate.kernels import slots as S
 from fusedgate.kernels._interpret import helper, library
 

@@ -10,14 +10,14 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from fusedgate import reference as R
 from fusedgate.bench import contestants as C
 from fusedgate.bench import report, suite
 from fusedgate.bench.targets import evaluate
 from fusedgate.bench.timing import flush_buffer, percentile
 from fusedgate.bench.workloads import matrix_workload, nanochat_shapes, ns_flops
-from torch.utils.flop_counter import FlopCounterMode
-
-from fusedgate import reference as R
 from fusedgate.cli import main as cli_main
 
 CPU_CONTESTANTS = ("adamw_fused", "adamw_foreach", "fg_gated_ref", "ns_torch")

@@ -7,8 +7,8 @@ Triton fp16 vs the fp32 reference ≤ 2e-2 (fp16 storage of A, B and X between l
 
 import pytest
 import torch
-from fusedgate.kernels.newton_schulz import newton_schulz_torch, newton_schulz_triton
 
+from fusedgate.kernels.newton_schulz import newton_schulz_torch, newton_schulz_triton
 from fusedgate.reference import newton_schulz
 
 SHAPES = [(24, 40), (70, 33), (3, 17, 17), (2, 9, 70)]

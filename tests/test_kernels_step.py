@@ -9,12 +9,12 @@ import math
 
 import pytest
 import torch
-from fusedgate.kernels import backend
-from fusedgate.kernels import layout as L
 from test_kernels_cases import busy_spec, make_params, random_grads, rel, step_both, twin_optimizers, worst_differences
 
 from fusedgate import FusedGate, GateSpec
 from fusedgate import gate as G
+from fusedgate.kernels import backend
+from fusedgate.kernels import layout as L
 
 ODD_SHAPES = [(7, 13), (1, 5), (0, 4), (5, 3, 2), (7, 13), (3, L.BLOCK + 5)]
 TOL = {"param": 1e-6, "exp_avg": 1e-5, "exp_avg_sq": 1e-5, "sensors": 1e-5, "m_decay_prod": 1e-7,

@@ -7,9 +7,9 @@ within 1e-5. Checkpoints move between the backends mid-run.
 
 import pytest
 import torch
-from fusedgate.kernels import backend
 
 from fusedgate import FusedGate, GateSpec
+from fusedgate.kernels import backend
 
 
 def small_model(seed: int = 0) -> torch.nn.Module:
