@@ -26,9 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", nargs="?", const="baseline,fusedgate", default=None, metavar="OPTS",
                         help="train several optimizers back to back (default baseline,fusedgate) and "
                              "write a table and plot")
-    parser.add_argument("--spec", metavar="FILE",
-                        help="GateSpec JSON file for FusedGate, or a preset name: muon (neutral, the default), "
-                             "default (gated), adamw")
+    parser.add_argument("--spec", metavar="FILE", default="default",
+                        help="GateSpec JSON file for FusedGate, or a preset name: default (the gated starting "
+                             "point; the default), muon (neutral: classic Muon), adamw")
     parser.add_argument("--steps", type=int, help="training steps (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -59,7 +59,7 @@ def _load_spec(name_or_path: str) -> GateSpec:
 
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
-    spec = _load_spec(args.spec) if args.spec else None
+    spec = _load_spec(args.spec)
     if args.resume:
         from fusedgate.nanochat.checkpoint import load_checkpoint, resolve
 
