@@ -1,0 +1,216 @@
+"""Composite scoring, the win criterion and the Pareto frontier.
+
+A candidate run is compared with the baseline run of the same (preset, steps, seed, corpus): the
+same data order, init, LR schedule and budget. From the two runs (``final_val_bpb``, ``val_curve``,
+``train_curve``, ``tokens_per_s``) we compute, per seed:
+
+    bpb_gain          baseline final val bpb − candidate final val bpb          (> 0 is better)
+    auc_gain          mean val bpb of the baseline curve − that of the candidate, where the mean is the
+                      trapezoid area under val_bpb(step) divided by the number of steps
+    speedup           1 − t/T, t = the first step (linearly interpolated between evals) at which the
+                      candidate's val bpb reaches the baseline's final val bpb, T = the run length;
+                      0 if it never does
+    throughput_ratio  baseline median step time ÷ candidate median step time (the step times are the
+                      differences of the train curve's cumulative wall_s; both runs process the same
+                      tokens per step). The median ignores the compile/warm-up first steps and the
+                      odd stall of a shared machine; without a train curve, tokens/s is used.
+    spikes            train steps whose loss exceeds 1.25 × the EMA (decay 0.9) of the losses before it
+    stability         1 / (1 + spikes); 0 for a diverged or failed run
+
+    score = bpb_gain + 0.5·auc_gain + 0.01·speedup + 0.02·ln(clamp(throughput_ratio, 0.5, 2))
+            − 0.02·(1 − stability)
+
+in bpb units, so a 0.01 bpb gain at the end outweighs everything else of similar size. A diverged
+(NaN/inf) or failed run scores ``FAIL_SCORE`` and ranks below every finished run.
+
+Across seeds the score is the mean. A **win** needs a bpb_gain ≥ 0.005 on at least 2 of 3 seeds
+(2/3 of the seeds, and at least 3 seeds) with a mean throughput ratio ≥ 0.95 and no failed seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+FAIL_SCORE = -10.0
+WIN_BPB_GAIN = 0.005
+WIN_MIN_SEEDS = 3
+WIN_THROUGHPUT = 0.95
+SPIKE_FACTOR = 1.25
+SPIKE_EMA = 0.9
+WIN_CRITERION = (
+    f"a win needs a val-bpb gain of at least {WIN_BPB_GAIN} over nanochat's Muon+AdamW baseline "
+    f"on at least 2 of 3 seeds (confirmation horizon, >= {WIN_MIN_SEEDS} seeds, none failed) "
+    f"at a mean throughput ratio of at least {WIN_THROUGHPUT}x"
+)
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def mean_curve(curve: Sequence[dict], key: str = "val_bpb") -> float:
+    """Trapezoid area under key(step) divided by the step span (= the mean over the run)."""
+    pts = [(c["step"], c[key]) for c in curve]
+    if len(pts) == 1:
+        return float(pts[0][1])
+    area = sum((s1 - s0) * (v0 + v1) / 2 for (s0, v0), (s1, v1) in zip(pts, pts[1:]))
+    return area / (pts[-1][0] - pts[0][0])
+
+
+def time_to_target(curve: Sequence[dict], target: float) -> float | None:
+    """First step (linearly interpolated) at which val_bpb <= target, or None if never."""
+    prev = None
+    for c in curve:
+        if c["val_bpb"] <= target:
+            if prev is None or prev["val_bpb"] == c["val_bpb"]:
+                return float(c["step"])
+            frac = (prev["val_bpb"] - target) / (prev["val_bpb"] - c["val_bpb"])
+            return prev["step"] + frac * (c["step"] - prev["step"])
+        prev = c
+    return None
+
+
+def count_spikes(train_curve: Sequence[dict]) -> int:
+    """Steps whose loss is non-finite or exceeds SPIKE_FACTOR × the EMA of the previous losses."""
+    spikes, ema = 0, None
+    for c in train_curve:
+        loss = c["loss"]
+        if not _finite(loss):
+            spikes += 1
+            continue
+        if ema is not None and loss > SPIKE_FACTOR * ema:
+            spikes += 1
+        ema = loss if ema is None else SPIKE_EMA * ema + (1 - SPIKE_EMA) * loss
+    return spikes
+
+
+def median_step_time(train_curve: Sequence[dict]) -> float | None:
+    """Median of the per-step wall times (differences of the cumulative ``wall_s``; the first step's
+    time is its own ``wall_s``)."""
+    walls = [c["wall_s"] for c in train_curve]
+    if not walls:
+        return None
+    dts = sorted([walls[0]] + [b - a for a, b in zip(walls, walls[1:])])
+    mid = len(dts) // 2
+    return dts[mid] if len(dts) % 2 else (dts[mid - 1] + dts[mid]) / 2
+
+
+def throughput_ratio(candidate: dict, baseline: dict) -> float:
+    tc, tb = median_step_time(candidate.get("train_curve") or []), median_step_time(baseline.get("train_curve") or [])
+    if tc and tb:
+        return tb / tc
+    return candidate["tokens_per_s"] / baseline["tokens_per_s"] if baseline.get("tokens_per_s") else 1.0
+
+
+def run_ok(run: dict) -> bool:
+    return run.get("status") == "ok" and _finite(run.get("final_val_bpb"))
+
+
+def compare(candidate: dict, baseline: dict) -> dict:
+    """Per-seed metrics of a candidate run against the baseline run (see the module docstring)."""
+    if not run_ok(baseline):
+        raise ValueError("the baseline run itself failed; cannot score against it")
+    if not run_ok(candidate):
+        return {
+            "failed": True,
+            "bpb_gain": None,
+            "auc_gain": None,
+            "speedup": 0.0,
+            "throughput_ratio": None,
+            "spikes": None,
+            "stability": 0.0,
+            "score": FAIL_SCORE,
+        }
+    bpb_gain = baseline["final_val_bpb"] - candidate["final_val_bpb"]
+    auc_gain = mean_curve(baseline["val_curve"]) - mean_curve(candidate["val_curve"])
+    horizon = candidate["val_curve"][-1]["step"] or 1
+    t = time_to_target(candidate["val_curve"], baseline["final_val_bpb"])
+    speedup = 0.0 if t is None else max(0.0, 1.0 - t / horizon)
+    ratio = throughput_ratio(candidate, baseline)
+    spikes = count_spikes(candidate["train_curve"])
+    stability = 1.0 / (1.0 + spikes)
+    score = (
+        bpb_gain
+        + 0.5 * auc_gain
+        + 0.01 * speedup
+        + 0.02 * math.log(min(max(ratio, 0.5), 2.0))
+        - 0.02 * (1.0 - stability)
+    )
+    return {
+        "failed": False,
+        "bpb_gain": bpb_gain,
+        "auc_gain": auc_gain,
+        "speedup": speedup,
+        "throughput_ratio": ratio,
+        "spikes": spikes,
+        "stability": stability,
+        "score": score,
+    }
+
+
+def aggregate(per_seed: Sequence[dict]) -> dict:
+    """Combine per-seed ``compare`` results: mean score, mean metrics over finished seeds, the win flag."""
+    n = len(per_seed)
+    ok = [m for m in per_seed if not m["failed"]]
+    avg = lambda key: sum(m[key] for m in ok) / len(ok) if ok else None
+    wins = sum(1 for m in ok if m["bpb_gain"] >= WIN_BPB_GAIN)
+    out = {
+        "n_seeds": n,
+        "n_failed": n - len(ok),
+        "score": sum(m["score"] for m in per_seed) / n if n else FAIL_SCORE,
+        "bpb_gain": avg("bpb_gain"),
+        "auc_gain": avg("auc_gain"),
+        "speedup": avg("speedup"),
+        "throughput_ratio": avg("throughput_ratio"),
+        "stability": sum(m["stability"] for m in per_seed) / n if n else 0.0,
+        "seeds_with_gain": wins,
+    }
+    out["win"] = bool(
+        n >= WIN_MIN_SEEDS
+        and not out["n_failed"]
+        and 3 * wins >= 2 * n
+        and out["throughput_ratio"] >= WIN_THROUGHPUT - 1e-9
+    )
+    return out
+
+
+def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    """a Pareto-dominates b (all objectives maximised)."""
+    return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+
+def pareto_front(points: Sequence[Sequence[float]]) -> list[int]:
+    """Indices of the non-dominated points (every objective maximised), in input order."""
+    return [i for i, p in enumerate(points) if not any(dominates(q, p) for j, q in enumerate(points) if j != i)]
+
+
+def pareto_objectives(agg: dict) -> tuple[float, float, float]:
+    """(bpb gain, throughput ratio, stability) of an aggregated result: the axes of the frontier."""
+    return (agg["bpb_gain"], agg["throughput_ratio"], agg["stability"])
+
+
+def ranks(xs: Sequence[float]) -> list[float]:
+    """1-based ranks, ties get the average of the ranks they span."""
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    out = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Spearman's rho: the Pearson correlation of the (tie-averaged) ranks. nan if undefined."""
+    if len(xs) != len(ys) or len(xs) < 2:
+        return math.nan
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    vx, vy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return cov / math.sqrt(vx * vy) if vx > 0 and vy > 0 else math.nan
