@@ -80,7 +80,8 @@ class FusedGate(torch.optim.Optimizer):
                 raise ValueError(f"a kind='muon' group holds a {p.ndim}-D parameter of shape {tuple(p.shape)}; "
                                  "Muon groups take matrices only")
 
-    def _is_gated(self, group: dict, index: int, p: torch.Tensor) -> bool:
+    def is_gated(self, group: dict, index: int, p: torch.Tensor) -> bool:
+        """Whether parameter ``index`` of ``group`` gets the gated update (else AdamW)."""
         kind = group.get("kind")
         if kind == "adamw":
             return False
@@ -144,7 +145,7 @@ class FusedGate(torch.optim.Optimizer):
                     continue
                 if p.grad.is_sparse:
                     raise TypeError("FusedGate does not support sparse gradients")
-                is_gated = self._is_gated(group, index, p)
+                is_gated = self.is_gated(group, index, p)
                 state = self.state[p]
                 if not state:
                     state.update(R.new_matrix_state(p) if is_gated else R.new_adamw_state(p))
@@ -248,7 +249,7 @@ class FusedGate(torch.optim.Optimizer):
                                  f"{len(group['params'])} here")
             for index, (pid, p) in enumerate(zip(saved["params"], group["params"])):
                 id_to_param[pid] = p
-                id_to_role[pid] = self._is_gated(group, index, p)
+                id_to_role[pid] = self.is_gated(group, index, p)
         for pid, pstate in state_dict.get("state", {}).items():
             if pid not in id_to_param:
                 raise ValueError(f"state_dict holds state for an unknown parameter id {pid}")

@@ -1,0 +1,254 @@
+"""The OptBrain's learner: observations -> a Gaussian policy over three knobs, trained by antithetic ES.
+
+Pure numpy (no torch), shared by the torch wrapper and numpy mode. Time is cut into *windows* of K
+steps; the knobs are held fixed over a window. After a few neutral warm-up windows (evidence for the
+normalisers) the brain runs *cycles* of three windows in a random order:
+
+    +  z = α·(μ + σ⊙ε)      −  z = α·(μ − σ⊙ε)      0  z = 0  (exactly neutral: the control)
+
+with ε ~ N(0, I) per group and knob, μ_g = b_g + W·o_g a linear policy of the normalised
+observation o_g (6 loss features + 6 features of group g), σ the exploration scale and α ∈ [α_min, 1]
+the trust. A knob vector z is mapped to (scale, clip, dampen) by
+
+    scale = exp(clamp(z₀, ln 0.01, ln 10))    clip = exp(clamp(z₁, ln 0.1, ln 5))    dampen = clamp(z₂, 0, 1)
+
+so z = 0 gives exactly (1, 1, 0). The reward R of a window is its *progress*: minus the least-squares
+slope of log-loss over the window's K steps, times K. Per cycle, with s² a running mean of e²:
+
+    e = (R₊ − R₋)/2            A = clamp(e/s, −3, 3)          (antithetic ES advantage)
+    b_g ← (1−λ)·b_g + η·A·σ⊙ε_g        W ← (1−λ)·W + (η/12)·A·mean_g (σ⊙ε_g) o_gᵀ
+    D = ((R₊ + R₋)/2 − R₀)/s                                  (the brain's advantage over neutral)
+
+D is the guardrail's measurement: an EMA of D below zero (the brain's recent windows did worse than
+the interleaved neutral ones) multiplies α by 0.8 (toward neutral); otherwise α grows by 1.25 (the inverse) up to 1.
+A window whose loss is not finite counts as 3·s worse than the worst finite window of its cycle and
+halves α at once. The random order of the three windows makes the loss's natural decay over time an
+unbiased noise term in e and D.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+KNOBS = ("scale", "clip", "dampen")
+N_LOSS_FEATURES = 6
+N_GROUP_FEATURES = 6
+N_OBS = N_LOSS_FEATURES + N_GROUP_FEATURES
+LOSS_FEATURES = ("progress", "log_noise", "log_change", "log_since_start", "log_vs_slow", "log_time")
+GROUP_FEATURES = ("log_grad_norm", "grad_spike", "alignment", "oscillation", "log_update_ratio",
+                  "log_param_norm")
+SCALE_RANGE = (0.01, 10.0)
+CLIP_RANGE = (0.1, 5.0)
+DAMPEN_RANGE = (0.0, 1.0)
+ROLES = (1, -1, 0)  # +ε, −ε, neutral control
+
+
+class BrainError(ValueError):
+    """Bad input to the OptBrain, or a brain file that is corrupt or does not match."""
+
+
+def knobs_from_z(z: np.ndarray) -> np.ndarray:
+    """Map policy space (G, 3) to knobs (G, 3): scale, clip in log space, dampen clamped. z=0 -> (1,1,0)."""
+    z = np.asarray(z, dtype=np.float64)
+    out = np.empty_like(z)
+    out[:, 0] = np.exp(np.clip(z[:, 0], math.log(SCALE_RANGE[0]), math.log(SCALE_RANGE[1])))
+    out[:, 1] = np.exp(np.clip(z[:, 1], math.log(CLIP_RANGE[0]), math.log(CLIP_RANGE[1])))
+    out[:, 2] = np.clip(z[:, 2], *DAMPEN_RANGE) + 0.0  # + 0.0 turns -0.0 into 0.0
+    return out
+
+
+class RunningNorm:
+    """Online per-feature mean/variance: weight w = max(1/n, 1-β) on each new sample (Welford, then EMA).
+
+    normalise(x) = clamp((x - mean)/sqrt(var + 1e-8), -5, 5), non-finite -> 0. Non-finite samples are
+    not learnt from.
+    """
+
+    def __init__(self, shape, beta: float = 0.99):
+        self.beta = beta
+        self.mean = np.zeros(shape)
+        self.var = np.zeros(shape)
+        self.count = np.zeros(shape)
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float64)
+        ok = np.isfinite(x)
+        self.count = self.count + ok
+        w = np.where(ok, np.maximum(1.0 / np.maximum(self.count, 1), 1.0 - self.beta), 0.0)
+        delta = np.where(ok, x - self.mean, 0.0)
+        self.mean = self.mean + w * delta
+        self.var = (1.0 - w) * (self.var + w * delta * delta)
+
+    def normalise(self, x: np.ndarray) -> np.ndarray:
+        z = (np.asarray(x, dtype=np.float64) - self.mean) / np.sqrt(self.var + 1e-8)
+        return np.clip(np.nan_to_num(z, nan=0.0, posinf=5.0, neginf=-5.0), -5.0, 5.0)
+
+
+def window_progress(losses: np.ndarray) -> tuple[float, float]:
+    """(progress, noise) of one window: progress = -K·slope of the least-squares fit of log-loss on
+    step index, noise = std of its residuals. NaN when a loss is not finite or not positive."""
+    losses = np.asarray(losses, dtype=np.float64)
+    if losses.size < 2 or not np.all(np.isfinite(losses)):
+        return math.nan, math.nan
+    y = np.log(np.maximum(losses, 1e-30))
+    t = np.arange(losses.size, dtype=np.float64)
+    t -= t.mean()
+    slope = float(np.dot(t, y - y.mean()) / np.dot(t, t))
+    resid = y - y.mean() - slope * t
+    return -slope * losses.size, float(np.sqrt(np.mean(resid * resid)))
+
+
+class BrainCore:
+    """The learner. ``end_window(losses, group_features)`` -> the (G, 3) knobs for the next window."""
+
+    def __init__(self, n_groups: int, window: int = 10, explore: float = 1.0, policy_lr: float = 0.1,
+                 decay: float = 0.02, warmup_windows: int = 3, alpha_min: float = 0.05, seed: int = 0,
+                 sigma: tuple[float, float, float] = (0.25, 0.25, 0.1)):
+        if not isinstance(n_groups, int) or isinstance(n_groups, bool) or not 1 <= n_groups <= 1024:
+            raise BrainError(f"n_groups={n_groups!r}: expected an integer in [1, 1024]")
+        if not isinstance(window, int) or isinstance(window, bool) or not 3 <= window <= 100_000:
+            raise BrainError(f"window={window!r}: expected an integer >= 3")
+        for name, v, lo, hi in (("explore", explore, 0.0, 10.0), ("policy_lr", policy_lr, 0.0, 10.0),
+                                ("decay", decay, 0.0, 1.0), ("alpha_min", alpha_min, 0.0, 1.0)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+                raise BrainError(f"{name}={v!r}: expected a number in [{lo}, {hi}]")
+        if not isinstance(warmup_windows, int) or warmup_windows < 1:
+            raise BrainError(f"warmup_windows={warmup_windows!r}: expected an integer >= 1")
+        self.n_groups, self.window, self.seed = n_groups, window, int(seed)
+        self.explore, self.policy_lr, self.decay = float(explore), float(policy_lr), float(decay)
+        self.warmup_windows, self.alpha_min = warmup_windows, float(alpha_min)
+        self.sigma = np.asarray(sigma, dtype=np.float64) * self.explore
+        self.rng = np.random.Generator(np.random.PCG64(self.seed))
+        g = n_groups
+        self.W = np.zeros((3, N_OBS))               # shared policy weights
+        self.b = np.zeros((g, 3))                   # per-group policy bias
+        self.loss_norm = RunningNorm(N_LOSS_FEATURES)
+        self.group_norm = RunningNorm((g, N_GROUP_FEATURES))
+        self.alpha = 1.0                            # trust, shrunk toward neutral by the guardrail
+        self.e_sq = 0.0                             # running mean of e² (advantage scale)
+        self.ema_d = 0.0                            # EMA of D, the brain-vs-neutral advantage
+        self.n_windows = 0
+        self.n_cycles = 0
+        self.n_shrinks = 0
+        self.n_bad_windows = 0
+        self.sum_d = 0.0
+        self.prev_mean = math.nan                   # log mean loss of the previous window
+        self.first_mean = math.nan                  # log mean loss of the first window
+        self.slow_mean = math.nan                   # slow EMA of log mean loss
+        self.cycle_order = np.zeros(3, dtype=np.int64)
+        self.cycle_pos = 0
+        self.cycle_r = np.zeros(3)
+        self.eps = np.zeros((g, 3))
+        self.mu = np.zeros((g, 3))
+        self.obs = np.zeros((g, N_OBS))
+        self.z = np.zeros((g, 3))                   # current policy-space decision
+        self.decisions = knobs_from_z(self.z)       # current knobs, exactly (1, 1, 0) at start
+
+    # ---- observations -------------------------------------------------------------------------
+    def _loss_features(self, losses: np.ndarray) -> np.ndarray:
+        progress, noise = window_progress(losses)
+        finite = losses[np.isfinite(losses) & (losses > 0)]
+        log_mean = float(np.log(np.mean(finite))) if finite.size else math.nan
+        if math.isnan(self.first_mean):
+            self.first_mean = log_mean
+        if math.isnan(self.slow_mean):
+            self.slow_mean = log_mean
+        feats = np.array([progress, math.log(noise + 1e-8), log_mean - self.prev_mean,
+                          log_mean - self.first_mean, log_mean - self.slow_mean,
+                          math.log1p(self.n_windows)])
+        if math.isfinite(log_mean):
+            self.prev_mean = log_mean
+            self.slow_mean = 0.9 * self.slow_mean + 0.1 * log_mean
+        return feats
+
+    # ---- the window / cycle machine -----------------------------------------------------------
+    def end_window(self, losses: np.ndarray, group_features: np.ndarray) -> np.ndarray:
+        """Consume one finished window: its K losses in time order and the (G, 6) group features
+        averaged over it. Learns when a cycle completes and returns the knobs for the next window."""
+        losses = np.asarray(losses, dtype=np.float64).reshape(-1)
+        feats = np.asarray(group_features, dtype=np.float64)
+        if losses.shape != (self.window,):
+            raise BrainError(f"end_window: expected {self.window} losses, got {losses.shape[0]}")
+        if feats.shape != (self.n_groups, N_GROUP_FEATURES):
+            raise BrainError(f"end_window: expected group features of shape "
+                             f"{(self.n_groups, N_GROUP_FEATURES)}, got {feats.shape}")
+        lf = self._loss_features(losses)
+        self.loss_norm.update(lf)
+        self.group_norm.update(feats)
+        reward = lf[0]
+        self.n_windows += 1
+        if not math.isfinite(reward):
+            self.n_bad_windows += 1
+            self.alpha = max(self.alpha * 0.5, self.alpha_min)
+        if self.n_windows < self.warmup_windows:
+            return self.decisions
+        if self.n_windows > self.warmup_windows:
+            self.cycle_r[self.cycle_pos] = reward
+            self.cycle_pos += 1
+            if self.cycle_pos == 3:
+                self._learn()
+        if self.n_windows == self.warmup_windows or self.cycle_pos == 3:
+            self._start_cycle(lf, feats)
+        self._set_decision()
+        return self.decisions
+
+    def _start_cycle(self, lf: np.ndarray, feats: np.ndarray) -> None:
+        lo = self.loss_norm.normalise(lf)
+        go = self.group_norm.normalise(feats)
+        self.obs = np.concatenate([np.broadcast_to(lo, (self.n_groups, N_LOSS_FEATURES)), go], axis=1)
+        self.mu = self.b + self.obs @ self.W.T
+        self.eps = self.rng.standard_normal((self.n_groups, 3))
+        self.cycle_order = self.rng.permutation(np.array(ROLES, dtype=np.int64))
+        self.cycle_pos = 0
+        self.cycle_r[:] = 0.0
+
+    def _set_decision(self) -> None:
+        role = int(self.cycle_order[self.cycle_pos])
+        if role == 0:
+            self.z = np.zeros((self.n_groups, 3))
+        else:
+            self.z = self.alpha * (self.mu + role * self.sigma * self.eps)
+        self.decisions = knobs_from_z(self.z)
+
+    def _learn(self) -> None:
+        r = {int(role): float(self.cycle_r[i]) for i, role in enumerate(self.cycle_order)}
+        finite = [v for v in r.values() if math.isfinite(v)]
+        if not finite:
+            self.n_cycles += 1
+            return
+        s = math.sqrt(self.e_sq) if self.e_sq > 0 else 0.0
+        worst = min(finite) - 3.0 * s
+        rp, rm, r0 = (v if math.isfinite(v) else worst for v in (r[1], r[-1], r[0]))
+        e = 0.5 * (rp - rm)
+        self.n_cycles += 1
+        w = max(1.0 / self.n_cycles, 0.05)
+        self.e_sq = (1.0 - w) * self.e_sq + w * e * e
+        s = math.sqrt(self.e_sq) + 1e-12
+        adv = float(np.clip(e / s, -3.0, 3.0))
+        step = self.policy_lr * adv * (self.sigma * self.eps)          # (G, 3) in policy units
+        self.b = (1.0 - self.decay) * self.b + step
+        # W sees N_OBS inputs of unit scale: its step is divided by N_OBS so that W·o moves μ no more
+        # than b does (otherwise 12 random-walking weights make the policy wander on reward noise)
+        self.W = (1.0 - self.decay) * self.W + step.T @ self.obs / (self.n_groups * N_OBS)
+        d = float(np.clip((0.5 * (rp + rm) - r0) / s, -3.0, 3.0))
+        self.sum_d += d
+        self.ema_d = d if self.n_cycles == 1 else 0.8 * self.ema_d + 0.2 * d
+        if self.ema_d < 0.0:
+            self.alpha = max(self.alpha * 0.8, self.alpha_min)
+            self.n_shrinks += 1
+        else:
+            self.alpha = min(self.alpha * 1.25, 1.0)
+
+    # ---- reporting ----------------------------------------------------------------------------
+    def report(self) -> dict:
+        """Plain-number summary of what the brain has measured (mean D > 0: brain beat neutral)."""
+        return {
+            "windows": self.n_windows, "cycles": self.n_cycles, "alpha": self.alpha,
+            "mean_advantage_vs_neutral": self.sum_d / self.n_cycles if self.n_cycles else 0.0,
+            "ema_advantage_vs_neutral": self.ema_d, "shrinks": self.n_shrinks,
+            "bad_windows": self.n_bad_windows, "policy_norm": float(np.sqrt(np.sum(self.W ** 2) +
+                                                                              np.sum(self.b ** 2))),
+            "mean_decisions": {k: float(np.mean(self.decisions[:, i])) for i, k in enumerate(KNOBS)},
+        }

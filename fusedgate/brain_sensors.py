@@ -1,0 +1,126 @@
+"""Per-step sensors of the OptBrain: the six features of each parameter group.
+
+For group g at step t, with ‖·‖ the L2 norm over all of the group's elements, ŝ_t a fixed random
+*sketch* of S coordinates of the group (sampled with replacement, seeded; the same coordinates every
+step, so sketch statistics are unbiased estimates of the full ones at O(S) cost) and m̂ the
+bias-corrected EMA (β = 0.9) of ‖g‖ over the previous steps:
+
+    log_grad_norm     log ‖g_t‖
+    grad_spike        log ‖g_t‖ − log m̂_{t−1}                     (0 on the first step)
+    alignment         cos(ŝ(g_t), ŝ(g_{t−1}))                    (0 on the first step)
+    oscillation       fraction of sketch coordinates whose gradient sign flipped since t−1
+    log_update_ratio  log ‖ŝ(p_t) − ŝ(p_{t−1})‖ − log ‖ŝ(p_{t−1})‖  (the previous step's applied update)
+    log_param_norm    log ‖p_t‖
+
+Logs are of max(x, 1e-30); a feature without history (first step) is 0. ``TorchSensors`` computes
+these on the parameters' device and accumulates them over a window without a host sync;
+``NumpySensors`` computes the same numbers in numpy for numpy mode and is the reference the tests
+compare the torch path against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fusedgate.brain_policy import N_GROUP_FEATURES, BrainError
+
+NORM_BETA = 0.9
+TINY = 1e-30
+
+
+def clip_ratio(clip: float) -> float:
+    """The clip knob c as a multiple of the running grad norm: c/(1−c) for c < 1, +inf (off) for c ≥ 1.
+
+    Continuous in c and exactly "no clipping" at the neutral c = 1: c = 0.5 clips the group's grad norm
+    to its running mean, c = 0.1 to 1/9 of it, c = 0.9 to 9× it.
+    """
+    return clip / (1.0 - clip) if clip < 1.0 else float("inf")
+
+
+def sketch_indices(numel: int, size: int, seed: int, group: int) -> np.ndarray:
+    """S flat coordinates of a group with ``numel`` elements, sampled with replacement, sorted."""
+    rng = np.random.Generator(np.random.PCG64([seed, 7919, group]))
+    return np.sort(rng.integers(0, numel, size=size))
+
+
+class NumpySensors:
+    """Numpy-mode sensors: ``record(group, grad_flat, param_flat)`` once per group per step."""
+
+    def __init__(self, n_groups: int, sketch_size: int, seed: int):
+        self.n_groups, self.sketch_size, self.seed = n_groups, sketch_size, seed
+        self.numel = np.zeros(n_groups, dtype=np.int64)          # 0 = not seen yet
+        self.prev_grad = np.zeros((n_groups, sketch_size))
+        self.prev_param = np.zeros((n_groups, sketch_size))
+        self.has_prev_grad = np.zeros(n_groups, dtype=bool)
+        self.has_prev_param = np.zeros(n_groups, dtype=bool)
+        self.norm_ema = np.zeros(n_groups)
+        self.norm_count = np.zeros(n_groups, dtype=np.int64)
+        self.feat_sum = np.zeros((n_groups, N_GROUP_FEATURES))
+        self.feat_count = np.zeros(n_groups, dtype=np.int64)
+        self._idx: dict[int, np.ndarray] = {}
+
+    def running_norm(self, group: int) -> float:
+        """m̂: the bias-corrected EMA of the group's gradient norm (nan before the first record)."""
+        n = int(self.norm_count[group])
+        return float(self.norm_ema[group] / (1.0 - NORM_BETA ** n)) if n else float("nan")
+
+    def record(self, group: int, grad: np.ndarray, param: np.ndarray | None = None) -> None:
+        grad = np.asarray(grad, dtype=np.float64).reshape(-1)
+        if grad.size == 0:
+            raise BrainError(f"record_grads: group {group} got an empty gradient")
+        if int(self.numel[group]) not in (0, grad.size):
+            raise BrainError(f"record_grads: group {group} had {self.numel[group]} elements, now {grad.size}")
+        if param is not None:
+            param = np.asarray(param, dtype=np.float64).reshape(-1)
+            if param.size != grad.size:
+                raise BrainError(f"record_grads: group {group}: param has {param.size} elements, "
+                                 f"grad has {grad.size}")
+        if group not in self._idx:
+            self.numel[group] = grad.size
+            self._idx[group] = sketch_indices(grad.size, self.sketch_size, self.seed, group)
+        idx = self._idx[group]
+        gnorm = float(np.linalg.norm(grad))
+        log_g = np.log(max(gnorm, TINY))
+        m_prev = self.running_norm(group)
+        f = np.zeros(N_GROUP_FEATURES)
+        f[0] = log_g
+        f[1] = log_g - np.log(max(m_prev, TINY)) if self.norm_count[group] else 0.0
+        gs = grad[idx]
+        if self.has_prev_grad[group]:
+            prev = self.prev_grad[group]
+            denom = np.linalg.norm(gs) * np.linalg.norm(prev)
+            f[2] = float(np.dot(gs, prev) / denom) if denom > 0 else 0.0
+            f[3] = float(np.mean(np.sign(gs) * np.sign(prev) < 0))
+        if param is not None:
+            ps = param[idx]
+            if self.has_prev_param[group]:
+                du = np.linalg.norm(ps - self.prev_param[group])
+                f[4] = np.log(max(du, TINY)) - np.log(max(np.linalg.norm(self.prev_param[group]), TINY))
+            f[5] = np.log(max(float(np.linalg.norm(param)), TINY))
+            self.prev_param[group] = ps
+            self.has_prev_param[group] = True
+        self.prev_grad[group] = gs
+        self.has_prev_grad[group] = True
+        self.norm_ema[group] = NORM_BETA * self.norm_ema[group] + (1.0 - NORM_BETA) * gnorm
+        self.norm_count[group] += 1
+        self.feat_sum[group] += f
+        self.feat_count[group] += 1
+
+    def read_window(self) -> np.ndarray:
+        """(G, 6) mean features over the window's records; resets the accumulator."""
+        out = self.feat_sum / np.maximum(self.feat_count, 1)[:, None]
+        self.feat_sum[:] = 0.0
+        self.feat_count[:] = 0
+        return out
+
+    ARRAYS = ("numel", "prev_grad", "prev_param", "has_prev_grad", "has_prev_param", "norm_ema",
+              "norm_count", "feat_sum", "feat_count")
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        return {name: np.array(getattr(self, name)) for name in self.ARRAYS}
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        for name in self.ARRAYS:
+            setattr(self, name, np.array(arrays[name]))
+        self._idx = {g: sketch_indices(int(n), self.sketch_size, self.seed, g)
+                     for g, n in enumerate(self.numel) if n}

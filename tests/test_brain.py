@@ -1,0 +1,278 @@
+"""OptBrain torch wrapper: bit-identical neutral start and the documented effect of each knob."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fusedgate import OptBrain
+from fusedgate.brain import BrainError
+from fusedgate.brain_sensors import NORM_BETA
+
+OPTIMIZERS = {
+    "sgd": lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-3),
+    "adamw": lambda params: torch.optim.AdamW(params, lr=3e-3, weight_decay=0.01),
+    "plain": lambda params: torch.optim.SGD(params, lr=0.05),
+}
+BASES = ["sgd", "adamw"]
+
+
+def make_problem(seed=0):
+    """A tiny two-group MLP regression with fixed data."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(64, 8, generator=gen)
+    y = torch.sin(x[:, :1]) + 0.5 * x[:, 1:2]
+    groups = [{"params": list(model[0].parameters())}, {"params": list(model[2].parameters())}]
+    return model, groups, x, y
+
+
+def run(opt_name, steps, brain_kwargs=None, freeze=None, seed=0, loss_scale=None):
+    """Train; return (model, base optimizer, brain or None, grads seen after the last step)."""
+    model, groups, x, y = make_problem(seed)
+    base = OPTIMIZERS[opt_name](groups)
+    brain = OptBrain(base, **brain_kwargs) if brain_kwargs is not None else None
+    if brain is not None and freeze is not None:
+        brain.freeze(freeze)
+    for t in range(steps):
+        idx = torch.arange(t * 8, t * 8 + 16) % 64
+        loss = ((model(x[idx]) - y[idx]) ** 2).mean()
+        if loss_scale is not None:
+            loss = loss * loss_scale(t)
+        (brain or base).zero_grad()
+        loss.backward()
+        if brain is not None:
+            brain.step(loss=loss.detach())
+        else:
+            base.step()
+    grads = [p.grad.clone() for p in model.parameters()]
+    return model, base, brain, grads
+
+
+def assert_same_run(a, b):
+    (ma, oa, _, ga), (mb, ob, _, gb) = a, b
+    for pa, pb in zip(ma.parameters(), mb.parameters()):
+        assert torch.equal(pa, pb)
+    for x, y in zip(ga, gb):
+        assert torch.equal(x, y), "the brain changed a gradient"
+    sa, sb = oa.state_dict()["state"], ob.state_dict()["state"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        for name in sa[k]:
+            assert torch.equal(torch.as_tensor(sa[k][name]), torch.as_tensor(sb[k][name])), (k, name)
+
+
+@pytest.mark.parametrize("opt_name", BASES)
+def test_neutral_start_is_bit_identical(opt_name):
+    # window 5, 3 warm-up windows: the first 15 steps run under exactly (1, 1, 0)
+    brain_run = run(opt_name, 15, dict(window=5, warmup_windows=3))
+    assert brain_run[2].core.n_windows == 3
+    assert_same_run(run(opt_name, 15), brain_run)
+    # the next two windows include at least one explored (non-neutral) one: the runs must part
+    explored = run(opt_name, 25, dict(window=5, warmup_windows=3))
+    assert not torch.equal(next(explored[0].parameters()), next(run(opt_name, 25)[0].parameters()))
+
+
+@pytest.mark.parametrize("opt_name", BASES)
+def test_zero_exploration_stays_bit_identical_through_learning(opt_name):
+    brain_run = run(opt_name, 60, dict(window=4, warmup_windows=1, explore=0.0))
+    assert brain_run[2].core.n_cycles >= 4        # it went through cycles and "learnt" from zero noise
+    assert_same_run(run(opt_name, 60), brain_run)
+
+
+def single_step_update(opt_name, knobs, steps_before=0):
+    """Δp of the last step under frozen knobs, plus the grads that step saw (before any clipping)."""
+    model, groups, x, y = make_problem()
+    base = OPTIMIZERS[opt_name](groups)
+    brain = OptBrain(base, window=4)
+    brain.freeze({0: (1.0, 1.0, 0.0), 1: (1.0, 1.0, 0.0)})
+    norms = []
+    for t in range(steps_before + 1):
+        if t == steps_before:
+            brain.freeze(knobs)
+        loss = ((model(x) - y) ** 2).mean() * (10.0 if t == steps_before else 1.0)
+        brain.zero_grad()
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        norms.append([math.sqrt(sum(float(g.pow(2).sum()) for g in grads[:2])),
+                      math.sqrt(sum(float(g.pow(2).sum()) for g in grads[2:]))])
+        before = [p.detach().clone() for p in model.parameters()]
+        lrs = [g["lr"] for g in base.param_groups]
+        brain.step(loss=loss.detach())
+        assert [g["lr"] for g in base.param_groups] == lrs, "the lr must be restored after the step"
+    delta = [p.detach() - b for p, b in zip(model.parameters(), before)]
+    return delta, grads, np.array(norms), model
+
+
+def test_scale_multiplies_the_update_sgd_and_adam():
+    # plain SGD: Δp = -lr·s·g in group 0, -lr·g in group 1
+    delta, grads, _, model = single_step_update("plain", {0: (2.5, 1.0, 0.0)})
+    for i, (d, g) in enumerate(zip(delta, grads)):
+        s = 2.5 if i < 2 else 1.0
+        torch.testing.assert_close(d, -0.05 * s * g, rtol=1e-5, atol=1e-7)
+    # Adam: the first step under scale s equals AdamW with lr·s on that group
+    delta, grads, _, _ = single_step_update("adamw", {1: (0.3, 1.0, 0.0)})
+    model, groups, _, _ = make_problem()
+    groups[1]["lr"] = 3e-3 * 0.3
+    ref = torch.optim.AdamW(groups, lr=3e-3, weight_decay=0.01)
+    before = [p.detach().clone() for p in model.parameters()]
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g.clone()
+    ref.step()
+    for d, p, b in zip(delta, model.parameters(), before):
+        torch.testing.assert_close(d, p.detach() - b, rtol=1e-6, atol=1e-9)
+
+
+def test_clip_limits_the_group_grad_norm_to_its_running_norm():
+    delta, grads, norms, _ = single_step_update("plain", {0: (1.0, 0.5, 0.0), 1: (1.0, 2.0, 0.0)},
+                                                steps_before=6)
+    # independent m̂: bias-corrected EMA of the first 6 (unclipped) group-0 norms
+    m = 0.0
+    for n in norms[:6, 0]:
+        m = NORM_BETA * m + (1 - NORM_BETA) * n
+    m_hat = m / (1 - NORM_BETA ** 6)
+    factor = min(1.0, m_hat * 1.0 / norms[6, 0])  # c = 0.5 -> τ = m̂·0.5/0.5
+    assert factor < 0.2  # the 10× loss spike is clipped hard
+    for i, (d, g) in enumerate(zip(delta, grads)):
+        f = factor if i < 2 else 1.0   # clip 2.0 >= 1: no clipping in group 1
+        torch.testing.assert_close(d, -0.05 * f * g, rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("opt_name", ["plain", "adamw"])
+def test_dampen_smooths_the_applied_update(opt_name):
+    model, groups, x, y = make_problem()
+    base = OPTIMIZERS[opt_name](groups)
+    ref_model, ref_groups, _, _ = make_problem()
+    ref = OPTIMIZERS[opt_name](ref_groups)   # the base optimizer alone, fed the same gradients
+    brain = OptBrain(base, window=4)
+    brain.freeze({0: (1.0, 1.0, 0.4)})
+    u = None
+    for _ in range(4):
+        loss = ((model(x) - y) ** 2).mean()
+        brain.zero_grad()
+        loss.backward()
+        before = [p.detach().clone() for p in model.parameters()]
+        for rp, p in zip(ref_model.parameters(), model.parameters()):
+            rp.data.copy_(p.data)
+            rp.grad = p.grad.clone()
+        ref.step()
+        base_delta = [rp.detach() - b for rp, b in zip(ref_model.parameters(), before)]
+        brain.step(loss=loss.detach())
+        applied = [p.detach() - b for p, b in zip(model.parameters(), before)]
+        expect0 = base_delta[:2] if u is None else [0.6 * d + 0.4 * v for d, v in zip(base_delta[:2], u)]
+        for a, e in zip(applied[:2], expect0):
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=2e-7)  # p - before rounds at ~ulp(p)
+        for a, e in zip(applied[2:], base_delta[2:]):   # group 1 is not damped
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=2e-7)  # p - before rounds at ~ulp(p)
+        u = expect0
+
+
+@pytest.mark.parametrize("opt_name", BASES)
+@pytest.mark.parametrize("knobs", [(3.0, 1.0, 0.0), (1.0, 0.3, 0.0), (1.0, 1.0, 0.7)])
+def test_each_knob_changes_the_trajectory(opt_name, knobs):
+    moved = run(opt_name, 20, dict(window=4), freeze={0: knobs, 1: knobs},
+                loss_scale=lambda t: 5.0 if t % 7 == 6 else 1.0)
+    base_spiky = [p.detach() for p in run(opt_name, 20, dict(window=4), freeze={0: (1, 1, 0), 1: (1, 1, 0)},
+                                          loss_scale=lambda t: 5.0 if t % 7 == 6 else 1.0)[0].parameters()]
+    diff = max(float((a.detach() - b).abs().max()) for a, b in zip(moved[0].parameters(), base_spiky))
+    assert diff > 1e-4, f"knobs {knobs} did not change the {opt_name} trajectory"
+
+
+def test_exploration_changes_decisions_and_the_policy_moves():
+    model, groups, x, y = make_problem()
+    brain = OptBrain(torch.optim.AdamW(groups, lr=3e-3), window=4, warmup_windows=2, seed=3)
+    seen = []
+    for t in range(4 * 2 + 4 * 3 * 8):
+        if t % 4 == 0:                        # the knobs in force for the window starting now
+            seen.append(np.array([brain.decisions[g] for g in range(2)]))
+        loss = ((model(x) - y) ** 2).mean()
+        brain.zero_grad()
+        loss.backward()
+        brain.step(loss=loss.detach())
+    seen = np.array(seen)
+    assert np.all(seen[:2] == [[1, 1, 0], [1, 1, 0]])           # warm-up: exactly neutral
+    explored = seen[2:]
+    neutral = np.all(explored == [[1, 1, 0], [1, 1, 0]], axis=(1, 2))
+    assert neutral.sum() == 8                                     # one control window per cycle of 3
+    assert len({tuple(np.round(d.ravel(), 6)) for d in explored[~neutral]}) == (~neutral).sum()
+    assert np.all(explored[..., 0] > 0.01) and np.all(explored[..., 1] >= 0.1)
+    assert brain.core.n_cycles == 8
+    assert np.abs(brain.core.b).sum() > 0 and np.abs(brain.core.W).sum() > 0
+
+
+def test_step_input_errors():
+    model, groups, x, y = make_problem()
+    brain = OptBrain(torch.optim.SGD(groups, lr=0.1))
+    loss = ((model(x) - y) ** 2).mean()
+    loss.backward()
+    with pytest.raises(BrainError, match="needs loss"):
+        brain.step()
+    with pytest.raises(BrainError, match="0-d"):
+        brain.step(loss=torch.ones(3))
+    with pytest.raises(BrainError, match="float or a 0-d tensor"):
+        brain.step(loss="0.5")
+    with pytest.raises(BrainError, match="numpy mode only"):
+        brain.get_decisions(1.0)
+    with pytest.raises(BrainError, match="torch optimizer"):
+        OptBrain(object())
+    with pytest.raises(BrainError, match="n_groups=3"):
+        OptBrain(torch.optim.SGD(groups, lr=0.1), n_groups=3)
+    with pytest.raises(BrainError, match="window"):
+        OptBrain(torch.optim.SGD(groups, lr=0.1), window=1)
+    with pytest.raises(BrainError, match="freeze"):
+        brain.freeze({0: (20.0, 1.0, 0.0)})
+    # a float loss and a closure work too
+    brain.step(loss=loss.item())
+    brain.step(closure=lambda: ((model(x) - y) ** 2).mean())
+    assert brain.step_count == 2
+
+
+def test_state_size_for_eight_groups_is_under_50_kb():
+    layers = torch.nn.ModuleList([torch.nn.Linear(32, 32) for _ in range(8)])
+    groups = [{"params": list(layer.parameters())} for layer in layers]
+    brain = OptBrain(torch.optim.AdamW(groups))
+    assert brain.state_nbytes() <= 50 * 1024
+    numpy_brain = OptBrain(None, n_groups=8)
+    assert numpy_brain.state_nbytes() <= 50 * 1024
+
+
+HOST_READS = ("item", "cpu", "tolist", "numpy", "__float__", "__int__", "__bool__")
+
+
+def count_host_reads(monkeypatch, wrapped, steps):
+    """Tensor→host reads per step (a device sync on GPU), counted on the real tensors."""
+    counter = {"n": 0}
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, **k):
+            counter["n"] += 1
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    model, groups, x, y = make_problem()
+    base = torch.optim.SGD(groups, lr=0.05, momentum=0.9)
+    opt = OptBrain(base, window=5, warmup_windows=1, seed=2) if wrapped else base
+    if wrapped:
+        opt.freeze({0: (1.5, 0.5, 0.3), 1: (0.8, 1.0, 0.0)})   # every generic mechanism active
+        opt.frozen = False
+    per_step = []
+    for t in range(steps):
+        loss = ((model(x[t:t + 16]) - y[t:t + 16]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        before = counter["n"]
+        opt.step(loss=loss.detach()) if wrapped else opt.step()
+        per_step.append(counter["n"] - before)
+    monkeypatch.undo()
+    return per_step
+
+
+def test_no_host_sync_per_step_only_at_window_ends(monkeypatch):
+    base = count_host_reads(monkeypatch, False, 15)
+    brain = count_host_reads(monkeypatch, True, 15)
+    extra = [b - a for a, b in zip(base, brain)]
+    assert [e for t, e in enumerate(extra) if (t + 1) % 5 != 0] == [0] * 12, extra
+    assert all(extra[t] >= 1 for t in (4, 9, 14))   # the one read of the window, every K steps

@@ -1,0 +1,140 @@
+"""OptBrain numpy mode, the learner on simulated losses, and torch sensors vs the numpy reference."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fusedgate import OptBrain
+from fusedgate.brain import BrainError
+from fusedgate.brain_policy import BrainCore, knobs_from_z, window_progress
+from fusedgate.brain_sensors import NumpySensors, clip_ratio
+from fusedgate.brain_torch import TorchSensors
+
+
+def simulate(rate, steps, window=5, seed=0, noise=0.002, loss0=5.0, **kwargs):
+    """Numpy-mode loop on a synthetic loss whose per-step log-decrease is rate(scale of group 0)."""
+    brain = OptBrain(None, n_groups=2, window=window, seed=seed, **kwargs)
+    rng = np.random.default_rng(seed + 100)
+    loss = loss0
+    history = []
+    for _ in range(steps):
+        decisions = brain.get_decisions(loss)
+        history.append(decisions[0])
+        for g in range(2):
+            brain.record_grads(g, rng.standard_normal(50) * loss, param_flat=rng.standard_normal(50))
+        brain.finish_step()
+        loss = loss * math.exp(-rate(decisions[0][0]) + noise * rng.standard_normal())
+    brain.final_loss = loss
+    return brain, np.array(history)
+
+
+def test_decisions_are_exactly_neutral_until_warm_and_then_explore():
+    brain, history = simulate(lambda s: 0.01, 40, window=5, warmup_windows=3)
+    assert np.all(history[:15] == (1.0, 1.0, 0.0))
+    windows = history[15:].reshape(-1, 5, 3)
+    assert np.all(windows == windows[:, :1])          # held fixed over each window
+    assert len({tuple(w[0]) for w in windows}) >= 2   # and explored between windows
+
+
+def test_the_brain_learns_to_raise_a_scale_that_helps():
+    # progress per step peaks at scale 3 for group 0; group 1's knobs do nothing
+    rate = lambda s: 0.01 * math.exp(-((math.log(s) - math.log(3.0)) ** 2))
+    brain, history = simulate(rate, 3000, window=5)
+    assert np.log(history[-1000:, 0]).mean() > 0.3   # late windows (controls included) run at scale > 1.35
+    report = brain.report()
+    assert report["mean_advantage_vs_neutral"] > 0.2  # measured: its windows beat the neutral ones
+    assert report["alpha"] == 1.0
+
+
+def test_the_guardrail_shrinks_toward_neutral_when_the_brain_hurts():
+    # any move away from scale 1 slows progress: exploration can only lose against neutral
+    rate = lambda s: 0.01 * math.exp(-4.0 * math.log(s) ** 2)
+    brain, history = simulate(rate, 1500, window=5)
+    report = brain.report()
+    assert report["mean_advantage_vs_neutral"] < -0.1   # measured worse than neutral...
+    assert report["shrinks"] > 10 and report["alpha"] < 0.35   # ...so it backed off
+    unguarded, free_history = simulate(rate, 1500, window=5, alpha_min=1.0)   # α pinned at 1
+    neutral, _ = simulate(rate, 1500, window=5, explore=0.0)
+    late = np.abs(np.log(history[-500:, 0])).mean()
+    assert late < 0.4 * np.abs(np.log(free_history[-500:, 0])).mean()   # decisions really nearer neutral
+    # and the cost of exploring is mostly recovered: loss closer to the neutral run's
+    assert neutral.final_loss < brain.final_loss < unguarded.final_loss
+    assert math.log(brain.final_loss / neutral.final_loss) < 0.5 * math.log(unguarded.final_loss /
+                                                                           neutral.final_loss)
+
+
+def test_nonfinite_loss_halves_the_trust_at_once():
+    core = BrainCore(1, window=4, warmup_windows=1)
+    core.end_window(np.array([3.0, 2.9, 2.8, 2.7]), np.zeros((1, 6)))
+    core.end_window(np.array([2.6, np.nan, 2.5, 2.4]), np.zeros((1, 6)))
+    assert core.alpha == 0.5 and core.n_bad_windows == 1
+
+
+def test_knob_mapping_and_progress():
+    knobs = knobs_from_z(np.array([[0.0, 0.0, 0.0], [50.0, 50.0, 5.0], [-50.0, -50.0, -1.0]]))
+    np.testing.assert_array_equal(knobs[0], [1.0, 1.0, 0.0])
+    np.testing.assert_allclose(knobs[1], [10.0, 5.0, 1.0])
+    np.testing.assert_allclose(knobs[2], [0.01, 0.1, 0.0])
+    losses = 2.0 * np.exp(-0.1 * np.arange(6))        # log-loss falls 0.1 per step
+    progress, noise = window_progress(losses)
+    assert progress == pytest.approx(0.6) and noise == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(window_progress(np.array([1.0, np.inf, 1.0]))[0])
+    assert clip_ratio(0.5) == 1.0 and clip_ratio(1.0) == math.inf and clip_ratio(0.1) == pytest.approx(1 / 9)
+
+
+def test_numpy_mode_api_and_errors():
+    brain = OptBrain(None, n_groups=2, window=3)
+    with pytest.raises(BrainError, match="get_decisions"):
+        brain.finish_step()
+    assert brain.get_decisions(np.float32(1.5)) == {0: (1.0, 1.0, 0.0), 1: (1.0, 1.0, 0.0)}
+    with pytest.raises(BrainError, match="group 2"):
+        brain.record_grads(2, np.ones(3))
+    with pytest.raises(BrainError, match="empty"):
+        brain.record_grads(0, np.ones(0))
+    brain.record_grads(0, np.ones(4), param_flat=np.ones(4))
+    with pytest.raises(BrainError, match="had 4 elements"):
+        brain.record_grads(0, np.ones(5))
+    with pytest.raises(BrainError, match="param has 3"):
+        brain.record_grads(1, np.ones(4), param_flat=np.ones(3))
+    with pytest.raises(BrainError, match="a number"):
+        brain.get_decisions("x")
+    with pytest.raises(BrainError, match="numpy mode"):
+        brain.step(loss=1.0)
+    with pytest.raises(BrainError, match="numpy mode"):
+        _ = brain.param_groups
+    with pytest.raises(BrainError, match="n_groups"):
+        OptBrain(None)
+    with pytest.raises(BrainError, match="n_groups"):
+        OptBrain(None, n_groups=0)
+    assert brain.clip_threshold(0) == math.inf        # neutral clip: no threshold
+    brain.freeze({0: (1.0, 0.5, 0.0)})
+    assert brain.clip_threshold(0) == pytest.approx(2.0)   # running norm of ‖ones(4)‖ = 2, ratio 1
+
+
+def test_torch_sensors_match_the_numpy_reference():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
+    groups = [list(model[0].parameters()), list(model[2].parameters())]
+    ts = TorchSensors(groups, window=4, sketch_size=16, seed=5)
+    ns = NumpySensors(2, sketch_size=16, seed=5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(32, 6), torch.randn(32, 3)
+    for step in range(8):
+        loss = ((model(x[step:step + 8]) - y[step:step + 8]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        ts.begin_step(step % 4, loss.detach())
+        ts.end_step()
+        for g, params in enumerate(groups):
+            flat = lambda ts_: torch.cat([t.detach().reshape(-1) for t in ts_]).double().numpy()
+            ns.record(g, flat([p.grad for p in params]), flat(params))
+        opt.step()
+        if step % 4 == 3:
+            losses, tf = ts.read_window()
+            nf = ns.read_window()
+            np.testing.assert_allclose(tf, nf, rtol=2e-4, atol=2e-5)
+            assert losses[-1] == pytest.approx(loss.item())
+            assert np.all(np.abs(nf[:, 2]) > 0)            # alignment seen after the first step
+    np.testing.assert_allclose(ts.running_norm().numpy(), [ns.running_norm(0), ns.running_norm(1)], rtol=1e-5)
