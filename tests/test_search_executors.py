@@ -3,23 +3,13 @@ result and the pool goes on; the Ray executor runs a job on a local Ray instance
 
 import os
 import signal
-import sysconfig
 import threading
-from pathlib import Path
 
 import pytest
 
 from fusedgate.search.evaluate import make_job
 from fusedgate.search.executors import LocalExecutor
 from fusedgate.search.tournament import gated_muon
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = Path(sysconfig.get_paths()["stdlib"])
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_bytes(b"".join(p.read_bytes() for p in sorted(root.glob("*.py")))[:1_000_000])
-    return str(path)
 
 
 def test_local_worker_killed_mid_run_is_a_failed_evaluation(corpus):

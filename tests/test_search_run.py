@@ -6,23 +6,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import sysconfig
 import time
-from pathlib import Path
-
-import pytest
 
 from fusedgate.cli import main as cli_main
 from fusedgate.search.archive import Archive
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """1 MB of stdlib source in one file: the trainer loads it in milliseconds."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_bytes(b"".join(p.read_bytes() for p in sorted(root.glob("*.py")))[:1_000_000])
-    return str(path)
 
 
 def count_evaluations(db: str) -> int:
