@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -115,6 +116,7 @@ BOUNDS: dict[str, Bound] = {
     "sharpness": Bound(0.1, 10.0),
 }
 UNITS = ("adam", "muon")
+PRESET_NAMES = ("default", "adamw", "muon")
 
 
 @dataclass(frozen=True)
@@ -263,6 +265,15 @@ class GateSpec:
         except OSError as exc:
             raise SpecError(f"cannot read spec file {path}: {exc.strerror}") from None
         return cls.from_json(text)
+
+    @classmethod
+    def from_name_or_file(cls, name_or_path) -> GateSpec:
+        """A preset by name (``PRESET_NAMES``: default, adamw, muon, with their default arguments) or a
+        spec JSON file; an existing file of that name wins over the preset."""
+        name = str(name_or_path)
+        if name in PRESET_NAMES and not os.path.exists(name):
+            return getattr(cls, name)()
+        return cls.load(name_or_path)
 
     def save(self, path) -> None:
         with open(path, "w", encoding="utf-8") as fh:

@@ -49,17 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
 
-SPEC_PRESETS = {"muon": GateSpec.muon, "default": GateSpec.default, "adamw": GateSpec.adamw}
-
-
-def _load_spec(name_or_path: str) -> GateSpec:
-    if name_or_path in SPEC_PRESETS and not Path(name_or_path).exists():
-        return SPEC_PRESETS[name_or_path]()
-    return GateSpec.load(name_or_path)
-
-
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
-    spec = _load_spec(args.spec)
+    spec = GateSpec.from_name_or_file(args.spec)
     if args.resume:
         from fusedgate.nanochat.checkpoint import load_checkpoint, resolve
 

@@ -118,3 +118,15 @@ def test_files(tmp_path):
     assert GateSpec.load(path) == GateSpec.default()
     with pytest.raises(SpecError, match="cannot read"):
         GateSpec.load(tmp_path / "missing.json")
+
+
+def test_a_preset_name_or_a_file(tmp_path, monkeypatch):
+    assert GateSpec.from_name_or_file("muon") == GateSpec.muon()
+    path = tmp_path / "mine.json"
+    GateSpec.adamw(lr=5e-4).save(path)
+    assert GateSpec.from_name_or_file(path) == GateSpec.adamw(lr=5e-4)
+    monkeypatch.chdir(tmp_path)
+    GateSpec.adamw(lr=7e-4).save(tmp_path / "default")
+    assert GateSpec.from_name_or_file("default") == GateSpec.adamw(lr=7e-4)  # an existing file wins
+    with pytest.raises(SpecError, match="cannot read"):
+        GateSpec.from_name_or_file("no-such-preset")
