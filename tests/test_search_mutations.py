@@ -12,6 +12,7 @@ from fusedgate.spec import BOUNDS, POLE_BOUNDS, GateSpec, Pole
 def parents():
     """Presets, a gated spec and specs sitting on their bounds (clipping must keep them in)."""
     edge = GateSpec.default().replace(
+        orthogonaliser="quintic",
         gate_bias=8.0,
         w_loss=-8.0,
         w_grad_norm=8.0,

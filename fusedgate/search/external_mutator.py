@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 
 from fusedgate.search.evaluate import FUSEDGATE, make_job, run_job
-from fusedgate.spec import ACTUATORS, BOUNDS, POLE_BOUNDS, UNITS, GateSpec, SpecError
+from fusedgate.spec import ACTUATORS, BOUNDS, ORTHOGONALISERS, POLE_BOUNDS, UNITS, GateSpec, SpecError
 
 DRY_RUN_STEPS = 3
 DRY_RUN_PRESET = "test"
@@ -57,6 +57,7 @@ def spec_json_schema() -> dict:
             pole["properties"][name] = _number_schema(bound)
     props = {name: _number_schema(bound) for name, bound in BOUNDS.items()}
     props["units"] = {"enum": list(UNITS)}
+    props["orthogonaliser"] = {"enum": list(ORTHOGONALISERS)}
     props["aggressive"] = pole
     props["conservative"] = pole
     return {

@@ -23,7 +23,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fusedgate.spec import ACTUATORS, BOUNDS, POLE_BOUNDS, SENSORS, GateSpec, Pole
+from fusedgate.spec import ACTUATORS, BOUNDS, POLAR_EXPRESS_MAX_STEPS, POLE_BOUNDS, SENSORS, GateSpec, Pole
 
 POLES = ("aggressive", "conservative")
 WEIGHTS = tuple(f"w_{s}" for s in SENSORS)
@@ -160,7 +160,8 @@ def perturb_base(spec, rng):
 
 def step_ns_steps(spec, rng):
     bound = BOUNDS["ns_steps"]
-    return spec.replace(ns_steps=int(min(max(spec.ns_steps + rng.choice((-1, 1)), bound.lo), bound.hi)))
+    hi = POLAR_EXPRESS_MAX_STEPS if spec.orthogonaliser == "polar_express" else bound.hi
+    return spec.replace(ns_steps=int(min(max(spec.ns_steps + rng.choice((-1, 1)), bound.lo), hi)))
 
 
 def toggle_nesterov(spec, rng):
