@@ -120,12 +120,12 @@ def normalised_sensors(global_state: torch.Tensor, sensors: torch.Tensor, step: 
     return torch.stack([s_loss, s_imp, s_gn, s_ur, s_al, s_sf], dim=-1)
 
 
-def gate_value(spec: GateSpec, normalised: torch.Tensor, dampen: float = 0.0) -> torch.Tensor:
-    """g = sigmoid(sharpness · (bias + Σ wᵢ sᵢ)) · (1 − dampen)."""
+def gate_value(spec: GateSpec, normalised: torch.Tensor, dampen: float | torch.Tensor = 0.0) -> torch.Tensor:
+    """g = sigmoid(sharpness · (bias + Σ wᵢ sᵢ)) · (1 − dampen); ``dampen`` a float or one value per parameter."""
     weights = torch.tensor(spec.gate_weights, dtype=normalised.dtype, device=normalised.device)
     z = spec.gate_bias + (normalised * weights).sum(-1)
     g = torch.sigmoid(spec.sharpness * z)
-    return g * (1.0 - dampen) if dampen else g
+    return g if isinstance(dampen, float) and dampen == 0.0 else g * (1.0 - dampen)
 
 
 def pole_values(spec: GateSpec) -> dict[str, tuple[float, float]]:
@@ -140,16 +140,18 @@ def pole_values(spec: GateSpec) -> dict[str, tuple[float, float]]:
     }
 
 
-def actuators(spec: GateSpec, g: torch.Tensor, scale: float = 1.0, clip: float = 1.0) -> dict[str, torch.Tensor]:
-    """Each actuator = conservative + g·(aggressive − conservative), as float64 0-d tensors; then
-    OptBrain's scale multiplies update_mult and its clip multiplier multiplies k (divides clip_inv)."""
+def actuators(spec: GateSpec, g: torch.Tensor, scale: float | torch.Tensor = 1.0,
+              clip: float | torch.Tensor = 1.0) -> dict[str, torch.Tensor]:
+    """Each actuator = conservative + g·(aggressive − conservative), in float64; then OptBrain's scale
+    multiplies update_mult and its clip multiplier multiplies k (divides clip_inv). ``scale`` and ``clip``
+    are floats or one value per parameter."""
     g = g.double()  # float64 scalars: an inert pole passes its exact Python value through
     out = {}
     for name, (cons, aggr) in pole_values(spec).items():
         out[name] = cons + g * (aggr - cons)
-    if scale != 1.0:
+    if not (isinstance(scale, float) and scale == 1.0):
         out["update_mult"] = out["update_mult"] * scale
-    if clip != 1.0:
+    if not (isinstance(clip, float) and clip == 1.0):
         out["clip_inv"] = out["clip_inv"] / clip
     return out
 

@@ -156,6 +156,7 @@ class FusedGate(torch.optim.Optimizer):
             G.observe_loss(global_state, torch.as_tensor(loss), self.spec)
 
         engine = R.Engine.of(self.spec)
+        reference_groups = []   # gated groups on the reference path: their gate is computed in one go
         for group in self.param_groups:
             gated, plain = [], []
             for index, p in enumerate(group["params"]):
@@ -170,10 +171,14 @@ class FusedGate(torch.optim.Optimizer):
                 elif is_gated and engine.normuon and "normuon_sq" not in state:
                     state["normuon_sq"] = R.new_normuon_state(p)   # the spec switched NorMuon on
                 (gated if is_gated else plain).append((p, state))
-            if gated:
-                self._gated_group(group, gated, global_state)
+            if gated and self._use_triton(gated[0][0]):
+                self._triton_gated_group(group, gated, global_state, engine)
+            elif gated:
+                reference_groups.append((group, gated))
             if plain:
                 self._adamw_group(group, plain)
+        if reference_groups:
+            self._reference_gated_groups(reference_groups, global_state, engine)
         return closure_loss
 
     def _hyper(self, group: dict) -> R.MatrixHyper:
@@ -183,50 +188,103 @@ class FusedGate(torch.optim.Optimizer):
                              momentum=float(momentum), eps=float(group["eps"]), nesterov=bool(group["nesterov"]),
                              ns_steps=int(group["ns_steps"]), units=units, normuon_beta2=float(group["beta2"]))
 
-    def _gated_group(self, group: dict, items: list, global_state: torch.Tensor) -> None:
-        spec = self.spec
-        hp = self._hyper(group)
-        engine = R.Engine.of(spec)
-        use_ortho = max(spec.aggressive.ortho, spec.conservative.ortho) > 0
-        use_adam = min(spec.aggressive.ortho, spec.conservative.ortho) < 1
-        use_clip = min(spec.aggressive.clip, spec.conservative.clip) < math.inf
-        modulation = (float(group["gate_scale"]), float(group["gate_clip"]), float(group["gate_dampen"]))
-        if items and self._use_triton(items[0][0]):
-            self._triton_backend().gated_group(self, items, hp, engine, global_state, modulation,
-                                               use_ortho, use_clip, use_adam)
-            return
-        # The gate and the sensor EMAs are computed for all matrices of the group at once; the update
-        # for each run of same-shape matrices at once.
-        states = [state for _, state in items]
-        sensors = torch.stack([state["sensors"] for state in states])
-        steps = torch.stack([state["step"] for state in states])   # before this step
-        act = self._actuators(sensors, steps, global_state, modulation)
-        device = items[0][0].device
-        flags = R.StackFlags(ortho=use_ortho, clip=use_clip, adam=use_adam, host_checks=device.type == "cpu")
+    def _uses(self) -> tuple[bool, bool, bool]:
+        """(ortho, adam, clip): whether some pole gives the orthogonal / Adam direction weight, or clips."""
+        a, c = self.spec.aggressive, self.spec.conservative
+        return max(a.ortho, c.ortho) > 0, min(a.ortho, c.ortho) < 1, min(a.clip, c.clip) < math.inf
+
+    @staticmethod
+    def _modulation(group: dict) -> tuple[float, float, float]:
+        """OptBrain's per-group (gate_scale, gate_clip, gate_dampen)."""
+        return float(group["gate_scale"]), float(group["gate_clip"]), float(group["gate_dampen"])
+
+    def _triton_gated_group(self, group: dict, items: list, global_state: torch.Tensor, engine: R.Engine) -> None:
+        use_ortho, use_adam, use_clip = self._uses()
+        self._triton_backend().gated_group(self, items, self._hyper(group), engine, global_state,
+                                           self._modulation(group), use_ortho, use_clip, use_adam)
+
+    def _reference_gated_groups(self, groups: list, global_state: torch.Tensor, engine: R.Engine) -> None:
+        """The gated step of every reference-path group: the gate and the sensor EMAs for all their matrices
+        at once (state packed into stacked tensors, see ``reference.pack``), the update for each run of
+        same-shape matrices of a group at once."""
+        states = [state for _, items in groups for _, state in items]
+        device = groups[0][1][0][0].device
+        sensors = R.pack(states, "sensors")
+        steps = R.pack(states, "step").clone()   # before this step (the update advances the packed counts)
+        mods = [self._modulation(group) for group, items in groups for _ in items]
+        if len(set(mods)) == 1:
+            modulation = mods[0]
+        else:
+            scale, clip, dampen = zip(*mods)
+            modulation = (torch.tensor(scale, dtype=torch.float64, device=device),
+                          torch.tensor(clip, dtype=torch.float64, device=device),
+                          torch.tensor(dampen, dtype=torch.float32, device=device))
+        measures = self._measures()
+        if not measures and isinstance(modulation[0], float):
+            act = self._constant_actuators(sensors, modulation)
+        else:
+            act = self._actuators(sensors, steps, global_state, modulation, measures)
+        use_ortho, use_adam, use_clip = self._uses()
+        flags = R.StackFlags(ortho=use_ortho, clip=use_clip, adam=use_adam, host_checks=device.type == "cpu",
+                             sensors=measures)
         ns_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        sums = torch.empty(len(items), len(G.SUMS), dtype=torch.float32, device=device)
-        applied = torch.empty(len(items), dtype=torch.bool, device=device)
-        for index in _same_shape_runs(items):
-            params = [items[i][0] for i in index]
-            contiguous = index == list(range(index[0], index[-1] + 1))
-            at = slice(index[0], index[-1] + 1) if contiguous else torch.tensor(index, device=device)
-            s, a = R.gated_matrix_stack(params, [states[i] for i in index], hp, engine,
-                                        {k: v[at] for k, v in act.items()}, sensors[at], steps[at], flags, ns_dtype)
-            sums[at] = s
-            applied[at] = a
-        G.observe_param(sensors, steps, spec, sums, applied)
-        torch._foreach_copy_([state["sensors"] for state in states], list(sensors.unbind(0)))
+        sums = torch.empty(len(states), len(G.SUMS), dtype=torch.float32, device=device)
+        applied = torch.empty(len(states), dtype=torch.bool, device=device)
+        offset = 0
+        for group, items in groups:
+            hp = self._hyper(group)
+            for run in _same_shape_runs(items):
+                at = slice(offset + run[0], offset + run[-1] + 1)
+                if len(run) != run[-1] - run[0] + 1:
+                    at = torch.tensor([offset + i for i in run], device=device)
+                s, a = R.gated_matrix_stack([items[i][0] for i in run], [items[i][1] for i in run], hp, engine,
+                                            {k: v if isinstance(v, float) else v[at] for k, v in act.items()},
+                                            sensors[at], steps[at], flags,
+                                            ns_dtype)
+                if measures:
+                    sums[at] = s
+                applied[at] = a
+            offset += len(items)
+        if measures:
+            G.observe_param(sensors, steps, self.spec, sums, applied)
+        else:
+            sensors[:, G.S_SKIPPED] += (~applied).float()
+        R.pack(states, "step").add_(applied.float())
+
+    def _measures(self) -> bool:
+        """Whether anything reads the sensors: a live gate (poles differ), a trust ratio (τ > 0) or a clip
+        (k < ∞). Otherwise — nanochat, muon, adamw — the reference path skips their reductions, the gate
+        stays unevaluated (recorded as 0) and ``gate_state`` reports the actuators with stale sensors."""
+        pole = self.spec.aggressive
+        return not self.spec.is_inert or pole.trust_mix > 0 or pole.clip < math.inf
 
     def _actuators(self, sensors: torch.Tensor, steps: torch.Tensor, global_state: torch.Tensor,
-                   modulation) -> dict[str, torch.Tensor]:
-        """This step's gate and actuators for parameters with sensors ``[P, N_SLOTS]``; recorded in them."""
+                   modulation, measures: bool = True) -> dict[str, torch.Tensor]:
+        """This step's gate and actuators for parameters with sensors ``[P, N_SLOTS]``; recorded in them.
+        ``modulation`` is (scale, clip, dampen), floats or per-parameter tensors. Without ``measures`` the
+        poles are equal and the gate cannot move the actuators: g is not evaluated."""
         scale, clip, dampen = modulation
-        normalised = G.normalised_sensors(global_state, sensors, steps, self.total_steps)
-        g = G.gate_value(self.spec, normalised, dampen)
+        if measures:
+            normalised = G.normalised_sensors(global_state, sensors, steps, self.total_steps)
+            g = G.gate_value(self.spec, normalised, dampen)
+        else:
+            g = torch.zeros_like(steps)
         act = G.actuators(self.spec, g, scale, clip)
         sensors[:, G.S_GATE] = g
         for name, slot in G.ACTUATOR_SLOTS.items():
             sensors[:, slot] = act[name].float()
+        return act
+
+    def _constant_actuators(self, sensors: torch.Tensor, modulation) -> dict[str, float]:
+        """The actuators of an unmeasured spec (its poles are equal) with one modulation, as Python floats
+        (``G.actuators`` with any g); recorded in the sensors."""
+        scale, clip, _ = modulation
+        act = {name: cons for name, (cons, _) in G.pole_values(self.spec).items()}
+        act["update_mult"] *= scale
+        act["clip_inv"] /= clip
+        slots = list(G.ACTUATOR_SLOTS.values())
+        sensors[:, slots] = torch.tensor([act[name] for name in G.ACTUATOR_SLOTS], dtype=torch.float32,
+                                         device=sensors.device)
         return act
 
     def _adamw_group(self, group: dict, items: list) -> None:
@@ -234,8 +292,9 @@ class FusedGate(torch.optim.Optimizer):
         if items and self._use_triton(items[0][0]):
             self._triton_backend().adamw_group(self, items, lr, betas, eps, wd)
             return
+        host_checks = items[0][0].device.type == "cpu"
         for p, state in items:
-            R.adamw_step(p, p.grad, state, lr, betas, eps, wd)
+            R.adamw_step(p, p.grad, state, lr, betas, eps, wd, host_checks)
 
     # ------------------------------------------------------------------ logging
     def gate_state(self) -> dict[str, dict]:
@@ -303,7 +362,8 @@ class FusedGate(torch.optim.Optimizer):
 
 
 def _same_shape_runs(items: list) -> list[list[int]]:
-    """Indices of ``items`` grouped by parameter shape (first-seen order)."""
+    """Indices of ``items`` grouped by parameter shape (first-seen order; consecutive when the group's
+    params of one shape are)."""
     runs: dict[tuple, list[int]] = {}
     for i, (p, _) in enumerate(items):
         runs.setdefault(tuple(p.shape), []).append(i)

@@ -240,6 +240,25 @@ def new_adamw_state(p: torch.Tensor) -> dict:
     }
 
 
+def pack(states: list[dict], key: str) -> torch.Tensor:
+    """The states' ``key`` tensors as one stacked tensor (k, ...) whose slices *are* the states' tensors.
+
+    The first call stacks them and replaces each state's tensor by its view into the stack, so later calls
+    find the stack and return it without copying: the update then reads and writes the state in place
+    (as nanochat keeps one buffer per same-shape group) while the state stays per parameter for
+    ``state_dict``. A state loaded from a checkpoint is re-packed on its first step."""
+    tensors = [s[key] for s in states]
+    base = tensors[0]._base
+    if (base is None or base.dim() != tensors[0].dim() + 1 or base.size(0) != len(tensors)
+            or not base.is_contiguous()
+            or any(t._base is not base or t.storage_offset() != base.storage_offset() + i * base.stride(0)
+                   for i, t in enumerate(tensors))):
+        base = torch.stack(tensors)
+        for state, view in zip(states, base.unbind(0)):
+            state[key] = view
+    return base
+
+
 @dataclass(frozen=True)
 class StackFlags:
     """Host-side facts from the spec (False when every pole makes that work's weight exactly zero:
@@ -251,12 +270,18 @@ class StackFlags:
     clip: bool
     adam: bool
     host_checks: bool = False
+    sensors: bool = True   # False: nothing reads the sensors (see ``FusedGate._measures``), skip their sums
 
 
 def _dots(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """x·y for each matrix of two stacks (k, rows, cols) → (k,)."""
     k = x.size(0)
-    return torch.bmm(x.reshape(k, 1, -1), y.reshape(k, -1, 1)).view(k)
+    return torch.linalg.vecdot(x.reshape(k, -1), y.reshape(k, -1))
+
+
+def _squares(x: torch.Tensor) -> torch.Tensor:
+    """‖x‖² for each matrix of a stack (k, rows, cols) → (k,)."""
+    return torch.linalg.vector_norm(x, dim=(-2, -1)).square()
 
 
 def gated_matrix_stack(params: list[torch.Tensor], states: list[dict], hp: MatrixHyper, engine: Engine,
@@ -264,18 +289,24 @@ def gated_matrix_stack(params: list[torch.Tensor], states: list[dict], hp: Matri
                        ns_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """One gated step of k parameters of one shape (see the module docstring), in place.
 
-    ``act`` holds (k,) float64 actuators update_mult, trust_mix, clip_inv, beta2, ortho; ``sensors``
+    ``act`` holds (k,) float64 actuators update_mult, trust_mix, clip_inv, beta2, ortho — or Python floats
+    shared by the stack, when the sensors are not measured (then trust_mix = 0 and clip_inv = 0); ``sensors``
     (k, N_SLOTS) and ``steps`` (k,) the parameters' sensors and applied-step counts before this step.
-    Returns (the step's reductions (k, 6) in ``gate.SUMS`` order, the (k,) bool ``applied``); the caller
-    folds them into the sensors with ``gate.observe_param``."""
+    Returns (the step's reductions (k, 6) in ``gate.SUMS`` order or None without ``flags.sensors``, the
+    (k,) bool ``applied``); the caller
+    folds them into the sensors with ``gate.observe_param`` and advances the step counts. The state
+    tensors are packed (``pack``) and updated in place."""
     k, shape = len(params), params[0].shape
     rows, cols = matrix_view_shape(shape)
     view = (k, rows, cols)
-    col = lambda t: t.float().view(k, 1, 1)   # (k,) float64 scalars → float32, as a 0-d tensor would round
+    # (k,) float64 scalars → float32 (k, 1, 1), as a 0-d tensor would round; a Python float rounds the same way
+    col = lambda t: t if isinstance(t, float) else t.float().view(k, 1, 1)
     P = torch.stack([p.detach() for p in params]).view(view).float()
     g = torch.stack([p.grad.detach() for p in params]).view(view).float()
-    m = torch.stack([s["exp_avg"] for s in states]).view(view)
-    applied = torch.isfinite(g).view(k, -1).all(1)
+    m = pack(states, "exp_avg").view(view)
+    # finite iff the sum is: NaN and ±inf propagate through a sum (a finite gradient whose elements sum
+    # past ±3.4e38 would read as non-finite and be skipped: such a step could not be applied anyway)
+    applied = torch.isfinite(g.sum(dim=(-2, -1)))
     masked = not (flags.host_checks and bool(applied.all()))
 
     if flags.clip:
@@ -285,78 +316,100 @@ def gated_matrix_stack(params: list[torch.Tensor], states: list[dict], hp: Matri
         g = torch.clamp(g, -threshold, threshold)
 
     mu = hp.momentum
-    m_new = torch.lerp(m, g, 1.0 - mu)
-    m_decay = torch.stack([s["m_decay_prod"] for s in states])
+    # in place when nothing needs the old m (no sensor sums, no skipped step to undo)
+    in_place = not masked and not flags.sensors
+    m_new = m.lerp_(g, 1.0 - mu) if in_place else torch.lerp(m, g, 1.0 - mu)
+    m_decay = pack(states, "m_decay_prod")
     p1 = m_decay * mu
     c_a, c_o = direction_coefficients(rows, cols, act["ortho"], hp.units)
     c_a = c_a / (1.0 - p1)
-    trust = (1.0 - act["trust_mix"]) + act["trust_mix"] * sensors[:, G.S_TRUST_RATIO].double()
+    tau = act["trust_mix"]
+    trust = 1.0 if isinstance(tau, float) and tau == 0.0 else (1.0 - tau) + tau * sensors[:, G.S_TRUST_RATIO].double()
     step_size = hp.lr * act["update_mult"] * trust
 
     step_terms, d = [], None   # at least one direction is used: ω < 1 or ω > 0 in some pole
     if flags.adam:
-        v = torch.stack([s["exp_avg_sq"] for s in states]).view(view)
+        v = pack(states, "exp_avg_sq").view(view)
         beta2 = act["beta2"]
         v_new = v * col(beta2) + col(1.0 - beta2) * g * g
-        v_decay = torch.stack([s["v_decay_prod"] for s in states])
+        v_decay = pack(states, "v_decay_prod")
         p2 = v_decay * beta2
         adam_raw = m_new / (v_new.sqrt() / col((1.0 - p2).sqrt()) + hp.eps)   # Adam direction times (1 − P₁)
         step_terms.append(col(step_size * c_a) * adam_raw)
         d = col(c_a) * adam_raw
     if flags.ortho:
         source = torch.lerp(g, m_new, mu) if hp.nesterov else m_new
-        moment = torch.stack([s["normuon_sq"] for s in states]) if engine.normuon else None
+        moment = pack(states, "normuon_sq") if engine.normuon else None
         o, moment_new = orthogonalise(source, engine, hp.ns_steps, moment, hp.normuon_beta2, ns_dtype)
         step_terms.append(col(step_size * c_o) * o)
-        d = col(c_o) * o if d is None else d + col(c_o) * o
+        # without the Adam direction d = c_o·o with c_o > 0 is never formed: the cautious mask reads the sign
+        # of o·p, and ‖d‖² = c_o²·‖o‖²
+        d = o if d is None else d + col(c_o) * o
     if engine.cautious_wd and hp.weight_decay != 0.0:
         wd = hp.lr * decay_scale(rows, cols, hp.units) * hp.weight_decay
         update = step_terms[0] if len(step_terms) == 1 else step_terms[0] + step_terms[1]
-        P_new = P - (update + wd * P * (d * P >= 0))
+        P_new = P - (update + wd * P * (d * P >= 0).to(P.dtype))   # nanochat's op order
     else:
         P_new = P * (1.0 - hp.lr * hp.weight_decay)
         for term in step_terms:
             P_new = P_new - term
 
-    sums = torch.stack([_dots(g, g), _dots(g, m), _dots(m, m), _dots(P, P), _dots(d, d),
-                        _dots(P_new - P, P_new - P)], dim=1)
+    sums = None
+    if flags.sensors:
+        dd = _squares(d) if flags.adam else _squares(o) * torch.as_tensor(c_o, dtype=torch.float64).float() ** 2
+        sums = torch.stack([_squares(g), _dots(g, m), _squares(m), _squares(P), dd.expand(k), _squares(P_new - P)],
+                           dim=1)
 
     def keep(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
         """new where the step is applied, else old (a no-op when every gradient is known finite)."""
         return torch.where(applied.view((k,) + (1,) * (new.dim() - 1)), new, old) if masked else new
 
     torch._foreach_copy_([p.detach() for p in params], list(keep(P_new, P).view((k,) + tuple(shape)).unbind(0)))
-    torch._foreach_copy_([s["exp_avg"] for s in states], list(keep(m_new, m).view((k,) + tuple(shape)).unbind(0)))
-    torch._foreach_copy_([s["m_decay_prod"] for s in states], list(keep(p1, m_decay).unbind(0)))
+    if not in_place:
+        m.copy_(keep(m_new, m))
+    m_decay.copy_(keep(p1, m_decay))
     if flags.adam:
-        torch._foreach_copy_([s["exp_avg_sq"] for s in states],
-                             list(keep(v_new, v).view((k,) + tuple(shape)).unbind(0)))
-        torch._foreach_copy_([s["v_decay_prod"] for s in states], list(keep(p2, v_decay).unbind(0)))
+        v.copy_(keep(v_new, v))
+        v_decay.copy_(keep(p2, v_decay))
     if flags.ortho and engine.normuon:
-        torch._foreach_copy_([s["normuon_sq"] for s in states], list(keep(moment_new, moment).unbind(0)))
-    torch._foreach_add_([s["step"] for s in states], list(applied.float().unbind(0)))
+        moment.copy_(keep(moment_new, moment))
     return sums, applied
 
 
 def adamw_step(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, betas: tuple[float, float],
-               eps: float, weight_decay: float) -> torch.Tensor:
-    """One AdamW step (torch's formula), in place; skipped when the gradient is not finite.
-    Returns the 0-d bool ``applied``."""
+               eps: float, weight_decay: float, host_checks: bool = False) -> torch.Tensor:
+    """One AdamW step in nanochat's op order (the same math as torch's AdamW), in place; skipped when the
+    gradient is not finite. ``host_checks`` as in ``StackFlags``: on the host the finiteness is read first
+    and the step runs in place or not at all. Returns the 0-d bool ``applied``."""
     beta1, beta2 = betas
-    P = p.detach().float()
     g = grad.detach().float()
-    applied = torch.isfinite(g).all()
+    applied = torch.isfinite(g.sum())   # as in gated_matrix_stack
     m, v = state["exp_avg"], state["exp_avg_sq"]
+    if host_checks:
+        if bool(applied):
+            p1 = state["m_decay_prod"].mul_(beta1)
+            p2 = state["v_decay_prod"].mul_(beta2)
+            P = p.detach() if p.dtype == torch.float32 else p.detach().float()
+            P.mul_(1.0 - lr * weight_decay)
+            m.lerp_(g, 1.0 - beta1)
+            v.lerp_(g.square(), 1.0 - beta2)
+            denom = (v / (1.0 - p2)).sqrt_().add_(eps)
+            P.addcdiv_(m, denom, value=-lr / (1.0 - float(p1)))
+            if P is not p:
+                p.detach().copy_(P)
+            state["step"].add_(1.0)
+        return applied
     m_new = torch.lerp(m, g, 1.0 - beta1)
     v_new = torch.lerp(v, g.square(), 1.0 - beta2)
     p1 = state["m_decay_prod"] * beta1
     p2 = state["v_decay_prod"] * beta2
     denom = (v_new / (1.0 - p2)).sqrt() + eps
+    P = p.detach().float()
     P_new = P * (1.0 - lr * weight_decay) + (-lr / (1.0 - p1)) * m_new / denom
     m.copy_(torch.where(applied, m_new, m))
     v.copy_(torch.where(applied, v_new, v))
     state["m_decay_prod"].copy_(torch.where(applied, p1, state["m_decay_prod"]))
     state["v_decay_prod"].copy_(torch.where(applied, p2, state["v_decay_prod"]))
     state["step"].add_(applied.float())
-    p.detach().copy_(torch.where(applied, P_new, P).to(p.dtype))
+    p.detach().copy_(torch.where(applied, P_new, P))
     return applied

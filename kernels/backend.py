@@ -154,6 +154,7 @@ def gated_group(opt, items: list, hp: R.MatrixHyper, engine: R.Engine, global_st
     """One gated step of a group's matrix params (``fusedgate.reference.gated_matrix_step`` for each)."""
     spec = opt.spec
     scale, clip, dampen = modulation
+    measures = opt._measures()   # without: g = 0 (its value cannot matter) and the sensors are left as they are
     poles = G.pole_values(spec)
     pole_row = [cons for cons, _ in poles.values()] + [aggr - cons for cons, aggr in poles.values()]
     weights = spec.gate_weights
@@ -170,7 +171,7 @@ def gated_group(opt, items: list, hp: R.MatrixHyper, engine: R.Engine, global_st
             K.nonfinite_kernel[grid](ptrs, *chunks, lay.flags, G_DTYPE=g_dtype, BLOCK=L.BLOCK)
         SK.gate_kernel[(lay.n,)](
             ptrs, lay.chunk_start, lay.flags, lay.static64, lay.poles(pole_row), lay.coefs, global_state,
-            total_steps, spec.gate_bias, spec.sharpness, 1.0 - dampen, *weights,
+            total_steps, spec.gate_bias, spec.sharpness, (1.0 - dampen) if measures else 0.0, *weights,
             *L.split64(scale), *L.split64(clip), *L.split64(hp.lr), *L.split64(hp.momentum),
             *L.split64(hp.lr * hp.weight_decay), USE_ADAM=use_adam, FBLOCK=L.FBLOCK, num_warps=1)
         decay, one_minus_mu = 1.0 - hp.lr * hp.weight_decay, 1.0 - hp.momentum
@@ -191,7 +192,7 @@ def gated_group(opt, items: list, hp: R.MatrixHyper, engine: R.Engine, global_st
                                 CAUTIOUS=engine.cautious_wd and hp.weight_decay != 0.0, BLOCK=L.BLOCK)
         SK.finalize_kernel[(lay.n,)](ptrs, lay.chunk_start, lay.partials, lay.coefs, 1.0 - spec.ema_grad_norm,
                                      1.0 - spec.ema_update_ratio, 1.0 - spec.ema_grad_alignment,
-                                     FBLOCK=L.FBLOCK)
+                                     1.0 if measures else 0.0, FBLOCK=L.FBLOCK)
         ops.finish()
 
 

@@ -50,7 +50,7 @@ def variants():
              **floats("beta2", "one_minus_beta2", "lr_hi", "lr_lo", "beta1_hi", "beta1_lo", "beta2_hi", "beta2_lo"),
              "FBLOCK": "constexpr"}
     finalize = {"ptrs": P, "chunk_start": P, "partials": "*fp32", "coefs": "*fp32",
-                **floats("w_grad_norm", "w_update_ratio", "w_alignment"), "FBLOCK": "constexpr"}
+                **floats("w_grad_norm", "w_update_ratio", "w_alignment", "measure"), "FBLOCK": "constexpr"}
     ns = {"PRECISION": "tf32", "BM": 64, "BK": 32}
     yield "nonfinite/bf16", K.nonfinite_kernel, {**CHUNKS, "flags": "*i32", "G_DTYPE": "constexpr",
                                                  "BLOCK": "constexpr"}, {"G_DTYPE": tl.bfloat16, "BLOCK": 1024}

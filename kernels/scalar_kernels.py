@@ -223,10 +223,11 @@ def adamw_kernel(ptrs, chunk_start, flags, coefs, beta2, one_minus_beta2,
 
 
 @triton.jit
-def finalize_kernel(ptrs, chunk_start, partials, coefs, w_grad_norm, w_update_ratio, w_alignment,
+def finalize_kernel(ptrs, chunk_start, partials, coefs, w_grad_norm, w_update_ratio, w_alignment, measure,
                     FBLOCK: tl.constexpr):
     """fusedgate.gate.observe_param for parameter ``program_id`` from the sum of its chunks' partial sums;
-    then step += 1 (applied) or skipped += 1. ``w_*`` are the EMA weights 1 − decay."""
+    then step += 1 (applied) or skipped += 1. ``w_*`` are the EMA weights 1 − decay. ``measure`` = 0: the
+    spec reads no sensor (``FusedGate._measures``), they are left as they are."""
     i = tl.program_id(0)
     row = ptrs + i * N_PTR
     sensors = tl.load(row + T_SENSORS).to(tl.pointer_type(tl.float32))
@@ -258,14 +259,15 @@ def finalize_kernel(ptrs, chunk_start, partials, coefs, w_grad_norm, w_update_ra
     ratio = tl.where(unorm > 0, unorm / tl.maximum(pnorm + unorm, 1e-30), 0.0)
     trust = tl.where((pnorm > 0) & (dnorm > 0), _clamp(pnorm / tl.maximum(dnorm, 1e-30), 0.0, TRUST_RATIO_MAX), 1.0)
 
+    observe = applied & (measure != 0)
     old_gn = tl.load(sensors + S_GRAD_NORM)
     old_ref = tl.load(sensors + S_GRAD_NORM_REF)
     old_ur = tl.load(sensors + S_UPDATE_RATIO)
     old_al = tl.load(sensors + S_ALIGNMENT)
-    tl.store(sensors + S_GRAD_NORM, tl.where(first, gnorm, _lerp(old_gn, gnorm, w_grad_norm)), mask=applied)
-    tl.store(sensors + S_GRAD_NORM_REF, tl.where(old_ref > 0, old_ref, gnorm), mask=applied)
-    tl.store(sensors + S_UPDATE_RATIO, tl.where(first, ratio, _lerp(old_ur, ratio, w_update_ratio)), mask=applied)
-    tl.store(sensors + S_ALIGNMENT, tl.where(first, cos, _lerp(old_al, cos, w_alignment)), mask=applied)
-    tl.store(sensors + S_TRUST_RATIO, trust, mask=applied)
+    tl.store(sensors + S_GRAD_NORM, tl.where(first, gnorm, _lerp(old_gn, gnorm, w_grad_norm)), mask=observe)
+    tl.store(sensors + S_GRAD_NORM_REF, tl.where(old_ref > 0, old_ref, gnorm), mask=observe)
+    tl.store(sensors + S_UPDATE_RATIO, tl.where(first, ratio, _lerp(old_ur, ratio, w_update_ratio)), mask=observe)
+    tl.store(sensors + S_ALIGNMENT, tl.where(first, cos, _lerp(old_al, cos, w_alignment)), mask=observe)
+    tl.store(sensors + S_TRUST_RATIO, trust, mask=observe)
     tl.store(step_ptr, step + 1.0, mask=applied)
     tl.store(sensors + S_SKIPPED, tl.load(sensors + S_SKIPPED) + 1.0, mask=~applied)
