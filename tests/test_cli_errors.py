@@ -225,11 +225,12 @@ def test_bench_bad_flag_is_one_line(argv, message, tmp_path, capsys):
     assert code == 2 and err.startswith("fusedgate bench: error:") and message in err and not out.exists()
 
 
-def test_bench_infinite_budget_is_refused():
-    # a subprocess with a timeout: an accepted infinite budget would measure forever
-    done = subprocess.run([sys.executable, "-m", "fusedgate", *BENCH_TINY, "--budget", "inf"], capture_output=True,
-                          text=True, timeout=120)
+def test_bench_infinite_budget_is_refused(tmp_path):
+    # a subprocess with a timeout, in case an accepted infinite budget measures until the repetition cap
+    done = subprocess.run([sys.executable, "-m", "fusedgate", *BENCH_TINY, "--budget", "inf", "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--budget must be a positive number of seconds" in done.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_bench_read_only_out_is_refused_before_measuring(read_only_folder, capsys):
