@@ -5,7 +5,8 @@ file object, for objects too big to render twice in memory such as checkpoints) 
 ``path``'s own folder, flushes and fsyncs it, then ``os.replace``\\ s it over ``path``. The temporary file
 is on the same file system, so the rename is atomic: a reader (or a crash) sees the old file or the new
 one, never a half-written one. On any failure the temporary file is removed and a :class:`WriteError`
-names the path and the reason in one line.
+names the path and the reason in one line (a killed process can leave a hidden ``.<name>.*.tmp`` behind;
+it never replaces anything).
 
 ``check_writable_folder(folder)`` answers "could a run write here?" before the run spends any time: it
 creates nothing, and probes the folder (or, when it does not exist yet, its nearest existing parent)

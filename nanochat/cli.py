@@ -3,6 +3,11 @@
     fusedgate train --preset tiny --compare          # baseline vs FusedGate on 2 CPU cores
     fusedgate train --preset small --device cuda --optimizer fusedgate --spec my_spec.json
     fusedgate train --resume runs/tiny-baseline-...  # continue from the last checkpoint
+    fusedgate train --resume runs/tiny-baseline-... --steps 600   # extend a run (a new schedule from here on)
+
+Bad input is one line on stderr and exit code 2, before anything is trained or written. A flag is applied or
+refused, never ignored: ``--spec`` implies ``--optimizer fusedgate`` and is refused for a run without it;
+with ``--resume`` the flags that define the run must agree with the checkpoint (see ``--resume``'s help).
 """
 
 from __future__ import annotations
@@ -114,6 +119,8 @@ def _resumed_config(args: argparse.Namespace) -> TrainConfig:
 
     if args.compare is not None:
         raise TrainError("--compare cannot --resume: resume each run directory of the comparison on its own")
+    if args.overwrite:
+        raise TrainError("--overwrite does nothing with --resume: a resumed run continues its own metrics")
     saved = dict(load_checkpoint(args.resume)["config"])
     unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:

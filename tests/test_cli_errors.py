@@ -145,6 +145,7 @@ def test_resume_checkpoint_with_missing_keys_is_one_line(finished_run, tmp_path,
     (["--steps", "3"], "steps=3 would shorten the run of checkpoint"),
     (["--optimizer", "baseline", "--spec", "muon"], "--spec applies to FusedGate only"),
     (["--compare"], "--compare cannot --resume"),
+    (["--overwrite"], "--overwrite does nothing with --resume"),
 ])
 def test_resume_refuses_flags_that_conflict_with_the_checkpoint(argv, message, finished_run, capsys):
     before = (finished_run / "checkpoint.pt").read_bytes()
