@@ -1,5 +1,6 @@
 """``fusedgate bench``: time one optimizer step (and Newton–Schulz) for every contestant, write
-``<out>/<device>.json``, ``.md`` and ``.png``.
+``<out>/<device>.json``, ``.md`` and ``.png``; ``<out>`` is ``./bench-results`` unless ``--out`` says otherwise
+(never the installed package's own ``bench/results/``).
 
 On a CUDA machine the default is the issue's full list (matrices 1024²…16384², NanoChat d12/d20/d26,
 Newton–Schulz 1024²…8192²); on the CPU small sizes of the CPU paths; ``--quick`` tiny sizes (CI).
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import signal
 import sys
 from pathlib import Path
@@ -19,17 +21,24 @@ from fusedgate.bench import contestants as C
 from fusedgate.bench import report, suite
 from fusedgate.bench.targets import evaluate
 from fusedgate.bench.workloads import CASES, DTYPES, workloads
+from fusedgate.cli import integer, shorten
+from fusedgate.files import WriteError, check_writable_folder
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+DEFAULT_OUT = Path("bench-results")  # relative: under the current directory when the command runs
+MAX_SIZE = 65536  # n of an n×n matrix: 2^32 elements, beyond any single GPU's memory for a step's state
+MAX_DEPTH = 64
+MAX_THREADS = 1024
 
 
 def _csv(kind=str):
     def parse(text: str) -> list:
         try:
             items = [kind(item) for item in text.split(",") if item.strip()]
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"{exc} in {shorten(text, 40)!r}") from None
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{text!r} is not a comma-separated list of {kind.__name__}"
+                f"{shorten(text, 40)!r} is not a comma-separated list of {kind.__name__}"
             ) from None
         if not items:
             raise argparse.ArgumentTypeError("expected at least one item")
@@ -42,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repetitions (smoke test)")
     parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})"
+        "--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default ./{DEFAULT_OUT})"
     )
     parser.add_argument("--cases", type=_csv(), default=list(CASES), help=f"subset of {','.join(CASES)}")
     parser.add_argument(
@@ -54,13 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtypes", type=_csv(), default=list(DTYPES), help="subset of fp32,bf16 (step cases)"
     )
-    parser.add_argument("--sizes", type=_csv(int), default=None, help="matrix sizes n (n×n), e.g. 1024,4096")
-    parser.add_argument("--depths", type=_csv(int), default=None, help="NanoChat depths, e.g. 12,20,26")
-    parser.add_argument("--ns-sizes", type=_csv(int), default=None, help="Newton–Schulz sizes n (n×n)")
+    parser.add_argument("--sizes", type=_csv(integer), default=None, help="matrix sizes n (n×n), e.g. 1024,4096")
+    parser.add_argument("--depths", type=_csv(integer), default=None, help="NanoChat depths, e.g. 12,20,26")
+    parser.add_argument("--ns-sizes", type=_csv(integer), default=None, help="Newton–Schulz sizes n (n×n)")
     parser.add_argument("--budget", type=float, default=None, help="seconds of repetitions per measurement")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=integer,
         default=None,
         help="CPU threads for torch (default: torch's choice; 1 is steadier on a busy machine)",
     )
@@ -101,13 +110,15 @@ def _check(args) -> None:
     bad = [d for d in args.dtypes if d not in DTYPES]
     if bad:
         raise ValueError(f"--dtypes: unknown {', '.join(bad)}; known: {', '.join(DTYPES)}")
-    for flag in ("sizes", "depths", "ns_sizes"):
+    for flag, largest in (("sizes", MAX_SIZE), ("depths", MAX_DEPTH), ("ns_sizes", MAX_SIZE)):
         if any(n <= 0 for n in getattr(args, flag) or []):
             raise ValueError(f"--{flag.replace('_', '-')}: sizes must be positive")
-    if args.threads is not None and args.threads <= 0:
-        raise ValueError("--threads must be positive")
-    if args.budget is not None and args.budget <= 0:
-        raise ValueError("--budget must be positive")
+        if any(n > largest for n in getattr(args, flag) or []):
+            raise ValueError(f"--{flag.replace('_', '-')}: at most {largest}")
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        raise ValueError(f"--threads must be positive and at most {MAX_THREADS}")
+    if args.budget is not None and not (args.budget > 0 and math.isfinite(args.budget)):
+        raise ValueError("--budget must be a positive number of seconds")
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} exists and is not a folder")
 
@@ -118,15 +129,18 @@ def _interrupt(signum, frame):
 
 def _rerender(path: Path) -> int:
     try:
+        check_writable_folder(path.parent)
         written = report.rerender(path)
+    except WriteError as exc:
+        print(f"fusedgate bench: error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
-        print(f"fusedgate bench: error: cannot read or write beside {path}: {exc.strerror}", file=sys.stderr)
-        return 1
-    except (ValueError, KeyError, TypeError) as exc:
-        print(
-            f"fusedgate bench: error: {path} is not a fusedgate bench results JSON ({exc!r})", file=sys.stderr
-        )
-        return 1
+        print(f"fusedgate bench: error: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        reason = shorten(f"{type(exc).__name__}: {str(exc).split(';')[0]}", 160)
+        print(f"fusedgate bench: error: {path} is not a fusedgate bench results JSON ({reason})", file=sys.stderr)
+        return 2
     for out in written:
         print(f"wrote {out}")
     return 0
@@ -139,7 +153,8 @@ def main(args: argparse.Namespace) -> int:
         _check(args)
         device = _device(args.device)
         chosen = C.by_name(args.contestants)
-    except ValueError as exc:
+        check_writable_folder(args.out)  # before measuring for minutes
+    except (ValueError, WriteError) as exc:
         print(f"fusedgate bench: error: {exc}", file=sys.stderr)
         return 2
     if args.threads is not None:
@@ -169,8 +184,9 @@ def main(args: argparse.Namespace) -> int:
     result["targets"] = evaluate(result["results"])
     try:
         paths = report.write_all(result, args.out)
-    except OSError as exc:
-        print(f"fusedgate bench: error: cannot write results to {args.out}: {exc.strerror}", file=sys.stderr)
+    except OSError as exc:  # WriteError from the atomic writer, or the folder could not be created
+        detail = str(exc) if isinstance(exc, WriteError) else f"cannot write results to {args.out}: {exc.strerror}"
+        print(f"fusedgate bench: error: {detail}", file=sys.stderr)
         return 1
     ok = sum(r["status"] == "ok" for r in result["results"])
     interrupted = len(result["results"]) < result["planned"]

@@ -1,24 +1,18 @@
 """Write a run's results: ``<slug>.json`` (everything), ``<slug>.md`` (tables), ``<slug>.png`` (time vs size).
 
-All three are rendered first, then each is written to a temporary name and renamed, so a failure never
-leaves a half-written result over an old one.
+All three are rendered first, then each is written with ``fusedgate.files.write_atomic`` (a temporary file
+in the same folder, renamed), so a failure never leaves a half-written result over an old one.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from fusedgate.bench.targets import evaluate
+from fusedgate.files import markdown_table, write_atomic
 
 STEP_CASES = ("matrix", "nanochat")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def rerender(json_path: Path) -> list[Path]:
@@ -101,17 +95,14 @@ def _table(records: list[dict], cell, contestants: list[str]) -> list[str]:
     rows: dict[tuple, dict[str, dict]] = {}
     for r in records:
         rows.setdefault((r["case"], r["dtype"], r["size"], r["params"]), {})[r["contestant"]] = r
-    lines = [
-        "| case | dtype | size | params | " + " | ".join(contestants) + " |",
-        "|" + "---|" * (4 + len(contestants)),
-    ]
-    for (case, dtype, size, params), cells in rows.items():
-        lines.append(
-            f"| {case} | {dtype} | {size} | {_params(params)} | "
-            + " | ".join(cell(cells.get(c)) for c in contestants)
-            + " |"
-        )
-    return lines
+    table = markdown_table(
+        ["case", "dtype", "size", "params", *contestants],
+        [
+            [case, dtype, size, _params(params), *(cell(cells.get(c)) for c in contestants)]
+            for (case, dtype, size, params), cells in rows.items()
+        ],
+    )
+    return table.splitlines()
 
 
 def not_run(records: list[dict]) -> list[str]:
@@ -169,8 +160,9 @@ def markdown(run: dict) -> str:
     skipped = not_run(records)
     if skipped:
         lines += ["## Not run", ""] + skipped + [""]
-    lines += ["## Targets (measured, not asserted)", "", "| target | status | detail |", "|---|---|---|"]
-    lines += [f"| {t['target']} | {t['status']} | {t['detail']} |" for t in run["targets"]] + [""]
+    lines += ["## Targets (measured, not asserted)", ""]
+    targets = [[t["target"], t["status"], t["detail"]] for t in run["targets"]]
+    lines += markdown_table(["target", "status", "detail"], targets).splitlines() + [""]
     lines += ["## Contestants", ""] + [f"- `{n}`: {d}" for n, d in run["contestants"].items()] + [""]
     return "\n".join(lines)
 

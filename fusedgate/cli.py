@@ -5,6 +5,8 @@ Each subcommand lives in its own module, imported only when that subcommand runs
 
     add_arguments(parser: argparse.ArgumentParser) -> None
     main(args: argparse.Namespace) -> int | None
+
+Usage errors are one line on stderr and exit code 2, for argparse's own errors too.
 """
 
 from __future__ import annotations
@@ -25,6 +27,34 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+MAX_INT_DIGITS = 30  # far beyond any step count, seed or size; longer numbers are refused before conversion
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``prog: error: message (see prog --help)``), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {shorten(message)} (see {self.prog} --help)\n")
+
+
+def shorten(text: str, limit: int = 200) -> str:
+    """``text`` on one line, cut to ``limit`` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def integer(text: str) -> int:
+    """argparse type for an integer flag: refuses a number of more than ``MAX_INT_DIGITS`` digits before
+    converting it (Python refuses over 4300, and a huge value only fails later, deep in torch)."""
+    digits = text.strip().lstrip("+-")
+    if digits.isdigit() and len(digits) > MAX_INT_DIGITS:
+        raise argparse.ArgumentTypeError(f"a {len(digits)}-digit number is too large")
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{shorten(text, 40)!r} is not an integer") from None
+
+
 def _chosen_subcommand(argv: list[str]) -> str | None:
     for token in argv:
         if not token.startswith("-"):
@@ -33,7 +63,7 @@ def _chosen_subcommand(argv: list[str]) -> str | None:
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fusedgate", description="Training-phase-aware optimizer tools.")
+    parser = OneLineErrorParser(prog="fusedgate", description="Training-phase-aware optimizer tools.")
     parser.add_argument("--version", action="version", version=f"fusedgate {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = _chosen_subcommand(argv)
@@ -49,7 +79,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # a usage error exits here: one line, SystemExit(2)
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 2

@@ -39,6 +39,7 @@ from typing import Any
 
 SPEC_VERSION = 2
 READABLE_VERSIONS = (1, 2)   # a version-1 spec is a version-2 spec with the engine switches off
+MAX_SPEC_FILE_BYTES = 1 << 20  # a spec is a few hundred bytes; anything this big is another file
 
 
 class SpecError(ValueError):
@@ -58,12 +59,16 @@ class Bound:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpecError(f"{name}={value!r}: expected a number in [{self.lo}, {self.hi}]")
-        if self.kind is int:
-            if not math.isfinite(value) or float(value) != int(value):
-                raise SpecError(f"{name}={value!r}: expected an integer in [{self.lo}, {self.hi}]")
-            value = int(value)
-        else:
-            value = float(value)
+        try:
+            if self.kind is int:
+                if not math.isfinite(value) or float(value) != int(value):
+                    raise SpecError(f"{name}={value!r}: expected an integer in [{self.lo}, {self.hi}]")
+                value = int(value)
+            else:
+                value = float(value)
+        except OverflowError:  # an integer too large for a float
+            raise SpecError(f"{name}: an integer of {value.bit_length()} bits is outside its bound "
+                            f"[{self.lo}, {self.hi}]") from None
         if math.isnan(value) or not (self.lo <= value <= self.hi):
             raise SpecError(f"{name}={value!r} is outside its bound [{self.lo}, {self.hi}]")
         return value
@@ -308,15 +313,26 @@ class GateSpec:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise SpecError(f"not valid JSON: {exc}") from None
+        except ValueError as exc:  # a number longer than Python's int-conversion limit (4300 digits)
+            raise SpecError(f"not a usable spec: {str(exc).split(';')[0]}") from None
+        except RecursionError:
+            raise SpecError("not a usable spec: JSON nested too deeply") from None
         return cls.from_dict(data)
 
     @classmethod
     def load(cls, path) -> GateSpec:
         try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
+            with open(path, "rb") as fh:
+                raw = fh.read(MAX_SPEC_FILE_BYTES + 1)
         except OSError as exc:
             raise SpecError(f"cannot read spec file {path}: {exc.strerror}") from None
+        if len(raw) > MAX_SPEC_FILE_BYTES:
+            raise SpecError(f"larger than {MAX_SPEC_FILE_BYTES} bytes: not a spec file")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SpecError(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): a spec is a "
+                            "JSON file") from None
         return cls.from_json(text)
 
     @classmethod

@@ -1,4 +1,8 @@
-"""``fusedgate spec show|validate FILE``: print or check a GateSpec JSON file."""
+"""``fusedgate spec show|validate FILE``: print or check a GateSpec JSON file.
+
+Exit codes: 0 ok; ``validate``: 1 when FILE is not a valid spec (its answer); ``show``: 2 when FILE is not a
+valid spec (a usage error). Every error is one line naming the file and the problem.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ def main(args) -> int:
         spec = GateSpec.from_name_or_file(args.file)
     except SpecError as exc:
         print(f"fusedgate spec: {args.file}: {exc}", file=sys.stderr)
-        return 1
+        return 1 if args.spec_command == "validate" else 2
     if args.spec_command == "show":
         print(spec.to_json())
     else:

@@ -1,29 +1,31 @@
 """Checkpoints: model + optimizer + data position + run curves, written atomically.
 
 A checkpoint is a ``torch.save`` dict loaded back with ``weights_only=True`` (plain tensors and
-Python values only, never arbitrary pickles). It is written to ``<path>.tmp`` and renamed, so an
-interrupted save never replaces the last good checkpoint.
+Python values only, never arbitrary pickles). It is written with ``fusedgate.files.write_atomic``
+(a temporary file in the same folder, fsynced, then renamed), so an interrupted save never replaces
+the last good checkpoint.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fusedgate.files import write_atomic
 from fusedgate.nanochat.errors import TrainError
 
 FORMAT = "fusedgate.nanochat/1"
 FILENAME = "checkpoint.pt"
+# what ``train`` writes and a resume reads; a checkpoint missing any of them is refused by name
+REQUIRED_KEYS = ("step", "total_steps", "model_state", "optimizer_state", "wall_s", "first_step_s", "val_curve",
+                 "train_curve", "gate_trajectory", "config", "model_config", "optimizer", "spec", "seed", "corpus",
+                 "tokenizer", "lr_scale")
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, **payload}, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda fh: torch.save({"format": FORMAT, **payload}, fh))
 
 
 def resolve(path: str | Path) -> Path:
@@ -46,7 +48,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise TrainError(f"checkpoint {p} is corrupt or not a fusedgate checkpoint ({reason})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise TrainError(f"checkpoint {p} is not a {FORMAT} checkpoint")
+    missing = [key for key in REQUIRED_KEYS if key not in ckpt]
+    if missing:
+        raise TrainError(f"checkpoint {p} is incomplete: it lacks {', '.join(missing)}")
+    total, step = ckpt["total_steps"], ckpt["step"]
+    if not (_is_int(total) and _is_int(step) and 0 <= step <= total) or not isinstance(ckpt["config"], dict):
+        raise TrainError(f"checkpoint {p} is damaged: step={_short(step)}, total_steps={_short(total)}, "
+                         f"config of type {type(ckpt['config']).__name__}")
     return ckpt
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_compatible(ckpt: dict[str, Any], path: str | Path, expected: dict[str, Any]) -> None:

@@ -3,6 +3,11 @@
     fusedgate train --preset tiny --compare          # baseline vs FusedGate on 2 CPU cores
     fusedgate train --preset small --device cuda --optimizer fusedgate --spec my_spec.json
     fusedgate train --resume runs/tiny-baseline-...  # continue from the last checkpoint
+    fusedgate train --resume runs/tiny-baseline-... --steps 600   # extend a run (a new schedule from here on)
+
+Bad input is one line on stderr and exit code 2, before anything is trained or written. A flag is applied or
+refused, never ignored: ``--spec`` implies ``--optimizer fusedgate`` and is refused for a run without it;
+with ``--resume`` the flags that define the run must agree with the checkpoint (see ``--resume``'s help).
 """
 
 from __future__ import annotations
@@ -14,58 +19,123 @@ import sys
 import time
 from pathlib import Path
 
+from fusedgate.cli import integer
+from fusedgate.files import WriteError
 from fusedgate.nanochat.errors import TrainError
 from fusedgate.nanochat.presets import PRESETS
 from fusedgate.nanochat.train import OPTIMIZERS, TrainConfig
 from fusedgate.spec import GateSpec, SpecError
 
+MAX_THREADS = 1024
+DEFAULT_SPEC = "default"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="tiny", help=f"one of {', '.join(PRESETS)} (default tiny)")
-    parser.add_argument("--optimizer", default="baseline", help=f"one of {', '.join(OPTIMIZERS)}")
+    parser.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (default tiny)")
+    parser.add_argument("--optimizer", help=f"one of {', '.join(OPTIMIZERS)} (default baseline, or fusedgate "
+                                            "when --spec is given)")
     parser.add_argument("--compare", nargs="?", const="baseline,fusedgate", default=None, metavar="OPTS",
                         help="train several optimizers back to back (default baseline,fusedgate) and "
                              "write a table and plot")
-    parser.add_argument("--spec", metavar="FILE", default="default",
+    parser.add_argument("--spec", metavar="FILE",
                         help="GateSpec JSON file for FusedGate, or a preset name: default (the gated starting "
-                             "point; the default), muon (neutral: classic Muon), adamw")
-    parser.add_argument("--steps", type=int, help="training steps (default: the preset's)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+                             "point; the default), muon (neutral: classic Muon), adamw. Implies --optimizer "
+                             "fusedgate; refused for a run that trains no FusedGate")
+    parser.add_argument("--steps", type=integer, help="training steps (default: the preset's; with --resume: "
+                                                      "extend the checkpoint's run to this many steps)")
+    parser.add_argument("--seed", type=integer, help="seed of the init and the batches (default 0)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ...")
     parser.add_argument("--data", metavar="PATH",
-                        help="text folder, parquet shard folder or text file (default: python stdlib sources)")
-    parser.add_argument("--tokenizer", default="byte", help="byte (default) or bpe:N (rustbpe-trained, N tokens)")
+                        help="text folder, parquet shard folder or file, or text file (default: python stdlib "
+                             "sources)")
+    parser.add_argument("--tokenizer", help="byte (default) or bpe:N (rustbpe-trained, N tokens)")
     parser.add_argument("--out", metavar="DIR", help="output directory (default runs/<preset>-<what>-<time>)")
-    parser.add_argument("--eval-every", type=int, help="steps between validations (default: the preset's)")
-    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0: only at the end)")
-    parser.add_argument("--gate-log-every", type=int, default=10, help="steps between FusedGate gate records")
-    parser.add_argument("--resume", metavar="CKPT", help="checkpoint file or run directory to continue")
+    parser.add_argument("--eval-every", type=integer, help="steps between validations (default: the preset's)")
+    parser.add_argument("--checkpoint-every", type=integer, help="steps between checkpoints (0: only at the end)")
+    parser.add_argument("--gate-log-every", type=integer, help="steps between FusedGate gate records (default 10)")
+    parser.add_argument("--resume", metavar="CKPT",
+                        help="checkpoint file or run directory to continue. --preset, --optimizer, --spec, "
+                             "--seed, --data, --tokenizer and --lr-scale must match the checkpoint (refused "
+                             "otherwise); --steps may extend the run; --device, --out, --compile and the "
+                             "--*-every flags apply to the rest of the run")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--lr-scale", type=float, default=1.0, help="multiply every learning rate")
-    parser.add_argument("--threads", type=int,
+    parser.add_argument("--lr-scale", type=float, help="multiply every learning rate (default 1)")
+    parser.add_argument("--threads", type=integer,
                         help="torch CPU threads (default on CPU: half the cores, 1 to 4; small models gain little "
                              "from more, and oversubscribed OpenMP threads are many times slower)")
     parser.add_argument("--overwrite", action="store_true", help="allow --out to already hold a run")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
 
-def _config_from_args(args: argparse.Namespace) -> TrainConfig:
-    spec = GateSpec.from_name_or_file(args.spec)
-    if args.resume:
-        from fusedgate.nanochat.checkpoint import load_checkpoint, resolve
+def _optimizers(args: argparse.Namespace) -> list[str]:
+    """The optimizers this invocation trains (before --resume, which takes the checkpoint's)."""
+    if args.compare is not None:
+        if args.optimizer is not None:
+            raise TrainError("--optimizer does nothing with --compare: list the optimizers in --compare, "
+                             "e.g. --compare baseline,fusedgate")
+        return [o.strip() for o in args.compare.split(",") if o.strip()]
+    return [args.optimizer or ("fusedgate" if args.spec is not None else "baseline")]
 
-        saved = load_checkpoint(args.resume)["config"]
-        saved["spec"] = GateSpec.from_dict(saved["spec"]) if saved.get("spec") else None
-        out = args.out or str(resolve(args.resume).parent)
-        return dataclasses.replace(TrainConfig(**saved), resume=args.resume, out_dir=out, device=args.device,
-                                   progress=not args.no_progress, stop_at=None)
-    what = "compare" if args.compare else args.optimizer
-    out = args.out or str(Path("runs") / f"{args.preset}-{what}-{time.strftime('%Y%m%d-%H%M%S')}")
-    return TrainConfig(preset=args.preset, optimizer=args.optimizer, spec=spec, steps=args.steps, seed=args.seed,
-                       device=args.device, data=args.data, out_dir=out, eval_every=args.eval_every,
-                       progress=not args.no_progress, gate_log_every=args.gate_log_every, tokenizer=args.tokenizer,
-                       compile=args.compile, checkpoint_every=args.checkpoint_every, lr_scale=args.lr_scale,
+
+def _check_spec_applies(args: argparse.Namespace, optimizers: list[str]) -> None:
+    if args.spec is not None and "fusedgate" not in optimizers:
+        fix = "add fusedgate to --compare" if args.compare is not None else "use --optimizer fusedgate"
+        raise TrainError(f"--spec applies to FusedGate only and this run trains {', '.join(optimizers)}: "
+                         f"{fix}, or drop --spec")
+
+
+def _load_spec(name_or_file: str) -> GateSpec:
+    try:
+        return GateSpec.from_name_or_file(name_or_file)
+    except SpecError as exc:
+        raise TrainError(f"--spec {name_or_file}: {exc}") from None
+
+
+def _fresh_config(args: argparse.Namespace) -> TrainConfig:
+    optimizers = _optimizers(args)
+    _check_spec_applies(args, optimizers)
+    spec = _load_spec(args.spec or DEFAULT_SPEC) if "fusedgate" in optimizers else None
+    preset = args.preset or "tiny"
+    what = "compare" if args.compare is not None else optimizers[0]
+    out = args.out or str(Path("runs") / f"{preset}-{what}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return TrainConfig(preset=preset, optimizer=optimizers[0], spec=spec, steps=args.steps,
+                       seed=0 if args.seed is None else args.seed, device=args.device, data=args.data, out_dir=out,
+                       eval_every=args.eval_every, progress=not args.no_progress,
+                       gate_log_every=10 if args.gate_log_every is None else args.gate_log_every,
+                       tokenizer=args.tokenizer or "byte", compile=args.compile,
+                       checkpoint_every=args.checkpoint_every, lr_scale=1.0 if args.lr_scale is None else args.lr_scale,
                        overwrite=args.overwrite)
+
+
+# flags that define the run: given with --resume, they replace the checkpoint's values and ``train`` refuses the
+# resume unless the result still matches the checkpoint (steps: only a longer run)
+RUN_FLAGS = ("preset", "optimizer", "seed", "data", "tokenizer", "lr_scale", "steps")
+# flags that only change how the rest of the run is executed or logged
+EXECUTION_FLAGS = ("eval_every", "checkpoint_every", "gate_log_every")
+
+
+def _resumed_config(args: argparse.Namespace) -> TrainConfig:
+    from fusedgate.nanochat.checkpoint import load_checkpoint, resolve
+
+    if args.compare is not None:
+        raise TrainError("--compare cannot --resume: resume each run directory of the comparison on its own")
+    if args.overwrite:
+        raise TrainError("--overwrite does nothing with --resume: a resumed run continues its own metrics")
+    saved = dict(load_checkpoint(args.resume)["config"])
+    unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise TrainError(f"checkpoint {args.resume} has config fields this fusedgate does not know: "
+                         f"{', '.join(unknown)}")
+    saved["spec"] = GateSpec.from_dict(saved["spec"]) if saved.get("spec") else None
+    changes = {name: getattr(args, name) for name in RUN_FLAGS + EXECUTION_FLAGS if getattr(args, name) is not None}
+    _check_spec_applies(args, [changes.get("optimizer", saved.get("optimizer", "baseline"))])
+    if args.spec is not None:
+        changes["spec"] = _load_spec(args.spec)
+    if args.compile:
+        changes["compile"] = True
+    out = args.out or str(resolve(args.resume).parent)
+    return dataclasses.replace(TrainConfig(**saved), **changes, resume=args.resume, out_dir=out, device=args.device,
+                               progress=not args.no_progress, stop_at=None)
 
 
 def _print_run(result) -> None:
@@ -75,19 +145,21 @@ def _print_run(result) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    threads = args.threads
-    if threads is None and not args.device.startswith("cuda"):
-        threads = min(4, max(1, (os.cpu_count() or 2) // 2))
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(max(1, threads))
     try:
-        config = _config_from_args(args)
-        if args.compare:
+        threads = args.threads
+        if threads is not None and not 1 <= threads <= MAX_THREADS:
+            raise TrainError(f"--threads must be from 1 to {MAX_THREADS}, got {threads}")
+        if threads is None and not args.device.startswith("cuda"):
+            threads = min(4, max(1, (os.cpu_count() or 2) // 2))
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        config = _resumed_config(args) if args.resume else _fresh_config(args)
+        if args.compare is not None:
             from fusedgate.nanochat.compare import compare, table
 
-            results = compare(config, [o.strip() for o in args.compare.split(",") if o.strip()])
+            results = compare(config, _optimizers(args))
             print()
             print(table(results))
             print(f"\ncorpus {results[0].corpus_fingerprint}; report and plot in {config.out_dir}/compare.md, "
@@ -104,6 +176,9 @@ def main(args: argparse.Namespace) -> int:
     except (TrainError, SpecError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except WriteError as exc:  # the disk filled up or the folder changed during the run
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted; the last checkpoint (if any) is kept in the out dir", file=sys.stderr)
         return 130

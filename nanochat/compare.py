@@ -11,6 +11,7 @@ import json
 import math
 from pathlib import Path
 
+from fusedgate.files import markdown_table, write_atomic
 from fusedgate.nanochat.errors import TrainError
 from fusedgate.nanochat.plots import plot_runs
 from fusedgate.nanochat.train import OPTIMIZERS, TrainConfig, TrainResult, _prepare_out_dir, train
@@ -23,14 +24,12 @@ def _fmt(x: float, digits: int = 4) -> str:
 def table(results: list[TrainResult]) -> str:
     """A markdown table: final val bpb, Δ to the first run, training wall time, tokens/s, steps."""
     ref = results[0].final_val_bpb
-    lines = ["| optimizer | final val bpb | Δ vs " + results[0].config.optimizer
-             + " | train wall (s) | total (s) | tokens/s | steps | status |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        status = "diverged" if r.diverged else ("ok" if not r.message else r.message)
-        lines.append(f"| {r.config.optimizer} | {_fmt(r.final_val_bpb)} | {_fmt(r.final_val_bpb - ref, 4)} | "
-                     f"{r.wall_s:.1f} | {r.total_s:.1f} | {r.tokens_per_s:,.0f} | {r.steps_done} | {status} |")
-    return "\n".join(lines)
+    headers = ["optimizer", "final val bpb", f"Δ vs {results[0].config.optimizer}", "train wall (s)", "total (s)",
+               "tokens/s", "steps", "status"]
+    rows = [[r.config.optimizer, _fmt(r.final_val_bpb), _fmt(r.final_val_bpb - ref, 4), f"{r.wall_s:.1f}",
+             f"{r.total_s:.1f}", f"{r.tokens_per_s:,.0f}", r.steps_done,
+             "diverged" if r.diverged else (r.message or "ok")] for r in results]
+    return markdown_table(headers, rows)
 
 
 def compare(config: TrainConfig, optimizers: list[str]) -> list[TrainResult]:
@@ -57,7 +56,7 @@ def write_report(results: list[TrainResult], out: Path) -> None:
     header = (f"# {first.config.preset}: {' vs '.join(r.config.optimizer for r in results)}\n\n"
               f"corpus `{first.corpus_fingerprint}`, tokenizer {first.tokenizer}, seed {first.config.seed}, "
               f"{first.n_params:,} params, device {first.device}\n\n")
-    (out / "compare.md").write_text(header + table(results) + "\n", encoding="utf-8")
-    (out / "compare.json").write_text(json.dumps(
-        [dict(r.summary(), val_curve=r.val_curve) for r in results], indent=1, default=str) + "\n", encoding="utf-8")
+    write_atomic(out / "compare.md", header + table(results) + "\n")
+    write_atomic(out / "compare.json", json.dumps(
+        [dict(r.summary(), val_curve=r.val_curve) for r in results], indent=1, default=str) + "\n")
     plot_runs(results, out / "compare.png", title=f"{first.config.preset} preset, corpus {first.corpus_fingerprint}")

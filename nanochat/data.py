@@ -6,7 +6,8 @@ A corpus is a list of documents ``(key, bytes)``:
 * ``--data DIR`` with ``*.parquet`` files: one document per row of the ``text`` column
   (nanochat/FineWeb shards), key ``file#row``;
 * ``--data DIR`` otherwise: every non-binary file below DIR, key = relative path;
-* ``--data FILE``: the file cut into 16 KiB pieces, key ``name#i``.
+* ``--data FILE``: a ``.parquet`` shard as above; any other file cut into 16 KiB pieces, key ``name#i``.
+  A binary file (a NUL byte in its first 8 KiB, the test that skips binary files in a folder) is refused.
 
 Split: a document is in val iff ``int(sha256(key)[:8 hex]) % 1000 < VAL_PERMILLE``, so the split
 depends on the key only (stable when files are added) and train/val never share a document.
@@ -79,6 +80,10 @@ def _parquet_documents(files: list[Path], root: Path, max_bytes: int) -> list[tu
     return docs
 
 
+def _is_binary(data: bytes) -> bool:
+    return b"\0" in data[:8192]
+
+
 def _folder_documents(root: Path, max_bytes: int) -> list[tuple[str, bytes]]:
     files = sorted(p for p in root.rglob("*") if p.is_file()
                    and not any(part.startswith(".") or part == "__pycache__" for part in p.relative_to(root).parts))
@@ -88,7 +93,7 @@ def _folder_documents(root: Path, max_bytes: int) -> list[tuple[str, bytes]]:
     docs, total = [], 0
     for path in files:
         data = path.read_bytes()
-        if not data or b"\0" in data[:8192]:  # empty or binary
+        if not data or _is_binary(data):
             continue
         docs.append((path.relative_to(root).as_posix(), data))
         total += len(data)
@@ -104,8 +109,13 @@ def load_documents(path: str | None, max_bytes: int) -> tuple[str, list[tuple[st
     p = Path(path).expanduser()
     if not p.exists():
         raise TrainError(f"data path {path} does not exist")
-    if p.is_file():
+    if p.is_file() and p.suffix == ".parquet":
+        docs = _parquet_documents([p], p.parent, max_bytes)
+    elif p.is_file():
         data = p.read_bytes()[:max_bytes]
+        if _is_binary(data):
+            raise TrainError(f"data file {path} is binary (a NUL byte in its first 8 KiB): pass a text file, "
+                             "a folder (binary files in it are skipped) or a folder of parquet shards")
         docs = [(f"{p.name}#{i}", data[s:s + FILE_PIECE_BYTES])
                 for i, s in enumerate(range(0, len(data), FILE_PIECE_BYTES))]
     else:

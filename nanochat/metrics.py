@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from fusedgate.files import WriteError, write_atomic
 
 FILENAME = "metrics.jsonl"
 
@@ -47,16 +48,17 @@ class MetricsLog:
             if record.get("type") == "val" and record.get("step", 0) > step or record.get("type") == "result":
                 continue
             kept.append(line)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, type_: str, **fields: Any) -> None:
         if self.path is None:
             return
         record = {"type": type_, **_clean(fields), "corpus": self.fingerprint}
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as fh:  # appended: one line per record
+                fh.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            raise WriteError(exc.errno, f"cannot append to {self.path}: {exc.strerror}") from None
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from fusedgate.files import WriteError, check_writable_folder
 from fusedgate.nanochat.checkpoint import FILENAME as CHECKPOINT_FILENAME
 from fusedgate.nanochat.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from fusedgate.nanochat.data import check_size, load_data, train_batch, val_batches
@@ -40,6 +41,8 @@ from fusedgate.nanochat.schedule import Schedule
 from fusedgate.spec import GateSpec
 
 OPTIMIZERS = ("baseline", "fusedgate", "adamw")
+MAX_STEPS = 10**9
+MAX_SEED = 2**64 - 1  # torch.manual_seed's range (numpy's default_rng takes any non-negative int)
 
 
 @dataclass
@@ -57,7 +60,7 @@ class TrainConfig:
     gate_log_every: int = 10        # steps between FusedGate gate_state() records
     tokenizer: str = "byte"         # "byte" or "bpe:N"
     compile: bool = False           # torch.compile the model (GPU)
-    resume: str | None = None       # a checkpoint file or run directory to continue
+    resume: str | None = None       # a checkpoint file or run directory to continue (steps may extend its run)
     stop_at: int | None = None      # stop (with a checkpoint) at this step, as if interrupted
     checkpoint_every: int | None = None  # None -> preset default (0: only at the end)
     lr_scale: float = 1.0           # multiplies every group's lr (for lr sweeps)
@@ -102,17 +105,44 @@ def _check_config(config: TrainConfig) -> Preset:
         raise TrainError(f"unknown optimizer {config.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
     if config.spec is not None and not isinstance(config.spec, GateSpec):
         raise TrainError("spec must be a GateSpec")
-    if config.steps is not None and config.steps < 1:
-        raise TrainError(f"steps must be at least 1, got {config.steps}")
+    _check_int("steps", config.steps, 1, MAX_STEPS, optional=True)
+    _check_int("seed", config.seed, 0, MAX_SEED)
+    _check_int("eval_every", config.eval_every, 1, MAX_STEPS, optional=True)
+    _check_int("checkpoint_every", config.checkpoint_every, 0, MAX_STEPS, optional=True, note=" (0: only at the end)")
+    _check_int("gate_log_every", config.gate_log_every, 1, MAX_STEPS)
     if not (config.lr_scale > 0 and math.isfinite(config.lr_scale)):
         raise TrainError(f"lr_scale must be a positive number, got {config.lr_scale}")
-    try:
-        device = torch.device(config.device)
-    except RuntimeError:
-        raise TrainError(f"unknown device {config.device!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainError(f"device {config.device!r} requested but CUDA is not available")
+    check_device(config.device)
     return preset
+
+
+def _check_int(name: str, value, lo: int, hi: int, optional: bool = False, note: str = "") -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        shown = repr(value) if not isinstance(value, int) or value.bit_length() < 100 else "a huge number"
+        raise TrainError(f"{name} must be an integer from {lo} to {hi}{note}, got {shown}")
+
+
+def check_device(name: str) -> torch.device:
+    """``torch.device(name)`` if this machine has it, else a TrainError naming what is available."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise TrainError(f"unknown device {name!r}: use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "mps":
+        backend, count = torch.backends.mps, 1
+    else:
+        backend = getattr(torch, device.type, None)  # torch.cuda, torch.xpu, ...
+        count = backend.device_count() if hasattr(backend, "device_count") else 0
+    available = hasattr(backend, "is_available") and backend.is_available()
+    if not available or (device.index is not None and device.index >= count):
+        here = ["cpu"] + (["cuda" + (f":0..{torch.cuda.device_count() - 1}" if torch.cuda.device_count() > 1 else "")]
+                          if torch.cuda.is_available() else []) + (["mps"] if torch.backends.mps.is_available() else [])
+        raise TrainError(f"device {name!r} is not available on this machine (available: {', '.join(here)})")
+    return device
 
 
 def build_optimizer(name: str, groups: list[dict], spec: GateSpec | None, total_steps: int):
@@ -165,6 +195,10 @@ def _prepare_out_dir(config: TrainConfig) -> Path | None:
     if held and config.resume is None and not config.overwrite:
         raise TrainError(f"--out {out} already holds a run ({held[0]}); choose another directory, "
                          "--resume it or pass --overwrite")
+    try:
+        check_writable_folder(out)
+    except WriteError as exc:
+        raise TrainError(f"--out: {exc}") from None
     return out
 
 
@@ -176,6 +210,9 @@ def train(config: TrainConfig) -> TrainResult:
     device = torch.device(config.device)
     ckpt = load_checkpoint(config.resume) if config.resume is not None else None
     total_steps = config.steps or (ckpt["total_steps"] if ckpt else preset.steps)
+    if ckpt is not None and total_steps < ckpt["total_steps"]:
+        raise TrainError(f"steps={total_steps} would shorten the run of checkpoint {config.resume} "
+                         f"({ckpt['total_steps']} steps): a resumed run can only be extended")
     eval_every = config.eval_every or preset.eval_every
     checkpoint_every = preset.checkpoint_every if config.checkpoint_every is None else config.checkpoint_every
     where = config.data or "(python stdlib)"
@@ -187,8 +224,8 @@ def train(config: TrainConfig) -> TrainResult:
     identity = {"model_config": model_config.to_dict(), "optimizer": config.optimizer, "spec": spec_json,
                 "seed": config.seed, "total_steps": total_steps, "corpus": data.fingerprint,
                 "tokenizer": data.tokenizer, "lr_scale": config.lr_scale}
-    if ckpt is not None:
-        check_compatible(ckpt, config.resume, identity)
+    if ckpt is not None:  # a longer run is allowed: its schedule is recomputed for the new total from here on
+        check_compatible(ckpt, config.resume, {k: v for k, v in identity.items() if k != "total_steps"})
     out_dir = _prepare_out_dir(config)
 
     # model and optimizer: initialised on the CPU from the seed, so every device and optimizer starts equal
@@ -214,9 +251,11 @@ def train(config: TrainConfig) -> TrainResult:
         try:
             model.load_state_dict(ckpt["model_state"])
             optimizer.load_state_dict(ckpt["optimizer_state"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise TrainError(f"checkpoint {config.resume} does not fit this model/optimizer: "
-                             f"{str(exc).splitlines()[0][:160]}") from None
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise TrainError(f"checkpoint {config.resume} does not fit this model/optimizer: {detail}") from None
+        if hasattr(optimizer, "total_steps"):  # FusedGate's step-fraction sensor: the (possibly extended) horizon
+            optimizer.total_steps = total_steps
         start, wall, first_step_s = ckpt["step"], ckpt["wall_s"], ckpt["first_step_s"]
         val_curve, train_curve, gates = ckpt["val_curve"], ckpt["train_curve"], ckpt["gate_trajectory"]
 

@@ -1,4 +1,6 @@
+import os
 import sysconfig
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,3 +26,29 @@ def corpus(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
     path.write_bytes(b"".join(p.read_bytes() for p in sorted(root.glob("*.py")))[:1_000_000])
     return str(path)
+
+
+def _can_create_file_in(folder: Path) -> bool:
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder no file can be created in: a ``chmod 555`` folder, or, for root (who writes into those
+    anyway), ``/sys``, where nobody can create a regular file. Skips when neither works."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        if not _can_create_file_in(folder):
+            yield folder
+        elif os.path.isdir("/sys") and not _can_create_file_in(Path("/sys")):
+            yield Path("/sys")
+        else:
+            pytest.skip("no read-only folder available to this user")
+    finally:
+        folder.chmod(0o755)

@@ -29,7 +29,7 @@ def test_spec_show_and_validate(tmp_path):
     bad = fusedgate("spec", "validate", str(path))
     assert bad.returncode == 1 and "aggressive.beta2=1.5" in bad.stderr and "Traceback" not in bad.stderr
     missing = fusedgate("spec", "show", str(tmp_path / "nope.json"))
-    assert missing.returncode == 1 and "cannot read" in missing.stderr
+    assert missing.returncode == 2 and "cannot read" in missing.stderr  # show: a usage error
 
 
 def test_no_subcommand_prints_help():
