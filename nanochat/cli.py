@@ -1,6 +1,6 @@
 """``fusedgate train``: train a NanoChat model, or ``--compare`` optimizers on the same run.
 
-    fusedgate train --preset tiny --compare          # baseline vs FusedGate on 2 CPU cores
+    fusedgate train --preset tiny --compare          # baseline vs FusedGate (nanochat; gated default), 2 CPU cores
     fusedgate train --preset small --device cuda --optimizer fusedgate --spec my_spec.json
     fusedgate train --resume runs/tiny-baseline-...  # continue from the last checkpoint
     fusedgate train --resume runs/tiny-baseline-... --steps 600   # extend a run (a new schedule from here on)
@@ -28,18 +28,21 @@ from fusedgate.spec import GateSpec, SpecError
 
 MAX_THREADS = 1024
 DEFAULT_SPEC = "default"
+# the main job: nanochat's optimizer, FusedGate as that same optimizer, and the gated default on top of it
+DEFAULT_COMPARE = "baseline,fusedgate:nanochat,fusedgate:default"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (default tiny)")
     parser.add_argument("--optimizer", help=f"one of {', '.join(OPTIMIZERS)} (default baseline, or fusedgate "
                                             "when --spec is given)")
-    parser.add_argument("--compare", nargs="?", const="baseline,fusedgate", default=None, metavar="OPTS",
-                        help="train several optimizers back to back (default baseline,fusedgate) and "
-                             "write a table and plot")
+    parser.add_argument("--compare", nargs="?", const=DEFAULT_COMPARE, default=None, metavar="OPTS",
+                        help="train several optimizers back to back and write a table and plot; entries are "
+                             "optimizers or fusedgate:SPEC (default " + DEFAULT_COMPARE + ")")
     parser.add_argument("--spec", metavar="FILE",
-                        help="GateSpec JSON file for FusedGate, or a preset name: default (the gated starting "
-                             "point; the default), muon (neutral: classic Muon), adamw. Implies --optimizer "
+                        help="GateSpec JSON file for FusedGate, or a preset name: default (the gated default on "
+                             "nanochat's engine; the default), nanochat (neutral: exactly nanochat's MuonAdamW), "
+                             "muon (neutral: classic Muon), adamw. Implies --optimizer "
                              "fusedgate; refused for a run that trains no FusedGate")
     parser.add_argument("--steps", type=integer, help="training steps (default: the preset's; with --resume: "
                                                       "extend the checkpoint's run to this many steps)")
@@ -78,6 +81,7 @@ def _optimizers(args: argparse.Namespace) -> list[str]:
 
 
 def _check_spec_applies(args: argparse.Namespace, optimizers: list[str]) -> None:
+    """--spec sets the spec of the plain ``fusedgate`` entries (``fusedgate:SPEC`` entries bring their own)."""
     if args.spec is not None and "fusedgate" not in optimizers:
         fix = "add fusedgate to --compare" if args.compare is not None else "use --optimizer fusedgate"
         raise TrainError(f"--spec applies to FusedGate only and this run trains {', '.join(optimizers)}: "
@@ -98,7 +102,7 @@ def _fresh_config(args: argparse.Namespace) -> TrainConfig:
     preset = args.preset or "tiny"
     what = "compare" if args.compare is not None else optimizers[0]
     out = args.out or str(Path("runs") / f"{preset}-{what}-{time.strftime('%Y%m%d-%H%M%S')}")
-    return TrainConfig(preset=preset, optimizer=optimizers[0], spec=spec, steps=args.steps,
+    return TrainConfig(preset=preset, optimizer=optimizers[0].partition(":")[0], spec=spec, steps=args.steps,
                        seed=0 if args.seed is None else args.seed, device=args.device, data=args.data, out_dir=out,
                        eval_every=args.eval_every, progress=not args.no_progress,
                        gate_log_every=10 if args.gate_log_every is None else args.gate_log_every,

@@ -16,11 +16,12 @@ from fusedgate.files import write_atomic
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"baseline": "tab:blue", "fusedgate": "tab:red", "adamw": "tab:green"}
+COLORS = {"baseline": "tab:blue", "fusedgate": "tab:red", "adamw": "tab:green", "fusedgate:nanochat": "tab:orange",
+          "fusedgate:default": "tab:red"}
 
 
 def _label(result) -> str:
-    return f"{result.config.optimizer} (final {result.final_val_bpb:.3f})"
+    return f"{result.config.name} (final {result.final_val_bpb:.3f})"
 
 
 def plot_runs(results: list, path: str | Path, title: str = "") -> Path:
@@ -29,7 +30,7 @@ def plot_runs(results: list, path: str | Path, title: str = "") -> Path:
     fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 4.2))
     ax_steps, ax_wall = axes[0], axes[1]
     for r in results:
-        color = COLORS.get(r.config.optimizer)
+        color = COLORS.get(r.config.name, COLORS.get(r.config.optimizer))
         steps = [v["step"] for v in r.val_curve]
         walls = [v["wall_s"] for v in r.val_curve]
         bpbs = [v["val_bpb"] for v in r.val_curve]
@@ -54,11 +55,12 @@ def plot_runs(results: list, path: str | Path, title: str = "") -> Path:
             per_param = [[rec["params"].get(n, {}).get("gate", float("nan")) for rec in r.gate_trajectory]
                          for n in names]
             for series in per_param:
-                ax.plot(steps, series, color=COLORS.get(r.config.optimizer), alpha=0.25, lw=0.8)
+                ax.plot(steps, series, color=COLORS.get(r.config.name, COLORS.get(r.config.optimizer)), alpha=0.25,
+                        lw=0.8)
             mean = [sum(col) / len(col) for col in zip(*per_param)] if per_param else []
             inert = r.config.spec is None or r.config.spec.is_inert
             note = " (inert spec: poles equal)" if inert else ""
-            ax.plot(steps, mean, color="black", lw=2, label=f"{r.config.optimizer}: mean gate{note}")
+            ax.plot(steps, mean, color="black", lw=2, label=f"{r.config.name}: mean gate{note}")
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("step")
         ax.set_ylabel("gate g (1 = aggressive pole)")

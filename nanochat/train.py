@@ -65,6 +65,12 @@ class TrainConfig:
     checkpoint_every: int | None = None  # None -> preset default (0: only at the end)
     lr_scale: float = 1.0           # multiplies every group's lr (for lr sweeps)
     overwrite: bool = False         # allow out_dir to already hold a run
+    label: str | None = None        # this run's name in comparisons (None -> the optimizer)
+
+    @property
+    def name(self) -> str:
+        """The run's name in tables and plots: its label, else its optimizer."""
+        return self.label or self.optimizer
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -91,7 +97,7 @@ class TrainResult:
     message: str = ""
 
     def summary(self) -> dict[str, Any]:
-        return {"optimizer": self.config.optimizer, "preset": self.config.preset, "seed": self.config.seed,
+        return {"optimizer": self.config.optimizer, "label": self.config.name, "preset": self.config.preset, "seed": self.config.seed,
                 "steps": self.steps_done, "final_val_bpb": self.final_val_bpb, "wall_s": self.wall_s,
                 "total_s": self.total_s, "tokens_per_s": self.tokens_per_s, "diverged": self.diverged,
                 "corpus": self.corpus_fingerprint, "tokenizer": self.tokenizer, "n_params": self.n_params,
@@ -283,7 +289,7 @@ def train(config: TrainConfig) -> TrainResult:
             "wall_s": wall, "first_step_s": first_step_s, "val_curve": val_curve, "train_curve": train_curve,
             "gate_trajectory": gates, "config": config.to_dict()})
 
-    bar = tqdm(total=stop, initial=start, disable=not config.progress, desc=config.optimizer, unit="step",
+    bar = tqdm(total=stop, initial=start, disable=not config.progress, desc=config.name, unit="step",
                dynamic_ncols=True, file=sys.stderr)
     step = start
     for step in range(start, stop + 1):

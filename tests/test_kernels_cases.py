@@ -6,7 +6,7 @@ import torch
 
 from fusedgate import FusedGate, GateSpec, Pole
 
-STATE_KEYS = ("exp_avg", "exp_avg_sq", "m_decay_prod", "v_decay_prod", "step", "sensors")
+STATE_KEYS = ("exp_avg", "exp_avg_sq", "m_decay_prod", "v_decay_prod", "step", "sensors", "normuon_sq")
 
 
 def busy_spec(units: str = "adam", ortho: tuple[float, float] = (0.0, 0.0), clip: float = 2.0,

@@ -17,7 +17,7 @@ from fusedgate.kernels import backend
 from fusedgate.kernels import layout as L
 
 ODD_SHAPES = [(7, 13), (1, 5), (0, 4), (5, 3, 2), (7, 13), (3, L.BLOCK + 5)]
-TOL = {"param": 1e-6, "exp_avg": 1e-5, "exp_avg_sq": 1e-5, "sensors": 1e-5, "m_decay_prod": 1e-7,
+TOL = {"param": 1e-6, "exp_avg": 1e-5, "exp_avg_sq": 1e-5, "sensors": 1e-5, "normuon_sq": 1e-5, "m_decay_prod": 1e-7,
        "v_decay_prod": 1e-7, "step": 0.0}
 
 
