@@ -25,7 +25,7 @@ import torch
 
 from fusedgate import gate as G
 from fusedgate import reference as R
-from fusedgate.spec import GateSpec
+from fusedgate.spec import GateSpec, SpecError
 
 KINDS = (None, "adamw", "muon")
 DEFAULT_ADAMW_NAMES = ("embed", "wte", "wpe", "lm_head")
@@ -87,6 +87,9 @@ class FusedGate(torch.optim.Optimizer):
             if p.is_complex():
                 raise TypeError("FusedGate does not support complex parameters; view them as real "
                                 "(torch.view_as_real) first")
+            if p.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+                raise TypeError(f"FusedGate computes in float32 and would round {p.dtype} parameters every step: "
+                                "use float32/bfloat16/float16 parameters, or torch.optim for float64")
             if kind == "muon" and p.ndim < 2:
                 raise ValueError(f"a kind='muon' group holds a {p.ndim}-D parameter of shape {tuple(p.shape)}; "
                                  "Muon groups take matrices only")
@@ -138,16 +141,23 @@ class FusedGate(torch.optim.Optimizer):
             self._global = G.new_global_state(device)
         return self._global
 
+    @torch.compiler.disable
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None, loss: torch.Tensor | float | None = None):
         """One optimizer step. ``loss`` (0-d tensor or float) feeds the loss sensors; when omitted,
-        the closure's loss is used, and without either the loss sensors keep their values."""
+        the closure's loss is used, and without either the loss sensors keep their values.
+
+        Under ``torch.compile`` the step always runs eagerly (a graph break): its state is created and
+        advanced by Python code and host-side facts that tracing would freeze into the graph."""
         closure_loss = None
         if closure is not None:
             with torch.enable_grad():
                 closure_loss = closure()
         if loss is None:
             loss = closure_loss
+        if torch.is_tensor(loss) and loss.numel() != 1:
+            raise ValueError(f"step(loss=...) takes a scalar (a 0-d tensor or a float), got a tensor of shape "
+                             f"{tuple(loss.shape)}")
 
         device = next((p.device for group in self.param_groups for p in group["params"]), torch.device("cpu"))
         global_state = self._global_state(device)
@@ -170,6 +180,8 @@ class FusedGate(torch.optim.Optimizer):
                     state.update(R.new_matrix_state(p, engine) if is_gated else R.new_adamw_state(p))
                 elif is_gated and engine.normuon and "normuon_sq" not in state:
                     state["normuon_sq"] = R.new_normuon_state(p)   # the spec switched NorMuon on
+                elif not is_gated and "skipped" not in state:   # a state from before AdamW skips were counted
+                    state["skipped"] = torch.zeros((), dtype=torch.float32, device=p.device)
                 (gated if is_gated else plain).append((p, state))
             if gated and self._use_triton(gated[0][0]):
                 self._triton_gated_group(group, gated, global_state, engine)
@@ -311,6 +323,17 @@ class FusedGate(torch.optim.Optimizer):
                 out[self._param_name(gi, group, index)] = G.describe(state["sensors"], normalised)
         return out
 
+    def skipped_steps(self) -> dict[str, int]:
+        """Per parameter with state, the steps skipped because its gradient was not finite (synchronises)."""
+        out = {}
+        for gi, group in enumerate(self.param_groups):
+            for index, p in enumerate(group["params"]):
+                state = self.state.get(p)
+                if state:
+                    count = state["sensors"][G.S_SKIPPED] if "sensors" in state else state.get("skipped", 0.0)
+                    out[self._param_name(gi, group, index)] = int(count)
+        return out
+
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict:
         sd = super().state_dict()
@@ -320,17 +343,55 @@ class FusedGate(torch.optim.Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Load a FusedGate state_dict. Everything is validated before anything changes; state tensors keep
-        their saved dtypes (fp32 moments for bf16 params, float64 decay products)."""
+        """Load a FusedGate state_dict. Everything is validated (``_check_state_dict``) before anything changes;
+        state tensors keep their saved dtypes (fp32 moments for bf16 params, float64 decay products). A ``step``
+        saved as a Python number (torch's older format) is read as a tensor."""
+        spec, id_to_param = self._check_state_dict(state_dict)
+        extra = state_dict["fusedgate"]
+        # Validated: let torch load the groups (hyperparameters) with no state, then place the state ourselves.
+        super().load_state_dict({"state": {}, "param_groups": state_dict["param_groups"]})
+        for pid, pstate in state_dict.get("state", {}).items():
+            p = id_to_param[pid]
+            self.state[p] = {k: torch.as_tensor(v).detach().to(device=p.device, copy=True)
+                             for k, v in pstate.items()}
+            self.state[p]["step"] = self.state[p]["step"].to(torch.float32)
+            for key in ("m_decay_prod", "v_decay_prod"):
+                self.state[p][key] = self.state[p][key].to(torch.float64)
+        self.spec = spec
+        self.total_steps = extra["total_steps"]
+        device = next((p.device for group in self.param_groups for p in group["params"]), torch.device("cpu"))
+        self._global = extra["global"].detach().to(device=device, dtype=torch.float32, copy=True)
+
+    def _check_state_dict(self, state_dict: dict) -> tuple[GateSpec, dict]:
+        """Every check of ``load_state_dict``, raising ValueError with the offending entry; returns the spec and
+        the map from saved parameter ids to this optimizer's parameters."""
+        if not isinstance(state_dict, dict):
+            raise ValueError(f"a state_dict is a dict, got {type(state_dict).__name__}")
         extra = state_dict.get("fusedgate")
         if not isinstance(extra, dict) or extra.get("format") != STATE_FORMAT:
             raise ValueError("not a FusedGate state_dict (missing or unknown 'fusedgate' section)")
-        saved_groups = state_dict.get("param_groups", [])
-        if len(saved_groups) != len(self.param_groups):
-            raise ValueError(f"state_dict has {len(saved_groups)} param groups, this optimizer has "
-                             f"{len(self.param_groups)}")
+        try:
+            spec = GateSpec.from_dict(extra.get("spec"))
+        except SpecError as exc:
+            raise ValueError(f"state_dict spec: {exc}") from None
+        total = extra.get("total_steps")
+        if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 1):
+            raise ValueError(f"state_dict total_steps={total!r}: expected a positive int or None")
+        glob = extra.get("global")
+        if not torch.is_tensor(glob) or glob.shape != (G.N_GLOBAL,) or not glob.is_floating_point():
+            raise ValueError(f"state_dict global state must be a float tensor of shape ({G.N_GLOBAL},), got "
+                             f"{getattr(glob, 'shape', type(glob).__name__)}")
+        saved_groups = state_dict.get("param_groups")
+        if not isinstance(saved_groups, list) or len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"state_dict has {len(saved_groups) if isinstance(saved_groups, list) else 'no'} param "
+                             f"groups, this optimizer has {len(self.param_groups)}")
         id_to_param, id_to_role = {}, {}
         for gi, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            if not isinstance(saved, dict) or not isinstance(saved.get("params"), list):
+                raise ValueError(f"param group {gi} of the state_dict has no 'params' list")
+            missing = [key for key in ("lr", "betas", "eps", "weight_decay") if key not in saved]
+            if missing:
+                raise ValueError(f"param group {gi} of the state_dict lacks {', '.join(missing)}")
             if len(saved["params"]) != len(group["params"]):
                 raise ValueError(f"param group {gi} has {len(saved['params'])} params in the state_dict, "
                                  f"{len(group['params'])} here")
@@ -340,25 +401,47 @@ class FusedGate(torch.optim.Optimizer):
         for pid, pstate in state_dict.get("state", {}).items():
             if pid not in id_to_param:
                 raise ValueError(f"state_dict holds state for an unknown parameter id {pid}")
-            p = id_to_param[pid]
-            if tuple(pstate["exp_avg"].shape) != tuple(p.shape):
-                raise ValueError(f"parameter {pid}: saved state has shape {tuple(pstate['exp_avg'].shape)}, "
-                                 f"the parameter has {tuple(p.shape)}")
-            if ("sensors" in pstate) != id_to_role[pid]:
-                raise ValueError(f"parameter {pid}: saved as {'gated' if 'sensors' in pstate else 'AdamW'}, "
-                                 f"here it is {'gated' if id_to_role[pid] else 'AdamW'}")
-        spec = GateSpec.from_dict(extra["spec"])
+            _check_param_state(pid, pstate, id_to_param[pid], id_to_role[pid])
+        return spec, id_to_param
 
-        # Validated: let torch load the groups (hyperparameters) with no state, then place the state ourselves.
-        super().load_state_dict({"state": {}, "param_groups": saved_groups})
-        for pid, pstate in state_dict.get("state", {}).items():
-            p = id_to_param[pid]
-            self.state[p] = {k: v.detach().to(device=p.device, copy=True) if torch.is_tensor(v) else v
-                             for k, v in pstate.items()}
-        self.spec = spec
-        self.total_steps = extra["total_steps"]
-        device = next((p.device for group in self.param_groups for p in group["params"]), torch.device("cpu"))
-        self._global = extra["global"].detach().to(device=device, dtype=torch.float32, copy=True)
+    # ------------------------------------------------------------------ copying
+    def __getstate__(self) -> dict:
+        """torch's Optimizer pickles defaults, state and param groups only; FusedGate's own attributes go too,
+        so that ``copy.deepcopy`` and pickling give an optimizer that can step."""
+        return {**super().__getstate__(), **{key: self.__dict__[key] for key in _OWN_ATTRIBUTES}}
+
+
+_OWN_ATTRIBUTES = ("spec", "total_steps", "backend", "adamw_names", "_global")
+_SHARED_KEYS = {"step": (), "exp_avg": None, "exp_avg_sq": None, "m_decay_prod": (), "v_decay_prod": ()}
+
+
+def _check_param_state(pid, pstate, p: torch.Tensor, gated: bool) -> None:
+    """One parameter's saved state: the keys of its role, each of the right shape (ValueError otherwise)."""
+    if not isinstance(pstate, dict):
+        raise ValueError(f"parameter {pid}: saved state is a {type(pstate).__name__}, not a dict")
+    if ("sensors" in pstate) != gated:
+        raise ValueError(f"parameter {pid}: saved as {'gated' if 'sensors' in pstate else 'AdamW'}, "
+                         f"here it is {'gated' if gated else 'AdamW'}")
+    expected = dict(_SHARED_KEYS, exp_avg=tuple(p.shape), exp_avg_sq=tuple(p.shape))
+    if gated:
+        expected["sensors"] = (G.N_SLOTS,)
+        if "normuon_sq" in pstate:
+            expected["normuon_sq"] = R.normuon_shape(*R.matrix_view_shape(p.shape))
+    else:
+        expected["skipped"] = ()
+    for key, shape in expected.items():
+        value = pstate.get(key)
+        if key == "skipped" and value is None:
+            continue   # written before AdamW skips were counted
+        if key == "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            continue   # torch's older format: a Python number
+        if not torch.is_tensor(value) or not value.is_floating_point() or tuple(value.shape) != shape:
+            got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+            raise ValueError(f"parameter {pid}: saved state[{key!r}] must be a float tensor of shape {shape}, "
+                             f"got {got}")
+    unknown = sorted(set(pstate) - set(expected))
+    if unknown:
+        raise ValueError(f"parameter {pid}: saved state has unknown entries {', '.join(map(repr, unknown))}")
 
 
 def _same_shape_runs(items: list) -> list[list[int]]:

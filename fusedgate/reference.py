@@ -233,6 +233,7 @@ def new_normuon_state(p: torch.Tensor) -> torch.Tensor:
 def new_adamw_state(p: torch.Tensor) -> dict:
     return {
         "step": torch.zeros((), dtype=torch.float32, device=p.device),
+        "skipped": torch.zeros((), dtype=torch.float32, device=p.device),   # steps skipped for a non-finite gradient
         "exp_avg": torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format),
         "exp_avg_sq": torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format),
         "m_decay_prod": torch.ones((), dtype=torch.float64, device=p.device),
@@ -379,8 +380,8 @@ def gated_matrix_stack(params: list[torch.Tensor], states: list[dict], hp: Matri
 def adamw_step(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, betas: tuple[float, float],
                eps: float, weight_decay: float, host_checks: bool = False) -> torch.Tensor:
     """One AdamW step in nanochat's op order (the same math as torch's AdamW), in place; skipped when the
-    gradient is not finite. ``host_checks`` as in ``StackFlags``: on the host the finiteness is read first
-    and the step runs in place or not at all. Returns the 0-d bool ``applied``."""
+    gradient is not finite (counted in ``state['skipped']``). ``host_checks`` as in ``StackFlags``: on the host
+    the finiteness is read first and the step runs in place or not at all. Returns the 0-d bool ``applied``."""
     beta1, beta2 = betas
     g = grad.detach().float()
     applied = torch.isfinite(g.sum())   # as in gated_matrix_stack
@@ -398,6 +399,8 @@ def adamw_step(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, beta
             if P is not p:
                 p.detach().copy_(P)
             state["step"].add_(1.0)
+        else:
+            state["skipped"].add_(1.0)
         return applied
     m_new = torch.lerp(m, g, 1.0 - beta1)
     v_new = torch.lerp(v, g.square(), 1.0 - beta2)
@@ -411,5 +414,6 @@ def adamw_step(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, beta
     state["m_decay_prod"].copy_(torch.where(applied, p1, state["m_decay_prod"]))
     state["v_decay_prod"].copy_(torch.where(applied, p2, state["v_decay_prod"]))
     state["step"].add_(applied.float())
+    state["skipped"].add_((~applied).float())
     p.detach().copy_(torch.where(applied, P_new, P))
     return applied

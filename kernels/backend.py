@@ -83,8 +83,7 @@ def _check_state(state: dict, p: torch.Tensor, gated: bool) -> None:
         if not t.is_contiguous():
             state[key] = t.contiguous()
     expected = {"step": torch.float32, "m_decay_prod": torch.float64, "v_decay_prod": torch.float64}
-    if gated:
-        expected["sensors"] = torch.float32
+    expected["sensors" if gated else "skipped"] = torch.float32
     for key, dtype in expected.items():
         if state[key].dtype != dtype or state[key].device != p.device:
             raise ValueError(f"state[{key!r}] must be {dtype} on {p.device}, got {state[key].dtype} on "
@@ -107,7 +106,7 @@ class _Operands:
                 work = work.contiguous()
                 self.copy_back.append((p, work))
             self.keep += [grad, work]
-            sensors = state["sensors"].data_ptr() if gated else 0
+            sensors = state["sensors"].data_ptr() if gated else state["skipped"].data_ptr()   # AdamW: the skip count
             self.rows.append([work.data_ptr(), grad.data_ptr(), state["exp_avg"].data_ptr(),
                               state["exp_avg_sq"].data_ptr(), sensors, state["step"].data_ptr(),
                               state["m_decay_prod"].data_ptr(), state["v_decay_prod"].data_ptr()])

@@ -202,7 +202,7 @@ def gate_kernel(ptrs, chunk_start, flags, static64, poles64, coefs, global_state
 def adamw_kernel(ptrs, chunk_start, flags, coefs, beta2, one_minus_beta2,
                  lr_hi, lr_lo, beta1_hi, beta1_lo, beta2_hi, beta2_lo, FBLOCK: tl.constexpr):
     """AdamW scalars of parameter ``program_id``: P₁ ← β₁·P₁, P₂ ← β₂·P₂, step += 1 (when the gradient
-    is finite); coefficients −lr/(1 − P₁) and 1 − P₂."""
+    is finite, else skipped += 1, at the pointer table's sensors column); coefficients −lr/(1 − P₁) and 1 − P₂."""
     i = tl.program_id(0)
     row = ptrs + i * N_PTR
     step_ptr = tl.load(row + T_STEP).to(tl.pointer_type(tl.float32))
@@ -214,6 +214,8 @@ def adamw_kernel(ptrs, chunk_start, flags, coefs, beta2, one_minus_beta2,
     tl.store(m_decay_ptr, p1, mask=applied)
     tl.store(v_decay_ptr, p2, mask=applied)
     tl.store(step_ptr, tl.load(step_ptr) + 1.0, mask=applied)
+    skipped_ptr = tl.load(row + T_SENSORS).to(tl.pointer_type(tl.float32))
+    tl.store(skipped_ptr, tl.load(skipped_ptr) + 1.0, mask=~applied)
     cf = coefs + i * N_COEF
     tl.store(cf + 0, applied.to(tl.float32))
     tl.store(cf + 2, beta2)

@@ -97,7 +97,8 @@ class TrainResult:
     message: str = ""
 
     def summary(self) -> dict[str, Any]:
-        return {"optimizer": self.config.optimizer, "label": self.config.name, "preset": self.config.preset, "seed": self.config.seed,
+        return {"optimizer": self.config.optimizer, "label": self.config.name, "preset": self.config.preset,
+                "seed": self.config.seed,
                 "steps": self.steps_done, "final_val_bpb": self.final_val_bpb, "wall_s": self.wall_s,
                 "total_s": self.total_s, "tokens_per_s": self.tokens_per_s, "diverged": self.diverged,
                 "corpus": self.corpus_fingerprint, "tokenizer": self.tokenizer, "n_params": self.n_params,

@@ -11,7 +11,6 @@ rounded (≈ 20 % of results are one ulp off), and the interpreter's is; so the 
 the embedding and head (AdamW) learning rates at zero, and the AdamW kernel is pinned step by step to ≤ 2 ulp.
 """
 
-import copy
 
 import pytest
 import torch

@@ -132,12 +132,16 @@ def test_cli_compare_writes_table_and_plot(tmp_path, capsys):
     rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in printed.splitlines()
             if line.startswith("|")]
     assert rows[0][:2] == ["optimizer", "final val bpb"] and set(rows[1][0]) <= {"-", ":"}
-    assert [row[0] for row in rows[2:]] == ["baseline", "fusedgate"] and "corpus stdlib-py" in printed
+    entries = ["baseline", "fusedgate:nanochat", "fusedgate:default"]
+    assert [row[0] for row in rows[2:]] == entries and "corpus stdlib-py" in printed
     assert (out / "compare.png").stat().st_size > 10_000
     summary = json.loads((out / "compare.json").read_text())
-    assert [s["optimizer"] for s in summary] == ["baseline", "fusedgate"]
+    assert [s["label"] for s in summary] == entries
+    assert [s["optimizer"] for s in summary] == ["baseline", "fusedgate", "fusedgate"]
     assert all(s["corpus"].startswith("stdlib-py") and s["final_val_bpb"] < 6 for s in summary)
-    assert (out / "baseline" / "metrics.jsonl").exists() and (out / "fusedgate" / "checkpoint.pt").exists()
+    # FusedGate with the nanochat preset is nanochat's optimizer: the same final bpb to every digit
+    assert summary[1]["final_val_bpb"] == summary[0]["final_val_bpb"]
+    assert (out / "baseline" / "metrics.jsonl").exists() and (out / "fusedgate-nanochat" / "checkpoint.pt").exists()
     # resume a finished run through the CLI: nothing left to do, same result
     assert cli_main(["train", "--resume", str(out / "baseline"), "--no-progress"]) == 0
 
