@@ -124,13 +124,14 @@ def test_presets():
     muon = GateSpec.muon(lr=0.03, momentum=0.9)
     assert muon.is_inert and muon.units == "muon" and muon.aggressive.ortho == 1 and muon.momentum == 0.9
     default = GateSpec.default()
-    assert not default.is_inert and default.w_step_fraction < 0 < default.gate_bias
+    assert not default.is_inert and default.w_step_fraction < 0 < default.w_loss_improvement
     nanochat = GateSpec.nanochat()
     assert nanochat.is_inert and nanochat.units == "muon" and nanochat.orthogonaliser == "polar_express"
     assert all(getattr(nanochat, f) for f in ("muon_eq", "muon_plus", "normuon", "cautious_wd"))
     # the gated default is the production engine plus a gate: every base and engine field is nanochat's
     assert all(getattr(default, f) == getattr(nanochat, f) for f in ENGINE_FIELDS + ("lr", "momentum", "units"))
-    assert default.aggressive == nanochat.aggressive
+    # both poles keep the production direction; the conservative one is the production step (plus a clip)
+    assert default.aggressive.ortho == default.conservative.ortho == 1.0 and default.conservative.update_mult == 1.0
     # the engine switches are off in the plain presets, so they stay exactly AdamW and Muon
     for plain in (GateSpec.adamw(), GateSpec.muon()):
         assert plain.orthogonaliser == "quintic" and not any(getattr(plain, f) for f in SWITCHES if f != "nesterov")
