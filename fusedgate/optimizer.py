@@ -162,7 +162,7 @@ class FusedGate(torch.optim.Optimizer):
         device = next((p.device for group in self.param_groups for p in group["params"]), torch.device("cpu"))
         global_state = self._global_state(device)
         global_state[G.G_STEP] += 1
-        if loss is not None:
+        if loss is not None and self._measures():
             G.observe_loss(global_state, torch.as_tensor(loss), self.spec)
 
         engine = R.Engine.of(self.spec)
@@ -222,7 +222,9 @@ class FusedGate(torch.optim.Optimizer):
         states = [state for _, items in groups for _, state in items]
         device = groups[0][1][0][0].device
         sensors = R.pack(states, "sensors")
-        steps = R.pack(states, "step").clone()   # before this step (the update advances the packed counts)
+        measures = self._measures()
+        # applied-step counts before this step (the update advances the packed counts); read by the gate only
+        steps = R.pack(states, "step").clone() if measures else None
         mods = [self._modulation(group) for group, items in groups for _ in items]
         if len(set(mods)) == 1:
             modulation = mods[0]
@@ -231,7 +233,6 @@ class FusedGate(torch.optim.Optimizer):
             modulation = (torch.tensor(scale, dtype=torch.float64, device=device),
                           torch.tensor(clip, dtype=torch.float64, device=device),
                           torch.tensor(dampen, dtype=torch.float32, device=device))
-        measures = self._measures()
         if not measures and isinstance(modulation[0], float):
             act = self._constant_actuators(sensors, modulation)
         else:
@@ -251,22 +252,25 @@ class FusedGate(torch.optim.Optimizer):
                     at = torch.tensor([offset + i for i in run], device=device)
                 s, a = R.gated_matrix_stack([items[i][0] for i in run], [items[i][1] for i in run], hp, engine,
                                             {k: v if isinstance(v, float) else v[at] for k, v in act.items()},
-                                            sensors[at], steps[at], flags,
-                                            ns_dtype)
+                                            sensors[at], None if steps is None else steps[at], flags, ns_dtype)
                 if measures:
                     sums[at] = s
                 applied[at] = a
             offset += len(items)
         if measures:
             G.observe_param(sensors, steps, self.spec, sums, applied)
+        if flags.host_checks and bool(applied.all()):
+            R.pack(states, "step").add_(1.0)
         else:
-            sensors[:, G.S_SKIPPED] += (~applied).float()
-        R.pack(states, "step").add_(applied.float())
+            if not measures:
+                sensors[:, G.S_SKIPPED] += (~applied).float()
+            R.pack(states, "step").add_(applied.float())
 
     def _measures(self) -> bool:
         """Whether anything reads the sensors: a live gate (poles differ), a trust ratio (τ > 0) or a clip
         (k < ∞). Otherwise — nanochat, muon, adamw — the reference path skips their reductions, the gate
-        stays unevaluated (recorded as 0) and ``gate_state`` reports the actuators with stale sensors."""
+        stays unevaluated (recorded as 0), the loss is not observed, and ``gate_state`` reports the actuators
+        with the sensors as they were."""
         pole = self.spec.aggressive
         return not self.spec.is_inert or pole.trust_mix > 0 or pole.clip < math.inf
 
