@@ -297,3 +297,12 @@ def test_rerender_rewrites_md_and_png_from_the_json(quick_run, tmp_path, capsys)
     (tmp_path / "bad.json").write_text("{}")
     assert cli_main(["bench", "--rerender", str(tmp_path / "bad.json")]) == 2  # a usage error
     assert "not a fusedgate bench results JSON" in capsys.readouterr().err
+
+
+def test_cpu_step_benchmark_runs_and_reports_ratios():
+    """The CPU step-cost benchmark (a smoke run: its numbers are measured by hand, never asserted)."""
+    from fusedgate.bench import cpu_step
+
+    result = cpu_step.measure(depth=1, specs=("nanochat", "default"), blocks=2, block=1, warmup=1)
+    assert set(result["median_ms"]) == {"baseline", "fusedgate:nanochat", "fusedgate:default"}
+    assert result["ratio"]["baseline"] == 1.0 and all(v > 0 for v in result["median_ms"].values())
