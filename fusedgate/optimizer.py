@@ -162,7 +162,7 @@ class FusedGate(torch.optim.Optimizer):
         device = next((p.device for group in self.param_groups for p in group["params"]), torch.device("cpu"))
         global_state = self._global_state(device)
         global_state[G.G_STEP] += 1
-        if loss is not None and self._measures():
+        if loss is not None and self.reads_sensors:
             G.observe_loss(global_state, torch.as_tensor(loss), self.spec)
 
         engine = R.Engine.of(self.spec)
@@ -222,7 +222,7 @@ class FusedGate(torch.optim.Optimizer):
         states = [state for _, items in groups for _, state in items]
         device = groups[0][1][0][0].device
         sensors = R.pack(states, "sensors")
-        measures = self._measures()
+        measures = self.reads_sensors
         # applied-step counts before this step (the update advances the packed counts); read by the gate only
         steps = R.pack(states, "step").clone() if measures else None
         mods = [self._modulation(group) for group, items in groups for _ in items]
@@ -266,7 +266,8 @@ class FusedGate(torch.optim.Optimizer):
                 sensors[:, G.S_SKIPPED] += (~applied).float()
             R.pack(states, "step").add_(applied.float())
 
-    def _measures(self) -> bool:
+    @property
+    def reads_sensors(self) -> bool:
         """Whether anything reads the sensors: a live gate (poles differ), a trust ratio (τ > 0) or a clip
         (k < ∞). Otherwise — nanochat, muon, adamw — the reference path skips their reductions, the gate
         stays unevaluated (recorded as 0), the loss is not observed, and ``gate_state`` reports the actuators
@@ -416,7 +417,7 @@ class FusedGate(torch.optim.Optimizer):
 
 
 _OWN_ATTRIBUTES = ("spec", "total_steps", "backend", "adamw_names", "_global")
-_SHARED_KEYS = {"step": (), "exp_avg": None, "exp_avg_sq": None, "m_decay_prod": (), "v_decay_prod": ()}
+_SCALAR_KEYS = ("step", "m_decay_prod", "v_decay_prod")   # 0-d entries of every parameter's state
 
 
 def _check_param_state(pid, pstate, p: torch.Tensor, gated: bool) -> None:
@@ -426,7 +427,7 @@ def _check_param_state(pid, pstate, p: torch.Tensor, gated: bool) -> None:
     if ("sensors" in pstate) != gated:
         raise ValueError(f"parameter {pid}: saved as {'gated' if 'sensors' in pstate else 'AdamW'}, "
                          f"here it is {'gated' if gated else 'AdamW'}")
-    expected = dict(_SHARED_KEYS, exp_avg=tuple(p.shape), exp_avg_sq=tuple(p.shape))
+    expected = {**dict.fromkeys(_SCALAR_KEYS, ()), "exp_avg": tuple(p.shape), "exp_avg_sq": tuple(p.shape)}
     if gated:
         expected["sensors"] = (G.N_SLOTS,)
         if "normuon_sq" in pstate:

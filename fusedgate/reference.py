@@ -271,7 +271,7 @@ class StackFlags:
     clip: bool
     adam: bool
     host_checks: bool = False
-    sensors: bool = True   # False: nothing reads the sensors (see ``FusedGate._measures``), skip their sums
+    sensors: bool = True   # False: nothing reads the sensors (see ``FusedGate.reads_sensors``), skip their sums
 
 
 def _dots(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

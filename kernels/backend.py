@@ -153,7 +153,7 @@ def gated_group(opt, items: list, hp: R.MatrixHyper, engine: R.Engine, global_st
     """One gated step of a group's matrix params (``fusedgate.reference.gated_matrix_step`` for each)."""
     spec = opt.spec
     scale, clip, dampen = modulation
-    measures = opt._measures()   # without: g = 0 (its value cannot matter) and the sensors are left as they are
+    measures = opt.reads_sensors   # without: g = 0 (its value cannot matter) and the sensors are left as they are
     poles = G.pole_values(spec)
     pole_row = [cons for cons, _ in poles.values()] + [aggr - cons for cons, aggr in poles.values()]
     weights = spec.gate_weights

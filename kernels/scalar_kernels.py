@@ -229,7 +229,7 @@ def finalize_kernel(ptrs, chunk_start, partials, coefs, w_grad_norm, w_update_ra
                     FBLOCK: tl.constexpr):
     """fusedgate.gate.observe_param for parameter ``program_id`` from the sum of its chunks' partial sums;
     then step += 1 (applied) or skipped += 1. ``w_*`` are the EMA weights 1 − decay. ``measure`` = 0: the
-    spec reads no sensor (``FusedGate._measures``), they are left as they are."""
+    spec reads no sensor (``FusedGate.reads_sensors``), they are left as they are."""
     i = tl.program_id(0)
     row = ptrs + i * N_PTR
     sensors = tl.load(row + T_SENSORS).to(tl.pointer_type(tl.float32))

@@ -49,7 +49,7 @@ MAX_SEED = 2**64 - 1  # torch.manual_seed's range (numpy's default_rng takes any
 class TrainConfig:
     preset: str = "tiny"            # "test", "tiny" (CPU), "small", "d12", "d20" (GPU)
     optimizer: str = "baseline"     # "baseline" (nanochat Muon+AdamW) | "fusedgate" | "adamw"
-    spec: GateSpec | None = None    # fusedgate only; None -> GateSpec.muon() (neutral)
+    spec: GateSpec | None = None    # fusedgate only; None -> GateSpec.default() (the gated default, as the CLI)
     steps: int | None = None        # None -> the preset's default
     seed: int = 0
     device: str = "cpu"
@@ -159,7 +159,7 @@ def build_optimizer(name: str, groups: list[dict], spec: GateSpec | None, total_
         return torch.optim.AdamW(groups)
     from fusedgate.optimizer import FusedGate
 
-    return FusedGate(groups, spec=spec if spec is not None else GateSpec.muon(), total_steps=total_steps)
+    return FusedGate(groups, spec=spec if spec is not None else GateSpec.default(), total_steps=total_steps)
 
 
 def _group_kinds(optimizer, groups: list[dict]) -> list[str]:
@@ -333,7 +333,9 @@ def train(config: TrainConfig) -> TrainResult:
         train_curve.append({"step": step, "loss": loss_value, "wall_s": wall})
         log.write("train", step=step, loss=loss_value, lr_mult=lrm, step_s=dt, tokens_per_s=tokens_per_step / dt,
                   wall_s=wall)
-        if config.optimizer == "fusedgate" and (step % config.gate_log_every == 0 or step == total_steps - 1):
+        # an inert, sensor-free spec (nanochat, muon, adamw) has no gate to log
+        if (config.optimizer == "fusedgate" and optimizer.reads_sensors
+                and (step % config.gate_log_every == 0 or step == total_steps - 1)):
             state = optimizer.gate_state()
             gates.append({"step": step, "params": state})
             log.write("gate", step=step, params=state)
