@@ -286,7 +286,8 @@ def _squares(x: torch.Tensor) -> torch.Tensor:
 
 
 def gated_matrix_stack(params: list[torch.Tensor], states: list[dict], hp: MatrixHyper, engine: Engine,
-                       act: dict[str, torch.Tensor], sensors: torch.Tensor, steps: torch.Tensor, flags: StackFlags,
+                       act: dict[str, torch.Tensor | float], sensors: torch.Tensor, steps: torch.Tensor | None,
+                       flags: StackFlags,
                        ns_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """One gated step of k parameters of one shape (see the module docstring), in place.
 
@@ -294,9 +295,8 @@ def gated_matrix_stack(params: list[torch.Tensor], states: list[dict], hp: Matri
     shared by the stack, when the sensors are not measured (then trust_mix = 0 and clip_inv = 0); ``sensors``
     (k, N_SLOTS) and ``steps`` (k,) the parameters' sensors and applied-step counts before this step.
     Returns (the step's reductions (k, 6) in ``gate.SUMS`` order or None without ``flags.sensors``, the
-    (k,) bool ``applied``); the caller
-    folds them into the sensors with ``gate.observe_param`` and advances the step counts. The state
-    tensors are packed (``pack``) and updated in place."""
+    (k,) bool ``applied``); the caller folds them into the sensors with ``gate.observe_param`` and advances
+    the step counts. The state tensors are packed (``pack``) and updated in place."""
     k, shape = len(params), params[0].shape
     rows, cols = matrix_view_shape(shape)
     view = (k, rows, cols)
