@@ -8,7 +8,7 @@ import torch
 
 from fusedgate import OptBrain
 from fusedgate.brain import BrainError
-from fusedgate.brain_sensors import NORM_BETA
+from fusedgate.brain.sensors import NORM_BETA
 
 OPTIMIZERS = {
     "sgd": lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-3),

@@ -9,7 +9,7 @@ import torch
 
 from fusedgate import OptBrain
 from fusedgate.brain import BrainError
-from fusedgate.brain_io import snapshot_arrays
+from fusedgate.brain.state_io import snapshot_arrays
 
 
 def make(seed=0):

@@ -8,9 +8,9 @@ import torch
 
 from fusedgate import OptBrain
 from fusedgate.brain import BrainError
-from fusedgate.brain_policy import BrainCore, knobs_from_z, window_progress
-from fusedgate.brain_sensors import NumpySensors, clip_ratio
-from fusedgate.brain_torch import TorchSensors
+from fusedgate.brain.policy import BrainCore, knobs_from_z, window_progress
+from fusedgate.brain.sensors import NumpySensors, clip_ratio
+from fusedgate.brain.torch_sensors import TorchSensors
 
 
 def simulate(rate, steps, window=5, seed=0, noise=0.002, loss0=5.0, **kwargs):

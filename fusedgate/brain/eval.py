@@ -1,7 +1,7 @@
 """``fusedgate brain-eval``: base optimizer vs OptBrain-wrapped, paired by seed, on small real problems.
 
 For every task × optimizer × seed it trains the base optimizer and the same optimizer wrapped in an
-``OptBrain`` (same init, same batches) and compares the final loss (see ``fusedgate.brain_tasks``).
+``OptBrain`` (same init, same batches) and compares the final loss (see ``fusedgate.brain.tasks``).
 It writes ``brain_eval.md`` (table, per-seed numbers, overhead, brain state size) and
 ``brain_eval.png`` (final-loss ratio brain/base per task × optimizer, dots per seed, median, a line
 at 1) into ``--out``. Nothing else is written.
@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from fusedgate.brain_tasks import OPTIMIZERS, TASKS
+from fusedgate.brain.tasks import OPTIMIZERS, TASKS
 
 
 def _csv(choices):
@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def measure_overhead(steps: int = 60, repeats: int = 5) -> list[dict]:
     """Per-step wall time, base vs brain, on the mlp and nanochat models; alternating blocks, median."""
     from fusedgate.brain import OptBrain
-    from fusedgate.brain_tasks import BUILDERS, make_optimizer
+    from fusedgate.brain.tasks import BUILDERS, make_optimizer
 
     rows = []
     for task in ("mlp", "nanochat"):
@@ -176,7 +176,7 @@ def markdown(rows, results, args, overhead, state, wall) -> str:
         "",
         f"Command: `{_command(args)}`",
         f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores, torch threads {args.threads}; "
-        f"total wall {wall / 60:.1f} min. Tasks and learning rates: `fusedgate/brain_tasks.py` "
+        f"total wall {wall / 60:.1f} min. Tasks and learning rates: `fusedgate/brain/tasks.py` "
         f"(steps: {', '.join(f'{t} {s}' for t, s in steps.items())}). OptBrain defaults, window K={args.window}.",
         "",
         "Ratio = brain final loss / base final loss for the same seed (same init, same batches); "
@@ -224,7 +224,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from fusedgate.brain_tasks import run_once
+    from fusedgate.brain.tasks import run_once
 
     out = os.path.abspath(args.out)
     if os.path.exists(out) and not os.path.isdir(out):

@@ -1,4 +1,4 @@
-"""The torch side of the OptBrain's sensors: the features of ``fusedgate.brain_sensors`` computed on the
+"""The torch side of the OptBrain's sensors: the features of ``fusedgate.brain.sensors`` computed on the
 parameters' device, accumulated over a window, and read back with one host sync per window.
 
 Every read here is a read: gradients and parameters are only gathered, normed and copied from, so a
@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fusedgate.brain_policy import N_GROUP_FEATURES, BrainError
-from fusedgate.brain_sensors import NORM_BETA, TINY, sketch_indices
+from fusedgate.brain.policy import N_GROUP_FEATURES, BrainError
+from fusedgate.brain.sensors import NORM_BETA, TINY, sketch_indices
 
 LOG_TINY = float(np.log(TINY))
 

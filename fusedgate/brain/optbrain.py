@@ -10,7 +10,7 @@ them), each exactly the identity at its neutral value (1, 1, 0):
   (schedulers that set ``lr`` keep working). SGD and Adam updates are both proportional to lr.
 * **clip** c ∈ [0.1, 5]: before the base step the group's gradient is scaled by min(1, τ/‖g‖) with
   τ = m̂·c/(1−c), m̂ the running (EMA, β=0.9) group grad norm; c ≥ 1 means no clipping. A spike
-  guard the brain can tighten; see ``brain_sensors.clip_ratio``.
+  guard the brain can tighten; see ``fusedgate.brain.sensors.clip_ratio``.
 * **dampen** d ∈ [0, 1]: the applied update is smoothed, u_t = (1−d)·Δ_t + d·u_{t−1}, with Δ_t the
   base optimizer's own update. Memory: while d > 0 the group keeps one buffer u (1× its params) and a
   transient copy of its params during the step; at d = 0 nothing is kept and the buffer restarts.
@@ -23,7 +23,7 @@ the generic mechanism above. Two knobs fall back to the generic mechanism on gat
 spec would ignore them: clip when the spec's clip is off at both poles (×c of k = ∞ is still ∞), and
 dampen when the spec is inert (equal poles: shifting the gate changes nothing), e.g. ``GateSpec.muon()``.
 
-Learning (``fusedgate.brain_policy``): decisions are held for a window of K steps; the first
+Learning (``fusedgate.brain.policy``): decisions are held for a window of K steps; the first
 ``warmup_windows`` windows are exactly neutral (the run is bit-identical to the base optimizer), then
 cycles of three windows (+ε, −ε, neutral control) in random order train a linear Gaussian policy by
 antithetic ES on the loss progress, and a guardrail shrinks the brain toward neutral whenever its
@@ -43,9 +43,9 @@ import math
 
 import numpy as np
 
-from fusedgate.brain_io import read_npz, restore_arrays, snapshot_arrays, write_npz
-from fusedgate.brain_policy import KNOBS, BrainCore, BrainError
-from fusedgate.brain_sensors import NumpySensors, clip_ratio
+from fusedgate.brain.policy import KNOBS, BrainCore, BrainError
+from fusedgate.brain.sensors import NumpySensors, clip_ratio
+from fusedgate.brain.state_io import read_npz, restore_arrays, snapshot_arrays, write_npz
 
 __all__ = ["KNOBS", "BrainError", "OptBrain"]
 
@@ -93,7 +93,7 @@ class OptBrain:
             self._losses = np.zeros(window)
             self._have_loss = False
         else:
-            from fusedgate.brain_torch import TorchSensors
+            from fusedgate.brain.torch_sensors import TorchSensors
 
             groups = [list(g["params"]) for g in base_optimizer.param_groups]
             self.sensors = TorchSensors(groups, window, sketch_size, seed)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fusedgate.brain_policy import N_GROUP_FEATURES, BrainError
+from fusedgate.brain.policy import N_GROUP_FEATURES, BrainError
 
 NORM_BETA = 0.9
 TINY = 1e-30

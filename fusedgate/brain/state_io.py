@@ -15,7 +15,7 @@ import zipfile
 
 import numpy as np
 
-from fusedgate.brain_policy import BrainError, RunningNorm
+from fusedgate.brain.policy import BrainError, RunningNorm
 
 FORMAT_VERSION = 1
 STRUCTURE = ("n_groups", "window", "sketch_size", "seed")
