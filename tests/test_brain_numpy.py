@@ -109,7 +109,11 @@ def test_numpy_mode_api_and_errors():
     with pytest.raises(BrainError, match="n_groups"):
         OptBrain(None, n_groups=0)
     assert brain.clip_threshold(0) == math.inf        # neutral clip: no threshold
+    assert not brain.needs_grads                      # step 0 of 3, clip off: grads are not read
+    assert math.isnan(brain.sensors.running_norm(0))  # ... so nothing was measured
     brain.freeze({0: (1.0, 0.5, 0.0)})
+    assert brain.needs_grads                          # clip on: the norm is measured every step
+    brain.record_grads(0, np.ones(4))
     assert brain.clip_threshold(0) == pytest.approx(2.0)   # running norm of ‖ones(4)‖ = 2, ratio 1
 
 
@@ -121,20 +125,25 @@ def test_torch_sensors_match_the_numpy_reference():
     ns = NumpySensors(2, sketch_size=16, seed=5)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     x, y = torch.randn(32, 6), torch.randn(32, 3)
-    for step in range(8):
+    for step in range(12):
         loss = ((model(x[step:step + 8]) - y[step:step + 8]) ** 2).mean()
         opt.zero_grad()
         loss.backward()
-        ts.begin_step(step % 4, loss.detach())
+        sense, clipping = step % 4 == 3, step in (4, 5)   # the clip knob "on" at steps 4 and 5
+        ts.record_loss(step % 4, loss.detach())
+        if sense:
+            ts.sense()
+        if clipping:
+            ts.grad_norms()
         ts.end_step()
         for g, params in enumerate(groups):
             flat = lambda ts_: torch.cat([t.detach().reshape(-1) for t in ts_]).double().numpy()
-            ns.record(g, flat([p.grad for p in params]), flat(params))
+            ns.record(g, flat([p.grad for p in params]), flat(params), sense=sense, measure_norm=clipping)
         opt.step()
         if step % 4 == 3:
             losses, tf = ts.read_window()
             nf = ns.read_window()
             np.testing.assert_allclose(tf, nf, rtol=2e-4, atol=2e-5)
             assert losses[-1] == pytest.approx(loss.item())
-            assert np.all(np.abs(nf[:, 2]) > 0)            # alignment seen after the first step
+            assert (np.all(np.abs(nf[:, 2]) > 0)) == (step >= 7)   # alignment: one window apart
     np.testing.assert_allclose(ts.running_norm().numpy(), [ns.running_norm(0), ns.running_norm(1)], rtol=1e-5)

@@ -108,6 +108,7 @@ class OptBrain:
             # which knobs FusedGate applies itself (scale, clip, dampen); the rest stay generic
             self._via_gate = np.array([fg, fg and min(spec.aggressive.clip, spec.conservative.clip) < math.inf,
                                        fg and not spec.is_inert])
+        self._plan = None                                  # neutral knobs: the generic mechanism idles
 
     # ---- decisions ----------------------------------------------------------------------------------
     @property
@@ -129,6 +130,7 @@ class OptBrain:
                 table[g] = (s, c, d)
             self.core.decisions = table
             self._write_gate_keys()
+            self._make_plan()
         self.frozen = True
 
     def report(self) -> dict:
@@ -140,6 +142,7 @@ class OptBrain:
             return
         self.core.end_window(losses, feats)
         self._write_gate_keys()
+        self._make_plan()
 
     def _write_gate_keys(self) -> None:
         """FusedGate mode: hand the knobs of gated groups to FusedGate (host floats, no device sync)."""
@@ -188,32 +191,52 @@ class OptBrain:
             raise BrainError(f"the optimizer now has {len(base.param_groups)} param groups, the brain was built "
                              f"for {self.n_groups}; wrap the optimizer after adding groups")
         k = self.step_count % self.window
-        self.sensors.begin_step(k, loss)
-        self._generic_step(base, loss)
+        self.sensors.record_loss(k, loss)
+        if k == self.window - 1:
+            self.sensors.sense()
+        if self._plan is None:                 # nothing for the generic mechanism to do this window
+            base.step(loss=loss) if self.mode == "fusedgate" else base.step()
+        else:
+            self._generic_step(base, loss, self._plan)
         self.sensors.end_step()
         self.step_count += 1
         if self.step_count % self.window == 0:
             self._end_window(*self.sensors.read_window())
         return loss
 
-    def _generic_step(self, base, loss) -> None:
-        """The base step, with the knobs applied to every group not driven through FusedGate's keys."""
-        import torch
-
+    def _make_plan(self) -> None:
+        """Turn the window's knobs into what the generic mechanism does on each of its steps (once per
+        window, so the per-step path is a few list looks): lr factors, clip ratios, dampen groups.
+        ``None`` when every knob of every group is neutral or driven through FusedGate's keys."""
+        if self.mode == "numpy":
+            return
         knobs = self.core.decisions.copy()
         mask = self._gate_group[:, None] & self._via_gate[None, :]
         knobs[mask] = np.broadcast_to([1.0, 1.0, 0.0], knobs.shape)[mask]
+        scaled = [(g, float(knobs[g, 0])) for g in range(self.n_groups) if knobs[g, 0] != 1.0]
         ratios = np.array([clip_ratio(c) for c in knobs[:, 1]])
-        if np.isfinite(ratios).any():
-            self.sensors.clip_(ratios)
-        damped = [g for g in range(self.n_groups) if knobs[g, 2] > 0.0]
-        before = {g: [p.detach().clone() for p in self.sensors.params_of_group[g]] for g in damped}
+        damped = [(g, float(knobs[g, 2])) for g in range(self.n_groups) if knobs[g, 2] > 0.0]
+        for g in range(self.n_groups):
+            if knobs[g, 2] <= 0.0:             # the smoothing restarts when dampen turns on again
+                self._dampen_valid[g] = False
+                self._dampen_buf.pop(g, None)
+        clip = ratios if np.isfinite(ratios).any() else None
+        self._plan = (scaled, clip, damped) if scaled or clip is not None or damped else None
+
+    def _generic_step(self, base, loss, plan) -> None:
+        """The base step, with the knobs applied to every group not driven through FusedGate's keys."""
+        import torch
+
+        scaled, clip, damped = plan
+        if clip is not None:
+            self.sensors.clip_(clip)
+        before = {g: [p.detach().clone() for p in self.sensors.params_of_group[g]] for g, _ in damped}
+        groups = base.param_groups
         saved = []
         try:
-            for g, group in enumerate(base.param_groups):
-                if knobs[g, 0] != 1.0:
-                    saved.append((group, group["lr"]))
-                    group["lr"] = group["lr"] * float(knobs[g, 0])
+            for g, s in scaled:
+                saved.append((groups[g], groups[g]["lr"]))
+                groups[g]["lr"] = groups[g]["lr"] * s
             if self.mode == "fusedgate":
                 base.step(loss=loss)
             else:
@@ -221,14 +244,11 @@ class OptBrain:
         finally:
             for group, lr in saved:
                 group["lr"] = lr
-        for g in range(self.n_groups):
-            if g not in before:
-                self._dampen_valid[g] = False      # the smoothing restarts when dampen turns on again
-                continue
+        for g, d in damped:
             params = [p.detach() for p in self.sensors.params_of_group[g]]
             delta = torch._foreach_sub(params, before[g])
             if self._dampen_valid[g]:
-                applied = torch._foreach_lerp(delta, self._dampen_buf[g], float(knobs[g, 2]))
+                applied = torch._foreach_lerp(delta, self._dampen_buf[g], d)
                 torch._foreach_copy_(params, torch._foreach_add(before[g], applied))
             else:
                 applied = delta                    # first damped step: u = Δ, params untouched
@@ -271,7 +291,19 @@ class OptBrain:
         self._numpy_only("record_grads")
         if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or not 0 <= group < self.n_groups:
             raise BrainError(f"record_grads: group {group!r} is not in [0, {self.n_groups})")
-        self.sensors.record(int(group), grad_flat, param_flat)
+        self.sensors.record(int(group), grad_flat, param_flat, sense=self._sensing_step(),
+                            measure_norm=bool(self.core.decisions[int(group), 1] < 1.0))
+
+    def _sensing_step(self) -> bool:
+        return self.step_count % self.window == self.window - 1
+
+    @property
+    def needs_grads(self) -> bool:
+        """Numpy mode: whether ``record_grads`` reads this step's gradients (the window's last step,
+        or while a clip knob is on); on other steps it only checks its arguments, so callers may skip
+        flattening their gradients."""
+        self._numpy_only("needs_grads")
+        return self._sensing_step() or bool(np.any(self.core.decisions[:, 1] < 1.0))
 
     def clip_threshold(self, group: int) -> float:
         """Numpy mode: the grad-norm threshold τ = m̂·c/(1−c) the clip knob asks for (inf = no clip)."""

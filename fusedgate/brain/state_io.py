@@ -149,6 +149,7 @@ def restore_arrays(brain, arrays: dict[str, np.ndarray], source: str) -> None:
         params = brain.sensors.params_of_group[g]
         brain._dampen_buf[int(g)] = [torch.from_numpy(np.array(arrays[f"dampen_buf.{g}.{i}"])).to(
             device=p.device, dtype=p.dtype) for i, p in enumerate(params)]
+    brain._make_plan()
 
 
 def write_npz(path, arrays: dict[str, np.ndarray]) -> None:
