@@ -1,10 +1,10 @@
-"""Small real training problems for ``fusedgate brain-eval``: base optimizer vs OptBrain-wrapped.
+"""Small real training problems for ``fusedgate brain-eval``, and one training run of an *arm* on them.
 
-Each task builds, from a seed, the model (init from ``torch.manual_seed(seed)``), its param groups,
-a per-step loss (data order a pure function of (seed, step)) and a final evaluation, so a base run
-and a brain run with the same seed see the same init and the same batches (paired comparison).
-Learning rates are constant (no schedule) and were chosen for the *base* optimizer by a coarse sweep
-before any brain run; the brain has to improve on a reasonably tuned base.
+Each task builds, from a seed, the model (init from ``torch.manual_seed(seed)``), its param groups
+per optimizer, a per-step loss (data order a pure function of (seed, step)) and a final evaluation,
+so every arm with the same seed sees the same init and the same batches (paired comparison). The
+*tuned* learning rates are constant and were chosen for the base optimizer by a coarse sweep (×3
+steps) before any brain run; the brain has to improve on a reasonably tuned base.
 
 * ``regression`` — ill-conditioned least squares: 32 features scaled by logspace(0, −2) (Hessian
   condition number ≈ 10⁴), y = X·w* + 0.01·noise, a linear layer (weight, bias groups), batch 64,
@@ -13,15 +13,27 @@ before any brain run; the brain has to improve on a reasonably tuned base.
   linear map plus noise features; MLP 16→64→64→5 (one group per layer), batch 64, final loss =
   held-out cross-entropy on 1000 points.
 * ``nanochat`` — the project's NanoChat GPT (``fusedgate.nanochat``) on its default corpus (the
-  Python standard library, byte tokens): depth 1, context 64, batch 16 — smaller than the ``tiny``
-  preset so that 5 seeds × 2 optimizers × 2 arms fit in minutes on 2 CPU cores; nanochat's AdamW
-  groups (lm_head, wte, matrices); final loss = validation bits per byte on 8192 tokens.
+  Python standard library, byte tokens) with the ``tiny`` preset's widths and learning rates but
+  depth 1, context 64, batch 16 (smaller than ``tiny`` so that the evaluation grid fits in minutes on
+  one CPU thread); final loss = validation bits per byte on 8192 tokens.
+
+Optimizers: ``sgd`` (momentum 0.9), ``adamw`` and ``fusedgate`` (``FusedGate`` with
+``GateSpec.default()``; on nanochat with nanochat's own groups: Muon-units matrices, AdamW embeddings).
+
+An arm (``Arm``) is the base optimizer, optionally wrapped in an ``OptBrain``, under one condition:
+every group's lr times ``lr_mult``; ``schedule``: the lr times nanochat's warmup + linear warmdown
+multiplier (``fusedgate.nanochat.schedule.Schedule``: warmup 5 % of the steps, warmdown over the last
+65 % to 5 % of the lr); ``spikes``: planted gradient spikes — on each step from step 10 on, with
+probability 3 % (seeded by (seed, step)), every gradient is multiplied by 30 after ``backward``;
+``clip``: a fixed global grad-norm clip (``torch.nn.utils.clip_grad_norm_``) at 2× the median grad
+norm of the first 10 (spike-free) steps.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +43,11 @@ import torch
 import torch.nn.functional as F
 
 TASKS = ("regression", "mlp", "nanochat")
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adamw", "fusedgate")
+# FusedGate (GateSpec.default(), Adam units) on the small tasks: the best of a ×3 sweep for the base
+FUSEDGATE_LR = {"regression": 0.09, "mlp": 9e-3}
+SPIKE_FROM, SPIKE_PROB, SPIKE_FACTOR = 10, 0.03, 30.0
+CLIP_CALIBRATION_STEPS, CLIP_MULTIPLE = 10, 2.0
 
 
 @dataclass
@@ -60,7 +76,8 @@ def _regression(seed: int) -> Problem:
     def groups(lr):
         return [{"params": [model.weight], "lr": lr}, {"params": [model.bias], "lr": lr}]
 
-    return Problem(model, {"sgd": [dict(g, momentum=0.9) for g in groups(0.3)], "adamw": groups(0.03)},
+    return Problem(model, {"sgd": [dict(g, momentum=0.9) for g in groups(0.3)], "adamw": groups(0.03),
+                           "fusedgate": groups(FUSEDGATE_LR["regression"])},
                    loss_at, lambda: F.mse_loss(model(x), y).item(), steps=300)
 
 
@@ -94,7 +111,8 @@ def _mlp(seed: int) -> Problem:
         with torch.no_grad():
             return float(F.cross_entropy(model(x_test), y_test))
 
-    return Problem(model, {"sgd": groups(0.03, momentum=0.9), "adamw": groups(3e-3, weight_decay=1e-4)},
+    return Problem(model, {"sgd": groups(0.03, momentum=0.9), "adamw": groups(3e-3, weight_decay=1e-4),
+                           "fusedgate": groups(FUSEDGATE_LR["mlp"])},
                    loss_at, evaluate, steps=400)
 
 
@@ -115,6 +133,9 @@ def _nanochat(seed: int) -> Problem:
     keep = ("params", "lr", "betas", "eps", "weight_decay")
     adamw = [{k: g[k] for k in keep} for g in nano]
     sgd = [{"params": g["params"], "lr": 0.3, "momentum": 0.9} for g in nano]
+    fused = model.param_groups(preset.embedding_lr, preset.unembedding_lr, preset.matrix_lr, 0.0,
+                               matrix_kind="muon")
+    fused = [{k: v for k, v in g.items() if k != "param_names"} for g in fused]
     val = val_batches(data, batch_size, seq_len, 8192)
     token_bytes = torch.from_numpy(data.token_bytes)
 
@@ -125,46 +146,98 @@ def _nanochat(seed: int) -> Problem:
     def evaluate():
         return evaluate_bpb(model, val, token_bytes, torch.device("cpu"), contextlib.nullcontext)
 
-    return Problem(model, {"sgd": sgd, "adamw": adamw}, loss_at, evaluate, steps=300)
+    return Problem(model, {"sgd": sgd, "adamw": adamw, "fusedgate": fused}, loss_at, evaluate, steps=300)
 
 
 BUILDERS = {"regression": _regression, "mlp": _mlp, "nanochat": _nanochat}
 
 
-def make_optimizer(name: str, groups: list[dict]) -> torch.optim.Optimizer:
+def make_optimizer(name: str, groups: list[dict], total_steps: int) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(groups)
     if name == "adamw":
         return torch.optim.AdamW(groups)
+    if name == "fusedgate":
+        from fusedgate.optimizer import FusedGate
+        from fusedgate.spec import GateSpec
+
+        return FusedGate(groups, spec=GateSpec.default(), total_steps=total_steps)
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-def run_once(task: str, optimizer: str, seed: int, brain: bool, steps: int | None = None,
-             brain_kwargs: dict | None = None) -> dict:
-    """Train one (task, optimizer, seed) arm; returns final loss, train-loss curve, wall time, report."""
+@dataclass(frozen=True)
+class Arm:
+    """One training condition: the base optimizer (``brain``: wrapped in an OptBrain) with every lr
+    times ``lr_mult``, optionally under the warmup + warmdown ``schedule``, with planted gradient
+    ``spikes`` and a fixed ``clip``."""
+
+    brain: bool = False
+    lr_mult: float = 1.0
+    schedule: bool = False
+    spikes: bool = False
+    clip: bool = False
+
+
+def spike_steps(seed: int, steps: int) -> set[int]:
+    """The steps whose gradients are multiplied by SPIKE_FACTOR (a pure function of seed and step)."""
+    return {t for t in range(SPIKE_FROM, steps) if np.random.default_rng([seed, 9, t]).random() < SPIKE_PROB}
+
+
+def _global_grad_norm(params) -> float:
+    return math.sqrt(sum(float(p.grad.detach().double().pow(2).sum()) for p in params if p.grad is not None))
+
+
+def run_arm(task: str, optimizer: str, seed: int, arm: Arm, steps: int | None = None,
+            brain_kwargs: dict | None = None) -> dict:
+    """Train one (task, optimizer, seed, arm); returns the final loss, a train-loss curve, wall time and
+    the brain's report."""
     from fusedgate.brain import OptBrain
+    from fusedgate.nanochat.schedule import Schedule
 
     problem = BUILDERS[task](seed)
-    base = make_optimizer(optimizer, problem.groups[optimizer])
-    opt = OptBrain(base, seed=seed, **(brain_kwargs or {})) if brain else base
     steps = steps or problem.steps
+    groups = [dict(g) for g in problem.groups[optimizer]]
+    for g in groups:
+        g["lr"] = g["lr"] * arm.lr_mult
+    base = make_optimizer(optimizer, groups, steps)
+    base_lrs = [g["lr"] for g in base.param_groups]
+    opt = OptBrain(base, seed=seed, **(brain_kwargs or {})) if arm.brain else base
+    schedule = Schedule(steps, warmup_steps=max(1, round(0.05 * steps))) if arm.schedule else None
+    spikes = spike_steps(seed, steps) if arm.spikes else set()
+    params = [p for g in base.param_groups for p in g["params"]]
+    calibration, clip_at = [], math.inf
+    fused = optimizer == "fusedgate"
     curve, diverged = [], False
     t0 = time.perf_counter()
     for step in range(steps):
+        if schedule is not None:
+            for g, lr in zip(base.param_groups, base_lrs):
+                g["lr"] = lr * schedule.lr_multiplier(step)
         loss = problem.loss_at(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if brain:
+        if step in spikes:
+            torch._foreach_mul_([p.grad for p in params if p.grad is not None], SPIKE_FACTOR)
+        if arm.clip:
+            if step < CLIP_CALIBRATION_STEPS:
+                calibration.append(_global_grad_norm(params))
+            else:
+                if step == CLIP_CALIBRATION_STEPS:
+                    clip_at = CLIP_MULTIPLE * statistics.median(calibration)
+                torch.nn.utils.clip_grad_norm_(params, clip_at)
+        if arm.brain or fused:
             opt.step(loss=loss.detach())
         else:
             opt.step()
         if step % 10 == 0 or step == steps - 1:
-            curve.append(loss.item())             # a sync every 10 steps, the same in both arms
+            curve.append(loss.item())             # a sync every 10 steps, the same in every arm
             if not math.isfinite(curve[-1]):
                 diverged = True
                 break
     wall = time.perf_counter() - t0
     final = math.nan if diverged else problem.evaluate()
-    return {"task": task, "optimizer": optimizer, "seed": seed, "brain": brain, "final": final,
+    if not math.isfinite(final):
+        diverged, final = True, math.nan
+    return {"task": task, "optimizer": optimizer, "seed": seed, "arm": arm, "final": final,
             "curve": curve, "wall_s": wall, "steps": steps, "diverged": diverged,
-            "report": opt.report() if brain else None}
+            "report": opt.report() if arm.brain else None}
