@@ -86,6 +86,32 @@ class RunningNorm:
         return np.clip(np.nan_to_num(z, nan=0.0, posinf=5.0, neginf=-5.0), -5.0, 5.0)
 
 
+def window_reward(losses: np.ndarray, prev_level: float, horizon: float) -> tuple[float, float]:
+    """(reward, level) of one window. With ℓ the log-losses of the window's second half (after the
+    transient of a knob change), level = mean(ℓ) and slope = their least-squares slope per step:
+
+        reward = −[(level − prev_level) + horizon·slope]
+
+    i.e. minus the predicted change of the log-loss at ``horizon`` steps from now, relative to the
+    previous window's level, if the window's knobs were kept (linear extrapolation of its late slope).
+    ``horizon`` = 0 is the greedy reward (the level reached), which favours whatever lowers the loss
+    *now* — a smaller lr, at the noise floor: the short-horizon bias; a horizon as long as the rest of
+    the run weighs that against the slower progress a smaller lr makes. Without a previous level the
+    level term is 0. NaN when a loss is not finite or not positive."""
+    losses = np.asarray(losses, dtype=np.float64)
+    if losses.size < 2 or not np.all(np.isfinite(losses)) or np.any(losses <= 0):
+        return math.nan, math.nan
+    y = np.log(losses[losses.size // 2:])
+    level = float(np.mean(y))
+    slope = 0.0
+    if y.size >= 2:
+        t = np.arange(y.size, dtype=np.float64)
+        t -= t.mean()
+        slope = float(np.dot(t, y - level) / np.dot(t, t))
+    change = level - prev_level if math.isfinite(prev_level) else 0.0
+    return -(change + horizon * slope), level
+
+
 def window_progress(losses: np.ndarray) -> tuple[float, float]:
     """(progress, noise) of one window: progress = -K·slope of the least-squares fit of log-loss on
     step index, noise = std of its residuals. NaN when a loss is not finite or not positive."""
@@ -105,7 +131,8 @@ class BrainCore:
 
     def __init__(self, n_groups: int, window: int = 10, explore: float = 1.0, policy_lr: float = 0.1,
                  decay: float = 0.02, warmup_windows: int = 3, alpha_min: float = 0.05, seed: int = 0,
-                 sigma: tuple[float, float, float] = (0.25, 0.25, 0.1)):
+                 sigma: tuple[float, float, float] = (0.25, 0.25, 0.1), total_steps: int | None = None,
+                 horizon: float = 0.0, exploit: float = 0.0):
         if not isinstance(n_groups, int) or isinstance(n_groups, bool) or not 1 <= n_groups <= 1024:
             raise BrainError(f"n_groups={n_groups!r}: expected an integer in [1, 1024]")
         if not isinstance(window, int) or isinstance(window, bool) or not 3 <= window <= 100_000:
@@ -116,9 +143,18 @@ class BrainCore:
                 raise BrainError(f"{name}={v!r}: expected a number in [{lo}, {hi}]")
         if not isinstance(warmup_windows, int) or warmup_windows < 1:
             raise BrainError(f"warmup_windows={warmup_windows!r}: expected an integer >= 1")
+        if total_steps is not None and (not isinstance(total_steps, int) or isinstance(total_steps, bool)
+                                        or total_steps < 1):
+            raise BrainError(f"total_steps={total_steps!r}: expected a positive integer or None")
+        for name, v, lo, hi in (("horizon", horizon, 0.0, 1e9), ("exploit", exploit, 0.0, 1.0)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+                raise BrainError(f"{name}={v!r}: expected a number in [{lo}, {hi:g}]")
         self.n_groups, self.window, self.seed = n_groups, window, int(seed)
         self.explore, self.policy_lr, self.decay = float(explore), float(policy_lr), float(decay)
         self.warmup_windows, self.alpha_min = warmup_windows, float(alpha_min)
+        self.total_steps = int(total_steps or 0)     # 0: unknown
+        self.horizon, self.exploit = float(horizon), float(exploit)
+        self.prev_level = math.nan                  # the previous window's late log-loss level
         self.sigma = np.asarray(sigma, dtype=np.float64) * self.explore
         self.rng = np.random.Generator(np.random.PCG64(self.seed))
         g = n_groups
@@ -155,9 +191,10 @@ class BrainCore:
             self.first_mean = log_mean
         if math.isnan(self.slow_mean):
             self.slow_mean = log_mean
+        time = ((self.n_windows + 1) * self.window / self.total_steps if self.total_steps
+                else math.log1p(self.n_windows))
         feats = np.array([progress, math.log(noise + 1e-8), log_mean - self.prev_mean,
-                          log_mean - self.first_mean, log_mean - self.slow_mean,
-                          math.log1p(self.n_windows)])
+                          log_mean - self.first_mean, log_mean - self.slow_mean, time])
         if math.isfinite(log_mean):
             self.prev_mean = log_mean
             self.slow_mean = 0.9 * self.slow_mean + 0.1 * log_mean
@@ -177,12 +214,24 @@ class BrainCore:
         lf = self._loss_features(losses)
         self.loss_norm.update(lf)
         self.group_norm.update(feats)
-        reward = lf[0]
         self.n_windows += 1
+        done = self.n_windows * self.window
+        horizon = min(self.horizon, max(self.total_steps - done, 0)) if self.total_steps else self.horizon
+        reward, level = window_reward(losses, self.prev_level, horizon)
+        if math.isfinite(level):
+            self.prev_level = level
         if not math.isfinite(reward):
             self.n_bad_windows += 1
             self.alpha = max(self.alpha * 0.5, self.alpha_min)
         if self.n_windows < self.warmup_windows:
+            return self.decisions
+        if self.total_steps and done >= (1.0 - self.exploit) * self.total_steps and self.exploit > 0:
+            # the last ``exploit`` fraction of the run: no more exploration or control windows, the
+            # trusted policy mean α·μ of the current observation is applied (nothing is learnt)
+            self._observe(lf, feats)
+            self.z = self.alpha * (self.b + self.obs @ self.W.T)
+            self.decisions = knobs_from_z(self.z)
+            self.cycle_pos = 0
             return self.decisions
         if self.n_windows > self.warmup_windows:
             self.cycle_r[self.cycle_pos] = reward
@@ -194,10 +243,13 @@ class BrainCore:
         self._set_decision()
         return self.decisions
 
-    def _start_cycle(self, lf: np.ndarray, feats: np.ndarray) -> None:
+    def _observe(self, lf: np.ndarray, feats: np.ndarray) -> None:
         lo = self.loss_norm.normalise(lf)
         go = self.group_norm.normalise(feats)
         self.obs = np.concatenate([np.broadcast_to(lo, (self.n_groups, N_LOSS_FEATURES)), go], axis=1)
+
+    def _start_cycle(self, lf: np.ndarray, feats: np.ndarray) -> None:
+        self._observe(lf, feats)
         self.mu = self.b + self.obs @ self.W.T
         self.eps = self.rng.standard_normal((self.n_groups, 3))
         self.cycle_order = self.rng.permutation(np.array(ROLES, dtype=np.int64))

@@ -19,10 +19,10 @@ from fusedgate.brain.policy import BrainError, RunningNorm
 
 FORMAT_VERSION = 1
 STRUCTURE = ("n_groups", "window", "sketch_size", "seed")
-HYPER = ("explore", "policy_lr", "decay", "warmup_windows", "alpha_min")
+HYPER = ("explore", "policy_lr", "decay", "warmup_windows", "alpha_min", "total_steps", "horizon", "exploit")
 CORE_ARRAYS = ("W", "b", "sigma", "cycle_order", "cycle_r", "eps", "mu", "obs", "z", "decisions")
 CORE_SCALARS = ("alpha", "e_sq", "ema_d", "n_windows", "n_cycles", "n_shrinks", "n_bad_windows", "sum_d",
-                "prev_mean", "first_mean", "slow_mean", "cycle_pos")
+                "prev_mean", "first_mean", "slow_mean", "prev_level", "cycle_pos")
 MASK64 = (1 << 64) - 1
 MODES = ("numpy", "torch", "fusedgate")  # stored as an index: state dicts hold only numeric tensors
 

@@ -201,7 +201,7 @@ def run_arm(task: str, optimizer: str, seed: int, arm: Arm, steps: int | None = 
         g["lr"] = g["lr"] * arm.lr_mult
     base = make_optimizer(optimizer, groups, steps)
     base_lrs = [g["lr"] for g in base.param_groups]
-    opt = OptBrain(base, seed=seed, **(brain_kwargs or {})) if arm.brain else base
+    opt = OptBrain(base, **{"seed": seed, "total_steps": steps, **(brain_kwargs or {})}) if arm.brain else base
     schedule = Schedule(steps, warmup_steps=max(1, round(0.05 * steps))) if arm.schedule else None
     spikes = spike_steps(seed, steps) if arm.spikes else set()
     params = [p for g in base.param_groups for p in g["params"]]
