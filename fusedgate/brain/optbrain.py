@@ -64,7 +64,8 @@ class OptBrain:
     def __init__(self, base_optimizer=None, n_groups: int | None = None, *, window: int = 10,
                  explore: float = 1.0, policy_lr: float = 0.1, decay: float = 0.02, warmup_windows: int = 3,
                  alpha_min: float = 0.05, sketch_size: int = 64, seed: int = 0, total_steps: int | None = None,
-                 horizon: float = 0.0, exploit: float = 0.0):
+                 horizon: float = 0.0, exploit: float = 0.0, mean_control: bool = True,
+                 hypergrad: float = 0.5, overshoot_target: float = 0.1):
         if not isinstance(sketch_size, int) or isinstance(sketch_size, bool) or not 1 <= sketch_size <= 4096:
             raise BrainError(f"sketch_size={sketch_size!r}: expected an integer in [1, 4096]")
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -88,7 +89,9 @@ class OptBrain:
             total_steps = base_optimizer.total_steps
         self.core = BrainCore(n_groups, window=window, explore=explore, policy_lr=policy_lr, decay=decay,
                               warmup_windows=warmup_windows, alpha_min=alpha_min, seed=seed,
-                              total_steps=total_steps, horizon=horizon, exploit=exploit)
+                              total_steps=total_steps, horizon=horizon, exploit=exploit,
+                              mean_control=mean_control, hypergrad=hypergrad,
+                              overshoot_target=overshoot_target)
         self.n_groups, self.window = n_groups, window
         self.step_count = 0
         self.frozen = False

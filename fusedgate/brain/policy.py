@@ -34,15 +34,17 @@ import numpy as np
 
 KNOBS = ("scale", "clip", "dampen")
 N_LOSS_FEATURES = 6
-N_GROUP_FEATURES = 6
+N_GROUP_FEATURES = 7
 N_OBS = N_LOSS_FEATURES + N_GROUP_FEATURES
 LOSS_FEATURES = ("progress", "log_noise", "log_change", "log_since_start", "log_vs_slow", "log_time")
-GROUP_FEATURES = ("log_grad_norm", "grad_spike", "alignment", "oscillation", "log_update_ratio",
+GROUP_FEATURES = ("log_grad_norm", "grad_spike", "alignment", "oscillation", "log_update_ratio", "overshoot",
                   "log_param_norm")
 SCALE_RANGE = (0.01, 10.0)
 CLIP_RANGE = (0.1, 5.0)
 DAMPEN_RANGE = (0.0, 1.0)
 ROLES = (1, -1, 0)  # +ε, −ε, neutral control
+MEAN = 2            # the role of a window at the policy mean α·μ (no noise)
+BLOWUP = math.log(2.0)  # a brain window whose late loss level is 2× the previous window's: a blow-up
 
 
 class BrainError(ValueError):
@@ -132,7 +134,8 @@ class BrainCore:
     def __init__(self, n_groups: int, window: int = 10, explore: float = 1.0, policy_lr: float = 0.1,
                  decay: float = 0.02, warmup_windows: int = 3, alpha_min: float = 0.05, seed: int = 0,
                  sigma: tuple[float, float, float] = (0.25, 0.25, 0.1), total_steps: int | None = None,
-                 horizon: float = 0.0, exploit: float = 0.0):
+                 horizon: float = 0.0, exploit: float = 0.0, mean_control: bool = True,
+                 hypergrad: float = 0.5, overshoot_target: float = 0.1):
         if not isinstance(n_groups, int) or isinstance(n_groups, bool) or not 1 <= n_groups <= 1024:
             raise BrainError(f"n_groups={n_groups!r}: expected an integer in [1, 1024]")
         if not isinstance(window, int) or isinstance(window, bool) or not 3 <= window <= 100_000:
@@ -154,6 +157,13 @@ class BrainCore:
         self.warmup_windows, self.alpha_min = warmup_windows, float(alpha_min)
         self.total_steps = int(total_steps or 0)     # 0: unknown
         self.horizon, self.exploit = float(horizon), float(exploit)
+        self.mean_control = bool(mean_control)
+        for name, v, lo, hi in (("hypergrad", hypergrad, 0.0, 10.0), ("overshoot_target", overshoot_target, -1.0, 1.0)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+                raise BrainError(f"{name}={v!r}: expected a number in [{lo}, {hi}]")
+        self.hypergrad, self.overshoot_target = float(hypergrad), float(overshoot_target)
+        self.last_r0 = math.nan                     # reward of the latest neutral control window
+        self.last_rmu = math.nan                    # reward of the latest policy-mean window
         self.prev_level = math.nan                  # the previous window's late log-loss level
         self.sigma = np.asarray(sigma, dtype=np.float64) * self.explore
         self.rng = np.random.Generator(np.random.PCG64(self.seed))
@@ -170,6 +180,7 @@ class BrainCore:
         self.n_shrinks = 0
         self.n_bad_windows = 0
         self.sum_d = 0.0
+        self.n_d = 0                                # guardrail measurements so far
         self.prev_mean = math.nan                   # log mean loss of the previous window
         self.first_mean = math.nan                  # log mean loss of the first window
         self.slow_mean = math.nan                   # slow EMA of log mean loss
@@ -218,13 +229,17 @@ class BrainCore:
         done = self.n_windows * self.window
         horizon = min(self.horizon, max(self.total_steps - done, 0)) if self.total_steps else self.horizon
         reward, level = window_reward(losses, self.prev_level, horizon)
+        in_cycle = self.n_windows > self.warmup_windows and self.cycle_pos < 3
+        brain_window = in_cycle and int(self.cycle_order[self.cycle_pos]) != 0 and np.any(self.z != 0)
+        blowup = brain_window and math.isfinite(level) and level - self.prev_level > BLOWUP
         if math.isfinite(level):
             self.prev_level = level
-        if not math.isfinite(reward):
+        if not math.isfinite(reward) or blowup:
             self.n_bad_windows += 1
             self.alpha = max(self.alpha * 0.5, self.alpha_min)
         if self.n_windows < self.warmup_windows:
             return self.decisions
+        self._hypergradient(feats)
         if self.total_steps and done >= (1.0 - self.exploit) * self.total_steps and self.exploit > 0:
             # the last ``exploit`` fraction of the run: no more exploration or control windows, the
             # trusted policy mean α·μ of the current observation is applied (nothing is learnt)
@@ -243,6 +258,21 @@ class BrainCore:
         self._set_decision()
         return self.decisions
 
+    def _hypergradient(self, feats: np.ndarray) -> None:
+        """The scale bias follows the measured overshoot: b_scale ← b_scale − κ·(o − o*), with o the
+        cosine between the window-end gradient and the window's net update (> 0: the update went past
+        the valley floor along its own direction, the lr is too large for the next step; < 0: the
+        gradient still points where the update went, the lr is too small) — the sign of the one-step
+        hypergradient d loss / d log lr, measured with far less noise than a loss difference. o* > 0
+        is the overshoot tolerated (a greedy o* = 0 would shrink the lr for the next step's sake only:
+        the short-horizon bias). The guardrail's α scales this bias like any other part of μ."""
+        o = feats[:, GROUP_FEATURES.index("overshoot")]
+        if self.hypergrad == 0.0 or self.n_windows < 2 or not np.all(np.isfinite(o)):
+            return
+        lo, hi = math.log(SCALE_RANGE[0]), math.log(SCALE_RANGE[1])
+        step = self.alpha * self.hypergrad * (o - self.overshoot_target)   # distrusted: it drifts slower
+        self.b[:, 0] = np.clip(self.b[:, 0] - step, lo, hi)
+
     def _observe(self, lf: np.ndarray, feats: np.ndarray) -> None:
         lo = self.loss_norm.normalise(lf)
         go = self.group_norm.normalise(feats)
@@ -252,7 +282,10 @@ class BrainCore:
         self._observe(lf, feats)
         self.mu = self.b + self.obs @ self.W.T
         self.eps = self.rng.standard_normal((self.n_groups, 3))
-        self.cycle_order = self.rng.permutation(np.array(ROLES, dtype=np.int64))
+        roles = list(ROLES)
+        if self.mean_control and self.n_cycles % 2 == 1:
+            roles[2] = MEAN            # every other cycle the third window tests the policy mean
+        self.cycle_order = self.rng.permutation(np.array(roles, dtype=np.int64))
         self.cycle_pos = 0
         self.cycle_r[:] = 0.0
 
@@ -260,6 +293,8 @@ class BrainCore:
         role = int(self.cycle_order[self.cycle_pos])
         if role == 0:
             self.z = np.zeros((self.n_groups, 3))
+        elif role == MEAN:
+            self.z = self.alpha * self.mu
         else:
             self.z = self.alpha * (self.mu + role * self.sigma * self.eps)
         self.decisions = knobs_from_z(self.z)
@@ -272,7 +307,8 @@ class BrainCore:
             return
         s = math.sqrt(self.e_sq) if self.e_sq > 0 else 0.0
         worst = min(finite) - 3.0 * s
-        rp, rm, r0 = (v if math.isfinite(v) else worst for v in (r[1], r[-1], r[0]))
+        control = MEAN if MEAN in r else 0
+        rp, rm, r0 = (v if math.isfinite(v) else worst for v in (r[1], r[-1], r[control]))
         e = 0.5 * (rp - rm)
         self.n_cycles += 1
         w = max(1.0 / self.n_cycles, 0.05)
@@ -284,9 +320,21 @@ class BrainCore:
         # W sees N_OBS inputs of unit scale: its step is divided by N_OBS so that W·o moves μ no more
         # than b does (otherwise 12 random-walking weights make the policy wander on reward noise)
         self.W = (1.0 - self.decay) * self.W + step.T @ self.obs / (self.n_groups * N_OBS)
-        d = float(np.clip((0.5 * (rp + rm) - r0) / s, -3.0, 3.0))
+        if not self.mean_control:
+            d = float(np.clip((0.5 * (rp + rm) - r0) / s, -3.0, 3.0))
+        else:
+            # the guardrail's D: the latest policy-mean window against the latest neutral one (one of
+            # each every two cycles); the ± windows' mean would charge the policy for its exploration
+            if control == MEAN:
+                self.last_rmu = r0
+            else:
+                self.last_r0 = r0
+            if not (math.isfinite(self.last_rmu) and math.isfinite(self.last_r0)):
+                return
+            d = float(np.clip((self.last_rmu - self.last_r0) / s, -3.0, 3.0))
         self.sum_d += d
-        self.ema_d = d if self.n_cycles == 1 else 0.8 * self.ema_d + 0.2 * d
+        self.n_d += 1
+        self.ema_d = d if self.n_d == 1 else 0.8 * self.ema_d + 0.2 * d
         if self.ema_d < 0.0:
             self.alpha = max(self.alpha * 0.8, self.alpha_min)
             self.n_shrinks += 1
@@ -298,7 +346,7 @@ class BrainCore:
         """Plain-number summary of what the brain has measured (mean D > 0: brain beat neutral)."""
         return {
             "windows": self.n_windows, "cycles": self.n_cycles, "alpha": self.alpha,
-            "mean_advantage_vs_neutral": self.sum_d / self.n_cycles if self.n_cycles else 0.0,
+            "mean_advantage_vs_neutral": self.sum_d / self.n_d if self.n_d else 0.0,
             "ema_advantage_vs_neutral": self.ema_d, "shrinks": self.n_shrinks,
             "bad_windows": self.n_bad_windows, "policy_norm": float(np.sqrt(np.sum(self.W ** 2) +
                                                                               np.sum(self.b ** 2))),

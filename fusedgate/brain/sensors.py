@@ -12,6 +12,7 @@ steps on which it was measured before (the sensed steps, plus every step while t
     alignment         cos(ŝ(g_t), ŝ(g_{t−K}))  — one window apart   (0 in the first window)
     oscillation       fraction of sketch coordinates whose gradient sign flipped since t−K
     log_update_ratio  log ‖ŝ(p_t) − ŝ(p_{t−K})‖ − log ‖ŝ(p_{t−K})‖   (the net update of the last window)
+    overshoot         cos(ŝ(g_t), ŝ(p_t) − ŝ(p_{t−K}))  — > 0: the window's update overshot
     log_param_norm    log ‖p_t‖
 
 Logs are of max(x, 1e-30); a feature without history is 0. ``TorchSensors`` computes these on the
@@ -104,7 +105,9 @@ class NumpySensors:
             if self.has_prev_param[group]:
                 du = np.linalg.norm(ps - self.prev_param[group])
                 f[4] = np.log(max(du, TINY)) - np.log(max(np.linalg.norm(self.prev_param[group]), TINY))
-            f[5] = np.log(max(float(np.linalg.norm(param)), TINY))
+                denom = np.linalg.norm(gs) * du
+                f[5] = float(np.dot(gs, ps - self.prev_param[group]) / denom) if denom > 0 else 0.0
+            f[6] = np.log(max(float(np.linalg.norm(param)), TINY))
             self.prev_param[group] = ps
             self.has_prev_param[group] = True
         self.prev_grad[group] = gs

@@ -125,11 +125,14 @@ class TorchSensors:
             dot = (gs * self.prev_grad).sum(dim=1)
             align = torch.where(denom > 0, dot / denom.clamp_min(TINY), zero)
             osc = ((gs.sign() * self.prev_grad.sign()) < 0).float().mean(dim=1)
-            du = (ps - self.prev_param).norm(dim=1).clamp_min(TINY).log()
-            ratio = du - self.prev_param.norm(dim=1).clamp_min(TINY).log()
+            dp = ps - self.prev_param
+            du = dp.norm(dim=1)
+            ratio = du.clamp_min(TINY).log() - self.prev_param.norm(dim=1).clamp_min(TINY).log()
+            denom = gs.norm(dim=1) * du
+            over = torch.where(denom > 0, (gs * dp).sum(dim=1) / denom.clamp_min(TINY), zero)
         else:
-            align = osc = ratio = zero
-        torch.stack([log_g, spike, align, osc, ratio, pnorm.clamp_min(TINY).log()], dim=1, out=self.feat)
+            align = osc = ratio = over = zero
+        torch.stack([log_g, spike, align, osc, ratio, over, pnorm.clamp_min(TINY).log()], dim=1, out=self.feat)
         self.prev_grad.copy_(gs)
         self.prev_param.copy_(ps)
         self.has_prev = True
