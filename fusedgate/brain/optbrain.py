@@ -62,7 +62,7 @@ class OptBrain:
     """Wrap ``base_optimizer`` (any torch optimizer), or ``None`` with ``n_groups`` for numpy mode."""
 
     def __init__(self, base_optimizer=None, n_groups: int | None = None, *, window: int = 10,
-                 explore: float = 1.0, policy_lr: float = 0.1, decay: float = 0.02, warmup_windows: int = 3,
+                 explore: float = 1.0, policy_lr: float = 0.3, decay: float = 0.02, warmup_windows: int = 3,
                  alpha_min: float = 0.05, sketch_size: int = 64, seed: int = 0, total_steps: int | None = None,
                  horizon: float = 0.0, exploit: float = 0.0, mean_control: bool = True,
                  hypergrad: float = 0.5, overshoot_target: float = 0.1):
@@ -147,6 +147,7 @@ class OptBrain:
     def _end_window(self, losses: np.ndarray, feats: np.ndarray) -> None:
         if self.frozen:
             return
+        self.core.reliability = np.minimum(self.sensors.numel, self.sketch_size) / self.sketch_size
         self.core.end_window(losses, feats)
         self._write_gate_keys()
         self._make_plan()

@@ -131,7 +131,7 @@ def window_progress(losses: np.ndarray) -> tuple[float, float]:
 class BrainCore:
     """The learner. ``end_window(losses, group_features)`` -> the (G, 3) knobs for the next window."""
 
-    def __init__(self, n_groups: int, window: int = 10, explore: float = 1.0, policy_lr: float = 0.1,
+    def __init__(self, n_groups: int, window: int = 10, explore: float = 1.0, policy_lr: float = 0.3,
                  decay: float = 0.02, warmup_windows: int = 3, alpha_min: float = 0.05, seed: int = 0,
                  sigma: tuple[float, float, float] = (0.25, 0.25, 0.1), total_steps: int | None = None,
                  horizon: float = 0.0, exploit: float = 0.0, mean_control: bool = True,
@@ -162,6 +162,7 @@ class BrainCore:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
                 raise BrainError(f"{name}={v!r}: expected a number in [{lo}, {hi}]")
         self.hypergrad, self.overshoot_target = float(hypergrad), float(overshoot_target)
+        self.reliability = np.ones(n_groups)        # per group: min(elements, sketch size)/sketch size
         self.last_r0 = math.nan                     # reward of the latest neutral control window
         self.last_rmu = math.nan                    # reward of the latest policy-mean window
         self.prev_level = math.nan                  # the previous window's late log-loss level
@@ -262,7 +263,8 @@ class BrainCore:
         """The scale bias follows the measured overshoot: b_scale ← b_scale − κ·(o − o*), with o the
         cosine between the window-end gradient and the window's net update (> 0: the update went past
         the valley floor along its own direction, the lr is too large for the next step; < 0: the
-        gradient still points where the update went, the lr is too small) — the sign of the one-step
+        gradient still points where the update went, the lr is too small), weighted by the group's
+        ``reliability`` (set by the wrapper from the group sizes) — the sign of the one-step
         hypergradient d loss / d log lr, measured with far less noise than a loss difference. o* > 0
         is the overshoot tolerated (a greedy o* = 0 would shrink the lr for the next step's sake only:
         the short-horizon bias). The guardrail's α scales this bias like any other part of μ."""
@@ -270,7 +272,9 @@ class BrainCore:
         if self.hypergrad == 0.0 or self.n_windows < 2 or not np.all(np.isfinite(o)):
             return
         lo, hi = math.log(SCALE_RANGE[0]), math.log(SCALE_RANGE[1])
-        step = self.alpha * self.hypergrad * (o - self.overshoot_target)   # distrusted: it drifts slower
+        # distrusted (α < 1): it drifts slower; a group with fewer elements than the sketch measures o on
+        # fewer coordinates (a bias of 1 element: a coin flip), so it drifts by that fraction
+        step = self.alpha * self.hypergrad * self.reliability * (o - self.overshoot_target)
         self.b[:, 0] = np.clip(self.b[:, 0] - step, lo, hi)
 
     def _observe(self, lf: np.ndarray, feats: np.ndarray) -> None:
