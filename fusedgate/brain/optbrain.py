@@ -254,14 +254,15 @@ class OptBrain:
                 group["lr"] = lr
         for g, d in damped:
             params = [p.detach() for p in self.sensors.params_of_group[g]]
-            delta = torch._foreach_sub(params, before[g])
-            if self._dampen_valid[g]:
-                applied = torch._foreach_lerp(delta, self._dampen_buf[g], d)
-                torch._foreach_copy_(params, torch._foreach_add(before[g], applied))
-            else:
-                applied = delta                    # first damped step: u = Δ, params untouched
-            self._dampen_buf[g] = applied
-            self._dampen_valid[g] = True
+            if self._dampen_valid[g]:              # in place: params ← Δ, u ← u + (1−d)(Δ − u), params ← before + u
+                buf = self._dampen_buf[g]
+                torch._foreach_sub_(params, before[g])
+                torch._foreach_lerp_(buf, params, 1.0 - d)
+                torch._foreach_add_(before[g], buf)
+                torch._foreach_copy_(params, before[g])
+            else:                                  # first damped step: u = Δ, params untouched
+                self._dampen_buf[g] = torch._foreach_sub(params, before[g])
+                self._dampen_valid[g] = True
 
     def state_dict(self) -> dict:
         """The base optimizer's state dict plus ``"optbrain"``: the brain's arrays as tensors."""

@@ -23,7 +23,8 @@ Optimizers: ``sgd`` (momentum 0.9), ``adamw`` and ``fusedgate`` (``FusedGate`` w
 An arm (``Arm``) is the base optimizer, optionally wrapped in an ``OptBrain``, under one condition:
 every group's lr times ``lr_mult``; ``schedule``: nanochat's warmup + linear warmdown
 (``fusedgate.nanochat.schedule.Schedule``: warmup 5 % of the steps, warmdown over the last 65 % to 5 %
-of the peak) with the peak lr tuned for the schedule (``SCHEDULE_PEAK`` × the tuned constant lr); ``spikes``: planted gradient spikes — on each step from step 10 on, with
+of the peak) with the peak lr tuned for the schedule (``SCHEDULE_PEAK`` × the tuned constant lr);
+``spikes``: planted gradient spikes — on each step from step 10 on, with
 probability 3 % (seeded by (seed, step)), every gradient is multiplied by 30 after ``backward``;
 ``clip``: a fixed global grad-norm clip (``torch.nn.utils.clip_grad_norm_``) at 2× the median grad
 norm of the first 10 (spike-free) steps.
