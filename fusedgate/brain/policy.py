@@ -1,29 +1,41 @@
-"""The OptBrain's learner: observations -> a Gaussian policy over three knobs, trained by antithetic ES.
+"""The OptBrain's learner: observations -> a Gaussian policy over three knobs, trained by antithetic ES,
+with the scale knob also following a measured hypergradient.
 
 Pure numpy (no torch), shared by the torch wrapper and numpy mode. Time is cut into *windows* of K
 steps; the knobs are held fixed over a window. After a few neutral warm-up windows (evidence for the
-normalisers) the brain runs *cycles* of three windows in a random order:
+normalisers; the run is bit-identical to the base optimizer until then) the brain runs *cycles* of
+three windows in a random order:
 
-    +  z = α·(μ + σ⊙ε)      −  z = α·(μ − σ⊙ε)      0  z = 0  (exactly neutral: the control)
+    +  z = α·(μ + σ⊙ε)      −  z = α·(μ − σ⊙ε)      c  the control: z = 0 (exactly neutral) in every
+                                                       other cycle, z = α·μ (the policy mean) in the rest
 
 with ε ~ N(0, I) per group and knob, μ_g = b_g + W·o_g a linear policy of the normalised
-observation o_g (6 loss features + 6 features of group g), σ the exploration scale and α ∈ [α_min, 1]
+observation o_g (6 loss features + 7 features of group g), σ the exploration scale and α ∈ [α_min, 1]
 the trust. A knob vector z is mapped to (scale, clip, dampen) by
 
     scale = exp(clamp(z₀, ln 0.01, ln 10))    clip = exp(clamp(z₁, ln 0.1, ln 5))    dampen = clamp(z₂, 0, 1)
 
-so z = 0 gives exactly (1, 1, 0). The reward R of a window is its *progress*: minus the least-squares
-slope of log-loss over the window's K steps, times K. Per cycle, with s² a running mean of e²:
+so z = 0 gives exactly (1, 1, 0). The reward R of a window (``window_reward``) is minus the change of
+its late log-loss level from the previous window's, minus ``horizon`` × its late slope (horizon 0 by
+default: the level reached). Per cycle, with s² a running mean of e²:
 
     e = (R₊ − R₋)/2            A = clamp(e/s, −3, 3)          (antithetic ES advantage)
-    b_g ← (1−λ)·b_g + η·A·σ⊙ε_g        W ← (1−λ)·W + (η/12)·A·mean_g (σ⊙ε_g) o_gᵀ
-    D = ((R₊ + R₋)/2 − R₀)/s                                  (the brain's advantage over neutral)
+    b_g ← (1−λ)·b_g + η·A·σ⊙ε_g        W ← (1−λ)·W + (η/13)·A·mean_g (σ⊙ε_g) o_gᵀ
+    D = (R_μ − R₀)/s      (the latest policy-mean window against the latest neutral one)
 
-D is the guardrail's measurement: an EMA of D below zero (the brain's recent windows did worse than
-the interleaved neutral ones) multiplies α by 0.8 (toward neutral); otherwise α grows by 1.25 (the inverse) up to 1.
-A window whose loss is not finite counts as 3·s worse than the worst finite window of its cycle and
-halves α at once. The random order of the three windows makes the loss's natural decay over time an
-unbiased noise term in e and D.
+Every window, the scale bias also follows the overshoot sensor o_g (the cosine between the window-end
+gradient and the window's net update): b_g,scale ← b_g,scale − α·κ·r_g·(o_g − o*), the sign of the
+one-step hypergradient, a much less noisy estimate of which way the lr should go than loss differences
+of minibatch losses (``BrainCore._hypergradient``).
+
+D is the guardrail's measurement: an EMA of D below zero (the policy's mean windows did worse than the
+interleaved neutral ones) multiplies α by 0.8 (toward neutral); otherwise α grows by 1.25 up to 1. It
+compares the policy *mean*, not the ± windows' average, so the brain is not charged for the cost of
+its own exploration (which at a too-large lr can be a blow-up of the + window) — and the neutral
+windows, which undo a learnt decay or repeat a mis-set lr, are half as frequent. A window whose loss
+is not finite counts as 3·s worse than the worst finite window of its cycle and halves α at once, as
+does a brain window whose late loss level is twice the previous window's (a blow-up). The random order
+of the windows makes the loss's natural decay over time an unbiased noise term in e and D.
 """
 
 from __future__ import annotations
