@@ -33,7 +33,8 @@ features accumulated on the device), none per step (tested by counting tensor->h
 
 Numpy mode, for any framework: ``OptBrain(None, n_groups=N)``; per step ``get_decisions(loss)`` ->
 ``{group: (scale, clip, dampen)}``, ``record_grads(group, grad_flat, param_flat=None)`` for each
-group, then ``finish_step()``. Save/load: ``save(path)``/``load(path)`` write/read ``.npz`` without
+group (only read when ``needs_grads``: the window's last step, or while clipping), then
+``finish_step()``. Save/load: ``save(path)``/``load(path)`` write/read ``.npz`` without
 pickle. Nothing is written anywhere else; there is no telemetry and no network.
 """
 
