@@ -132,7 +132,7 @@ def plot(rows: list[dict], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter
+    from matplotlib.ticker import FormatStrFormatter, FuncFormatter, LogLocator, NullFormatter
 
     panels = [s for s in SCENARIOS if s != "fusedgate" and any(r["scenario"] == s for r in rows)]
     if not panels:
@@ -156,8 +156,15 @@ def plot(rows: list[dict], path: str) -> None:
         if scenario == "lr_x3":
             ax.axhline(0.9, color="tab:red", ls=":", lw=1, label="target 0.9")
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))
-        ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2f"))
+        lo, hi = ax.get_ylim()
+        if hi / lo < 10:                      # under a decade: label the minor ticks too
+            ax.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))
+            ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2f"))
+        else:
+            if hi / lo < 1000:
+                ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xticks(range(len(chosen)), [f"{r['task']}\n{r['optimizer']}" for r in chosen], fontsize=8)
         ax.set_ylabel("brain / base")
         ax.set_title(TITLES[scenario], fontsize=10)
