@@ -101,6 +101,11 @@ def test_init_file_arguments_reach_the_brain(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_brain_eval_refuses_a_scenario_that_applies_nowhere(tmp_path, capsys):
+    assert main(["brain-eval", *TINY, "--scenarios", "fusedgate", "--out", str(tmp_path)]) == 2
+    assert "no scenario" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
 def test_brain_eval_refuses_a_file_as_out(tmp_path, capsys):
     target = tmp_path / "file.md"
     target.write_text("keep me")

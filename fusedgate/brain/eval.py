@@ -301,6 +301,9 @@ def main(args: argparse.Namespace) -> int:
         brain_kwargs = read_init(args.init)
         if args.window is not None:
             brain_kwargs["window"] = args.window
+        if not any(applies(s, t, o) for s in args.scenarios for t in args.tasks for o in args.optimizers):
+            raise UsageError(f"no scenario of {','.join(args.scenarios)} applies to tasks {','.join(args.tasks)} × "
+                             f"optimizers {','.join(args.optimizers)} (fusedgate: nanochat × fusedgate only)")
         out = check_out(args.out)
     except UsageError as exc:
         print(f"fusedgate brain-eval: error: {exc}", file=sys.stderr)
