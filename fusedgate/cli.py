@@ -22,7 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "spec": ("fusedgate.spec_cli", "show or validate a GateSpec JSON file"),
     "train": ("fusedgate.nanochat.cli", "train a NanoChat model (baseline, FusedGate or AdamW)"),
     "search": ("fusedgate.search.cli", "evolutionary search over the spec DSL"),
-    "brain-eval": ("fusedgate.brain_eval", "evaluate OptBrain against its base optimizers"),
+    "brain-eval": ("fusedgate.brain.eval", "evaluate OptBrain against its base optimizers"),
     "bench": ("fusedgate.bench.cli", "benchmark FusedGate against torch's fused AdamW"),
 }
 

@@ -1,40 +1,144 @@
-"""``fusedgate brain-eval`` end to end on a tiny budget (the real evidence run is bench/results/brain_eval.md)."""
+"""``fusedgate brain-eval`` end to end on a tiny budget (the real evidence run is bench/results/brain_eval.md),
+its scenario arithmetic against hand-computed numbers, and its usage errors (one line, exit code 2)."""
 
+import json
 import math
-import re
+import os
 
 import pytest
 
+from fusedgate.brain.scenarios import summarise, targets
+from fusedgate.brain.tasks import Arm, run_arm, spike_steps
 from fusedgate.cli import main
 
+TINY = ["--tasks", "regression", "--optimizers", "sgd", "--seeds", "2", "--steps", "30", "--window", "3",
+        "--no-overhead", "--no-progress"]
 
-def test_brain_eval_writes_table_and_plot(tmp_path, capsys):
-    code = main(["brain-eval", "--tasks", "regression", "--optimizers", "sgd", "--seeds", "2", "--steps", "40",
-                 "--window", "4", "--no-overhead", "--no-progress", "--out", str(tmp_path)])
+
+def test_brain_eval_writes_table_json_and_plot(tmp_path, capsys):
+    code = main(["brain-eval", *TINY, "--scenarios", "tuned,lr_x3,schedule", "--out", str(tmp_path)])
     assert code == 0
-    text = (tmp_path / "brain_eval.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["brain_eval.json", "brain_eval.md", "brain_eval.png"]
     assert (tmp_path / "brain_eval.png").stat().st_size > 1000
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["brain_eval.md", "brain_eval.png"]
-    rows = re.findall(r"^\| regression \| sgd \| (\d) \| (\S+) \| (\S+) \| (\S+) \|$", text, re.M)
-    assert [r[0] for r in rows] == ["0", "1"]
-    for _, base, brain, ratio in rows:   # each ratio is brain / base of its own seed
-        assert math.isclose(float(ratio), float(brain) / float(base), rel_tol=2e-3)
-    assert "bytes (torch wrapper)" in text
+    record = json.loads((tmp_path / "brain_eval.json").read_text())
+    assert {r["scenario"] for r in record["rows"]} == {"tuned", "lr_x3", "schedule"}
+    finals = {(r["arm"]["brain"], r["arm"]["lr_mult"], r["arm"]["schedule"], r["seed"]): r["final"]
+              for r in record["runs"]}
+    assert len(finals) == len(record["runs"]) == 5 * 2   # base, brain, base@3, brain@3, schedule: each once
+    x3 = next(r for r in record["rows"] if r["scenario"] == "lr_x3")
+    for seed, ratio in enumerate(x3["ratios"]):   # each ratio is brain / base of its own seed
+        assert math.isclose(ratio, finals[(True, 3.0, False, seed)] / finals[(False, 3.0, False, seed)], rel_tol=1e-9)
+    text = (tmp_path / "brain_eval.md").read_text()
+    assert "Command: `fusedgate brain-eval --tasks regression" in text and "gap closed" in text
     capsys.readouterr()
 
 
-@pytest.mark.parametrize("bad", [["--tasks", "nope"], ["--seeds", "0"], ["--optimizers", "sgd,lbfgs"]])
-def test_brain_eval_rejects_bad_arguments(bad, capsys):
+def test_scenario_fractions_against_hand_computed_values():
+    row = summarise("lr_x3", "t", "o", {"base": {0: 1.0, 1: 1.0}, "base@m": {0: 2.0, 1: 3.0},
+                                         "brain@m": {0: 1.5, 1: 2.0}})
+    assert row["gap_closed"] == pytest.approx((2.5 - 1.75) / (2.5 - 1.0))
+    assert row["ratio"] == pytest.approx(math.sqrt(0.75 * 2 / 3))
+    sched = summarise("schedule", "nanochat", "adamw", {"const": {0: 3.0}, "const+brain": {0: 2.9},
+                                                        "schedule": {0: 2.8}})
+    assert sched["recovered"] == pytest.approx(0.5)
+    flat = summarise("schedule", "t", "o", {"const": {0: 3.0}, "const+brain": {0: 2.9}, "schedule": {0: 2.999}})
+    assert math.isnan(flat["recovered"])          # a gap below 1 % of the loss gives no fraction
+    met = {t["target"][:8]: t["met"] for t in targets([sched])}
+    assert met == {"constant": True}
+
+
+def test_planted_spikes_and_fixed_clip_are_real():
+    spikes = spike_steps(0, 300)
+    assert spikes and min(spikes) >= 10 and spike_steps(0, 300) == spikes
+    none = run_arm("regression", "sgd", 0, Arm(spikes=True), steps=60)
+    clipped = run_arm("regression", "sgd", 0, Arm(spikes=True, clip=True), steps=60)
+    clean = run_arm("regression", "sgd", 0, Arm(), steps=60)
+    assert none["final"] != clean["final"] and clipped["final"] < none["final"]
+
+
+@pytest.mark.parametrize("bad", [["--tasks", "nope"], ["--seeds", "0"], ["--optimizers", "sgd,lbfgs"],
+                                 ["--steps", "-3"], ["--window", "2"], ["--threads", "0"],
+                                 ["--seeds", "9" * 5000]])
+def test_brain_eval_rejects_bad_arguments_in_one_line(bad, capsys):
     with pytest.raises(SystemExit) as info:
         main(["brain-eval", *bad])
     assert info.value.code == 2
-    assert "error:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error:" in err and len(err) < 300, err
+
+
+def _init_error(tmp_path, capsys, content: bytes | None, name="init.json"):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    out = tmp_path / "out"
+    code = main(["brain-eval", *TINY, "--init", str(path), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--init" in err, err
+    assert not (out / "brain_eval.md").exists()
+    return err
+
+
+def test_init_file_errors_are_one_line(tmp_path, capsys):
+    assert "cannot read" in _init_error(tmp_path, capsys, None)
+    assert "not UTF-8" in _init_error(tmp_path, capsys, b"\xff\xfe\x00binary\x89PNG")
+    assert "not valid JSON" in _init_error(tmp_path, capsys, b"{explore: 1")
+    assert "JSON object" in _init_error(tmp_path, capsys, b"[1, 2]")
+    assert "unknown OptBrain argument" in _init_error(tmp_path, capsys, b'{"explre": 0.5}')
+    assert "window" in _init_error(tmp_path, capsys, b'{"window": 1}')
+    assert "cannot read" in _init_error(tmp_path, capsys, None, name="")   # a folder
+
+
+def test_init_file_arguments_reach_the_brain(tmp_path, capsys):
+    (tmp_path / "init.json").write_text('{"explore": 0.0, "hypergrad": 0.0}', encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["brain-eval", *TINY, "--scenarios", "tuned", "--init", str(tmp_path / "init.json"),
+                 "--out", str(out)]) == 0
+    record = json.loads((out / "brain_eval.json").read_text())
+    tuned = record["rows"][0]
+    assert tuned["ratios"] == [1.0, 1.0]     # no exploration, no hypergradient: bit-identical to the base
+    assert record["meta"]["brain_kwargs"] == {"explore": 0.0, "hypergrad": 0.0, "window": 3}
+    capsys.readouterr()
+
+
+def test_brain_eval_refuses_a_scenario_that_applies_nowhere(tmp_path, capsys):
+    assert main(["brain-eval", *TINY, "--scenarios", "fusedgate", "--out", str(tmp_path)]) == 2
+    assert "no scenario" in capsys.readouterr().err and not list(tmp_path.iterdir())
 
 
 def test_brain_eval_refuses_a_file_as_out(tmp_path, capsys):
     target = tmp_path / "file.md"
     target.write_text("keep me")
-    assert main(["brain-eval", "--tasks", "regression", "--seeds", "1", "--steps", "5", "--no-overhead",
-                 "--no-progress", "--out", str(target)]) == 2
+    assert main(["brain-eval", *TINY, "--out", str(target)]) == 2
     assert target.read_text() == "keep me"
     assert "not a folder" in capsys.readouterr().err
+
+
+def _read_only_folder(tmp_path):
+    if os.geteuid() != 0:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder / "results"
+    # root writes through file modes: use a read-only file system instead
+    for candidate in ("/sys/fusedgate-brain-eval", "/proc/fusedgate-brain-eval"):
+        try:
+            os.makedirs(candidate)
+        except OSError:
+            return candidate
+        os.rmdir(candidate)
+    pytest.skip("no read-only location to write into")
+
+
+def test_brain_eval_refuses_a_read_only_out_before_training(tmp_path, capsys):
+    out = _read_only_folder(tmp_path)
+    assert main(["brain-eval", *TINY, "--steps", "100000", "--out", str(out)]) == 2   # fails at once
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write" in err, err
+
+
+def test_brain_eval_default_out_is_under_the_current_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["brain-eval", *TINY, "--scenarios", "tuned", "--seeds", "1"]) == 0
+    assert (tmp_path / "fusedgate-results" / "brain_eval" / "brain_eval.md").is_file()
+    capsys.readouterr()

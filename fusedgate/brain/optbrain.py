@@ -10,7 +10,7 @@ them), each exactly the identity at its neutral value (1, 1, 0):
   (schedulers that set ``lr`` keep working). SGD and Adam updates are both proportional to lr.
 * **clip** c ∈ [0.1, 5]: before the base step the group's gradient is scaled by min(1, τ/‖g‖) with
   τ = m̂·c/(1−c), m̂ the running (EMA, β=0.9) group grad norm; c ≥ 1 means no clipping. A spike
-  guard the brain can tighten; see ``brain_sensors.clip_ratio``.
+  guard the brain can tighten; see ``fusedgate.brain.sensors.clip_ratio``.
 * **dampen** d ∈ [0, 1]: the applied update is smoothed, u_t = (1−d)·Δ_t + d·u_{t−1}, with Δ_t the
   base optimizer's own update. Memory: while d > 0 the group keeps one buffer u (1× its params) and a
   transient copy of its params during the step; at d = 0 nothing is kept and the buffer restarts.
@@ -23,7 +23,7 @@ the generic mechanism above. Two knobs fall back to the generic mechanism on gat
 spec would ignore them: clip when the spec's clip is off at both poles (×c of k = ∞ is still ∞), and
 dampen when the spec is inert (equal poles: shifting the gate changes nothing), e.g. ``GateSpec.muon()``.
 
-Learning (``fusedgate.brain_policy``): decisions are held for a window of K steps; the first
+Learning (``fusedgate.brain.policy``): decisions are held for a window of K steps; the first
 ``warmup_windows`` windows are exactly neutral (the run is bit-identical to the base optimizer), then
 cycles of three windows (+ε, −ε, neutral control) in random order train a linear Gaussian policy by
 antithetic ES on the loss progress, and a guardrail shrinks the brain toward neutral whenever its
@@ -33,7 +33,8 @@ features accumulated on the device), none per step (tested by counting tensor->h
 
 Numpy mode, for any framework: ``OptBrain(None, n_groups=N)``; per step ``get_decisions(loss)`` ->
 ``{group: (scale, clip, dampen)}``, ``record_grads(group, grad_flat, param_flat=None)`` for each
-group, then ``finish_step()``. Save/load: ``save(path)``/``load(path)`` write/read ``.npz`` without
+group (only read when ``needs_grads``: the window's last step, or while clipping), then
+``finish_step()``. Save/load: ``save(path)``/``load(path)`` write/read ``.npz`` without
 pickle. Nothing is written anywhere else; there is no telemetry and no network.
 """
 
@@ -43,9 +44,9 @@ import math
 
 import numpy as np
 
-from fusedgate.brain_io import read_npz, restore_arrays, snapshot_arrays, write_npz
-from fusedgate.brain_policy import KNOBS, BrainCore, BrainError
-from fusedgate.brain_sensors import NumpySensors, clip_ratio
+from fusedgate.brain.policy import KNOBS, BrainCore, BrainError
+from fusedgate.brain.sensors import NumpySensors, clip_ratio
+from fusedgate.brain.state_io import read_npz, restore_arrays, snapshot_arrays, write_npz
 
 __all__ = ["KNOBS", "BrainError", "OptBrain"]
 
@@ -62,8 +63,10 @@ class OptBrain:
     """Wrap ``base_optimizer`` (any torch optimizer), or ``None`` with ``n_groups`` for numpy mode."""
 
     def __init__(self, base_optimizer=None, n_groups: int | None = None, *, window: int = 10,
-                 explore: float = 1.0, policy_lr: float = 0.1, decay: float = 0.02, warmup_windows: int = 3,
-                 alpha_min: float = 0.05, sketch_size: int = 64, seed: int = 0):
+                 explore: float = 1.0, policy_lr: float = 0.3, decay: float = 0.02, warmup_windows: int = 3,
+                 alpha_min: float = 0.05, sketch_size: int = 64, seed: int = 0, total_steps: int | None = None,
+                 horizon: float = 0.0, exploit: float = 0.0, mean_control: bool = True,
+                 hypergrad: float = 0.5, overshoot_target: float = 0.1):
         if not isinstance(sketch_size, int) or isinstance(sketch_size, bool) or not 1 <= sketch_size <= 4096:
             raise BrainError(f"sketch_size={sketch_size!r}: expected an integer in [1, 4096]")
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -83,8 +86,13 @@ class OptBrain:
                                  f"{len(base_optimizer.param_groups)} param groups")
             n_groups = len(base_optimizer.param_groups)
             self.mode = "fusedgate" if _is_fusedgate(base_optimizer) else "torch"
+        if total_steps is None and self.mode == "fusedgate":
+            total_steps = base_optimizer.total_steps
         self.core = BrainCore(n_groups, window=window, explore=explore, policy_lr=policy_lr, decay=decay,
-                              warmup_windows=warmup_windows, alpha_min=alpha_min, seed=seed)
+                              warmup_windows=warmup_windows, alpha_min=alpha_min, seed=seed,
+                              total_steps=total_steps, horizon=horizon, exploit=exploit,
+                              mean_control=mean_control, hypergrad=hypergrad,
+                              overshoot_target=overshoot_target)
         self.n_groups, self.window = n_groups, window
         self.step_count = 0
         self.frozen = False
@@ -93,7 +101,7 @@ class OptBrain:
             self._losses = np.zeros(window)
             self._have_loss = False
         else:
-            from fusedgate.brain_torch import TorchSensors
+            from fusedgate.brain.torch_sensors import TorchSensors
 
             groups = [list(g["params"]) for g in base_optimizer.param_groups]
             self.sensors = TorchSensors(groups, window, sketch_size, seed)
@@ -108,6 +116,7 @@ class OptBrain:
             # which knobs FusedGate applies itself (scale, clip, dampen); the rest stay generic
             self._via_gate = np.array([fg, fg and min(spec.aggressive.clip, spec.conservative.clip) < math.inf,
                                        fg and not spec.is_inert])
+        self._plan = None                                  # neutral knobs: the generic mechanism idles
 
     # ---- decisions ----------------------------------------------------------------------------------
     @property
@@ -129,6 +138,7 @@ class OptBrain:
                 table[g] = (s, c, d)
             self.core.decisions = table
             self._write_gate_keys()
+            self._make_plan()
         self.frozen = True
 
     def report(self) -> dict:
@@ -138,8 +148,10 @@ class OptBrain:
     def _end_window(self, losses: np.ndarray, feats: np.ndarray) -> None:
         if self.frozen:
             return
+        self.core.reliability = np.minimum(self.sensors.numel, self.sketch_size) / self.sketch_size
         self.core.end_window(losses, feats)
         self._write_gate_keys()
+        self._make_plan()
 
     def _write_gate_keys(self) -> None:
         """FusedGate mode: hand the knobs of gated groups to FusedGate (host floats, no device sync)."""
@@ -188,32 +200,52 @@ class OptBrain:
             raise BrainError(f"the optimizer now has {len(base.param_groups)} param groups, the brain was built "
                              f"for {self.n_groups}; wrap the optimizer after adding groups")
         k = self.step_count % self.window
-        self.sensors.begin_step(k, loss)
-        self._generic_step(base, loss)
+        self.sensors.record_loss(k, loss)
+        if k == self.window - 1:
+            self.sensors.sense()
+        if self._plan is None:                 # nothing for the generic mechanism to do this window
+            base.step(loss=loss) if self.mode == "fusedgate" else base.step()
+        else:
+            self._generic_step(base, loss, self._plan)
         self.sensors.end_step()
         self.step_count += 1
         if self.step_count % self.window == 0:
             self._end_window(*self.sensors.read_window())
         return loss
 
-    def _generic_step(self, base, loss) -> None:
-        """The base step, with the knobs applied to every group not driven through FusedGate's keys."""
-        import torch
-
+    def _make_plan(self) -> None:
+        """Turn the window's knobs into what the generic mechanism does on each of its steps (once per
+        window, so the per-step path is a few list looks): lr factors, clip ratios, dampen groups.
+        ``None`` when every knob of every group is neutral or driven through FusedGate's keys."""
+        if self.mode == "numpy":
+            return
         knobs = self.core.decisions.copy()
         mask = self._gate_group[:, None] & self._via_gate[None, :]
         knobs[mask] = np.broadcast_to([1.0, 1.0, 0.0], knobs.shape)[mask]
+        scaled = [(g, float(knobs[g, 0])) for g in range(self.n_groups) if knobs[g, 0] != 1.0]
         ratios = np.array([clip_ratio(c) for c in knobs[:, 1]])
-        if np.isfinite(ratios).any():
-            self.sensors.clip_(ratios)
-        damped = [g for g in range(self.n_groups) if knobs[g, 2] > 0.0]
-        before = {g: [p.detach().clone() for p in self.sensors.params_of_group[g]] for g in damped}
+        damped = [(g, float(knobs[g, 2])) for g in range(self.n_groups) if knobs[g, 2] > 0.0]
+        for g in range(self.n_groups):
+            if knobs[g, 2] <= 0.0:             # the smoothing restarts when dampen turns on again
+                self._dampen_valid[g] = False
+                self._dampen_buf.pop(g, None)
+        clip = ratios if np.isfinite(ratios).any() else None
+        self._plan = (scaled, clip, damped) if scaled or clip is not None or damped else None
+
+    def _generic_step(self, base, loss, plan) -> None:
+        """The base step, with the knobs applied to every group not driven through FusedGate's keys."""
+        import torch
+
+        scaled, clip, damped = plan
+        if clip is not None:
+            self.sensors.clip_(clip)
+        before = {g: [p.detach().clone() for p in self.sensors.params_of_group[g]] for g, _ in damped}
+        groups = base.param_groups
         saved = []
         try:
-            for g, group in enumerate(base.param_groups):
-                if knobs[g, 0] != 1.0:
-                    saved.append((group, group["lr"]))
-                    group["lr"] = group["lr"] * float(knobs[g, 0])
+            for g, s in scaled:
+                saved.append((groups[g], groups[g]["lr"]))
+                groups[g]["lr"] = groups[g]["lr"] * s
             if self.mode == "fusedgate":
                 base.step(loss=loss)
             else:
@@ -221,19 +253,17 @@ class OptBrain:
         finally:
             for group, lr in saved:
                 group["lr"] = lr
-        for g in range(self.n_groups):
-            if g not in before:
-                self._dampen_valid[g] = False      # the smoothing restarts when dampen turns on again
-                continue
+        for g, d in damped:
             params = [p.detach() for p in self.sensors.params_of_group[g]]
-            delta = torch._foreach_sub(params, before[g])
-            if self._dampen_valid[g]:
-                applied = torch._foreach_lerp(delta, self._dampen_buf[g], float(knobs[g, 2]))
-                torch._foreach_copy_(params, torch._foreach_add(before[g], applied))
-            else:
-                applied = delta                    # first damped step: u = Δ, params untouched
-            self._dampen_buf[g] = applied
-            self._dampen_valid[g] = True
+            if self._dampen_valid[g]:              # in place: params ← Δ, u ← u + (1−d)(Δ − u), params ← before + u
+                buf = self._dampen_buf[g]
+                torch._foreach_sub_(params, before[g])
+                torch._foreach_lerp_(buf, params, 1.0 - d)
+                torch._foreach_add_(before[g], buf)
+                torch._foreach_copy_(params, before[g])
+            else:                                  # first damped step: u = Δ, params untouched
+                self._dampen_buf[g] = torch._foreach_sub(params, before[g])
+                self._dampen_valid[g] = True
 
     def state_dict(self) -> dict:
         """The base optimizer's state dict plus ``"optbrain"``: the brain's arrays as tensors."""
@@ -271,7 +301,19 @@ class OptBrain:
         self._numpy_only("record_grads")
         if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or not 0 <= group < self.n_groups:
             raise BrainError(f"record_grads: group {group!r} is not in [0, {self.n_groups})")
-        self.sensors.record(int(group), grad_flat, param_flat)
+        self.sensors.record(int(group), grad_flat, param_flat, sense=self._sensing_step(),
+                            measure_norm=bool(self.core.decisions[int(group), 1] < 1.0))
+
+    def _sensing_step(self) -> bool:
+        return self.step_count % self.window == self.window - 1
+
+    @property
+    def needs_grads(self) -> bool:
+        """Numpy mode: whether ``record_grads`` reads this step's gradients (the window's last step,
+        or while a clip knob is on); on other steps it only checks its arguments, so callers may skip
+        flattening their gradients."""
+        self._numpy_only("needs_grads")
+        return self._sensing_step() or bool(np.any(self.core.decisions[:, 1] < 1.0))
 
     def clip_threshold(self, group: int) -> float:
         """Numpy mode: the grad-norm threshold τ = m̂·c/(1−c) the clip knob asks for (inf = no clip)."""

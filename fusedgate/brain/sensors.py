@@ -1,19 +1,22 @@
 """Per-step sensors of the OptBrain: the six features of each parameter group.
 
-For group g at step t, with ‖·‖ the L2 norm over all of the group's elements, ŝ_t a fixed random
-*sketch* of S coordinates of the group (sampled with replacement, seeded; the same coordinates every
-step, so sketch statistics are unbiased estimates of the full ones at O(S) cost) and m̂ the
-bias-corrected EMA (β = 0.9) of ‖g‖ over the previous steps:
+The features are measured on one step per window of K steps, the window's last (t = K−1, 2K−1, …),
+so that the brain costs almost nothing on the other steps. For group g at such a step t, with ‖·‖ the
+L2 norm over all of the group's elements, ŝ_t a fixed random *sketch* of S coordinates of the group
+(sampled with replacement, seeded; the same coordinates every step, so sketch statistics are unbiased
+estimates of the full ones at O(S) cost) and m̂ the bias-corrected EMA (β = 0.9) of ‖g‖ over the
+steps on which it was measured before (the sensed steps, plus every step while the clip knob is on):
 
     log_grad_norm     log ‖g_t‖
-    grad_spike        log ‖g_t‖ − log m̂_{t−1}                     (0 on the first step)
-    alignment         cos(ŝ(g_t), ŝ(g_{t−1}))                    (0 on the first step)
-    oscillation       fraction of sketch coordinates whose gradient sign flipped since t−1
-    log_update_ratio  log ‖ŝ(p_t) − ŝ(p_{t−1})‖ − log ‖ŝ(p_{t−1})‖  (the previous step's applied update)
+    grad_spike        log ‖g_t‖ − log m̂                             (0 before any measurement)
+    alignment         cos(ŝ(g_t), ŝ(g_{t−K}))  — one window apart   (0 in the first window)
+    oscillation       fraction of sketch coordinates whose gradient sign flipped since t−K
+    log_update_ratio  log ‖ŝ(p_t) − ŝ(p_{t−K})‖ − log ‖ŝ(p_{t−K})‖   (the net update of the last window)
+    overshoot         cos(ŝ(g_t), ŝ(p_t) − ŝ(p_{t−K}))  — > 0: the window's update overshot
     log_param_norm    log ‖p_t‖
 
-Logs are of max(x, 1e-30); a feature without history (first step) is 0. ``TorchSensors`` computes
-these on the parameters' device and accumulates them over a window without a host sync;
+Logs are of max(x, 1e-30); a feature without history is 0. ``TorchSensors`` computes these on the
+parameters' device and reads them back once per window;
 ``NumpySensors`` computes the same numbers in numpy for numpy mode and is the reference the tests
 compare the torch path against.
 """
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fusedgate.brain_policy import N_GROUP_FEATURES, BrainError
+from fusedgate.brain.policy import N_GROUP_FEATURES, BrainError
 
 NORM_BETA = 0.9
 TINY = 1e-30
@@ -44,7 +47,8 @@ def sketch_indices(numel: int, size: int, seed: int, group: int) -> np.ndarray:
 
 
 class NumpySensors:
-    """Numpy-mode sensors: ``record(group, grad_flat, param_flat)`` once per group per step."""
+    """Numpy-mode sensors: ``record(group, grad_flat, param_flat, sense, measure_norm)`` per group and step;
+    ``sense``: the window's last step (all features), ``measure_norm``: fold ‖g‖ into m̂ (clip on)."""
 
     def __init__(self, n_groups: int, sketch_size: int, seed: int):
         self.n_groups, self.sketch_size, self.seed = n_groups, sketch_size, seed
@@ -55,8 +59,7 @@ class NumpySensors:
         self.has_prev_param = np.zeros(n_groups, dtype=bool)
         self.norm_ema = np.zeros(n_groups)
         self.norm_count = np.zeros(n_groups, dtype=np.int64)
-        self.feat_sum = np.zeros((n_groups, N_GROUP_FEATURES))
-        self.feat_count = np.zeros(n_groups, dtype=np.int64)
+        self.feat = np.zeros((n_groups, N_GROUP_FEATURES))
         self._idx: dict[int, np.ndarray] = {}
 
     def running_norm(self, group: int) -> float:
@@ -64,7 +67,8 @@ class NumpySensors:
         n = int(self.norm_count[group])
         return float(self.norm_ema[group] / (1.0 - NORM_BETA ** n)) if n else float("nan")
 
-    def record(self, group: int, grad: np.ndarray, param: np.ndarray | None = None) -> None:
+    def record(self, group: int, grad: np.ndarray, param: np.ndarray | None = None, sense: bool = True,
+               measure_norm: bool = True) -> None:
         grad = np.asarray(grad, dtype=np.float64).reshape(-1)
         if grad.size == 0:
             raise BrainError(f"record_grads: group {group} got an empty gradient")
@@ -78,8 +82,13 @@ class NumpySensors:
         if group not in self._idx:
             self.numel[group] = grad.size
             self._idx[group] = sketch_indices(grad.size, self.sketch_size, self.seed, group)
-        idx = self._idx[group]
+        if not (sense or measure_norm):
+            return
         gnorm = float(np.linalg.norm(grad))
+        if not sense:
+            self._fold_norm(group, gnorm)
+            return
+        idx = self._idx[group]
         log_g = np.log(max(gnorm, TINY))
         m_prev = self.running_norm(group)
         f = np.zeros(N_GROUP_FEATURES)
@@ -96,25 +105,26 @@ class NumpySensors:
             if self.has_prev_param[group]:
                 du = np.linalg.norm(ps - self.prev_param[group])
                 f[4] = np.log(max(du, TINY)) - np.log(max(np.linalg.norm(self.prev_param[group]), TINY))
-            f[5] = np.log(max(float(np.linalg.norm(param)), TINY))
+                denom = np.linalg.norm(gs) * du
+                f[5] = float(np.dot(gs, ps - self.prev_param[group]) / denom) if denom > 0 else 0.0
+            f[6] = np.log(max(float(np.linalg.norm(param)), TINY))
             self.prev_param[group] = ps
             self.has_prev_param[group] = True
         self.prev_grad[group] = gs
         self.has_prev_grad[group] = True
+        self._fold_norm(group, gnorm)
+        self.feat[group] = f
+
+    def _fold_norm(self, group: int, gnorm: float) -> None:
         self.norm_ema[group] = NORM_BETA * self.norm_ema[group] + (1.0 - NORM_BETA) * gnorm
         self.norm_count[group] += 1
-        self.feat_sum[group] += f
-        self.feat_count[group] += 1
 
     def read_window(self) -> np.ndarray:
-        """(G, 6) mean features over the window's records; resets the accumulator."""
-        out = self.feat_sum / np.maximum(self.feat_count, 1)[:, None]
-        self.feat_sum[:] = 0.0
-        self.feat_count[:] = 0
-        return out
+        """(G, 6) features of the window's sensed step."""
+        return self.feat.copy()
 
     ARRAYS = ("numel", "prev_grad", "prev_param", "has_prev_grad", "has_prev_param", "norm_ema",
-              "norm_count", "feat_sum", "feat_count")
+              "norm_count", "feat")
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         return {name: np.array(getattr(self, name)) for name in self.ARRAYS}

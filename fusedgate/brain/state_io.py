@@ -15,14 +15,15 @@ import zipfile
 
 import numpy as np
 
-from fusedgate.brain_policy import BrainError, RunningNorm
+from fusedgate.brain.policy import BrainError, RunningNorm
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 STRUCTURE = ("n_groups", "window", "sketch_size", "seed")
-HYPER = ("explore", "policy_lr", "decay", "warmup_windows", "alpha_min")
+HYPER = ("explore", "policy_lr", "decay", "warmup_windows", "alpha_min", "total_steps", "horizon", "exploit",
+         "mean_control", "hypergrad", "overshoot_target")
 CORE_ARRAYS = ("W", "b", "sigma", "cycle_order", "cycle_r", "eps", "mu", "obs", "z", "decisions")
-CORE_SCALARS = ("alpha", "e_sq", "ema_d", "n_windows", "n_cycles", "n_shrinks", "n_bad_windows", "sum_d",
-                "prev_mean", "first_mean", "slow_mean", "cycle_pos")
+CORE_SCALARS = ("alpha", "e_sq", "ema_d", "n_windows", "n_cycles", "n_shrinks", "n_bad_windows", "sum_d", "n_d",
+                "prev_mean", "first_mean", "slow_mean", "prev_level", "last_r0", "last_rmu", "cycle_pos")
 MASK64 = (1 << 64) - 1
 MODES = ("numpy", "torch", "fusedgate")  # stored as an index: state dicts hold only numeric tensors
 
@@ -149,6 +150,7 @@ def restore_arrays(brain, arrays: dict[str, np.ndarray], source: str) -> None:
         params = brain.sensors.params_of_group[g]
         brain._dampen_buf[int(g)] = [torch.from_numpy(np.array(arrays[f"dampen_buf.{g}.{i}"])).to(
             device=p.device, dtype=p.dtype) for i, p in enumerate(params)]
+    brain._make_plan()
 
 
 def write_npz(path, arrays: dict[str, np.ndarray]) -> None:

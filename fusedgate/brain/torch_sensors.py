@@ -1,9 +1,13 @@
-"""The torch side of the OptBrain's sensors: the features of ``fusedgate.brain_sensors`` computed on the
-parameters' device, accumulated over a window, and read back with one host sync per window.
+"""The torch side of the OptBrain's sensors: the features of ``fusedgate.brain.sensors`` computed on the
+parameters' device once per window, and read back with one host sync per window.
 
-Every read here is a read: gradients and parameters are only gathered, normed and copied from, so a
-neutral brain leaves the base optimizer's trajectory bit-identical. ``clip_`` is the one writer: it
-scales a group's gradients by min(1, τ/‖g‖), τ = m̂·c/(1−c), when the brain's clip knob c < 1.
+Cost model (why it is built this way): a step of the base optimizer is a few passes over the
+parameters; anything the brain adds *per step* is paid on every step. So per step the sensors only
+copy the loss into a K-slot buffer on the device (one tiny kernel, no sync); the features are measured on one step per
+window (the window's last), and the group gradient norms on every step only while the clip knob is
+on (the clip needs them). Every read here is a read: gradients and parameters are only gathered,
+normed and copied from, so a neutral brain leaves the base optimizer's trajectory bit-identical.
+``clip_`` is the one writer: it scales a group's gradients by min(1, τ/‖g‖), τ = m̂·c/(1−c).
 """
 
 from __future__ import annotations
@@ -11,15 +15,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fusedgate.brain_policy import N_GROUP_FEATURES, BrainError
-from fusedgate.brain_sensors import NORM_BETA, TINY, sketch_indices
-
-LOG_TINY = float(np.log(TINY))
+from fusedgate.brain.policy import N_GROUP_FEATURES, BrainError
+from fusedgate.brain.sensors import NORM_BETA, TINY, sketch_indices
 
 
 class TorchSensors:
-    """Sensors over torch param groups. Per step: ``begin_step`` (before the update), optional
-    ``clip_``, then ``end_step``; ``read_window`` every K steps."""
+    """Sensors over torch param groups. Per step: ``record_loss``; on the window's last step
+    ``sense`` (before the update); ``clip_`` while clipping; ``read_window`` every K steps."""
 
     def __init__(self, groups: list[list[torch.Tensor]], window: int, sketch_size: int, seed: int):
         params = [p for group in groups for p in group]
@@ -38,6 +40,8 @@ class TorchSensors:
         group_of = [gi for gi, group in enumerate(groups) for _ in group]
         self.group_index = torch.tensor(group_of, device=self.device, dtype=torch.long)
         self.params_of_group = [[p for p, g in zip(params, group_of) if g == gi] for gi in range(len(groups))]
+        # the sketch as one gather: flat offsets of the S coordinates of each group in a concatenation
+        # of that group's tensors; per parameter, (local index, position in the (G·S) sketch)
         self._gather: list[tuple[torch.Tensor, torch.Tensor] | None] = []
         for gi, group in enumerate(groups):
             idx = sketch_indices(int(self.numel[gi]), sketch_size, seed, gi)
@@ -51,13 +55,12 @@ class TorchSensors:
                 pos = torch.tensor(gi * sketch_size + np.nonzero(mask)[0], device=self.device, dtype=torch.long)
                 self._gather.append((local, pos))
         g, s, dev = self.n_groups, sketch_size, self.device
-        self.loss_buf = torch.zeros(window, dtype=torch.float64, device=dev)
-        self.feat_sum = torch.zeros(g, N_GROUP_FEATURES, dtype=torch.float32, device=dev)
+        self.loss_buf = torch.full((window,), float("nan"), dtype=torch.float64, device=dev)
+        self.feat = torch.zeros(g, N_GROUP_FEATURES, dtype=torch.float32, device=dev)
         self.prev_grad = torch.zeros(g, s, dtype=torch.float32, device=dev)
         self.prev_param = torch.zeros(g, s, dtype=torch.float32, device=dev)
         self.norm_ema = torch.zeros(g, dtype=torch.float32, device=dev)
         self.norm_count = 0
-        self.feat_count = 0
         self.has_prev = False
         self._present_cache: dict[tuple[bool, ...], torch.Tensor] = {}
         self._gnorm: torch.Tensor | None = None
@@ -88,22 +91,31 @@ class TorchSensors:
         return out.sqrt()
 
     def running_norm(self) -> torch.Tensor:
-        """m̂ per group (G,): bias-corrected EMA of the group grad norm over previous steps."""
+        """m̂ per group (G,): bias-corrected EMA of the group grad norm over the measured steps."""
         if self.norm_count == 0:
             return torch.full_like(self.norm_ema, float("nan"))
         return self.norm_ema / (1.0 - NORM_BETA ** self.norm_count)
 
     # ---- per step ---------------------------------------------------------------------------------
-    def begin_step(self, k: int, loss) -> None:
-        """Record the loss at window slot k and this step's features (before the update)."""
+    def record_loss(self, k: int, loss) -> None:
+        """Copy this step's loss into slot k of the window's buffer (on the device, no sync)."""
+        self._gnorm = None
         if isinstance(loss, torch.Tensor):
             self.loss_buf[k].copy_(loss.detach().reshape(()))
         else:
             self.loss_buf[k].fill_(float(loss))
-        grads = [p.grad for p in self.params]
-        gnorm = self._group_norms(grads)
+
+    def grad_norms(self) -> torch.Tensor:
+        """This step's group gradient norms (G,), measured once per step on demand."""
+        if self._gnorm is None:
+            self._gnorm = self._group_norms([p.grad for p in self.params])
+        return self._gnorm
+
+    def sense(self) -> None:
+        """Measure the six features on this step (the window's last), before the update."""
+        gnorm = self.grad_norms()
         pnorm = self._group_norms(list(self.params))
-        gs = self._sketch(grads)
+        gs = self._sketch([p.grad for p in self.params])
         ps = self._sketch(list(self.params))
         log_g = gnorm.clamp_min(TINY).log()
         zero = torch.zeros_like(gnorm)
@@ -113,48 +125,47 @@ class TorchSensors:
             dot = (gs * self.prev_grad).sum(dim=1)
             align = torch.where(denom > 0, dot / denom.clamp_min(TINY), zero)
             osc = ((gs.sign() * self.prev_grad.sign()) < 0).float().mean(dim=1)
-            du = (ps - self.prev_param).norm(dim=1).clamp_min(TINY).log()
-            ratio = du - self.prev_param.norm(dim=1).clamp_min(TINY).log()
+            dp = ps - self.prev_param
+            du = dp.norm(dim=1)
+            ratio = du.clamp_min(TINY).log() - self.prev_param.norm(dim=1).clamp_min(TINY).log()
+            denom = gs.norm(dim=1) * du
+            over = torch.where(denom > 0, (gs * dp).sum(dim=1) / denom.clamp_min(TINY), zero)
         else:
-            align = osc = ratio = zero
-        feats = torch.stack([log_g, spike, align, osc, ratio, pnorm.clamp_min(TINY).log()], dim=1)
-        self.feat_sum += feats
-        self.feat_count += 1
-        self._gnorm, self._gs, self._ps = gnorm, gs, ps
+            align = osc = ratio = over = zero
+        torch.stack([log_g, spike, align, osc, ratio, over, pnorm.clamp_min(TINY).log()], dim=1, out=self.feat)
+        self.prev_grad.copy_(gs)
+        self.prev_param.copy_(ps)
+        self.has_prev = True
 
     def clip_(self, ratios: np.ndarray) -> None:
         """Scale group g's gradients by min(1, m̂_g·ratios[g]/‖g‖) where ratios[g] is finite."""
-        if self.norm_count == 0 or self._gnorm is None:
+        if self.norm_count == 0:
             return  # no running norm yet: nothing to clip against
         key = ratios.tobytes()
         if self._ratio_cache[0] != key:   # knobs change once per window: one upload per window, not per step
             self._ratio_cache = (key, torch.as_tensor(np.where(np.isfinite(ratios), ratios, 0.0),
                                                       dtype=torch.float32, device=self.device))
-        factor = (self.running_norm() * self._ratio_cache[1] / self._gnorm.clamp_min(TINY)).clamp_max(1.0)
+        factor = (self.running_norm() * self._ratio_cache[1] / self.grad_norms().clamp_min(TINY)).clamp_max(1.0)
         for gi in np.nonzero(np.isfinite(ratios))[0]:
             grads = [p.grad for p in self.params_of_group[gi] if p.grad is not None]
             if grads:
                 torch._foreach_mul_(grads, factor[gi])
 
     def end_step(self) -> None:
-        """Fold this step's raw grad norm into m̂ and keep the sketches for the next step."""
-        self.norm_ema.mul_(NORM_BETA).add_(self._gnorm, alpha=1.0 - NORM_BETA)
-        self.norm_count += 1
-        self.prev_grad.copy_(self._gs)
-        self.prev_param.copy_(self._ps)
-        self.has_prev = True
+        """Fold this step's raw grad norm into m̂, if it was measured (sensed step or clipping)."""
+        if self._gnorm is not None:
+            self.norm_ema.mul_(NORM_BETA).add_(self._gnorm, alpha=1.0 - NORM_BETA)
+            self.norm_count += 1
+            self._gnorm = None
 
     def read_window(self) -> tuple[np.ndarray, np.ndarray]:
-        """(losses (K,), mean features (G, 6)) of the finished window — the one host sync — and reset."""
-        host = torch.cat([self.loss_buf, self.feat_sum.double().flatten()]).cpu().numpy()
-        feats = host[self.window:].reshape(self.n_groups, N_GROUP_FEATURES) / max(self.feat_count, 1)
-        self.feat_sum.zero_()
-        self.feat_count = 0
-        return host[: self.window].copy(), feats
+        """(losses (K,), features (G, 6)) of the finished window — the one host sync — and reset."""
+        host = torch.cat([self.loss_buf, self.feat.double().flatten()]).cpu().numpy()
+        return host[: self.window].copy(), host[self.window:].reshape(self.n_groups, N_GROUP_FEATURES)
 
     # ---- save / load ------------------------------------------------------------------------------
-    TENSORS = ("loss_buf", "feat_sum", "prev_grad", "prev_param", "norm_ema")
-    SCALARS = ("norm_count", "feat_count", "has_prev")
+    TENSORS = ("loss_buf", "feat", "prev_grad", "prev_param", "norm_ema")
+    SCALARS = ("norm_count", "has_prev")
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         out = {name: getattr(self, name).detach().cpu().numpy().copy() for name in self.TENSORS}
@@ -166,5 +177,5 @@ class TorchSensors:
         for name in self.TENSORS:
             getattr(self, name).copy_(torch.from_numpy(np.asarray(arrays[name])))
         self.norm_count = int(arrays["norm_count"])
-        self.feat_count = int(arrays["feat_count"])
         self.has_prev = bool(arrays["has_prev"])
+        self._gnorm = None

@@ -1,0 +1,135 @@
+"""The promises ``fusedgate brain-eval`` measures, as scenarios over paired training arms.
+
+Every scenario compares arms (``fusedgate.brain.tasks.Arm``) trained with the same seed — same init,
+same batches, same planted spikes — and summarises each task × optimizer pair over the seeds. With
+L(arm) a final loss (lower is better):
+
+* ``tuned``    — the brain at the base's tuned constant lr: ratio L(brain)/L(base). Promise: never
+  more than 1 % worse (geometric-mean ratio ≤ 1.01).
+* ``lr_x3`` / ``lr_div3`` — the base at 3× and ⅓ of its tuned lr, with and without the brain:
+  ratio L(brain@m)/L(base@m), and the fraction of the gap to the tuned lr that the brain closes,
+  (L(base@m) − L(brain@m)) / (L(base@m) − L(base@1)). Promise (3×): ratio ≤ 0.9.
+* ``schedule`` — constant lr + brain vs constant lr vs the warmup + warmdown schedule: the fraction of
+  the schedule's gain the brain recovers, (L(const) − L(const+brain)) / (L(const) − L(schedule)).
+  Promise: ≥ 30 % on NanoChat.
+* ``clipping`` — planted gradient spikes: the brain vs a fixed clip vs neither; ratios to "neither".
+* ``fusedgate`` — the brain driving FusedGate's gate keys vs FusedGate alone on NanoChat: the
+  ``tuned`` arms of the ``fusedgate`` optimizer on ``nanochat``, shown as a row of its own.
+
+A fraction is computed from the seed-mean losses (the gap of one seed can be ~0 and its ratio
+meaningless) and is reported only when the gap is at least 1 % of the loss; ratios are geometric
+means over seeds (a diverged run counts as missing and is listed).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+from fusedgate.brain.tasks import Arm
+
+SCENARIOS = ("tuned", "lr_x3", "lr_div3", "schedule", "clipping", "fusedgate")
+
+# scenario -> {arm name: Arm}; arms shared by several scenarios are trained once
+ARMS: dict[str, dict[str, Arm]] = {
+    "tuned": {"base": Arm(), "brain": Arm(brain=True)},
+    "lr_x3": {"base": Arm(), "base@m": Arm(lr_mult=3.0), "brain@m": Arm(brain=True, lr_mult=3.0)},
+    "lr_div3": {"base": Arm(), "base@m": Arm(lr_mult=1 / 3), "brain@m": Arm(brain=True, lr_mult=1 / 3)},
+    "schedule": {"const": Arm(), "const+brain": Arm(brain=True), "schedule": Arm(schedule=True)},
+    "clipping": {"none": Arm(spikes=True), "fixed clip": Arm(spikes=True, clip=True),
+                 "brain": Arm(spikes=True, brain=True)},
+    "fusedgate": {"base": Arm(), "brain": Arm(brain=True)},
+}
+MIN_GAP = 0.01
+
+
+def arms_for(scenarios: list[str]) -> list[Arm]:
+    """The distinct arms the chosen scenarios need, in a stable order."""
+    out: list[Arm] = []
+    for name in scenarios:
+        for arm in ARMS[name].values():
+            if arm not in out:
+                out.append(arm)
+    return out
+
+
+def applies(scenario: str, task: str, optimizer: str) -> bool:
+    """The ``fusedgate`` scenario is NanoChat × FusedGate only; every other one runs on every pair."""
+    return scenario != "fusedgate" or (task == "nanochat" and optimizer == "fusedgate")
+
+
+def geomean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v) and v > 0]
+    return math.exp(statistics.fmean(math.log(v) for v in finite)) if finite else math.nan
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.fmean(finite) if finite else math.nan
+
+
+def _fraction(gain: float, gap: float, level: float) -> float:
+    return gain / gap if math.isfinite(gap) and gap >= MIN_GAP * level else math.nan
+
+
+def summarise(scenario: str, task: str, optimizer: str, finals: dict[str, dict[int, float]]) -> dict:
+    """One scenario row for one task × optimizer pair. ``finals``: arm name -> {seed: final loss}."""
+    seeds = sorted(set.intersection(*(set(v) for v in finals.values())))
+    per = {name: [finals[name][s] for s in seeds] for name in finals}
+    mean = {name: _mean(v) for name, v in per.items()}
+    row = {"scenario": scenario, "task": task, "optimizer": optimizer, "seeds": seeds, "finals": per,
+           "mean": mean, "diverged": {n: sum(not math.isfinite(x) for x in v) for n, v in per.items()}}
+
+    def ratios(a: str, b: str) -> list[float]:
+        return [x / y if math.isfinite(x) and math.isfinite(y) and y > 0 else math.nan
+                for x, y in zip(per[a], per[b])]
+
+    if scenario in ("tuned", "fusedgate"):
+        r = ratios("brain", "base")
+        row.update(ratio=geomean(r), ratios=r, wins=sum(x < 1 for x in r if math.isfinite(x)))
+    elif scenario in ("lr_x3", "lr_div3"):
+        r = ratios("brain@m", "base@m")
+        row.update(ratio=geomean(r), ratios=r, wins=sum(x < 1 for x in r if math.isfinite(x)),
+                   gap_closed=_fraction(mean["base@m"] - mean["brain@m"], mean["base@m"] - mean["base"],
+                                        mean["base"]),
+                   mis_set_cost=mean["base@m"] / mean["base"] if mean["base"] > 0 else math.nan)
+    elif scenario == "schedule":
+        r = ratios("const+brain", "const")
+        row.update(ratio=geomean(r), ratios=r, wins=sum(x < 1 for x in r if math.isfinite(x)),
+                   schedule_ratio=geomean(ratios("schedule", "const")),
+                   recovered=_fraction(mean["const"] - mean["const+brain"], mean["const"] - mean["schedule"],
+                                       mean["const"]))
+    elif scenario == "clipping":
+        r = ratios("brain", "none")
+        row.update(ratio=geomean(r), ratios=r, wins=sum(x < 1 for x in r if math.isfinite(x)),
+                   clip_ratio=geomean(ratios("fixed clip", "none")),
+                   brain_vs_clip=geomean(ratios("brain", "fixed clip")))
+    return row
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    """The issue's four quality targets, each checked against the measured rows (not asserted)."""
+    def pick(scenario, **where):
+        return [r for r in rows if r["scenario"] == scenario and all(r[k] == v for k, v in where.items())]
+
+    out = []
+    x3 = [r for r in pick("lr_x3") if r["optimizer"] in ("sgd", "adamw")]
+    if x3:
+        good = [r for r in x3 if r["ratio"] <= 0.9]
+        out.append({"target": "3× mis-set lr: brain/base ≤ 0.9 on ≥ 4 of the 6 task × {SGD, AdamW} pairs",
+                    "measured": f"{len(good)} of {len(x3)}", "met": len(good) >= min(4, len(x3)) and len(x3) == 6})
+    sched = pick("schedule", task="nanochat")
+    if sched:
+        fr = [r["recovered"] for r in sched]
+        out.append({"target": "constant lr: ≥ 30 % of the schedule's gain recovered on NanoChat",
+                    "measured": ", ".join(f"{r['optimizer']} {100 * r['recovered']:.0f} %" if math.isfinite(
+                        r["recovered"]) else f"{r['optimizer']} n/a" for r in sched),
+                    "met": all(math.isfinite(f) and f >= 0.3 for f in fr)})
+    tuned = pick("tuned")
+    if tuned:
+        worst = max(tuned, key=lambda r: r["ratio"] if math.isfinite(r["ratio"]) else math.inf)
+        out.append({"target": "tuned lr: never more than 1 % worse than the base (every pair's geomean ratio "
+                              "≤ 1.01)",
+                    "measured": f"worst {worst['task']}/{worst['optimizer']} {worst['ratio']:.3f}",
+                    "met": all(math.isfinite(r["ratio"]) and r["ratio"] <= 1.01 for r in tuned)})
+    return out
