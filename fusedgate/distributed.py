@@ -1,0 +1,343 @@
+"""FusedGate on ``torch.distributed``: what is synchronised, who owns what, and the cost.
+
+Modes (``FusedGate(..., distributed=...)``)
+-------------------------------------------
+``"auto"`` (default): no process group, or a group of one rank → single-process FusedGate, nothing is
+    communicated. With an initialised group of more than one rank the constructor *refuses* and asks
+    for one of the two modes below. The optimizer cannot see whether the model is wrapped in DDP, and
+    each wrong guess is silent: trusting unsynchronised gradients lets the ranks drift apart, and
+    averaging DDP's already-averaged gradients again doubles the communication. So the user says which.
+``"replicated"``: the model is wrapped in ``DistributedDataParallel``, which has averaged the gradients
+    by the time ``step()`` runs. Every rank runs the whole step on identical gradients. The loss given
+    to ``step(loss=...)`` is averaged over the ranks first, so every rank's loss sensors, gate and
+    update are the same and the ranks stay bit-identical. The first ``step()`` checks once (one
+    all-reduce of a gradient fingerprint, one host sync) that the gradients agree across ranks, and
+    raises if they do not (DDP missing).
+``"zero2"``: no DDP; FusedGate synchronises the gradients itself and shards its state (ZeRO-2, the way
+    nanochat's distributed ``MuonAdamW`` does). The first ``step()`` checks that the same parameters
+    have gradients on every rank and warns when the gradients are already identical (DDP present:
+    the second average costs communication and changes nothing but rounding).
+``"replicated"``/``"zero2"`` with no group or one rank run as single-process FusedGate.
+
+Sharding in ``"zero2"``
+-----------------------
+Within each param group the parameters are split into *runs*: parameters of the same role (gated
+or AdamW), shape and dtype, in group order. A run of K parameters on N ranks is cut into N chunks
+of c = ⌈K/N⌉ consecutive parameters (the last chunks are short or empty: padding); chunk j is owned
+by rank (j + s) mod N, where the start s rotates from run to run so that the short runs (an
+embedding, a bias) do not all land on rank 0. Ownership depends only on ``param_groups``, never on
+the data, so every rank derives the same plan. One step:
+
+1. launch, asynchronously: the all-reduce of the loss (SUM, then /N) and, per run,
+   K ≥ N: one reduce-scatter (SUM) of the gradient stack laid out as N slots of c matrices
+        (zeros in the padding), so rank r receives the summed gradients of the chunk it owns;
+   K < N: a reduce (SUM) of each gradient to its owner (no padding traffic);
+2. wait; each owner divides by N and writes the averaged gradient into ``p.grad`` of the parameters
+   it owns (the other parameters keep their local gradients);
+3. the usual FusedGate step on the owned parameters only: the same code as a single process (the gate
+   and sensors, Polar Express / Newton–Schulz, NorMuon, AdamW, ``reference.gated_matrix_stack`` on the
+   owned part of each same-shape stack), so optimizer state exists only for owned parameters, and the
+   per-parameter sensors are computed once, by the owner, from the full averaged gradient;
+4. launch, per run, the all-gather of the updated chunks (K ≥ N) or the broadcast from the owner
+   (K < N), wait, copy into the parameters. Every rank then holds the same parameters.
+The collectives of one phase overlap each other (they are all in flight at once); unlike nanochat,
+the compute of one group does not overlap the communication of the next (the gate of all groups is
+computed in one go, as in the single-process step).
+
+A non-finite gradient skips that matrix's step, as in a single process: the owner sees the full
+averaged gradient. The global loss state is replicated (five floats, identical on every rank).
+
+Bytes, by design (P parameters' elements, N ranks, fp32 state and gradients)
+----------------------------------------------------------------------------
+Optimizer state per parameter element: 8 B for AdamW (exp_avg, exp_avg_sq) and 8 B for a gated
+matrix (exp_avg, exp_avg_sq — the second moment is allocated even when no pole uses the Adam
+direction) plus a NorMuon moment of one value per row or column and 48 B of sensors per matrix.
+nanochat's MuonAdamW keeps 4 B per Muon element (the momentum) plus its factored second moment,
+and 8 B per AdamW element.
+    replicated:  every rank holds the state of all P elements: ≈ 8·P B per rank.
+    zero2:       each rank holds the state of the parameters it owns: ≈ 8·P/N B when every run is
+                 long (K ≫ N); whole parameters are owned, so a single large tensor (an embedding)
+                 sits on one rank. nanochat shards such a tensor along dim 0 instead.
+Communication per rank per step (ring algorithms; element size b: 4 for fp32):
+    replicated:  DDP's all-reduce of the gradients, 2·(N−1)/N·P·b, plus the 4-byte loss all-reduce.
+    zero2:       reduce-scatter of the gradients (N−1)/N·P'·b plus all-gather of the parameters
+                 (N−1)/N·P'·b, P' = P with each run padded to N·⌈K/N⌉ matrices; runs with K < N go
+                 through reduce + broadcast, which move the same (N−1)/N·numel·b each. Total
+                 ≈ 2·(N−1)/N·P'·b + 4 B, the same volume as DDP's all-reduce; nanochat's optimizer moves
+                 the same (reduce-scatter + all-gather for large tensors, all-reduce for small ones).
+
+Checkpoints: ``state_dict()`` gathers the owners' state onto every rank (a collective: every rank must
+call it) and returns the single-process format, so a checkpoint saved at N ranks loads at any M,
+including a single process; ``load_state_dict`` keeps only the state this rank owns.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.distributed as dist
+
+MODES = ("auto", "replicated", "zero2")
+
+
+def world_size() -> int:
+    """The default process group's size, or 1 without an initialised group."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def resolve_mode(mode: str) -> str | None:
+    """The effective mode: None for a single process, else "replicated" or "zero2"."""
+    if mode not in MODES:
+        raise ValueError(f"distributed={mode!r} is not one of {MODES}")
+    world = world_size()
+    if world == 1:
+        return None
+    if mode == "auto":
+        raise ValueError(f"torch.distributed is initialised with {world} ranks: pass distributed='replicated' "
+                         "(model wrapped in DDP, gradients already averaged) or distributed='zero2' (no DDP: "
+                         "FusedGate averages the gradients and shards its state)")
+    return mode
+
+
+def refuse_dtensor(p: torch.Tensor) -> None:
+    """A one-line error for FSDP2 / tensor-parallel (DTensor) parameters, raised before any state exists."""
+    if not dist.is_available():
+        return
+    from torch.distributed.tensor import DTensor
+    if isinstance(p, DTensor):
+        raise TypeError("FusedGate does not support DTensor parameters (FSDP2 fully_shard, tensor parallel): "
+                        "keep the model's parameters plain and use distributed='zero2' (FusedGate averages "
+                        "the gradients and shards its own state) or DDP with distributed='replicated'")
+
+
+def setup(optimizer, mode: str):
+    """The synchroniser for ``optimizer`` (None for a single process)."""
+    resolved = resolve_mode(mode)
+    if resolved is None:
+        return None
+    return Replicated() if resolved == "replicated" else Zero2()
+
+
+def _reduce_scatter(output, input, async_op):
+    fn = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+    return fn(output, input, op=dist.ReduceOp.SUM, async_op=async_op)
+
+
+def _all_gather(output, input, async_op):
+    fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    return fn(output, input, async_op=async_op)
+
+
+class Sync:
+    """One step's synchronisation, shared by both modes: the loss average and the first-step check."""
+
+    mode = ""
+
+    def __init__(self):
+        self.world = dist.get_world_size()
+        self.rank = dist.get_rank()
+        self.checked = False
+        self._loss = None
+        self._loss_work = None
+
+    # -------------------------------------------------------------- the step
+    def begin(self, optimizer, loss, device) -> None:
+        """Launch the loss all-reduce (async: no host sync) and whatever the mode needs before the update."""
+        if not self.checked:
+            self._first_step_check(optimizer, loss is not None, device)
+            self.checked = True
+        self._loss, self._loss_work = None, None
+        if loss is not None:
+            self._loss = torch.as_tensor(loss).detach().to(device=device, dtype=torch.float32).reshape(()).clone()
+            self._loss_work = dist.all_reduce(self._loss, op=dist.ReduceOp.SUM, async_op=True)
+
+    def averaged_loss(self) -> torch.Tensor:
+        """The mean of the ranks' losses (waits for the all-reduce; on GPU the wait is stream-side)."""
+        self._loss_work.wait()
+        return self._loss / self.world
+
+    def owns(self, p: torch.Tensor) -> bool:
+        return True
+
+    def finish(self, optimizer) -> None:
+        pass
+
+    # -------------------------------------------------------------- checkpoints
+    def gather_state(self, optimizer, state_dict: dict) -> dict:
+        return state_dict
+
+    def drop_unowned(self, optimizer) -> None:
+        pass
+
+    # -------------------------------------------------------------- checks
+    def _first_step_check(self, optimizer, has_loss: bool, device) -> None:
+        """One all-reduce (MAX of x and of −x) of a fingerprint: which params have gradients, whether a loss
+        was given, and per gradient its sum and sum of squares. Raises when the ranks disagree on what
+        takes part in the collectives; returns whether the gradients are identical across ranks."""
+        presence, sums = [float(has_loss)], []
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                presence.append(float(p.grad is not None))
+                if p.grad is not None:
+                    g = p.grad.detach().double()
+                    sums += [g.sum(), g.square().sum()]
+        local = torch.cat([torch.tensor(presence, dtype=torch.float64),
+                           torch.stack(sums).cpu() if sums else torch.zeros(0, dtype=torch.float64)])
+        both = torch.cat([local, -local]).to(device)
+        dist.all_reduce(both, op=dist.ReduceOp.MAX)
+        high, low = both[:len(local)].cpu(), -both[len(local):].cpu()
+        n = len(presence)
+        if not torch.equal(high[:n], low[:n]):
+            raise RuntimeError(f"FusedGate distributed={self.mode!r}: the ranks disagree on which parameters "
+                               "have gradients or on whether step() gets a loss; every rank must pass the "
+                               "same (as DDP requires)")
+        return bool(torch.equal(high[n:], low[n:]))
+
+
+class Replicated(Sync):
+    """DDP has averaged the gradients: only the loss is averaged; every rank runs the whole step."""
+
+    mode = "replicated"
+
+    def _first_step_check(self, optimizer, has_loss, device):
+        if not super()._first_step_check(optimizer, has_loss, device):
+            raise RuntimeError("FusedGate distributed='replicated': the gradients differ across ranks at the "
+                               "first step; wrap the model in DistributedDataParallel, or use "
+                               "distributed='zero2' to let FusedGate average them")
+        return True
+
+
+class Run:
+    """A run of same-role, same-shape, same-dtype parameters of one group and its ownership."""
+
+    def __init__(self, params: list[torch.Tensor], world: int, start: int):
+        self.params = params
+        self.world = world
+        self.chunk = math.ceil(len(params) / world)
+        # slot of parameter i in the rank-ordered padded stack; the owner rank of parameter i
+        self.owner = [((i // self.chunk) + start) % world for i in range(len(params))]
+        self.slot = [self.owner[i] * self.chunk + i % self.chunk for i in range(len(params))]
+        self.stacked = len(params) >= world   # reduce-scatter / all-gather; else reduce / broadcast per param
+
+    @property
+    def chunks_used(self) -> int:
+        return math.ceil(len(self.params) / self.chunk)
+
+
+class Zero2(Sync):
+    """ZeRO-2: the optimizer averages gradients (reduce-scatter / reduce), owners update, all-gather."""
+
+    mode = "zero2"
+
+    def __init__(self):
+        super().__init__()
+        self._plan_key = None
+        self.runs: list[Run] = []
+        self.owned: set = set()
+        self._pending = []
+
+    def plan(self, optimizer) -> list[Run]:
+        """The runs and this rank's owned parameters, rebuilt when ``param_groups`` change."""
+        key = tuple(tuple(id(p) for p in group["params"]) for group in optimizer.param_groups)
+        if key != self._plan_key:
+            runs, start = [], 0
+            for group in optimizer.param_groups:
+                by_kind: dict[tuple, list] = {}
+                for index, p in enumerate(group["params"]):
+                    role = optimizer.is_gated(group, index, p)
+                    by_kind.setdefault((role, tuple(p.shape), p.dtype), []).append(p)
+                for params in by_kind.values():
+                    run = Run(params, self.world, start)
+                    start = (start + run.chunks_used) % self.world
+                    runs.append(run)
+            self.runs = runs
+            self.owned = {p for run in runs for p, r in zip(run.params, run.owner) if r == self.rank}
+            self._plan_key = key
+        return self.runs
+
+    def owns(self, p: torch.Tensor) -> bool:
+        return p in self.owned
+
+    def _first_step_check(self, optimizer, has_loss, device):
+        if super()._first_step_check(optimizer, has_loss, device):
+            warnings.warn("FusedGate distributed='zero2': the gradients are identical on every rank at the first "
+                          "step. If the model is wrapped in DDP use distributed='replicated' (zero2 averages "
+                          "them a second time).", stacklevel=4)
+        return True
+
+    def begin(self, optimizer, loss, device) -> None:
+        super().begin(optimizer, loss, device)
+        runs = self.plan(optimizer)
+        launched = []
+        for run in runs:
+            grads = [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in run.params]
+            if run.stacked:
+                stack = grads[0].new_zeros((self.world * run.chunk,) + tuple(grads[0].shape))
+                for g, slot in zip(grads, run.slot):
+                    stack[slot].copy_(g)
+                out = stack.new_empty((run.chunk,) + tuple(grads[0].shape))
+                launched.append((run, out, _reduce_scatter(out, stack, async_op=True)))
+            else:
+                bufs = [g.clone() for g in grads]
+                works = [dist.reduce(b, dst=owner, op=dist.ReduceOp.SUM, async_op=True)
+                         for b, owner in zip(bufs, run.owner)]
+                launched.append((run, bufs, works))
+        for run, out, work in launched:
+            for w in work if isinstance(work, list) else [work]:
+                w.wait()
+            for i, p in enumerate(run.params):
+                if run.owner[i] != self.rank or p.grad is None:
+                    continue
+                summed = out[i % run.chunk] if run.stacked else out[i]
+                p.grad.copy_(summed.div_(self.world))
+
+    def finish(self, optimizer) -> None:
+        launched = []
+        for run in self.runs:
+            shape = tuple(run.params[0].shape)
+            if run.stacked:
+                mine = run.params[0].new_zeros((run.chunk,) + shape)
+                for i, p in enumerate(run.params):
+                    if run.owner[i] == self.rank:
+                        mine[i % run.chunk].copy_(p.detach())
+                out = mine.new_empty((self.world * run.chunk,) + shape)
+                launched.append((run, out, [_all_gather(out, mine, async_op=True)]))
+            else:
+                works = [dist.broadcast(p.detach(), src=owner, async_op=True)
+                         for p, owner in zip(run.params, run.owner)]
+                launched.append((run, None, works))
+        for run, out, works in launched:
+            for w in works:
+                w.wait()
+            if out is None:
+                continue
+            for i, p in enumerate(run.params):
+                if run.owner[i] != self.rank:
+                    p.detach().copy_(out[run.slot[i]])
+
+    # -------------------------------------------------------------- checkpoints
+    def gather_state(self, optimizer, state_dict: dict) -> dict:
+        """Every rank's owned state, merged: the single-process state_dict, on every rank (CPU tensors)."""
+        local = {pid: {k: v.detach().cpu().clone() if torch.is_tensor(v) else v for k, v in s.items()}
+                 for pid, s in state_dict["state"].items()}
+        everyone = [None] * self.world
+        dist.all_gather_object(everyone, local)
+        merged = {}
+        for part in everyone:
+            merged.update(part)
+        return {**state_dict, "state": {pid: merged[pid] for pid in sorted(merged)}}
+
+    def drop_unowned(self, optimizer) -> None:
+        self.plan(optimizer)
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p not in self.owned:
+                    optimizer.state.pop(p, None)
+
+
+def state_bytes(optimizer) -> int:
+    """Bytes of the optimizer's per-parameter state tensors on this rank (views counted by their size)."""
+    return sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
+               if torch.is_tensor(v))
