@@ -74,6 +74,7 @@ including a single process; ``load_state_dict`` keeps only the state this rank o
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 
 import torch
@@ -82,16 +83,18 @@ import torch.distributed as dist
 MODES = ("auto", "replicated", "zero2")
 
 
-def world_size() -> int:
-    """The default process group's size, or 1 without an initialised group."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+def world_size(group=None) -> int:
+    """The size of ``group`` (None: the default group), or 1 without an initialised process group."""
+    return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
 
 
-def resolve_mode(mode: str) -> str | None:
+def resolve_mode(mode: str, group=None) -> str | None:
     """The effective mode: None for a single process, else "replicated" or "zero2"."""
     if mode not in MODES:
         raise ValueError(f"distributed={mode!r} is not one of {MODES}")
-    world = world_size()
+    if group is not None and (not dist.is_initialized() or dist.get_rank(group) < 0):
+        raise ValueError("process_group: this rank is not a member of the given process group")
+    world = world_size(group)
     if world == 1:
         return None
     if mode == "auto":
@@ -103,31 +106,29 @@ def resolve_mode(mode: str) -> str | None:
 
 def refuse_dtensor(p: torch.Tensor) -> None:
     """A one-line error for FSDP2 / tensor-parallel (DTensor) parameters, raised before any state exists."""
-    if not dist.is_available():
-        return
-    from torch.distributed.tensor import DTensor
-    if isinstance(p, DTensor):
+    dtensor = sys.modules.get("torch.distributed.tensor")   # not imported: no DTensor exists (and the
+    if dtensor is not None and isinstance(p, dtensor.DTensor):   # import costs ~1 s)
         raise TypeError("FusedGate does not support DTensor parameters (FSDP2 fully_shard, tensor parallel): "
                         "keep the model's parameters plain and use distributed='zero2' (FusedGate averages "
                         "the gradients and shards its own state) or DDP with distributed='replicated'")
 
 
-def setup(optimizer, mode: str):
-    """The synchroniser for ``optimizer`` (None for a single process)."""
-    resolved = resolve_mode(mode)
+def setup(optimizer, mode: str, group=None):
+    """The synchroniser for ``optimizer`` over ``group`` (None: the default group); None for a single process."""
+    resolved = resolve_mode(mode, group)
     if resolved is None:
         return None
-    return Replicated() if resolved == "replicated" else Zero2()
+    return Replicated(group) if resolved == "replicated" else Zero2(group)
 
 
-def _reduce_scatter(output, input, async_op):
+def _reduce_scatter(output, input, group):
     fn = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
-    return fn(output, input, op=dist.ReduceOp.SUM, async_op=async_op)
+    return fn(output, input, op=dist.ReduceOp.SUM, group=group, async_op=True)
 
 
-def _all_gather(output, input, async_op):
+def _all_gather(output, input, group):
     fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    return fn(output, input, async_op=async_op)
+    return fn(output, input, group=group, async_op=True)
 
 
 class Sync:
@@ -135,9 +136,10 @@ class Sync:
 
     mode = ""
 
-    def __init__(self):
-        self.world = dist.get_world_size()
-        self.rank = dist.get_rank()
+    def __init__(self, group=None):
+        self.group = group
+        self.world = dist.get_world_size(group)
+        self.rank = dist.get_rank(group)
         self.checked = False
         self._loss = None
         self._loss_work = None
@@ -151,7 +153,7 @@ class Sync:
         self._loss, self._loss_work = None, None
         if loss is not None:
             self._loss = torch.as_tensor(loss).detach().to(device=device, dtype=torch.float32).reshape(()).clone()
-            self._loss_work = dist.all_reduce(self._loss, op=dist.ReduceOp.SUM, async_op=True)
+            self._loss_work = dist.all_reduce(self._loss, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
 
     def averaged_loss(self) -> torch.Tensor:
         """The mean of the ranks' losses (waits for the all-reduce; on GPU the wait is stream-side)."""
@@ -186,7 +188,7 @@ class Sync:
         local = torch.cat([torch.tensor(presence, dtype=torch.float64),
                            torch.stack(sums).cpu() if sums else torch.zeros(0, dtype=torch.float64)])
         both = torch.cat([local, -local]).to(device)
-        dist.all_reduce(both, op=dist.ReduceOp.MAX)
+        dist.all_reduce(both, op=dist.ReduceOp.MAX, group=self.group)
         high, low = both[:len(local)].cpu(), -both[len(local):].cpu()
         n = len(presence)
         if not torch.equal(high[:n], low[:n]):
@@ -231,8 +233,8 @@ class Zero2(Sync):
 
     mode = "zero2"
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, group=None):
+        super().__init__(group)
         self._plan_key = None
         self.runs: list[Run] = []
         self.owned: set = set()
@@ -260,6 +262,9 @@ class Zero2(Sync):
     def owns(self, p: torch.Tensor) -> bool:
         return p in self.owned
 
+    def _global_rank(self, rank: int) -> int:
+        return rank if self.group is None else dist.get_global_rank(self.group, rank)
+
     def _first_step_check(self, optimizer, has_loss, device):
         if super()._first_step_check(optimizer, has_loss, device):
             warnings.warn("FusedGate distributed='zero2': the gradients are identical on every rank at the first "
@@ -278,11 +283,11 @@ class Zero2(Sync):
                 for g, slot in zip(grads, run.slot):
                     stack[slot].copy_(g)
                 out = stack.new_empty((run.chunk,) + tuple(grads[0].shape))
-                launched.append((run, out, _reduce_scatter(out, stack, async_op=True)))
+                launched.append((run, out, _reduce_scatter(out, stack, self.group)))
             else:
                 bufs = [g.clone() for g in grads]
-                works = [dist.reduce(b, dst=owner, op=dist.ReduceOp.SUM, async_op=True)
-                         for b, owner in zip(bufs, run.owner)]
+                works = [dist.reduce(b, dst=self._global_rank(owner), op=dist.ReduceOp.SUM, group=self.group,
+                                     async_op=True) for b, owner in zip(bufs, run.owner)]
                 launched.append((run, bufs, works))
         for run, out, work in launched:
             for w in work if isinstance(work, list) else [work]:
@@ -303,9 +308,9 @@ class Zero2(Sync):
                     if run.owner[i] == self.rank:
                         mine[i % run.chunk].copy_(p.detach())
                 out = mine.new_empty((self.world * run.chunk,) + shape)
-                launched.append((run, out, [_all_gather(out, mine, async_op=True)]))
+                launched.append((run, out, [_all_gather(out, mine, self.group)]))
             else:
-                works = [dist.broadcast(p.detach(), src=owner, async_op=True)
+                works = [dist.broadcast(p.detach(), src=self._global_rank(owner), group=self.group, async_op=True)
                          for p, owner in zip(run.params, run.owner)]
                 launched.append((run, None, works))
         for run, out, works in launched:
@@ -323,7 +328,7 @@ class Zero2(Sync):
         local = {pid: {k: v.detach().cpu().clone() if torch.is_tensor(v) else v for k, v in s.items()}
                  for pid, s in state_dict["state"].items()}
         everyone = [None] * self.world
-        dist.all_gather_object(everyone, local)
+        dist.all_gather_object(everyone, local, group=self.group)
         merged = {}
         for part in everyone:
             merged.update(part)

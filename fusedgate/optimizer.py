@@ -46,11 +46,12 @@ class FusedGate(torch.optim.Optimizer):
         distributed: "auto" (a single process; refused when torch.distributed runs more than one rank),
             "replicated" (the model is wrapped in DDP) or "zero2" (FusedGate averages the gradients and
             shards its state); see ``fusedgate.distributed``.
+        process_group: the ranks that share the data-parallel work (None: the default group).
     """
 
     def __init__(self, params, spec: GateSpec | None = None, total_steps: int | None = None,
                  backend: str = "auto", adamw_names: Iterable[str] = DEFAULT_ADAMW_NAMES,
-                 distributed: str = "auto"):
+                 distributed: str = "auto", process_group=None):
         spec = GateSpec.default() if spec is None else spec
         if not isinstance(spec, GateSpec):
             raise TypeError(f"spec must be a GateSpec, got {type(spec).__name__}")
@@ -69,7 +70,7 @@ class FusedGate(torch.optim.Optimizer):
             ns_steps=spec.ns_steps, beta2=spec.normuon_beta2, gate_scale=1.0, gate_clip=1.0, gate_dampen=0.0,
         )
         super().__init__(params, defaults)
-        self._sync = D.setup(self, distributed)   # None: a single process
+        self._sync = D.setup(self, distributed, process_group)   # None: a single process
         if backend == "triton":
             self._triton_backend()  # fail now, clearly, if Triton is missing
 

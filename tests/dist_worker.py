@@ -26,6 +26,9 @@ GLOBAL_BATCH = 48          # divisible by 1, 2, 3
 STEPS = 20
 SAVE_AT = 10
 VOCAB, WIDTH, WIDE, CLASSES = 16, 8, 12, 5
+# fork: the children inherit the imported torch (a spawned child spends seconds importing torch and
+# torch._dynamo); the parent runs no process group and the children use one thread each
+START_METHOD = "fork"
 
 
 class Net(nn.Module):
@@ -77,15 +80,16 @@ PRESETS = ("adamw", "nanochat", "default")
 MUON_LR = 5e-4
 
 
-def make_optimizer(model: Net, preset: str, mode: str) -> FusedGate:
+def make_optimizer(model: Net, preset: str, mode: str, group=None) -> FusedGate:
     """The three presets at small learning rates (Muon's orthogonaliser amplifies rounding differences
     between runs at large ones)."""
     if preset == "adamw":
-        return FusedGate(model.named_parameters(), spec=GateSpec.adamw(lr=3e-3), distributed=mode)
+        return FusedGate(model.named_parameters(), spec=GateSpec.adamw(lr=3e-3), distributed=mode,
+                         process_group=group)
     if preset == "nanochat":
-        return FusedGate(model.nanochat_groups(), spec=GateSpec.nanochat(), distributed=mode)
+        return FusedGate(model.nanochat_groups(), spec=GateSpec.nanochat(), distributed=mode, process_group=group)
     spec = GateSpec.default().replace(lr=MUON_LR, weight_decay=0.01)
-    return FusedGate(model.named_parameters(), spec=spec, total_steps=STEPS, distributed=mode)
+    return FusedGate(model.named_parameters(), spec=spec, total_steps=STEPS, distributed=mode, process_group=group)
 
 
 def train(model: nn.Module, opt: FusedGate, start: int, stop: int, rank: int = 0, world: int = 1,
@@ -134,12 +138,13 @@ def single_process(preset: str, stop: int = STEPS, shards: int = 1) -> dict[str,
     return params_of(model)
 
 
-def load_and_continue(checkpoint: Path, preset: str, rank: int = 0, world: int = 1, mode: str = "auto"):
+def load_and_continue(checkpoint: Path, preset: str, rank: int = 0, world: int = 1, mode: str = "auto",
+                      group=None):
     """A fresh model and optimizer from ``checkpoint``, trained from SAVE_AT to STEPS."""
     ckpt = torch.load(checkpoint, weights_only=False)
     model = Net(seed=123)   # different init: everything must come from the checkpoint
     model.load_state_dict(ckpt["model"])
-    opt = make_optimizer(model, preset, mode)
+    opt = make_optimizer(model, preset, mode, group)
     opt.load_state_dict(ckpt["optimizer"])
     train(model, opt, SAVE_AT, STEPS, rank, world)
     return params_of(model)
@@ -147,6 +152,9 @@ def load_and_continue(checkpoint: Path, preset: str, rank: int = 0, world: int =
 
 # ---------------------------------------------------------------------------- inside each rank
 def _zero2_runs(rank: int, world: int, out: Path, load_from: list[Path]) -> dict:
+    """The three presets in zero2 (the default one saving a checkpoint at SAVE_AT), then this world's
+    checkpoint and those of ``load_from`` resumed here, and on 3 ranks this world's checkpoint resumed on a
+    2-rank subgroup (ranks 0 and 1, via ``process_group``)."""
     result = {}
     for preset in PRESETS:
         model = Net()
@@ -164,6 +172,11 @@ def _zero2_runs(rank: int, world: int, out: Path, load_from: list[Path]) -> dict
         result[f"state_bytes/{preset}"] = state_bytes(opt)
     for path in [out / f"ckpt_world{world}.pt", *load_from]:
         result[f"resumed/{path.name}"] = load_and_continue(path, "default", rank, world, "zero2")
+    if world == 3:
+        pair = dist.new_group([0, 1])   # every rank takes part in creating it
+        if rank < 2:
+            result["resumed on 2 of 3"] = load_and_continue(out / "ckpt_world3.pt", "default", rank, 2, "zero2", pair)
+        dist.barrier()
     return result
 
 
@@ -209,21 +222,17 @@ def _refusals(rank: int, world: int) -> dict[str, str]:
     return out
 
 
-def worker(rank: int, world: int, store: str, out: str, load_from: list[str], resume_only: bool) -> None:
+def worker(rank: int, world: int, store: str, out: str, load_from: list[str]) -> None:
     torch.set_num_threads(1)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     out = Path(out)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=120))
     try:
-        if resume_only:
-            result = {f"resumed/{Path(p).name}": load_and_continue(Path(p), "default", rank, world, "zero2")
-                      for p in load_from}
-        else:
-            result = _zero2_runs(rank, world, out, [Path(p) for p in load_from])
-            result["ddp/default"] = _ddp_run(rank, world)
-            result["refusals"] = _refusals(rank, world)
-        torch.save(result, out / f"rank{rank}_of_{world}{'_resume' if resume_only else ''}.pt")
+        result = _zero2_runs(rank, world, out, [Path(p) for p in load_from])
+        result["ddp/default"] = _ddp_run(rank, world)
+        result["refusals"] = _refusals(rank, world)
+        torch.save(result, out / f"rank{rank}_of_{world}.pt")
     except BaseException:
         (out / f"error_rank{rank}_of_{world}.txt").write_text(traceback.format_exc())
         raise
@@ -231,13 +240,12 @@ def worker(rank: int, world: int, store: str, out: str, load_from: list[str], re
         dist.destroy_process_group()
 
 
-def spawn(world: int, out: Path, load_from: list[Path] = (), resume_only: bool = False,
-          timeout_s: float = 300.0) -> list[dict]:
-    """Run ``worker`` on ``world`` gloo processes (a file store: no ports); their results, by rank."""
-    tag = f"{world}{'_resume' if resume_only else ''}"
-    store = out / f"store_{tag}"
-    ctx = mp.start_processes(worker, args=(world, str(store), str(out), [str(p) for p in load_from], resume_only),
-                             nprocs=world, join=False, start_method="spawn")
+def spawn(world: int, out: Path, load_from: list[Path] = (), timeout_s: float = 300.0) -> list[dict]:
+    """Run ``worker`` on ``world`` gloo processes (forked; a file store: no ports); their results, by rank."""
+    store = out / f"store_{world}"
+    import torch._dynamo  # noqa: F401  (torch's optimizers import it on first use: once here, not per child)
+    ctx = mp.start_processes(worker, args=(world, str(store), str(out), [str(p) for p in load_from]),
+                             nprocs=world, join=False, start_method=START_METHOD)
     deadline = timeout_s
     try:
         while not ctx.join(timeout=5):
@@ -249,4 +257,4 @@ def spawn(world: int, out: Path, load_from: list[Path] = (), resume_only: bool =
             if process.is_alive():
                 process.kill()
                 process.join()
-    return [torch.load(out / f"rank{r}_of_{tag}.pt", weights_only=False) for r in range(world)]
+    return [torch.load(out / f"rank{r}_of_{world}.pt", weights_only=False) for r in range(world)]
