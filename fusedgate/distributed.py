@@ -24,28 +24,42 @@ Sharding in ``"zero2"``
 Within each param group the parameters are split into *runs*: parameters of the same role (gated
 or AdamW), shape and dtype, in group order. A run of K parameters on N ranks is cut into N chunks
 of c = ⌈K/N⌉ consecutive parameters (the last chunks are short or empty: padding); chunk j is owned
-by rank (j + s) mod N, where the start s rotates from run to run so that the short runs (an
-embedding, a bias) do not all land on rank 0. Ownership depends only on ``param_groups``, never on
-the data, so every rank derives the same plan. One step:
+by rank (j + s) mod N, where the start s rotates from run to run so that the short runs (a bias, a
+head) do not all land on rank 0. One exception: an AdamW parameter of ≥ ``SLICE_MIN_NUMEL`` elements
+in a run shorter than N (an embedding, an output head) is *sliced*: AdamW is element-wise, so rank r
+updates the flat elements [r·L, (r+1)·L), L = ⌈numel/N⌉, and keeps only their moments (nanochat
+slices such tensors along dim 0 and needs shape[0] divisible by N; the flat split has no such
+condition). Ownership depends only on ``param_groups``, never on the data, so every rank derives the
+same plan. One step:
 
-1. launch, asynchronously: the all-reduce of the loss (SUM, then /N) and, per run,
-   K ≥ N: one reduce-scatter (SUM) of the gradient stack laid out as N slots of c matrices
-        (zeros in the padding), so rank r receives the summed gradients of the chunk it owns;
-   K < N: a reduce (SUM) of each gradient to its owner (no padding traffic);
+1. launch, asynchronously: the all-reduce of the loss (SUM, then /N) and the gradient reductions
+   (SUM), per run of K parameters
+   K ≥ N: one reduce-scatter of the gradient stack laid out as N slots of c matrices (zeros in the
+        padding), so rank r receives the summed gradients of the chunk it owns;
+   K < N: a reduce of each gradient to its owner (no padding traffic);
+   sliced: a reduce-scatter of the flat gradient, padded to N·L;
 2. wait; each owner divides by N and writes the averaged gradient into ``p.grad`` of the parameters
-   it owns (the other parameters keep their local gradients);
+   it owns (the other parameters keep their local gradients); the sliced parameters get their AdamW
+   step on this rank's elements at once, and their all-gather is launched;
 3. the usual FusedGate step on the owned parameters only: the same code as a single process (the gate
    and sensors, Polar Express / Newton–Schulz, NorMuon, AdamW, ``reference.gated_matrix_stack`` on the
    owned part of each same-shape stack), so optimizer state exists only for owned parameters, and the
-   per-parameter sensors are computed once, by the owner, from the full averaged gradient;
+   per-parameter sensors are computed once, by the owner, from the full averaged gradient — while the
+   sliced parameters' all-gathers are in flight;
 4. launch, per run, the all-gather of the updated chunks (K ≥ N) or the broadcast from the owner
-   (K < N), wait, copy into the parameters. Every rank then holds the same parameters.
-The collectives of one phase overlap each other (they are all in flight at once); unlike nanochat,
-the compute of one group does not overlap the communication of the next (the gate of all groups is
-computed in one go, as in the single-process step).
+   (K < N), wait for every gather, copy into the parameters. Every rank then holds the same parameters.
+The collectives of one phase are all in flight at once. Unlike nanochat, the gated compute of one
+group does not overlap the communication of the next (the gate of all groups is computed in one go,
+as in the single-process step).
 
 A non-finite gradient skips that matrix's step, as in a single process: the owner sees the full
-averaged gradient. The global loss state is replicated (five floats, identical on every rank).
+averaged gradient. For a sliced parameter each rank checks its own elements, so a non-finite element
+skips the step of the slice that holds it only (a single process skips the whole parameter). The
+global loss state is replicated (five floats, identical on every rank). ``p.grad`` after ``step()``:
+averaged for the parameters this rank owns, local elsewhere; gradient clipping by norm before
+``step()`` (``clip_grad_norm_``) therefore sees local gradients — use the spec's clip, or DDP.
+Every rank must give gradients to the same parameters and pass a loss or not, as DDP requires (the
+first step checks this).
 
 Bytes, by design (P parameters' elements, N ranks, fp32 state and gradients)
 ----------------------------------------------------------------------------
@@ -55,14 +69,15 @@ direction) plus a NorMuon moment of one value per row or column and 48 B of sens
 nanochat's MuonAdamW keeps 4 B per Muon element (the momentum) plus its factored second moment,
 and 8 B per AdamW element.
     replicated:  every rank holds the state of all P elements: ≈ 8·P B per rank.
-    zero2:       each rank holds the state of the parameters it owns: ≈ 8·P/N B when every run is
-                 long (K ≫ N); whole parameters are owned, so a single large tensor (an embedding)
-                 sits on one rank. nanochat shards such a tensor along dim 0 instead.
+    zero2:       each rank holds the state of the parameters it owns and 1/N of the sliced ones:
+                 ≈ 8·P/N B, up to the rounding of ⌈K/N⌉ (a run of K < N gated matrices sits on K ranks).
+                 nanochat: the same ⌈K/N⌉ chunks for Muon (4 B per element), 1/N of large AdamW
+                 tensors, small ones (< 1024 elements) replicated.
 Communication per rank per step (ring algorithms; element size b: 4 for fp32):
     replicated:  DDP's all-reduce of the gradients, 2·(N−1)/N·P·b, plus the 4-byte loss all-reduce.
     zero2:       reduce-scatter of the gradients (N−1)/N·P'·b plus all-gather of the parameters
                  (N−1)/N·P'·b, P' = P with each run padded to N·⌈K/N⌉ matrices; runs with K < N go
-                 through reduce + broadcast, which move the same (N−1)/N·numel·b each. Total
+                 through reduce + broadcast, which move ≈ numel·b each (tree or ring). Total
                  ≈ 2·(N−1)/N·P'·b + 4 B, the same volume as DDP's all-reduce; nanochat's optimizer moves
                  the same (reduce-scatter + all-gather for large tensors, all-reduce for small ones).
 
@@ -80,7 +95,11 @@ import warnings
 import torch
 import torch.distributed as dist
 
+from fusedgate import reference as R
+
 MODES = ("auto", "replicated", "zero2")
+SLICE_MIN_NUMEL = 1024          # AdamW params at least this large in a run shorter than N are split element-wise
+MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
 def world_size(group=None) -> int:
@@ -228,6 +247,21 @@ class Run:
         return math.ceil(len(self.params) / self.chunk)
 
 
+class Slice:
+    """An AdamW parameter split element-wise across the ranks: rank r updates the flat elements
+    [r·L, min((r+1)·L, numel)), L = ⌈numel/N⌉, and keeps the AdamW state of those elements only."""
+
+    def __init__(self, p: torch.Tensor, group: dict, world: int, rank: int):
+        self.p, self.group = p, group
+        self.length = math.ceil(p.numel() / world)
+        self.lo = min(rank * self.length, p.numel())
+        self.hi = min((rank + 1) * self.length, p.numel())
+
+    def mine(self, full: torch.Tensor) -> torch.Tensor:
+        """This rank's elements of a tensor shaped like the parameter (a view)."""
+        return full.reshape(-1)[self.lo:self.hi]
+
+
 class Zero2(Sync):
     """ZeRO-2: the optimizer averages gradients (reduce-scatter / reduce), owners update, all-gather."""
 
@@ -237,24 +271,29 @@ class Zero2(Sync):
         super().__init__(group)
         self._plan_key = None
         self.runs: list[Run] = []
+        self.slices: dict = {}   # parameter → Slice
         self.owned: set = set()
-        self._pending = []
+        self._gathers = []
 
     def plan(self, optimizer) -> list[Run]:
-        """The runs and this rank's owned parameters, rebuilt when ``param_groups`` change."""
+        """The runs, the sliced AdamW parameters and this rank's owned parameters, rebuilt when
+        ``param_groups`` change."""
         key = tuple(tuple(id(p) for p in group["params"]) for group in optimizer.param_groups)
         if key != self._plan_key:
-            runs, start = [], 0
+            runs, slices, start = [], {}, 0
             for group in optimizer.param_groups:
                 by_kind: dict[tuple, list] = {}
                 for index, p in enumerate(group["params"]):
                     role = optimizer.is_gated(group, index, p)
                     by_kind.setdefault((role, tuple(p.shape), p.dtype), []).append(p)
-                for params in by_kind.values():
+                for (gated, _, _), params in by_kind.items():
+                    if not gated and len(params) < self.world and params[0].numel() >= SLICE_MIN_NUMEL:
+                        slices.update({p: Slice(p, group, self.world, self.rank) for p in params})
+                        continue
                     run = Run(params, self.world, start)
                     start = (start + run.chunks_used) % self.world
                     runs.append(run)
-            self.runs = runs
+            self.runs, self.slices = runs, slices
             self.owned = {p for run in runs for p, r in zip(run.params, run.owner) if r == self.rank}
             self._plan_key = key
         return self.runs
@@ -275,6 +314,7 @@ class Zero2(Sync):
     def begin(self, optimizer, loss, device) -> None:
         super().begin(optimizer, loss, device)
         runs = self.plan(optimizer)
+        sliced = [self._reduce_slice(piece) for piece in self.slices.values()]
         launched = []
         for run in runs:
             grads = [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in run.params]
@@ -297,8 +337,39 @@ class Zero2(Sync):
                     continue
                 summed = out[i % run.chunk] if run.stacked else out[i]
                 p.grad.copy_(summed.div_(self.world))
+        # the sliced AdamW parameters: update this rank's elements, launch their all-gather (it runs while
+        # the gated step computes)
+        self._gathers = [self._update_slice(optimizer, piece, out, work) for piece, out, work in sliced]
+
+    def _reduce_slice(self, piece: Slice):
+        p = piece.p
+        flat = p.new_zeros(self.world * piece.length)
+        if p.grad is not None:
+            flat[:p.numel()].copy_(p.grad.detach().reshape(-1))
+        out = flat.new_empty(piece.length)
+        return piece, out, _reduce_scatter(out, flat, self.group)
+
+    def _update_slice(self, optimizer, piece: Slice, out: torch.Tensor, work):
+        work.wait()
+        p, group = piece.p, piece.group
+        mine = piece.mine(p.detach())
+        if p.grad is not None and piece.hi > piece.lo:
+            state = optimizer.state[p]
+            if not state:
+                state.update(R.new_adamw_state(mine))
+            R.adamw_step(mine, out[:piece.hi - piece.lo].div_(self.world), state, float(group["lr"]),
+                         group["betas"], float(group["eps"]), float(group["weight_decay"]),
+                         host_checks=p.device.type == "cpu")
+        padded = p.new_zeros(piece.length)
+        padded[:piece.hi - piece.lo].copy_(mine)
+        gathered = p.new_empty(self.world * piece.length)
+        return piece, gathered, _all_gather(gathered, padded, self.group)
 
     def finish(self, optimizer) -> None:
+        for piece, gathered, work in self._gathers:
+            work.wait()
+            piece.p.detach().reshape(-1).copy_(gathered[:piece.p.numel()])  # (the owner's own part: unchanged)
+        self._gathers = []
         launched = []
         for run in self.runs:
             shape = tuple(run.params[0].shape)
@@ -324,22 +395,41 @@ class Zero2(Sync):
 
     # -------------------------------------------------------------- checkpoints
     def gather_state(self, optimizer, state_dict: dict) -> dict:
-        """Every rank's owned state, merged: the single-process state_dict, on every rank (CPU tensors)."""
+        """Every rank's owned state, merged: the single-process state_dict, on every rank (CPU tensors).
+        A sliced parameter's moments are the ranks' element ranges concatenated in rank order."""
+        self.plan(optimizer)
         local = {pid: {k: v.detach().cpu().clone() if torch.is_tensor(v) else v for k, v in s.items()}
                  for pid, s in state_dict["state"].items()}
         everyone = [None] * self.world
         dist.all_gather_object(everyone, local, group=self.group)
+        sliced = {pid: p for pid, p in enumerate(_all_params(optimizer)) if p in self.slices}
         merged = {}
         for part in everyone:
-            merged.update(part)
+            merged.update({pid: state for pid, state in part.items() if pid not in sliced})
+        for pid, p in sliced.items():
+            parts = [part[pid] for part in everyone if pid in part]
+            if parts:
+                merged[pid] = {k: (torch.cat([q[k] for q in parts]).view(p.shape) if k in MOMENTS else v)
+                               for k, v in parts[0].items()}
         return {**state_dict, "state": {pid: merged[pid] for pid in sorted(merged)}}
 
     def drop_unowned(self, optimizer) -> None:
+        """After loading a full state: keep the owned parameters' state and this rank's elements of the
+        sliced parameters' moments."""
         self.plan(optimizer)
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if p not in self.owned:
-                    optimizer.state.pop(p, None)
+        for p in _all_params(optimizer):
+            if p in self.slices and p in optimizer.state:
+                piece = self.slices[p]
+                state = optimizer.state[p]
+                for k in MOMENTS:
+                    state[k] = piece.mine(state[k]).clone()
+            elif p not in self.owned:
+                optimizer.state.pop(p, None)
+
+
+def _all_params(optimizer) -> list[torch.Tensor]:
+    """The optimizer's parameters in state_dict id order."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def state_bytes(optimizer) -> int:

@@ -25,15 +25,16 @@ from fusedgate.spec import GateSpec
 GLOBAL_BATCH = 48          # divisible by 1, 2, 3
 STEPS = 20
 SAVE_AT = 10
-VOCAB, WIDTH, WIDE, CLASSES = 16, 8, 12, 5
+VOCAB, WIDTH, WIDE, CLASSES = 128, 8, 12, 5   # the embedding has 1024 elements: split element-wise
 # fork: the children inherit the imported torch (a spawned child spends seconds importing torch and
 # torch._dynamo); the parent runs no process group and the children use one thread each
 START_METHOD = "fork"
 
 
 class Net(nn.Module):
-    """Embedding → 5 residual 8×8 layers (a stack of K=5) → a gated pair of 12×8 (K=2) → 8×12 → 5×8 head.
-    On 2 and 3 ranks the stacks of 5 and 2 do not divide evenly, and 5 rows do not divide either."""
+    """Embedding (128×8: large enough to be split element-wise) → 5 residual 8×8 layers (a stack of K=5)
+    → a gated pair of 12×8 (K=2) → 8×12 → 5×8 head. On 2 and 3 ranks the stacks of 5 and 2 do not divide
+    evenly, and 5 rows do not divide either."""
 
     def __init__(self, seed: int = 0):
         super().__init__()
@@ -127,6 +128,11 @@ def _shard_average(model: nn.Module, tokens, targets, shards: int) -> torch.Tens
     return sum(losses[1:], losses[0]) / shards
 
 
+def state_elements(opt: FusedGate) -> int:
+    """Elements of the state tensors that are not scalars (moments, NorMuon moments, sensors)."""
+    return sum(v.numel() for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0)
+
+
 def params_of(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
@@ -170,6 +176,7 @@ def _zero2_runs(rank: int, world: int, out: Path, load_from: list[Path]) -> dict
         train(model, opt, 0, STEPS, rank, world, on_step=saver)
         result[f"zero2/{preset}"] = params_of(model)
         result[f"state_bytes/{preset}"] = state_bytes(opt)
+        result[f"state_elements/{preset}"] = state_elements(opt)
     for path in [out / f"ckpt_world{world}.pt", *load_from]:
         result[f"resumed/{path.name}"] = load_and_continue(path, "default", rank, world, "zero2")
     if world == 3:
