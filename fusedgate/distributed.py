@@ -393,6 +393,22 @@ class Zero2(Sync):
                 if run.owner[i] != self.rank:
                     p.detach().copy_(out[run.slot[i]])
 
+    def traffic_bytes(self, optimizer) -> int:
+        """Bytes one rank sends per step by design (ring reduce-scatter / all-gather: (N−1)/N of the padded
+        buffer each; reduce and broadcast: the tensor once each), plus the loss all-reduce."""
+        self.plan(optimizer)
+        n = self.world
+        total = 2 * (n - 1) / n * 4   # the loss
+        for run in self.runs:
+            numel, size = run.params[0].numel(), run.params[0].element_size()
+            if run.stacked:
+                total += 2 * (n - 1) / n * n * run.chunk * numel * size
+            else:
+                total += 2 * len(run.params) * numel * size
+        for piece in self.slices.values():
+            total += 2 * (n - 1) / n * n * piece.length * piece.p.element_size()
+        return int(total)
+
     # -------------------------------------------------------------- checkpoints
     def gather_state(self, optimizer, state_dict: dict) -> dict:
         """Every rank's owned state, merged: the single-process state_dict, on every rank (CPU tensors).
