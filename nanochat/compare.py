@@ -14,7 +14,7 @@ from pathlib import Path
 from fusedgate.files import markdown_table, write_atomic
 from fusedgate.nanochat.errors import TrainError
 from fusedgate.nanochat.plots import plot_runs
-from fusedgate.nanochat.train import OPTIMIZERS, TrainConfig, TrainResult, _prepare_out_dir, train
+from fusedgate.nanochat.train import OPTIMIZERS, TrainConfig, TrainResult, _prepare_out_dir, data_parallel, train
 
 
 def _fmt(x: float, digits: int = 4) -> str:
@@ -43,10 +43,12 @@ def compare(config: TrainConfig, optimizers: list[str]) -> list[TrainResult]:
         raise TrainError(f"--out {out} already holds a comparison; choose another directory or pass --overwrite")
     configs = [dataclasses.replace(config, optimizer=o, out_dir=str(out / o) if out is not None else None)
                for o in optimizers]
+    first_rank = data_parallel()[0] == 0   # with --nproc, rank 0 alone checks and writes the folders
     for c in configs:  # refuse before training anything if a run directory is taken
-        _prepare_out_dir(c)
+        if first_rank:
+            _prepare_out_dir(c)
     results = [train(c) for c in configs]
-    if out is not None:
+    if out is not None and first_rank:
         write_report(results, out)
     return results
 
