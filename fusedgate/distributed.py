@@ -177,7 +177,9 @@ class Sync:
     def averaged_loss(self) -> torch.Tensor:
         """The mean of the ranks' losses (waits for the all-reduce; on GPU the wait is stream-side)."""
         self._loss_work.wait()
-        return self._loss / self.world
+        averaged = self._loss / self.world
+        self._loss, self._loss_work = None, None   # hold no Work between steps (deepcopy, pickling)
+        return averaged
 
     def owns(self, p: torch.Tensor) -> bool:
         return True

@@ -7,6 +7,7 @@ follow the same mathematics, and differ only by the rounding of the gradient ave
 
 from __future__ import annotations
 
+import copy
 import datetime
 import os
 import traceback
@@ -177,6 +178,7 @@ def _zero2_runs(rank: int, world: int, out: Path, load_from: list[Path]) -> dict
         result[f"zero2/{preset}"] = params_of(model)
         result[f"state_bytes/{preset}"] = state_bytes(opt)
         result[f"state_elements/{preset}"] = state_elements(opt)
+        result[f"deepcopy/{preset}"] = len(copy.deepcopy(opt).state) == len(opt.state)
     for path in [out / f"ckpt_world{world}.pt", *load_from]:
         result[f"resumed/{path.name}"] = load_and_continue(path, "default", rank, world, "zero2")
     if world == 3:

@@ -81,6 +81,7 @@ def test_zero2_state_is_partitioned_across_ranks(runs, world, preset):
     whole = W.state_elements(opt)
     per_rank = [result[f"state_elements/{preset}"] for result in runs[world]]
     assert sum(per_rank) == whole
+    assert all(result[f"deepcopy/{preset}"] for result in runs[world])   # no Work or group held between steps
     assert max(per_rank) <= (1 / world + 0.15) * whole
     assert max(result[f"state_bytes/{preset}"] for result in runs[world]) < 0.7 * state_bytes(opt)
 
