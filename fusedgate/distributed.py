@@ -23,9 +23,10 @@ Sharding in ``"zero2"``
 -----------------------
 Within each param group the parameters are split into *runs*: parameters of the same role (gated
 or AdamW), shape and dtype, in group order. A run of K parameters on N ranks is cut into N chunks
-of c = ⌈K/N⌉ consecutive parameters (the last chunks are short or empty: padding); chunk j is owned
-by rank (j + s) mod N, where the start s rotates from run to run so that the short runs (a bias, a
-head) do not all land on rank 0. One exception: an AdamW parameter of ≥ ``SLICE_MIN_NUMEL`` elements
+whose sizes differ by at most one (K = 4 on 3 ranks: 2, 1, 1 — nanochat's chunks of ⌈K/N⌉ give 2, 2,
+0); chunk j is owned by rank (j + s) mod N, where the start s rotates from run to run so that the
+larger chunks and the short runs (a bias, a head) do not all land on rank 0. Communication pads
+every chunk to c = ⌈K/N⌉ matrices. One exception: an AdamW parameter of ≥ ``SLICE_MIN_NUMEL`` elements
 in a run shorter than N (an embedding, an output head) is *sliced*: AdamW is element-wise, so rank r
 updates the flat elements [r·L, (r+1)·L), L = ⌈numel/N⌉, and keeps only their moments (nanochat
 slices such tensors along dim 0 and needs shape[0] divisible by N; the flat split has no such
@@ -70,7 +71,7 @@ nanochat's MuonAdamW keeps 4 B per Muon element (the momentum) plus its factored
 and 8 B per AdamW element.
     replicated:  every rank holds the state of all P elements: ≈ 8·P B per rank.
     zero2:       each rank holds the state of the parameters it owns and 1/N of the sliced ones:
-                 ≈ 8·P/N B, up to the rounding of ⌈K/N⌉ (a run of K < N gated matrices sits on K ranks).
+                 ≈ 8·P/N B, up to one matrix per run (a run of K < N gated matrices sits on K ranks).
                  nanochat: the same ⌈K/N⌉ chunks for Muon (4 B per element), 1/N of large AdamW
                  tensors, small ones (< 1024 elements) replicated.
 Communication per rank per step (ring algorithms; element size b: 4 for fp32):
@@ -233,20 +234,28 @@ class Replicated(Sync):
 
 
 class Run:
-    """A run of same-role, same-shape, same-dtype parameters of one group and its ownership."""
+    """A run of same-role, same-shape, same-dtype parameters of one group and its ownership: K parameters in
+    N consecutive chunks whose sizes differ by at most one (the first K mod N chunks one larger), chunk j
+    owned by rank (j + start) mod N, each rank's chunk in slots [rank·c, rank·c + size) of the
+    rank-ordered stack of N·c matrices, c = ⌈K/N⌉."""
 
     def __init__(self, params: list[torch.Tensor], world: int, start: int):
         self.params = params
         self.world = world
         self.chunk = math.ceil(len(params) / world)
-        # slot of parameter i in the rank-ordered padded stack; the owner rank of parameter i
-        self.owner = [((i // self.chunk) + start) % world for i in range(len(params))]
-        self.slot = [self.owner[i] * self.chunk + i % self.chunk for i in range(len(params))]
+        base, extra = divmod(len(params), world)
+        self.owner, self.slot = [], []
+        for j in range(world):
+            rank = (j + start) % world
+            for k in range(base + (j < extra)):
+                self.owner.append(rank)
+                self.slot.append(rank * self.chunk + k)
         self.stacked = len(params) >= world   # reduce-scatter / all-gather; else reduce / broadcast per param
+        self.next_start = (start + extra) % world   # the next run's larger chunks go to other ranks
 
-    @property
-    def chunks_used(self) -> int:
-        return math.ceil(len(self.params) / self.chunk)
+    def local(self, i: int) -> int:
+        """Parameter i's position in its owner's chunk."""
+        return self.slot[i] - self.owner[i] * self.chunk
 
 
 class Slice:
@@ -293,7 +302,7 @@ class Zero2(Sync):
                         slices.update({p: Slice(p, group, self.world, self.rank) for p in params})
                         continue
                     run = Run(params, self.world, start)
-                    start = (start + run.chunks_used) % self.world
+                    start = run.next_start
                     runs.append(run)
             self.runs, self.slices = runs, slices
             self.owned = {p for run in runs for p, r in zip(run.params, run.owner) if r == self.rank}
@@ -337,7 +346,7 @@ class Zero2(Sync):
             for i, p in enumerate(run.params):
                 if run.owner[i] != self.rank or p.grad is None:
                     continue
-                summed = out[i % run.chunk] if run.stacked else out[i]
+                summed = out[run.local(i)] if run.stacked else out[i]
                 p.grad.copy_(summed.div_(self.world))
         # the sliced AdamW parameters: update this rank's elements, launch their all-gather (it runs while
         # the gated step computes)
@@ -379,7 +388,7 @@ class Zero2(Sync):
                 mine = run.params[0].new_zeros((run.chunk,) + shape)
                 for i, p in enumerate(run.params):
                     if run.owner[i] == self.rank:
-                        mine[i % run.chunk].copy_(p.detach())
+                        mine[run.local(i)].copy_(p.detach())
                 out = mine.new_empty((self.world * run.chunk,) + shape)
                 launched.append((run, out, [_all_gather(out, mine, self.group)]))
             else:
