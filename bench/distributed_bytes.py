@@ -38,7 +38,8 @@ def _groups(model) -> list[dict]:
 
 
 def nanochat_bytes(groups: list[dict], world: int) -> tuple[int, int]:
-    """(state bytes of rank 0, bytes sent per rank per step) of nanochat's DistMuonAdamW, by design."""
+    """(state bytes per rank, bytes sent per rank per step) of nanochat's DistMuonAdamW, by design (it
+    allocates ⌈K/N⌉ matrices of Muon buffers on every rank, so every rank holds the same)."""
     state = traffic = 0
     ring = 2 * (world - 1) / world
     for group in groups:
@@ -108,7 +109,7 @@ def main(argv=None) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"nanochat GPT depth {args.depth}, vocab {args.vocab}: {n_params:,} parameters "
           f"({n_params * 4 / 2**20:.1f} MiB fp32)")
-    print("| N | FusedGate state/rank MiB (min–max) | nanochat state rank 0 MiB | FusedGate sent/rank/step MiB "
+    print("| N | FusedGate state/rank MiB (min–max) | nanochat state/rank MiB | FusedGate sent/rank/step MiB "
           "| nanochat sent/rank/step MiB |")
     print("|---|---|---|---|---|")
     for world in args.worlds:

@@ -190,8 +190,6 @@ def _free_port() -> int:
 def _rank_main(rank: int, args: argparse.Namespace, world: int, port: int) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    if rank > 0:
-        sys.stdout = open(os.devnull, "w")   # rank 0 reports; errors still reach stderr
     code = main(args)
     import torch.distributed as dist
 
@@ -217,6 +215,8 @@ def _join_process_group(args: argparse.Namespace) -> int:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo", init_method="env://",
                                 timeout=datetime.timedelta(minutes=10))
+    if dist.get_rank() > 0:
+        sys.stdout = open(os.devnull, "w")   # rank 0 reports; errors still reach stderr
     return world
 
 

@@ -11,6 +11,7 @@ import copy
 import datetime
 import os
 import traceback
+import warnings
 from pathlib import Path
 
 import torch
@@ -218,6 +219,24 @@ def _refusals(rank: int, world: int) -> dict[str, str]:
     except RuntimeError as exc:
         out["replicated_without_ddp"] = str(exc)
     out["replicated_without_ddp_state"] = str(len(opt.state))
+
+    model = Net()   # zero2 on DDP-averaged gradients: correct, but a second average; it says so
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = make_optimizer(model, "default", "zero2")
+    F.cross_entropy(ddp(global_batch(0)[0][rank::world]), global_batch(0)[1][rank::world]).backward()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt.step()
+    out["zero2_under_ddp"] = " ".join(str(w.message) for w in caught if "zero2" in str(w.message))
+
+    model = Net()   # a loss on rank 0 only: the loss all-reduce would not match; refused on every rank
+    opt = make_optimizer(model, "default", "zero2")
+    loss = F.cross_entropy(model(global_batch(0)[0][rank::world]), global_batch(0)[1][rank::world])
+    loss.backward()
+    try:
+        opt.step(loss=loss.detach() if rank == 0 else None)
+    except RuntimeError as exc:
+        out["loss_on_some_ranks"] = str(exc)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     sharded = Net()

@@ -122,6 +122,9 @@ def test_checkpoint_saved_by_zero2_is_the_single_process_format(runs):
 
 
 def test_wrong_setups_get_one_line_errors_before_any_state(runs):
+    for result in runs[2]:
+        assert "whether step() gets a loss" in result["refusals"]["loss_on_some_ranks"]
+        assert "use distributed='replicated'" in result["refusals"]["zero2_under_ddp"]
     refusals = runs[2][0]["refusals"]
     assert "distributed='replicated'" in refusals["auto"] and "distributed='zero2'" in refusals["auto"]
     assert "wrap the model in DistributedDataParallel" in refusals["replicated_without_ddp"]
