@@ -196,7 +196,7 @@ class Sync:
         pass
 
     # -------------------------------------------------------------- checks
-    def _first_step_check(self, optimizer, has_loss: bool, device) -> None:
+    def _first_step_check(self, optimizer, has_loss: bool, device) -> bool:
         """One all-reduce (MAX of x and of −x) of a fingerprint: which params have gradients, whether a loss
         was given, and per gradient its sum and sum of squares. Raises when the ranks disagree on what
         takes part in the collectives; returns whether the gradients are identical across ranks."""
@@ -209,6 +209,7 @@ class Sync:
                     sums += [g.sum(), g.square().sum()]
         local = torch.cat([torch.tensor(presence, dtype=torch.float64),
                            torch.stack(sums).cpu() if sums else torch.zeros(0, dtype=torch.float64)])
+        local = torch.nan_to_num(local, nan=1e300, posinf=1e301, neginf=-1e301)   # NaN ≠ NaN: give it a value
         both = torch.cat([local, -local]).to(device)
         dist.all_reduce(both, op=dist.ReduceOp.MAX, group=self.group)
         high, low = both[:len(local)].cpu(), -both[len(local):].cpu()
@@ -250,7 +251,8 @@ class Run:
             for k in range(base + (j < extra)):
                 self.owner.append(rank)
                 self.slot.append(rank * self.chunk + k)
-        self.stacked = len(params) >= world   # reduce-scatter / all-gather; else reduce / broadcast per param
+        # reduce-scatter / all-gather; else reduce / broadcast per parameter, in place (contiguous ones only)
+        self.stacked = len(params) >= world or not all(p.is_contiguous() for p in params)
         self.next_start = (start + extra) % world   # the next run's larger chunks go to other ranks
 
     def local(self, i: int) -> int:
@@ -298,7 +300,8 @@ class Zero2(Sync):
                     role = optimizer.is_gated(group, index, p)
                     by_kind.setdefault((role, tuple(p.shape), p.dtype), []).append(p)
                 for (gated, _, _), params in by_kind.items():
-                    if not gated and len(params) < self.world and params[0].numel() >= SLICE_MIN_NUMEL:
+                    if (not gated and len(params) < self.world and params[0].numel() >= SLICE_MIN_NUMEL
+                            and all(p.is_contiguous() for p in params)):   # flat views into the parameter
                         slices.update({p: Slice(p, group, self.world, self.rank) for p in params})
                         continue
                     run = Run(params, self.world, start)
