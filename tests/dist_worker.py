@@ -190,10 +190,10 @@ def _zero2_runs(rank: int, world: int, out: Path, load_from: list[Path]) -> dict
     return result
 
 
-def _ddp_run(rank: int, world: int) -> dict[str, torch.Tensor]:
+def _ddp_run(rank: int, world: int, preset: str) -> dict[str, torch.Tensor]:
     model = Net()
     ddp = nn.parallel.DistributedDataParallel(model)
-    opt = make_optimizer(model, "default", "replicated")
+    opt = make_optimizer(model, preset, "replicated")
     share = GLOBAL_BATCH // world
     for step in range(STEPS):
         tokens, targets = global_batch(step)
@@ -258,7 +258,8 @@ def worker(rank: int, world: int, store: str, out: str, load_from: list[str]) ->
                             timeout=datetime.timedelta(seconds=120))
     try:
         result = _zero2_runs(rank, world, out, [Path(p) for p in load_from])
-        result["ddp/default"] = _ddp_run(rank, world)
+        for preset in PRESETS:
+            result[f"ddp/{preset}"] = _ddp_run(rank, world, preset)
         result["refusals"] = _refusals(rank, world)
         torch.save(result, out / f"rank{rank}_of_{world}.pt")
     except BaseException:

@@ -53,10 +53,11 @@ def test_zero2_equals_single_process_over_the_whole_batch(runs, single, world, p
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_ddp_replicated_ranks_stay_identical_with_their_own_losses(runs, single, world):
-    """The issue's drift case: DDP + the gated default, every rank passing its own loss."""
-    assert_ranks_identical(runs[world], "ddp/default")
-    assert worst(runs[world][0]["ddp/default"], single["default"]) <= TOLERANCE
+@pytest.mark.parametrize("preset", W.PRESETS)
+def test_ddp_replicated_ranks_stay_identical_with_their_own_losses(runs, single, world, preset):
+    """The issue's drift case (DDP + the gated default, every rank passing its own loss), and the presets."""
+    assert_ranks_identical(runs[world], f"ddp/{preset}")
+    assert worst(runs[world][0][f"ddp/{preset}"], single[preset]) <= TOLERANCE
 
 
 @pytest.mark.parametrize("preset", W.PRESETS)
@@ -65,8 +66,7 @@ def test_two_ranks_bit_identical_to_the_shard_average(runs, preset):
     gradients does; the sharded update must then be the single-process update bit for bit."""
     reference = W.single_process(preset, shards=2)
     assert worst(runs[2][0][f"zero2/{preset}"], reference) == 0.0
-    if preset == "default":
-        assert worst(runs[2][0]["ddp/default"], reference) == 0.0
+    assert worst(runs[2][0][f"ddp/{preset}"], reference) == 0.0
 
 
 @pytest.mark.parametrize("world", [2, 3])
