@@ -162,6 +162,8 @@ def _launch(args: argparse.Namespace) -> int:
         if batch % args.nproc:
             raise TrainError(f"--nproc {args.nproc} does not divide the {config.preset} preset's batch of {batch} "
                              "rows: each process takes an equal share")
+        if args.device != "cpu" and not args.device.startswith("cuda"):
+            raise TrainError(f"--nproc runs on cpu (gloo) or cuda (NCCL), not {args.device}")
         if args.device.startswith("cuda") and ":" in args.device:
             raise TrainError("--nproc on CUDA uses cuda:0..N-1, one per process: pass --device cuda")
         if args.device == "cuda" and torch.cuda.device_count() < args.nproc:
@@ -174,8 +176,11 @@ def _launch(args: argparse.Namespace) -> int:
     try:
         mp.start_processes(_rank_main, args=(child, args.nproc, _free_port()), nprocs=args.nproc,
                            start_method="spawn")
-    except mp.ProcessExitedException as exc:
+    except mp.ProcessExitedException as exc:   # the rank printed its error; the others were stopped
         return exc.exit_code if exc.exit_code > 0 else 1
+    except mp.ProcessRaisedException as exc:
+        print(f"error: a training process failed: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
+        return 1
     return 0
 
 
