@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from fusedgate import distributed as D
 from fusedgate import gate as G
 from fusedgate import reference as R
 from fusedgate.spec import GateSpec, SpecError
@@ -42,10 +43,15 @@ class FusedGate(torch.optim.Optimizer):
         total_steps: the planned number of steps, for the step-fraction sensor (None: that sensor reads 0).
         backend: "auto" (Triton for CUDA tensors, the reference otherwise), "reference" or "triton".
         adamw_names: name fragments that send a matrix param to AdamW when names are known.
+        distributed: "auto" (a single process; refused when torch.distributed runs more than one rank),
+            "replicated" (the model is wrapped in DDP) or "zero2" (FusedGate averages the gradients and
+            shards its state); see ``fusedgate.distributed``.
+        process_group: the ranks that share the data-parallel work (None: the default group).
     """
 
     def __init__(self, params, spec: GateSpec | None = None, total_steps: int | None = None,
-                 backend: str = "auto", adamw_names: Iterable[str] = DEFAULT_ADAMW_NAMES):
+                 backend: str = "auto", adamw_names: Iterable[str] = DEFAULT_ADAMW_NAMES,
+                 distributed: str = "auto", process_group=None):
         spec = GateSpec.default() if spec is None else spec
         if not isinstance(spec, GateSpec):
             raise TypeError(f"spec must be a GateSpec, got {type(spec).__name__}")
@@ -64,6 +70,7 @@ class FusedGate(torch.optim.Optimizer):
             ns_steps=spec.ns_steps, beta2=spec.normuon_beta2, gate_scale=1.0, gate_clip=1.0, gate_dampen=0.0,
         )
         super().__init__(params, defaults)
+        self._sync = D.setup(self, distributed, process_group)   # None: a single process
         if backend == "triton":
             self._triton_backend()  # fail now, clearly, if Triton is missing
 
@@ -84,6 +91,7 @@ class FusedGate(torch.optim.Optimizer):
     def _check_group(self, group: dict, has_beta2: bool) -> None:
         kind = group.get("kind")
         for p in group["params"]:
+            D.refuse_dtensor(p)
             if p.is_complex():
                 raise TypeError("FusedGate does not support complex parameters; view them as real "
                                 "(torch.view_as_real) first")
@@ -160,17 +168,20 @@ class FusedGate(torch.optim.Optimizer):
                              f"{tuple(loss.shape)}")
 
         device = next((p.device for group in self.param_groups for p in group["params"]), torch.device("cpu"))
+        sync = self._sync
+        if sync is not None:   # launches the loss average (and in zero2 averages the owned gradients)
+            sync.begin(self, loss, device)
         global_state = self._global_state(device)
         global_state[G.G_STEP] += 1
         if loss is not None and self.reads_sensors:
-            G.observe_loss(global_state, torch.as_tensor(loss), self.spec)
+            G.observe_loss(global_state, sync.averaged_loss() if sync else torch.as_tensor(loss), self.spec)
 
         engine = R.Engine.of(self.spec)
         reference_groups = []   # gated groups on the reference path: their gate is computed in one go
         for group in self.param_groups:
             gated, plain = [], []
             for index, p in enumerate(group["params"]):
-                if p.grad is None:
+                if p.grad is None or (sync is not None and not sync.owns(p)):
                     continue
                 if p.grad.is_sparse:
                     raise TypeError("FusedGate does not support sparse gradients")
@@ -191,6 +202,8 @@ class FusedGate(torch.optim.Optimizer):
                 self._adamw_group(group, plain)
         if reference_groups:
             self._reference_gated_groups(reference_groups, global_state, engine)
+        if sync is not None:
+            sync.finish(self)   # zero2: all-gather the owners' parameters
         return closure_loss
 
     def _hyper(self, group: dict) -> R.MatrixHyper:
@@ -345,7 +358,7 @@ class FusedGate(torch.optim.Optimizer):
         global_state = self._global if self._global is not None else G.new_global_state("cpu")
         sd["fusedgate"] = {"format": STATE_FORMAT, "spec": self.spec.to_dict(), "total_steps": self.total_steps,
                            "global": global_state.clone()}
-        return sd
+        return self._sync.gather_state(self, sd) if self._sync is not None else sd
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a FusedGate state_dict. Everything is validated (``_check_state_dict``) before anything changes;
@@ -366,6 +379,8 @@ class FusedGate(torch.optim.Optimizer):
         self.total_steps = extra["total_steps"]
         device = next((p.device for group in self.param_groups for p in group["params"]), torch.device("cpu"))
         self._global = extra["global"].detach().to(device=device, dtype=torch.float32, copy=True)
+        if self._sync is not None:
+            self._sync.drop_unowned(self)   # zero2: keep the state this rank owns
 
     def _check_state_dict(self, state_dict: dict) -> tuple[GateSpec, dict]:
         """Every check of ``load_state_dict``, raising ValueError with the offending entry; returns the spec and
@@ -416,7 +431,7 @@ class FusedGate(torch.optim.Optimizer):
         return {**super().__getstate__(), **{key: self.__dict__[key] for key in _OWN_ATTRIBUTES}}
 
 
-_OWN_ATTRIBUTES = ("spec", "total_steps", "backend", "adamw_names", "_global")
+_OWN_ATTRIBUTES = ("spec", "total_steps", "backend", "adamw_names", "_global", "_sync")
 _SCALAR_KEYS = ("step", "m_decay_prod", "v_decay_prod")   # 0-d entries of every parameter's state
 
 

@@ -4,6 +4,8 @@
     fusedgate train --preset small --device cuda --optimizer fusedgate --spec my_spec.json
     fusedgate train --resume runs/tiny-baseline-...  # continue from the last checkpoint
     fusedgate train --resume runs/tiny-baseline-... --steps 600   # extend a run (a new schedule from here on)
+    fusedgate train --preset tiny --compare --nproc 2  # data parallel: 2 processes (gloo on CPU, NCCL on CUDA)
+    torchrun --nproc-per-node 8 -m fusedgate train --preset d20 --device cuda --optimizer fusedgate
 
 Bad input is one line on stderr and exit code 2, before anything is trained or written. A flag is applied or
 refused, never ignored: ``--spec`` implies ``--optimizer fusedgate`` and is refused for a run without it;
@@ -27,6 +29,7 @@ from fusedgate.nanochat.train import OPTIMIZERS, TrainConfig
 from fusedgate.spec import GateSpec, SpecError
 
 MAX_THREADS = 1024
+MAX_PROCESSES = 1024
 DEFAULT_SPEC = "default"
 # the main job: nanochat's optimizer, FusedGate as that same optimizer, and the gated default on top of it
 DEFAULT_COMPARE = "baseline,fusedgate:nanochat,fusedgate:default"
@@ -67,6 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads (default on CPU: half the cores, 1 to 4; small models gain little "
                              "from more, and oversubscribed OpenMP threads are many times slower)")
     parser.add_argument("--overwrite", action="store_true", help="allow --out to already hold a run")
+    parser.add_argument("--nproc", type=integer,
+                        help="data-parallel processes on this machine (gloo on CPU; NCCL on CUDA, one GPU each): "
+                             "each takes 1/N of every batch; FusedGate shards its state (ZeRO-2), the baseline and "
+                             "AdamW run under DDP. Under torchrun leave it out")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
 
@@ -148,13 +155,93 @@ def _print_run(result) -> None:
           f"corpus {result.corpus_fingerprint}")
 
 
-def main(args: argparse.Namespace) -> int:
+def _launch(args: argparse.Namespace) -> int:
+    """``--nproc N``: check the run here, then start N processes that each run this command as one rank."""
+    import torch
+    import torch.multiprocessing as mp
+
     try:
+        config = _resumed_config(args) if args.resume else _fresh_config(args)
+        batch = PRESETS[config.preset].batch_size if config.preset in PRESETS else 0
+        if batch % args.nproc:
+            raise TrainError(f"--nproc {args.nproc} does not divide the {config.preset} preset's batch of {batch} "
+                             "rows: each process takes an equal share")
+        if args.device != "cpu" and not args.device.startswith("cuda"):
+            raise TrainError(f"--nproc runs on cpu (gloo) or cuda (NCCL), not {args.device}")
+        if args.device.startswith("cuda") and ":" in args.device:
+            raise TrainError("--nproc on CUDA uses cuda:0..N-1, one per process: pass --device cuda")
+        if args.device == "cuda" and torch.cuda.device_count() < args.nproc:
+            raise TrainError(f"--nproc {args.nproc} needs {args.nproc} CUDA devices, this machine has "
+                             f"{torch.cuda.device_count()}")
+    except (TrainError, SpecError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    child = argparse.Namespace(**{**vars(args), "out": config.out_dir, "nproc": None})  # one folder name for all
+    try:
+        mp.start_processes(_rank_main, args=(child, args.nproc, _free_port()), nprocs=args.nproc,
+                           start_method="spawn")
+    except mp.ProcessExitedException as exc:   # the rank printed its error; the others were stopped
+        return exc.exit_code if exc.exit_code > 0 else 1
+    except mp.ProcessRaisedException as exc:
+        print(f"error: a training process failed: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, args: argparse.Namespace, world: int, port: int) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    code = main(args)
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    if code:
+        sys.exit(code)
+
+
+def _join_process_group(args: argparse.Namespace) -> int:
+    """Under ``--nproc`` or torchrun (WORLD_SIZE > 1 in the environment): join the process group; the world size."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 1
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    if args.device.startswith("cuda"):
+        args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+        torch.cuda.set_device(torch.device(args.device))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo", init_method="env://",
+                                timeout=datetime.timedelta(minutes=10))
+    if dist.get_rank() > 0:
+        sys.stdout = open(os.devnull, "w")   # rank 0 reports; errors still reach stderr
+    return world
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.nproc is not None and not 1 <= args.nproc <= MAX_PROCESSES:
+        print(f"error: --nproc must be from 1 to {MAX_PROCESSES}, got {args.nproc}", file=sys.stderr)
+        return 2
+    if args.nproc is not None and args.nproc > 1:
+        return _launch(args)
+    try:
+        world = _join_process_group(args)
         threads = args.threads
         if threads is not None and not 1 <= threads <= MAX_THREADS:
             raise TrainError(f"--threads must be from 1 to {MAX_THREADS}, got {threads}")
-        if threads is None and not args.device.startswith("cuda"):
-            threads = min(4, max(1, (os.cpu_count() or 2) // 2))
+        if threads is None and not args.device.startswith("cuda"):   # the cores shared by the ranks
+            threads = min(4, max(1, (os.cpu_count() or 2) // 2 // world))
         if threads is not None:
             import torch
 
@@ -174,7 +261,7 @@ def main(args: argparse.Namespace) -> int:
 
             results = [train(config)]
             _print_run(results[0])
-            if config.out_dir is not None:
+            if config.out_dir is not None and os.environ.get("RANK", "0") == "0":
                 plot_runs(results, Path(config.out_dir) / "val_bpb.png", title=results[0].corpus_fingerprint)
                 print(f"metrics, checkpoint and plot in {config.out_dir}")
     except (TrainError, SpecError) as exc:

@@ -17,7 +17,7 @@ from pathlib import Path
 from fusedgate.files import markdown_table, write_atomic
 from fusedgate.nanochat.errors import TrainError
 from fusedgate.nanochat.plots import plot_runs
-from fusedgate.nanochat.train import OPTIMIZERS, TrainConfig, TrainResult, _prepare_out_dir, train
+from fusedgate.nanochat.train import OPTIMIZERS, TrainConfig, TrainResult, _prepare_out_dir, data_parallel, train
 from fusedgate.spec import GateSpec, SpecError
 
 
@@ -59,10 +59,12 @@ def compare(config: TrainConfig, entries: list[str]) -> list[TrainResult]:
     if out is not None and (out / "compare.md").exists() and not config.overwrite:
         raise TrainError(f"--out {out} already holds a comparison; choose another directory or pass --overwrite")
     configs = [entry_config(config, entry, out) for entry in entries]
+    first_rank = data_parallel()[0] == 0   # with --nproc, rank 0 alone checks and writes the folders
     for c in configs:  # refuse before training anything if a run directory is taken
-        _prepare_out_dir(c)
+        if first_rank:
+            _prepare_out_dir(c)
     results = [train(c) for c in configs]
-    if out is not None:
+    if out is not None and first_rank:
         write_report(results, out)
     return results
 

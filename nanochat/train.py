@@ -8,6 +8,14 @@ checkpoint (model, optimizer, step, curves) is written after validation at t % c
 and at the end, so resuming at step t replays exactly the steps t, t+1, ... of the uninterrupted run.
 A non-finite loss stops the run before the optimizer step, keeping the last good checkpoint.
 
+Data parallel: when ``torch.distributed`` is initialised with N > 1 ranks (``fusedgate train --nproc N`` or
+``torchrun``), each rank takes rows [r·B/N, (r+1)·B/N) of every batch (B divisible by N). FusedGate runs
+``distributed='zero2'`` (it averages the gradients and shards its state, nanochat's pattern); the baseline
+and AdamW run under DDP. The logged loss is the mean over the ranks, every rank validates on the whole
+validation set (identical models: identical results), rank 0 alone writes; checkpoints hold the full
+optimizer state (gathered), so a run resumes at any N. FusedGate's gate records list the parameters that
+rank 0 owns.
+
 Timing: ``wall_s`` is the summed wall time of the training steps (no evaluation, no checkpoints);
 ``tokens_per_s`` is trained tokens / wall_s, leaving out the first step of the run (warm-up,
 compilation) when there is more than one.
@@ -159,7 +167,27 @@ def build_optimizer(name: str, groups: list[dict], spec: GateSpec | None, total_
         return torch.optim.AdamW(groups)
     from fusedgate.optimizer import FusedGate
 
-    return FusedGate(groups, spec=spec if spec is not None else GateSpec.default(), total_steps=total_steps)
+    return FusedGate(groups, spec=spec if spec is not None else GateSpec.default(), total_steps=total_steps,
+                     distributed="zero2" if data_parallel()[1] > 1 else "auto")
+
+
+def data_parallel() -> tuple[int, int]:
+    """(rank, world size) of the initialised default process group, (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _mean_over_ranks(value: torch.Tensor, world: int) -> torch.Tensor:
+    if world == 1:
+        return value
+    import torch.distributed as dist
+
+    total = value.detach().float().clone()
+    dist.all_reduce(total)
+    return total / world
 
 
 def _group_kinds(optimizer, groups: list[dict]) -> list[str]:
@@ -214,6 +242,10 @@ def train(config: TrainConfig) -> TrainResult:
     """Train one model; see the module docstring. Raises TrainError on bad input (nothing written)."""
     t_start = time.perf_counter()
     preset = _check_config(config)
+    rank, world = data_parallel()
+    if preset.batch_size % world:
+        raise TrainError(f"the {preset.name} preset's batch of {preset.batch_size} rows does not split over "
+                         f"{world} processes: use a process count that divides it")
     device = torch.device(config.device)
     ckpt = load_checkpoint(config.resume) if config.resume is not None else None
     total_steps = config.steps or (ckpt["total_steps"] if ckpt else preset.steps)
@@ -233,7 +265,9 @@ def train(config: TrainConfig) -> TrainResult:
                 "tokenizer": data.tokenizer, "lr_scale": config.lr_scale}
     if ckpt is not None:  # a longer run is allowed: its schedule is recomputed for the new total from here on
         check_compatible(ckpt, config.resume, {k: v for k, v in identity.items() if k != "total_steps"})
-    out_dir = _prepare_out_dir(config)
+    # rank 0 checks and writes the folder (the others would find its first files there)
+    out_dir = _prepare_out_dir(config) if rank == 0 else (Path(config.out_dir) if config.out_dir else None)
+    writer = out_dir if rank == 0 else None
 
     # model and optimizer: initialised on the CPU from the seed, so every device and optimizer starts equal
     torch.manual_seed(config.seed)
@@ -243,6 +277,10 @@ def train(config: TrainConfig) -> TrainResult:
     groups = model.param_groups(preset.embedding_lr, preset.unembedding_lr, preset.matrix_lr, preset.weight_decay,
                                 matrix_kind=matrix_kind, adam_matrix_lr=preset.adam_matrix_lr)
     optimizer = build_optimizer(config.optimizer, groups, config.spec, total_steps)
+    trained = model
+    if world > 1 and config.optimizer != "fusedgate":   # FusedGate (zero2) averages the gradients itself
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     kinds = _group_kinds(optimizer, groups)
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"] * config.lr_scale
@@ -266,14 +304,14 @@ def train(config: TrainConfig) -> TrainResult:
         start, wall, first_step_s = ckpt["step"], ckpt["wall_s"], ckpt["first_step_s"]
         val_curve, train_curve, gates = ckpt["val_curve"], ckpt["train_curve"], ckpt["gate_trajectory"]
 
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    log = MetricsLog(out_dir, data.fingerprint, resume_step=start if ckpt is not None else None)
+    if writer is not None:
+        writer.mkdir(parents=True, exist_ok=True)
+    log = MetricsLog(writer, data.fingerprint, resume_step=start if ckpt is not None else None)
     log.write("config", step=start, config=config.to_dict(), model=model_config.to_dict(),
               n_params=model.num_params(), tokenizer=data.tokenizer, train_tokens=len(data.train),
               val_tokens=len(data.val), total_steps=total_steps, resumed=ckpt is not None)
 
-    fwd = torch.compile(model) if config.compile else model
+    fwd = torch.compile(trained) if config.compile else trained
     autocast = _autocast(device)
     token_bytes = torch.from_numpy(data.token_bytes).to(device)
     val_sets = val_batches(data, preset.batch_size, preset.seq_len, preset.eval_tokens)
@@ -284,13 +322,16 @@ def train(config: TrainConfig) -> TrainResult:
     def checkpoint(step: int) -> None:
         if out_dir is None:
             return
+        optimizer_state = optimizer.state_dict()   # zero2: a collective, every rank gathers the full state
+        if writer is None:
+            return
         save_checkpoint(out_dir / CHECKPOINT_FILENAME, {
-            **identity, "step": step, "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+            **identity, "step": step, "model_state": model.state_dict(), "optimizer_state": optimizer_state,
             "data_position": {"sampler": "random-windows(seed, step)", "seed": config.seed, "step": step},
             "wall_s": wall, "first_step_s": first_step_s, "val_curve": val_curve, "train_curve": train_curve,
             "gate_trajectory": gates, "config": config.to_dict()})
 
-    bar = tqdm(total=stop, initial=start, disable=not config.progress, desc=config.name, unit="step",
+    bar = tqdm(total=stop, initial=start, disable=not config.progress or rank > 0, desc=config.name, unit="step",
                dynamic_ncols=True, file=sys.stderr)
     step = start
     for step in range(start, stop + 1):
@@ -308,10 +349,11 @@ def train(config: TrainConfig) -> TrainResult:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         x, y = train_batch(data, config.seed, step, preset.batch_size, preset.seq_len)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        rows = slice(rank * preset.batch_size // world, (rank + 1) * preset.batch_size // world)
+        x, y = x[rows].to(device, non_blocking=True), y[rows].to(device, non_blocking=True)
         with autocast():
             loss = fwd(x, y)
-        loss_value = loss.item()
+        loss_value = _mean_over_ranks(loss.detach(), world).item()   # every rank sees the same value
         if not math.isfinite(loss_value):
             diverged = True
             message = (f"loss became {loss_value} at step {step}; stopped"

@@ -1,0 +1,125 @@
+"""Per-rank optimizer state and communication per step of FusedGate's ZeRO-2 mode, next to nanochat's
+distributed MuonAdamW, on a nanochat GPT (CPU, gloo).
+
+For each world size N the script starts N gloo processes; each builds the same GPT and nanochat's param
+groups, runs one FusedGate step (``distributed='zero2'``, the gated default spec) on random gradients and
+reports the bytes of its optimizer state (measured: the tensors it holds) and the bytes it sends per step
+(by design, ``Zero2.traffic_bytes``: ring reduce-scatter and all-gather move (N−1)/N of their buffer). The
+nanochat columns are computed from its ``DistMuonAdamW`` design (karpathy/nanochat, nanochat/optim.py):
+Muon groups keep a momentum (4 B/element for fp32 params) and a factored second moment for their ⌈K/N⌉
+chunk and reduce-scatter + all-gather the padded stack; AdamW tensors of < 1024 elements are all-reduced
+and their 8 B/element state replicated, larger ones reduce-scattered along dim 0 (1/N of the state).
+
+    python -m fusedgate.bench.distributed_bytes --depth 4 --vocab 8192 --worlds 1 2 3 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import tempfile
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def _model(depth: int, vocab: int):
+    from fusedgate.nanochat.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    return GPT(GPTConfig.from_depth(depth, vocab_size=vocab, sequence_len=128))
+
+
+def _groups(model) -> list[dict]:
+    return model.param_groups(0.3, 0.008, 0.02, 0.0)
+
+
+def nanochat_bytes(groups: list[dict], world: int) -> tuple[int, int]:
+    """(state bytes per rank, bytes sent per rank per step) of nanochat's DistMuonAdamW, by design (it
+    allocates ⌈K/N⌉ matrices of Muon buffers on every rank, so every rank holds the same)."""
+    state = traffic = 0
+    ring = 2 * (world - 1) / world
+    for group in groups:
+        params = group["params"]
+        if group["kind"] == "muon":
+            p = params[0]
+            rows, cols = p.shape
+            chunk = math.ceil(len(params) / world)
+            state += chunk * (p.numel() + (rows if rows >= cols else cols)) * p.element_size()
+            traffic += ring * chunk * world * p.numel() * p.element_size()
+        else:
+            for p in params:
+                share = p.numel() if p.numel() < 1024 else p.numel() / world
+                state += 2 * share * p.element_size()
+                traffic += ring * p.numel() * p.element_size()
+    return int(state), int(traffic)
+
+
+def _worker(rank: int, world: int, store: str, depth: int, vocab: int, out: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    from fusedgate import FusedGate, GateSpec
+    from fusedgate.distributed import state_bytes
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=300))
+    model = _model(depth, vocab)
+    opt = FusedGate(_groups(model), spec=GateSpec.default(), total_steps=100, distributed="zero2")
+    torch.manual_seed(1 + rank)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    opt.step(loss=torch.tensor(3.0 + rank))
+    sent = opt._sync.traffic_bytes(opt)
+    dist.all_gather_object(everyone := [None] * world, (state_bytes(opt), sent))
+    if rank == 0:
+        torch.save(everyone, out)
+    dist.destroy_process_group()
+
+
+def measure(depth: int, vocab: int, world: int) -> list[tuple[int, int]]:
+    """[(state bytes, bytes sent per step)] per rank of a ``world``-rank FusedGate zero2 step."""
+    if world == 1:
+        from fusedgate import FusedGate, GateSpec
+        from fusedgate.distributed import state_bytes
+
+        model = _model(depth, vocab)
+        opt = FusedGate(_groups(model), spec=GateSpec.default(), total_steps=100)
+        for p in model.parameters():
+            p.grad = torch.randn_like(p) * 1e-3
+        opt.step(loss=torch.tensor(3.0))
+        return [(state_bytes(opt), 0)]
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, "bytes.pt")
+        mp.start_processes(_worker, args=(world, os.path.join(folder, "store"), depth, vocab, out),
+                           nprocs=world, start_method="spawn")
+        return torch.load(out)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 3, 4])
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    model = _model(args.depth, args.vocab)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"nanochat GPT depth {args.depth}, vocab {args.vocab}: {n_params:,} parameters "
+          f"({n_params * 4 / 2**20:.1f} MiB fp32)")
+    print("| N | FusedGate state/rank MiB (min–max) | nanochat state/rank MiB | FusedGate sent/rank/step MiB "
+          "| nanochat sent/rank/step MiB |")
+    print("|---|---|---|---|---|")
+    for world in args.worlds:
+        per_rank = measure(args.depth, args.vocab, world)
+        states = [s for s, _ in per_rank]
+        nano_state, nano_sent = nanochat_bytes(_groups(model), world)
+        mib = 2**20
+        print(f"| {world} | {min(states) / mib:.2f}–{max(states) / mib:.2f} | {nano_state / mib:.2f} | "
+              f"{max(s for _, s in per_rank) / mib:.2f} | {nano_sent / mib:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""Processes for the distributed tests: a small model with uneven same-shape stacks, the training loop
+shared by single-process and multi-process runs, and a spawner with a deadline.
+
+Every run trains on the same global batch per step (GLOBAL_BATCH examples, a function of the step only);
+rank r of N takes the r-th contiguous slice, so an N-rank run and a single process over the whole batch
+follow the same mathematics, and differ only by the rounding of the gradient average."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import os
+import traceback
+import warnings
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from fusedgate.distributed import state_bytes
+from fusedgate.optimizer import FusedGate
+from fusedgate.spec import GateSpec
+
+GLOBAL_BATCH = 48          # divisible by 1, 2, 3
+STEPS = 20
+SAVE_AT = 10
+VOCAB, WIDTH, WIDE, CLASSES = 128, 8, 12, 5   # the embedding has 1024 elements: split element-wise
+# fork: the children inherit the imported torch (a spawned child spends seconds importing torch and
+# torch._dynamo); the parent runs no process group and the children use one thread each
+START_METHOD = "fork"
+
+
+class Net(nn.Module):
+    """Embedding (128×8: large enough to be split element-wise) → 5 residual 8×8 layers (a stack of K=5)
+    → a gated pair of 12×8 (K=2) → 8×12 → 5×8 head. On 2 and 3 ranks the stacks of 5 and 2 do not divide
+    evenly, and 5 rows do not divide either."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Embedding(VOCAB, WIDTH)
+        self.layers = nn.ModuleList(nn.Linear(WIDTH, WIDTH) for _ in range(5))
+        self.up_a = nn.Linear(WIDTH, WIDE, bias=False)
+        self.up_b = nn.Linear(WIDTH, WIDE, bias=False)
+        self.down = nn.Linear(WIDE, WIDTH, bias=False)
+        self.head = nn.Linear(WIDTH, CLASSES, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.embed(tokens)
+        for layer in self.layers:
+            h = h + torch.tanh(layer(h))
+        h = h + self.down(torch.tanh(self.up_a(h)) * torch.sigmoid(self.up_b(h)))
+        return self.head(h)
+
+    def nanochat_groups(self) -> list[dict]:
+        """nanochat-style groups: AdamW for the embedding and the vectors, one kind='muon' group per shape."""
+        matrices = [p for n, p in self.named_parameters() if p.ndim == 2 and n != "embed.weight"]
+        groups = [dict(kind="adamw", params=[self.embed.weight], lr=0.01, betas=(0.8, 0.995), eps=1e-10,
+                       weight_decay=0.001),
+                  dict(kind="adamw", params=[p for p in self.parameters() if p.ndim == 1], lr=0.004,
+                       betas=(0.8, 0.95), eps=1e-10, weight_decay=0.0)]
+        for shape in sorted({tuple(p.shape) for p in matrices}):
+            groups.append(dict(kind="muon", params=[p for p in matrices if tuple(p.shape) == shape], lr=MUON_LR,
+                               momentum=0.95, ns_steps=5, beta2=0.9, weight_decay=0.01))
+        return groups
+
+
+def global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 + step)
+    tokens = torch.randint(0, VOCAB, (GLOBAL_BATCH,), generator=g)
+    return tokens, torch.randint(0, CLASSES, (GLOBAL_BATCH,), generator=g)
+
+
+PRESETS = ("adamw", "nanochat", "default")
+# Muon's orthogonaliser maps a gradient's small singular values to ~1, so a 1-ulp difference in the averaged
+# gradient (a sum over ranks rounds differently from one big batch) moves its direction by far more than
+# 1 ulp: after 20 steps at lr 4e-3 the rank-count runs differ from the single process by ~3e-6 (max rel),
+# at 5e-4 by < 1e-6. The tests use 5e-4, where the comparison with the single process is meaningful; the
+# bit-exact comparison (``single_process(shards=2)``) holds at any lr.
+MUON_LR = 5e-4
+
+
+def make_optimizer(model: Net, preset: str, mode: str, group=None) -> FusedGate:
+    """The three presets at small learning rates (Muon's orthogonaliser amplifies rounding differences
+    between runs at large ones)."""
+    if preset == "adamw":
+        return FusedGate(model.named_parameters(), spec=GateSpec.adamw(lr=3e-3), distributed=mode,
+                         process_group=group)
+    if preset == "nanochat":
+        return FusedGate(model.nanochat_groups(), spec=GateSpec.nanochat(), distributed=mode, process_group=group)
+    spec = GateSpec.default().replace(lr=MUON_LR, weight_decay=0.01)
+    return FusedGate(model.named_parameters(), spec=spec, total_steps=STEPS, distributed=mode, process_group=group)
+
+
+def train(model: nn.Module, opt: FusedGate, start: int, stop: int, rank: int = 0, world: int = 1,
+          on_step=None, shards: int = 1) -> None:
+    """Steps start..stop-1 on this rank's slice of each global batch. ``shards`` > 1 (one process): the
+    gradient is the sum of the shards' gradients, in shard order, divided by the count, and the loss their
+    mean — the arithmetic of an all-reduce over ``shards`` ranks."""
+    share = GLOBAL_BATCH // world
+    for step in range(start, stop):
+        if on_step is not None:
+            on_step(step)
+        tokens, targets = global_batch(step)
+        tokens, targets = tokens[rank * share:(rank + 1) * share], targets[rank * share:(rank + 1) * share]
+        if shards == 1:
+            loss = F.cross_entropy(model(tokens), targets)
+            loss.backward()
+        else:
+            loss = _shard_average(model, tokens, targets, shards)
+        opt.step(loss=loss.detach())
+        opt.zero_grad(set_to_none=True)
+
+
+def _shard_average(model: nn.Module, tokens, targets, shards: int) -> torch.Tensor:
+    size = len(tokens) // shards
+    losses, grads = [], None
+    for s in range(shards):
+        model.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(tokens[s * size:(s + 1) * size]), targets[s * size:(s + 1) * size])
+        loss.backward()
+        losses.append(loss.detach())
+        shard = [p.grad for p in model.parameters()]
+        grads = shard if grads is None else [a + b for a, b in zip(grads, shard)]
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g / shards
+    return sum(losses[1:], losses[0]) / shards
+
+
+def state_elements(opt: FusedGate) -> int:
+    """Elements of the state tensors that are not scalars (moments, NorMuon moments, sensors)."""
+    return sum(v.numel() for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0)
+
+
+def params_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def single_process(preset: str, stop: int = STEPS, shards: int = 1) -> dict[str, torch.Tensor]:
+    model = Net()
+    opt = make_optimizer(model, preset, "auto")
+    train(model, opt, 0, stop, shards=shards)
+    return params_of(model)
+
+
+def load_and_continue(checkpoint: Path, preset: str, rank: int = 0, world: int = 1, mode: str = "auto",
+                      group=None):
+    """A fresh model and optimizer from ``checkpoint``, trained from SAVE_AT to STEPS."""
+    ckpt = torch.load(checkpoint, weights_only=False)
+    model = Net(seed=123)   # different init: everything must come from the checkpoint
+    model.load_state_dict(ckpt["model"])
+    opt = make_optimizer(model, preset, mode, group)
+    opt.load_state_dict(ckpt["optimizer"])
+    train(model, opt, SAVE_AT, STEPS, rank, world)
+    return params_of(model)
+
+
+# ---------------------------------------------------------------------------- inside each rank
+def _zero2_runs(rank: int, world: int, out: Path, load_from: list[Path]) -> dict:
+    """The three presets in zero2 (the default one saving a checkpoint at SAVE_AT), then this world's
+    checkpoint and those of ``load_from`` resumed here, and on 3 ranks this world's checkpoint resumed on a
+    2-rank subgroup (ranks 0 and 1, via ``process_group``)."""
+    result = {}
+    for preset in PRESETS:
+        model = Net()
+        opt = make_optimizer(model, preset, "zero2")
+        saver = None
+        if preset == "default":
+            def saver(step, model=model, opt=opt):
+                if step == SAVE_AT:
+                    sd = opt.state_dict()     # a collective: every rank gathers the full state
+                    if rank == 0:
+                        torch.save({"model": model.state_dict(), "optimizer": sd}, out / f"ckpt_world{world}.pt")
+                    dist.barrier()
+        train(model, opt, 0, STEPS, rank, world, on_step=saver)
+        result[f"zero2/{preset}"] = params_of(model)
+        result[f"state_bytes/{preset}"] = state_bytes(opt)
+        result[f"state_elements/{preset}"] = state_elements(opt)
+        result[f"deepcopy/{preset}"] = len(copy.deepcopy(opt).state) == len(opt.state)
+    for path in [out / f"ckpt_world{world}.pt", *load_from]:
+        result[f"resumed/{path.name}"] = load_and_continue(path, "default", rank, world, "zero2")
+    if world == 3:
+        pair = dist.new_group([0, 1])   # every rank takes part in creating it
+        if rank < 2:
+            result["resumed on 2 of 3"] = load_and_continue(out / "ckpt_world3.pt", "default", rank, 2, "zero2", pair)
+        dist.barrier()
+    return result
+
+
+def _ddp_run(rank: int, world: int, preset: str) -> dict[str, torch.Tensor]:
+    model = Net()
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = make_optimizer(model, preset, "replicated")
+    share = GLOBAL_BATCH // world
+    for step in range(STEPS):
+        tokens, targets = global_batch(step)
+        loss = F.cross_entropy(ddp(tokens[rank * share:(rank + 1) * share]), targets[rank * share:(rank + 1) * share])
+        loss.backward()
+        opt.step(loss=loss.detach())   # each rank's own loss: FusedGate averages it
+        opt.zero_grad(set_to_none=True)
+    return params_of(model)
+
+
+def _refusals(rank: int, world: int) -> dict[str, str]:
+    """The one-line errors a wrong setup gets, each before any optimizer state exists."""
+    out = {}
+    try:
+        FusedGate(Net().parameters())
+    except ValueError as exc:
+        out["auto"] = str(exc)
+    model = Net()
+    opt = make_optimizer(model, "default", "replicated")   # no DDP: the gradients differ
+    F.cross_entropy(model(global_batch(0)[0][rank::world]), global_batch(0)[1][rank::world]).backward()
+    try:
+        opt.step()
+    except RuntimeError as exc:
+        out["replicated_without_ddp"] = str(exc)
+    out["replicated_without_ddp_state"] = str(len(opt.state))
+
+    model = Net()   # zero2 on DDP-averaged gradients: correct, but a second average; it says so
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = make_optimizer(model, "default", "zero2")
+    F.cross_entropy(ddp(global_batch(0)[0][rank::world]), global_batch(0)[1][rank::world]).backward()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt.step()
+    out["zero2_under_ddp"] = " ".join(str(w.message) for w in caught if "zero2" in str(w.message))
+
+    model = Net()   # a loss on rank 0 only: the loss all-reduce would not match; refused on every rank
+    opt = make_optimizer(model, "default", "zero2")
+    loss = F.cross_entropy(model(global_batch(0)[0][rank::world]), global_batch(0)[1][rank::world])
+    loss.backward()
+    try:
+        opt.step(loss=loss.detach() if rank == 0 else None)
+    except RuntimeError as exc:
+        out["loss_on_some_ranks"] = str(exc)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    sharded = Net()
+    for layer in sharded.layers:
+        fully_shard(layer, mesh=init_device_mesh("cpu", (world,)))
+    fully_shard(sharded, mesh=init_device_mesh("cpu", (world,)))
+    try:
+        FusedGate(sharded.parameters(), distributed="zero2")
+    except TypeError as exc:
+        out["fsdp2"] = str(exc)
+    return out
+
+
+def worker(rank: int, world: int, store: str, out: str, load_from: list[str]) -> None:
+    torch.set_num_threads(1)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    out = Path(out)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
+    try:
+        result = _zero2_runs(rank, world, out, [Path(p) for p in load_from])
+        for preset in PRESETS:
+            result[f"ddp/{preset}"] = _ddp_run(rank, world, preset)
+        result["refusals"] = _refusals(rank, world)
+        torch.save(result, out / f"rank{rank}_of_{world}.pt")
+    except BaseException:
+        (out / f"error_rank{rank}_of_{world}.txt").write_text(traceback.format_exc())
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(world: int, out: Path, load_from: list[Path] = (), timeout_s: float = 300.0) -> list[dict]:
+    """Run ``worker`` on ``world`` gloo processes (forked; a file store: no ports); their results, by rank."""
+    store = out / f"store_{world}"
+    import torch._dynamo  # noqa: F401  (torch's optimizers import it on first use: once here, not per child)
+    ctx = mp.start_processes(worker, args=(world, str(store), str(out), [str(p) for p in load_from]),
+                             nprocs=world, join=False, start_method=START_METHOD)
+    deadline = timeout_s
+    try:
+        while not ctx.join(timeout=5):
+            deadline -= 5
+            if deadline <= 0:
+                raise TimeoutError(f"{world} gloo processes did not finish in {timeout_s} s")
+    finally:
+        for process in ctx.processes:
+            if process.is_alive():
+                process.kill()
+                process.join()
+    return [torch.load(out / f"rank{r}_of_{world}.pt", weights_only=False) for r in range(world)]
