@@ -1,8 +1,9 @@
 """``fusedgate train --nproc N``: data-parallel training on CPU with gloo equals the single-process run.
 
 Two processes take half of every batch each; the baseline runs under DDP, FusedGate (the nanochat and the
-gated default specs: the default --compare) in ZeRO-2. Both equal their single-process runs over the whole batch up to the rounding of the
-gradient average (measured: val bpb within 1e-7, losses within 5e-7 on the test preset)."""
+gated default specs: the default --compare) in ZeRO-2. Each equals its single-process run over the whole
+batch up to the rounding of the gradient average (measured: val bpb within 1e-7, losses within 5e-7 on
+the test preset)."""
 
 from __future__ import annotations
 
