@@ -314,7 +314,7 @@ def gated_matrix_stack(params: list[torch.Tensor], states: list[dict], hp: Matri
         rms = sensors[:, G.S_GRAD_NORM] / math.sqrt(rows * cols)
         active = (steps > 0) & (rms > 0) & (act["clip_inv"] > 0)
         threshold = col(torch.where(active, rms / act["clip_inv"].clamp_min(1e-30), math.inf))
-        g = torch.clamp(g, -threshold, threshold)
+        g = torch.minimum(torch.maximum(g, -threshold), threshold)   # clamp (3× faster than with tensor bounds)
 
     mu = hp.momentum
     # in place when nothing needs the old m (no sensor sums, no skipped step to undo)
