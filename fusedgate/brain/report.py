@@ -8,6 +8,7 @@ import statistics
 import numpy as np
 
 from fusedgate.brain.scenarios import ARMS, SCENARIOS
+from fusedgate.files import markdown_table
 
 TITLES = {
     "tuned": "Tuned lr: brain vs base (promise: never > 1 % worse)",
@@ -38,16 +39,15 @@ def _div(row: dict) -> str:
 
 def scenario_table(scenario: str, rows: list[dict]) -> list[str]:
     arms = list(ARMS[scenario])
-    head = "| task | optimizer | " + " | ".join(f"{a} (mean)" for a in arms)
-    if scenario in ("tuned", "fusedgate"):
-        head += " | ratio brain/base | min–max | brain better | α |"
-    elif scenario in ("lr_x3", "lr_div3"):
-        head += " | cost of the mis-set lr | ratio brain/base | min–max | brain better | gap closed | α |"
-    elif scenario == "schedule":
-        head += " | schedule/const | brain/const | min–max | brain better | gain recovered | α |"
-    elif scenario == "clipping":
-        head += " | fixed clip/none | brain/none | min–max | brain/fixed clip | α |"
-    lines = [f"### {TITLES[scenario]}", "", head + " diverged |", "|" + "---|" * (head.count("|"))]
+    head = ["task", "optimizer"] + [f"{a} (mean)" for a in arms] + {
+        "tuned": ["ratio brain/base", "min–max", "brain better", "α"],
+        "fusedgate": ["ratio brain/base", "min–max", "brain better", "α"],
+        "lr_x3": ["cost of the mis-set lr", "ratio brain/base", "min–max", "brain better", "gap closed", "α"],
+        "lr_div3": ["cost of the mis-set lr", "ratio brain/base", "min–max", "brain better", "gap closed", "α"],
+        "schedule": ["schedule/const", "brain/const", "min–max", "brain better", "gain recovered", "α"],
+        "clipping": ["fixed clip/none", "brain/none", "min–max", "brain/fixed clip", "α"],
+    }.get(scenario, []) + ["diverged"]
+    table = []
     for row in rows:
         cells = [row["task"], row["optimizer"]] + [_f(row["mean"][a]) for a in arms]
         alpha = _f(statistics.fmean(row["alpha"]), 2) if row["alpha"] else "–"
@@ -62,8 +62,8 @@ def scenario_table(scenario: str, rows: list[dict]) -> list[str]:
         elif scenario == "clipping":
             cells += [_f(row["clip_ratio"]), f"**{_f(row['ratio'])}**", _spread(row["ratios"]),
                       _f(row["brain_vs_clip"]), alpha]
-        lines.append("| " + " | ".join(cells + [_div(row)]) + " |")
-    return lines + [""]
+        table.append(cells + [_div(row)])
+    return [f"### {TITLES[scenario]}", "", markdown_table(head, table), ""]
 
 
 def markdown(rows: list[dict], targets: list[dict], meta: dict, overhead: dict | None, state) -> str:
@@ -84,29 +84,26 @@ def markdown(rows: list[dict], targets: list[dict], meta: dict, overhead: dict |
         "",
     ]
     if targets:
-        lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
-        lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else '**no**'} |" for t in targets]
+        table = [[t["target"], t["measured"], "yes" if t["met"] else "**no**"] for t in targets]
         if overhead:
-            lo = overhead["learning"]["overhead"]
-            lines.append(f"| overhead ≤ 0.1 % of a NanoChat tiny step | neutral "
-                         f"{100 * overhead['neutral']['overhead']:.3f} %, learning {100 * lo:.3f} % | "
-                         f"{'yes' if max(lo, overhead['neutral']['overhead']) <= 0.001 else '**no**'} |")
-        lines.append(f"| state ≤ 50 KB (8 groups) | {state[0]:,} B (torch), {state[1]:,} B (numpy) | "
-                     f"{'yes' if max(state) <= 51200 else '**no**'} |")
-        lines.append("")
+            lo, ne = overhead["learning"]["overhead"], overhead["neutral"]["overhead"]
+            table.append(["overhead ≤ 0.1 % of a NanoChat tiny step",
+                          f"neutral {100 * ne:.3f} %, learning {100 * lo:.3f} %",
+                          "yes" if max(lo, ne) <= 0.001 else "**no**"])
+        table.append(["state ≤ 50 KB (8 groups)", f"{state[0]:,} B (torch), {state[1]:,} B (numpy)",
+                      "yes" if max(state) <= 51200 else "**no**"])
+        lines += ["## Targets", "", markdown_table(["target", "measured", "met"], table), ""]
     lines += ["## Scenarios", ""]
     for scenario in SCENARIOS:
         chosen = [r for r in rows if r["scenario"] == scenario]
         if chosen:
             lines += scenario_table(scenario, chosen)
-    lines += ["![ratios per scenario](brain_eval.png)", "", "## Per-seed final losses", "",
-              "| scenario | task | optimizer | arm | " + " | ".join(
-                  f"seed {s}" for s in rows[0]["seeds"]) + " |" if rows else "",
-              "|" + "---|" * (4 + (len(rows[0]["seeds"]) if rows else 0))]
-    for row in rows:
-        for arm, values in row["finals"].items():
-            lines.append(f"| {row['scenario']} | {row['task']} | {row['optimizer']} | {arm} | "
-                         + " | ".join(_f(v) for v in values) + " |")
+    lines += ["![ratios per scenario](brain_eval.png)", "", "## Per-seed final losses", ""]
+    if rows:
+        per_seed = [[row["scenario"], row["task"], row["optimizer"], arm] + [_f(v) for v in values]
+                    for row in rows for arm, values in row["finals"].items()]
+        lines.append(markdown_table(["scenario", "task", "optimizer", "arm"] + [f"seed {s}" for s in rows[0]["seeds"]],
+                                    per_seed))
     lines += ["", "## Overhead and size", ""]
     if overhead:
         n, le = overhead["neutral"], overhead["learning"]

@@ -10,12 +10,12 @@ corrupt or mismatched file raises one ``BrainError`` line and leaves the brain a
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
 from fusedgate.brain.policy import BrainError, RunningNorm
+from fusedgate.files import WriteError, write_atomic
 
 FORMAT_VERSION = 2
 STRUCTURE = ("n_groups", "window", "sketch_size", "seed")
@@ -154,22 +154,15 @@ def restore_arrays(brain, arrays: dict[str, np.ndarray], source: str) -> None:
 
 
 def write_npz(path, arrays: dict[str, np.ndarray]) -> None:
-    """Write atomically: a temp file in the same folder, then rename (an old file survives errors)."""
+    """Write atomically (``fusedgate.files.write_atomic``: an old file survives errors)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise BrainError(f"cannot save brain to {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".optbrain-", suffix=".npz", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise BrainError(f"cannot save brain to {path}: {exc.strerror or exc}") from None
-        raise
+        write_atomic(path, lambda f: np.savez(f, **arrays))
+    except WriteError as exc:
+        raise BrainError(f"cannot save brain to {path}: {exc}") from None
 
 
 def read_npz(path) -> dict[str, np.ndarray]:
