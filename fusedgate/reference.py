@@ -302,8 +302,9 @@ def gated_matrix_stack(params: list[torch.Tensor], states: list[dict], hp: Matri
     view = (k, rows, cols)
     # (k,) float64 scalars → float32 (k, 1, 1), as a 0-d tensor would round; a Python float rounds the same way
     col = lambda t: t if isinstance(t, float) else t.float().view(k, 1, 1)
-    P = torch.stack([p.detach() for p in params]).view(view).float()
-    g = torch.stack([p.grad.detach() for p in params]).view(view).float()
+    # (no .detach(): the optimizer steps under torch.no_grad, and each detach is one more dispatch)
+    P = torch.stack(params).view(view).float()
+    g = torch.stack([p.grad for p in params]).view(view).float()
     m = pack(states, "exp_avg").view(view)
     # finite iff the sum is: NaN and ±inf propagate through a sum (a finite gradient whose elements sum
     # past ±3.4e38 would read as non-finite and be skipped: such a step could not be applied anyway)
@@ -323,7 +324,6 @@ def gated_matrix_stack(params: list[torch.Tensor], states: list[dict], hp: Matri
     m_decay = pack(states, "m_decay_prod")
     p1 = m_decay * mu
     c_a, c_o = direction_coefficients(rows, cols, act["ortho"], hp.units)
-    c_a = c_a / (1.0 - p1)
     tau = act["trust_mix"]
     trust = 1.0 if isinstance(tau, float) and tau == 0.0 else (1.0 - tau) + tau * sensors[:, G.S_TRUST_RATIO].double()
     step_size = hp.lr * act["update_mult"] * trust
@@ -335,6 +335,7 @@ def gated_matrix_stack(params: list[torch.Tensor], states: list[dict], hp: Matri
         v_new = v * col(beta2) + col(1.0 - beta2) * g * g
         v_decay = pack(states, "v_decay_prod")
         p2 = v_decay * beta2
+        c_a = c_a / (1.0 - p1)
         adam_raw = m_new / (v_new.sqrt() / col((1.0 - p2).sqrt()) + hp.eps)   # Adam direction times (1 − P₁)
         step_terms.append(col(step_size * c_a) * adam_raw)
         d = col(c_a) * adam_raw
@@ -365,7 +366,7 @@ def gated_matrix_stack(params: list[torch.Tensor], states: list[dict], hp: Matri
         """new where the step is applied, else old (a no-op when every gradient is known finite)."""
         return torch.where(applied.view((k,) + (1,) * (new.dim() - 1)), new, old) if masked else new
 
-    torch._foreach_copy_([p.detach() for p in params], list(keep(P_new, P).view((k,) + tuple(shape)).unbind(0)))
+    torch._foreach_copy_(params, list(keep(P_new, P).view((k,) + tuple(shape)).unbind(0)))
     if not in_place:
         m.copy_(keep(m_new, m))
     m_decay.copy_(keep(p1, m_decay))
