@@ -25,7 +25,7 @@ import os
 import sqlite3
 import time
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -42,15 +42,18 @@ CREATE TABLE population (
 CREATE TABLE evaluations (
     id INTEGER PRIMARY KEY, job_key TEXT NOT NULL UNIQUE, optimizer TEXT NOT NULL, spec_hash TEXT,
     preset TEXT NOT NULL, steps INTEGER NOT NULL, seed INTEGER NOT NULL, data TEXT, stage TEXT NOT NULL,
-    status TEXT NOT NULL, final_val_bpb REAL, tokens_per_s REAL, wall_s REAL, corpus_fingerprint TEXT,
-    val_curve TEXT, train_curve TEXT, gate_trajectory TEXT, error TEXT, worker TEXT, finished_at REAL NOT NULL);
+    lr_scale REAL NOT NULL DEFAULT 1.0, final_eval_tokens INTEGER,
+    status TEXT NOT NULL, final_val_bpb REAL, final_val_se REAL, tokens_per_s REAL, wall_s REAL, total_s REAL,
+    corpus_fingerprint TEXT,
+    val_curve TEXT, train_curve TEXT, gate_trajectory TEXT, final_val_batches TEXT, error TEXT, worker TEXT,
+    finished_at REAL NOT NULL);
 CREATE TABLE job_starts (id INTEGER PRIMARY KEY, job_key TEXT NOT NULL, started_at REAL NOT NULL, pid INTEGER);
 CREATE TABLE rejections (
     id INTEGER PRIMARY KEY, generation INTEGER, parent_hash TEXT, source TEXT NOT NULL, reason TEXT NOT NULL,
     output TEXT, created_at REAL NOT NULL);
 """
 
-_JSON_COLUMNS = ("val_curve", "train_curve", "gate_trajectory")
+_JSON_COLUMNS = ("val_curve", "train_curve", "gate_trajectory", "final_val_batches")
 
 
 class ArchiveError(RuntimeError):
@@ -225,11 +228,15 @@ class Archive:
     def add_evaluation(self, job: dict, result: dict) -> int:
         """Commit one finished run (its own transaction). Raises if the job key is already there."""
         row = {k: job[k] for k in ("job_key", "optimizer", "spec_hash", "preset", "steps", "seed", "data", "stage")}
+        row["lr_scale"] = job.get("lr_scale", 1.0)
+        row["final_eval_tokens"] = job.get("final_eval_tokens")
         for k in (
             "status",
             "final_val_bpb",
+            "final_val_se",
             "tokens_per_s",
             "wall_s",
+            "total_s",
             "corpus_fingerprint",
             "error",
             "worker",
