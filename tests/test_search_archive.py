@@ -98,18 +98,18 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text('{"version": 1, "gate_bias": 99}')
     db = str(tmp_path / "s.sqlite")
-    assert cli_main(["search", "run", "--db", db, "--preset", "test", "--init", str(bad)]) == 1
+    assert cli_main(["search", "run", "--db", db, "--preset", "test", "--init", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "gate_bias=99" in err and "outside its bound" in err
     assert not (tmp_path / "s.sqlite").exists()  # nothing written on a user mistake
-    assert cli_main(["search", "run", "--db", db, "--preset", "nope"]) == 1
+    assert cli_main(["search", "run", "--db", db, "--preset", "nope"]) == 2
     assert "unknown preset" in capsys.readouterr().err
-    assert cli_main(["search", "run", "--db", db, "--preset", "test", "--operators", "frobnicate"]) == 1
+    assert cli_main(["search", "run", "--db", db, "--preset", "test", "--operators", "frobnicate"]) == 2
     assert "unknown operator" in capsys.readouterr().err
     junk = tmp_path / "junk.sqlite"
     junk.write_text("x" * 5000)
-    assert cli_main(["search", "resume", "--db", str(junk)]) == 1
+    assert cli_main(["search", "resume", "--db", str(junk)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "not a fusedgate search archive" in err
-    assert cli_main(["search", "report", "--db", str(tmp_path / "missing.sqlite")]) == 1
+    assert cli_main(["search", "report", "--db", str(tmp_path / "missing.sqlite")]) == 2
     assert "no such archive" in capsys.readouterr().err

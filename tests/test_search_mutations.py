@@ -2,10 +2,22 @@
 
 import math
 import random
+from dataclasses import dataclass
 
 import pytest
 
-from fusedgate.search.mutations import OPERATORS, aspect_of, describe, flatten, mutate, random_spec
+from fusedgate.search import mutations
+from fusedgate.search.mutations import (
+    NOT_SEARCHED,
+    OPERATORS,
+    aspect_of,
+    describe,
+    field_kinds,
+    flatten,
+    mutate,
+    random_spec,
+    searched_fields,
+)
 from fusedgate.spec import BOUNDS, POLE_BOUNDS, GateSpec, Pole
 
 
@@ -41,8 +53,8 @@ def check_bounds(spec: GateSpec) -> None:
     assert GateSpec.from_json(spec.to_json()) == spec  # re-validated by the constructor
 
 
-def test_registry_has_thirteen_documented_operators():
-    assert len(OPERATORS) == 13
+def test_registry_has_fourteen_documented_operators():
+    assert len(OPERATORS) == 14
     table = describe()
     for name, op in OPERATORS.items():
         assert op.doc and op.fields and f"`{name}`" in table
@@ -85,3 +97,41 @@ def test_mutation_is_reproducible_from_the_seed():
     b = [mutate(GateSpec.default(), random.Random(f"s{i}")) for i in range(20)]
     assert a == b
     assert len({child.content_hash() for child, _ in a}) > 10  # and actually random
+
+
+def test_perturb_field_reaches_every_searched_field():
+    fields = set(searched_fields())
+    assert fields == set(flatten(GateSpec.default())) - set(NOT_SEARCHED)
+    seen = set()
+    for i in range(600):
+        child = OPERATORS["perturb_field"](GateSpec.default(), random.Random(i))
+        if child is not None:
+            seen |= aspect_of(GateSpec.default(), child)
+    assert seen == fields
+
+
+@dataclass(frozen=True)
+class FutureSpec(GateSpec):
+    """GateSpec with the kind of fields the engine will add: an enum and two bools."""
+
+    orthogonaliser: str = "quintic"
+    muon_eq: bool = False
+    normuon: bool = True
+
+
+def test_perturb_field_handles_new_bool_and_enum_fields(monkeypatch):
+    monkeypatch.setitem(mutations.ENUM_CHOICES, "orthogonaliser", ("quintic", "polar_express"))
+    kinds = field_kinds(FutureSpec)
+    assert kinds["orthogonaliser"].kind == "enum" and kinds["muon_eq"].kind == "bool"
+    assert kinds["nesterov"].kind == "bool" and kinds["ns_steps"].kind == "int"
+    assert kinds["aggressive.clip"].bound == POLE_BOUNDS["clip"]
+    parent = FutureSpec()
+    changed = {}
+    for i in range(400):
+        child = OPERATORS["perturb_field"](parent, random.Random(i))
+        if child is None:
+            continue
+        (name,) = aspect_of(parent, child)  # exactly one field
+        changed[name] = getattr(child, name) if "." not in name else None
+    assert changed["orthogonaliser"] == "polar_express"
+    assert changed["muon_eq"] is True and changed["normuon"] is False

@@ -74,6 +74,11 @@ class Archive:
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             raise ArchiveError(f"directory {parent} does not exist")
+        try:  # probe: a read-only location fails here with its own reason, not inside SQLite
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            os.unlink(path)
+        except OSError as exc:
+            raise ArchiveError(f"cannot create the archive {path}: {exc.strerror} (choose a writable --db)") from None
         archive = cls(path, _connect(path))
         with archive.transaction() as conn:
             for statement in SCHEMA.strip().split(";"):
@@ -93,15 +98,26 @@ class Archive:
     def open(cls, path: str) -> Archive:
         if not os.path.isfile(path):
             raise ArchiveError(f"{path}: no such archive")
+        if not os.access(path, os.R_OK):
+            raise ArchiveError(f"{path}: permission denied")
         conn = _connect(path)
         try:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if "meta" not in tables:
                 raise ArchiveError(f"{path} is not a fusedgate search archive (no meta table)")
             row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            check = conn.execute("PRAGMA quick_check").fetchall()
         except sqlite3.DatabaseError as exc:
             conn.close()
+            if "malformed" in str(exc):
+                raise ArchiveError(f"{path} is corrupted ({exc}); restore it from a backup") from None
             raise ArchiveError(f"{path} is not a fusedgate search archive ({exc})") from None
+        except ArchiveError:
+            conn.close()
+            raise
+        if check != [("ok",)]:
+            conn.close()
+            raise ArchiveError(f"{path} is corrupted (SQLite quick_check: {check[0][0]}); restore it from a backup")
         if row is None or row[0] != str(SCHEMA_VERSION):
             conn.close()
             found = "none" if row is None else row[0]

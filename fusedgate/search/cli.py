@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sqlite3
 import sys
 import time
 
@@ -210,7 +211,7 @@ def make_executor(args, cfg: dict | None = None):
                 args.address,
                 cpus_per_job=args.cpus_per_job,
                 gpus_per_job=args.gpus_per_job,
-                connect_timeout=args.connect_timeout,
+                connect_timeout=None,  # checked by _check_executor_args before anything was created
             )
         except UnreachableError as exc:
             raise UsageError(str(exc)) from None
@@ -269,6 +270,19 @@ def _config(args) -> dict:
             )
         cfg["operators"] = names
     return cfg
+
+
+def _check_executor_args(args) -> None:
+    """Executor flags that can be refused before anything is created (an unreachable Ray address)."""
+    if getattr(args, "executor", None) == "ray" and args.address:
+        from fusedgate.search.executors import UnreachableError, check_reachable
+
+        if not (args.connect_timeout > 0 and math.isfinite(args.connect_timeout)):
+            raise UsageError("--connect-timeout must be a positive number of seconds")
+        try:
+            check_reachable(args.address, args.connect_timeout)
+        except UnreachableError as exc:
+            raise UsageError(str(exc)) from None
 
 
 def _mutator_argv(cmd: str) -> list[str]:
@@ -341,6 +355,7 @@ def main(args) -> int:
 
     archive = None
     try:
+        _check_executor_args(args)
         if args.search_command == "run":
             cfg = _config(args)
             archive = Archive.create(args.db, cfg)
@@ -369,6 +384,10 @@ def main(args) -> int:
             return _calibrate(args)
         if args.search_command == "noise":
             return _noise(args)
+    except sqlite3.DatabaseError as exc:
+        print(f"fusedgate search: error: {args.db}: {exc} (the archive is damaged; restore it from a backup)",
+              file=sys.stderr)
+        return 2
     except (ArchiveError, SpecError, TrainError, ValueError, RuntimeError) as exc:
         print(f"fusedgate search: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
               file=sys.stderr)

@@ -103,8 +103,11 @@ def summarize_gates(trajectory: list[dict]) -> list[dict]:
 def run_job(job: dict, device: str = "cpu") -> dict:
     """Train once as the job says; return status, metrics and curves (never raises)."""
     try:
+        from fusedgate.nanochat.data import load_data
         from fusedgate.nanochat.train import TrainConfig, train
         from fusedgate.spec import GateSpec
+
+        hits = load_data.cache_info().hits
 
         spec = None if job["spec_json"] is None else GateSpec.from_json(job["spec_json"])
         result = train(
@@ -132,6 +135,7 @@ def run_job(job: dict, device: str = "cpu") -> dict:
             "total_s": result.total_s,
             "final_val_se": result.final_val_se if math.isfinite(result.final_val_se) else None,
             "final_val_batches": result.final_val_batches,
+            "corpus_cached": load_data.cache_info().hits > hits,  # this worker had tokenised it already
             "corpus_fingerprint": result.corpus_fingerprint,
             "val_curve": result.val_curve,
             "train_curve": result.train_curve,

@@ -11,8 +11,10 @@ thread compares ``os.getppid()`` with the parent it was started by.
 
 ``RayExecutor`` (``--executor ray --address ...``): one Ray task per job, for many GPUs or machines.
 Every machine needs fusedgate installed. A task whose worker dies comes back as a "failed" result.
-An address that does not answer a TCP connection within ``connect_timeout`` seconds is refused with a
-one-line error before Ray is asked to join it (Ray itself would wait for minutes).
+An address is checked before the search starts (``check_reachable``): it must accept a TCP connection
+within ``connect_timeout`` seconds, and a throw-away process must join it as a Ray cluster within
+``RAY_JOIN_FACTOR × connect_timeout`` seconds (an address that accepts TCP but is no Ray cluster makes
+``ray.init`` retry for minutes). A failure is a one-line error naming the address.
 
 Both call ``on_start(job)`` just before a job is handed out (the archive logs it).
 """
@@ -22,6 +24,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -31,6 +35,7 @@ from multiprocessing.connection import wait
 from fusedgate.search.evaluate import failed, run_job
 
 ORPHAN_POLL_S = 0.5
+RAY_JOIN_FACTOR = 3
 
 
 def default_devices(workers: int | None = None, jobs_per_gpu: int = 1) -> list[str]:
@@ -45,6 +50,15 @@ def default_devices(workers: int | None = None, jobs_per_gpu: int = 1) -> list[s
     if n_gpu:
         return [f"cuda:{i % n_gpu}" for i in range(workers or n_gpu * max(1, jobs_per_gpu))]
     return ["cpu"] * (workers or os.cpu_count() or 1)
+
+
+def threads_per_worker(cpu_workers: int) -> int:
+    """torch threads of each worker: the cores shared out among the CPU workers, capped by
+    OMP_NUM_THREADS when it is set (on a shared machine, spinning threads of oversubscribed workers
+    slow every job down by far more than their share)."""
+    share = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
+    cap = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, min(share, int(cap))) if cap.isdigit() and int(cap) > 0 else share
 
 
 def _exit_when_orphaned(parent_pid: int) -> None:
@@ -102,8 +116,7 @@ class LocalExecutor:
     ):
         """``warm``: (data, preset) pairs whose corpus each worker loads and tokenises at start."""
         self.devices = devices or default_devices(workers, jobs_per_gpu)
-        cpu_workers = sum(d == "cpu" for d in self.devices)
-        self.threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
+        self.threads = threads_per_worker(sum(d == "cpu" for d in self.devices))
         self.warm = tuple(warm)
         self.ctx = mp.get_context("spawn")
         self.workers: list[_Worker] = []
@@ -170,6 +183,19 @@ def check_reachable(address: str, timeout: float) -> None:
         raise UnreachableError(
             f"cannot reach the Ray cluster at {address} within {timeout:g} s ({reason}); check --address"
         ) from None
+    join = RAY_JOIN_FACTOR * timeout
+    probe = f"import ray; ray.init(address={address!r}, include_dashboard=False, log_to_driver=False); ray.shutdown()"
+    try:
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=join)
+    except subprocess.TimeoutExpired:
+        raise UnreachableError(
+            f"cannot reach the Ray cluster at {address}: it did not answer as a Ray cluster within {join:g} s; "
+            f"check --address"
+        ) from None
+    if out.returncode != 0:
+        lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
+        last = lines[-1] if lines else f"exit code {out.returncode}"
+        raise UnreachableError(f"cannot reach the Ray cluster at {address}: {last[:300]}")
 
 
 def _ray_run(job: dict, threads: int, use_gpu: bool) -> dict:
@@ -194,13 +220,14 @@ class RayExecutor:
         address: str | None = None,
         cpus_per_job: int = 1,
         gpus_per_job: float = 0.0,
-        connect_timeout: float = 10.0,
+        connect_timeout: float | None = 10.0,
     ):
+        """``connect_timeout``: seconds for ``check_reachable`` of ``address`` (None: already checked)."""
         import ray
 
         self.started = not ray.is_initialized()
         if self.started:
-            if address:
+            if address and connect_timeout is not None:
                 check_reachable(address, connect_timeout)
                 ray.init(address=address, include_dashboard=False, log_to_driver=False)
             else:

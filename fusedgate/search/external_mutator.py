@@ -107,7 +107,7 @@ def validate(parent: GateSpec, data: dict, dry_run: bool = True, corpus: str | N
     """Steps 3-4 of the preflight on a parsed child; returns the GateSpec or raises Rejected."""
     merged = merge(parent, data)
     try:
-        child = GateSpec.from_dict(merged)
+        child = type(parent).from_dict(merged)
     except SpecError as exc:
         raise Rejected(f"spec: {exc}") from None
     if child == parent:
