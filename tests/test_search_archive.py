@@ -113,3 +113,20 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 0 and "not a fusedgate search archive" in err
     assert cli_main(["search", "report", "--db", str(tmp_path / "missing.sqlite")]) == 2
     assert "no such archive" in capsys.readouterr().err
+
+
+def test_import_evaluations_copies_only_missing_finished_runs(tmp_path):
+    src = Archive.create(str(tmp_path / "src.sqlite"), default_config())
+    src.add_evaluation(job(0), result(3.0))
+    src.add_evaluation(job(1), result(2.5))
+    src.add_evaluation(job(2), {**result(), "status": "failed", "final_val_bpb": None})
+    src.close()
+    dst = Archive.create(str(tmp_path / "dst.sqlite"), default_config())
+    dst.add_evaluation(job(1), result(2.7))  # its own run of the same job wins
+    assert dst.import_evaluations(str(tmp_path / "src.sqlite")) == 1
+    assert dst.evaluation(job(0)["job_key"])["final_val_bpb"] == 3.0
+    assert dst.evaluation(job(1)["job_key"])["final_val_bpb"] == 2.7
+    assert dst.evaluation(job(2)["job_key"]) is None  # failed runs are not copied
+    assert dst.evaluation(job(0)["job_key"])["val_curve"] == result(3.0)["val_curve"]
+    assert dst.import_evaluations(str(tmp_path / "src.sqlite")) == 0
+    dst.close()

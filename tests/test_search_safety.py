@@ -66,10 +66,11 @@ from fusedgate.search.evaluate import make_job
 from fusedgate.search.executors import LocalExecutor
 from fusedgate.search.tournament import gated_muon
 
-job = make_job("fusedgate", gated_muon(), "test", 1_000_000, 0, sys.argv[1], "c", "screen")
-ex = LocalExecutor(workers=1)
-for _ in ex.map([job], on_start=lambda j: print(ex.workers[0].proc.pid, flush=True)):
-    pass
+if __name__ == "__main__":  # workers are spawned: they re-import this file
+    job = make_job("fusedgate", gated_muon(), "test", 1_000_000, 0, sys.argv[1], "c", "screen")
+    ex = LocalExecutor(workers=1)
+    for _, result in ex.map([job], on_start=lambda j: print(ex.workers[0].proc.pid, flush=True)):
+        print("finished", result["status"], flush=True)  # never reached: the job runs for hours
 """
 
 
@@ -86,8 +87,8 @@ def test_worker_exits_when_its_parent_is_killed(tmp_path, corpus):
     script.write_text(textwrap.dedent(ORPHAN_PARENT))
     parent = subprocess.Popen([sys.executable, str(script), corpus], stdout=subprocess.PIPE, text=True)
     worker = int(parent.stdout.readline())
-    time.sleep(2.0)  # the worker is training its million-step job
-    assert _alive(worker)
+    time.sleep(3.0)  # the worker is training its million-step job
+    assert _alive(worker) and parent.poll() is None
     parent.send_signal(signal.SIGKILL)  # the parent only, not its process group
     parent.wait()
     deadline = time.time() + 10

@@ -268,6 +268,26 @@ class Archive:
             )
         return cur.lastrowid
 
+    def import_evaluations(self, other_path: str) -> int:
+        """Copy the finished evaluations of another archive whose job keys this one lacks (one
+        transaction). The job key hashes everything that determines a run (optimizer, spec, preset,
+        steps, seed, lr scale, evaluation sizes, corpus), so a copied run is the run this archive would
+        have done: e.g. a noise measurement's baselines serve a search at the same horizon."""
+        other = Archive.open(other_path)
+        try:
+            cur = other.conn.execute("SELECT * FROM evaluations WHERE status='ok' ORDER BY id")
+            cols = [d[0] for d in cur.description if d[0] != "id"]
+            rows = [r[1:] for r in cur.fetchall()]
+        finally:
+            other.close()
+        have = {r[0] for r in self.conn.execute("SELECT job_key FROM evaluations")}
+        new = [r for r in rows if r[cols.index("job_key")] not in have]
+        with self.transaction() as conn:
+            conn.executemany(
+                f"INSERT INTO evaluations ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", new
+            )
+        return len(new)
+
     def evaluation(self, job_key: str) -> dict | None:
         cur = self.conn.execute("SELECT * FROM evaluations WHERE job_key=?", (job_key,))
         row = cur.fetchone()

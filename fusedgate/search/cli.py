@@ -145,7 +145,18 @@ def add_arguments(parser) -> None:
         help=f"comma-separated operators, or 'all' (default: all except those the trainer "
         f"overrides). Known: {', '.join(OPERATORS)}",
     )
-    run.add_argument("--mutator-cmd", default=None, help="external mutator: spec JSON on stdin -> child on stdout")
+    run.add_argument(
+        "--reuse",
+        action="append",
+        default=None,
+        metavar="ARCHIVE",
+        help="copy finished runs with the same job keys from another archive (e.g. a noise measurement)",
+    )
+    run.add_argument(
+        "--mutator-cmd",
+        default=None,
+        help="external mutator, run without a shell: spec JSON on stdin -> child on stdout",
+    )
     run.add_argument("--mutator-timeout", type=float, default=300.0)
     run.add_argument("--mutator-retries", type=int, default=2)
     _add_executor_args(run)
@@ -358,7 +369,11 @@ def main(args) -> int:
         _check_executor_args(args)
         if args.search_command == "run":
             cfg = _config(args)
+            for path in args.reuse or ():
+                Archive.open(path).close()  # a bad --reuse fails before the archive is created
             archive = Archive.create(args.db, cfg)
+            for path in args.reuse or ():
+                print(f"reused {archive.import_evaluations(path)} finished runs from {path}", file=sys.stderr)
             return _search(archive, args)
         if args.search_command == "resume":
             archive = Archive.open(args.db)
