@@ -3,14 +3,16 @@
 Which parameters are gated
 --------------------------
 * groups with ``kind='muon'`` (nanochat's format): gated, in Muon units (lr, momentum, ns_steps,
-  weight_decay from the group);
+  weight_decay and, when the spec's NorMuon is on, the NorMuon decay ``beta2`` from the group);
 * groups with ``kind='adamw'``: plain AdamW with the group's lr, betas, eps, weight_decay;
 * groups without ``kind`` (``model.parameters()``, ``model.named_parameters()``): params with
   ndim ≥ 2 are gated in the spec's units, except those whose name contains one of ``adamw_names``
   (embeddings and output heads, recognisable only when names are given); every other param gets AdamW.
 
 Group hyperparameters live in ``param_groups`` (LR schedulers work); the spec supplies their defaults
-and holds the sensors' decays, the gate and the poles. ``step(loss=...)`` takes the loss as a 0-d tensor
+and holds the engine switches, the sensors' decays, the gate and the poles. Parameters of one shape
+in a group are updated as one stack (as nanochat does), each matrix orthogonalised on its own.
+``step(loss=...)`` takes the loss as a 0-d tensor
 and never reads it on the host: nothing inside ``step()`` synchronises with the device.
 """
 
@@ -59,7 +61,7 @@ class FusedGate(torch.optim.Optimizer):
         defaults = dict(
             kind=None, lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps,
             weight_decay=spec.weight_decay, momentum=spec.momentum, nesterov=spec.nesterov,
-            ns_steps=spec.ns_steps, gate_scale=1.0, gate_clip=1.0, gate_dampen=0.0,
+            ns_steps=spec.ns_steps, beta2=spec.normuon_beta2, gate_scale=1.0, gate_clip=1.0, gate_dampen=0.0,
         )
         super().__init__(params, defaults)
         if backend == "triton":
@@ -67,11 +69,20 @@ class FusedGate(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ groups
     def add_param_group(self, param_group: dict) -> None:
+        """torch's add_param_group plus FusedGate's checks; a rejected group leaves ``param_groups`` as it was."""
         kind = param_group.get("kind")
         if kind not in KINDS:
             raise ValueError(f"param group kind={kind!r}: expected 'adamw', 'muon' or none")
+        has_beta2 = "beta2" in param_group   # before torch fills in the defaults
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
+        try:
+            self._check_group(self.param_groups[-1], has_beta2)
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
+
+    def _check_group(self, group: dict, has_beta2: bool) -> None:
+        kind = group.get("kind")
         for p in group["params"]:
             if p.is_complex():
                 raise TypeError("FusedGate does not support complex parameters; view them as real "
@@ -79,6 +90,12 @@ class FusedGate(torch.optim.Optimizer):
             if kind == "muon" and p.ndim < 2:
                 raise ValueError(f"a kind='muon' group holds a {p.ndim}-D parameter of shape {tuple(p.shape)}; "
                                  "Muon groups take matrices only")
+        if kind == "muon" and self.spec.normuon and not has_beta2:
+            raise ValueError("a kind='muon' param group needs 'beta2' (the NorMuon decay) while the spec's "
+                             "normuon is on")
+        if self.spec.orthogonaliser == "polar_express" and group["ns_steps"] > len(R.POLAR_EXPRESS):
+            raise ValueError(f"param group ns_steps={group['ns_steps']}: orthogonaliser='polar_express' has "
+                             f"{len(R.POLAR_EXPRESS)} coefficient triples")
 
     def is_gated(self, group: dict, index: int, p: torch.Tensor) -> bool:
         """Whether parameter ``index`` of ``group`` gets the gated update (else AdamW)."""
@@ -138,6 +155,7 @@ class FusedGate(torch.optim.Optimizer):
         if loss is not None:
             G.observe_loss(global_state, torch.as_tensor(loss), self.spec)
 
+        engine = R.Engine.of(self.spec)
         for group in self.param_groups:
             gated, plain = [], []
             for index, p in enumerate(group["params"]):
@@ -148,7 +166,9 @@ class FusedGate(torch.optim.Optimizer):
                 is_gated = self.is_gated(group, index, p)
                 state = self.state[p]
                 if not state:
-                    state.update(R.new_matrix_state(p) if is_gated else R.new_adamw_state(p))
+                    state.update(R.new_matrix_state(p, engine) if is_gated else R.new_adamw_state(p))
+                elif is_gated and engine.normuon and "normuon_sq" not in state:
+                    state["normuon_sq"] = R.new_normuon_state(p)   # the spec switched NorMuon on
                 (gated if is_gated else plain).append((p, state))
             if gated:
                 self._gated_group(group, gated, global_state)
@@ -161,33 +181,41 @@ class FusedGate(torch.optim.Optimizer):
         momentum = group["momentum"] if units == "muon" else group["betas"][0]
         return R.MatrixHyper(lr=float(group["lr"]), weight_decay=float(group["weight_decay"]),
                              momentum=float(momentum), eps=float(group["eps"]), nesterov=bool(group["nesterov"]),
-                             ns_steps=int(group["ns_steps"]), units=units)
+                             ns_steps=int(group["ns_steps"]), units=units, normuon_beta2=float(group["beta2"]))
 
     def _gated_group(self, group: dict, items: list, global_state: torch.Tensor) -> None:
         spec = self.spec
         hp = self._hyper(group)
+        engine = R.Engine.of(spec)
         use_ortho = max(spec.aggressive.ortho, spec.conservative.ortho) > 0
         use_adam = min(spec.aggressive.ortho, spec.conservative.ortho) < 1
         use_clip = min(spec.aggressive.clip, spec.conservative.clip) < math.inf
         modulation = (float(group["gate_scale"]), float(group["gate_clip"]), float(group["gate_dampen"]))
         if items and self._use_triton(items[0][0]):
-            self._triton_backend().gated_group(self, items, hp, global_state, modulation, use_ortho, use_clip)
+            self._triton_backend().gated_group(self, items, hp, engine, global_state, modulation,
+                                               use_ortho, use_clip, use_adam)
             return
-        # The gate and the sensor EMAs are computed for all matrices of the group at once.
+        # The gate and the sensor EMAs are computed for all matrices of the group at once; the update
+        # for each run of same-shape matrices at once.
         states = [state for _, state in items]
         sensors = torch.stack([state["sensors"] for state in states])
         steps = torch.stack([state["step"] for state in states])   # before this step
         act = self._actuators(sensors, steps, global_state, modulation)
-        sums, applied = [], []
-        for i, (p, state) in enumerate(items):
-            ns_dtype = torch.bfloat16 if p.is_cuda else torch.float32
-            s, a = R.gated_matrix_step(p, p.grad, state, hp, {k: v[i] for k, v in act.items()},
-                                       use_ortho, use_clip, ns_dtype, use_adam)
-            sums.append(s)
-            applied.append(a)
-        G.observe_param(sensors, steps, spec, torch.stack(sums), torch.stack(applied))
-        for state, row in zip(states, sensors):
-            state["sensors"].copy_(row)
+        device = items[0][0].device
+        flags = R.StackFlags(ortho=use_ortho, clip=use_clip, adam=use_adam, host_checks=device.type == "cpu")
+        ns_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        sums = torch.empty(len(items), len(G.SUMS), dtype=torch.float32, device=device)
+        applied = torch.empty(len(items), dtype=torch.bool, device=device)
+        for index in _same_shape_runs(items):
+            params = [items[i][0] for i in index]
+            contiguous = index == list(range(index[0], index[-1] + 1))
+            at = slice(index[0], index[-1] + 1) if contiguous else torch.tensor(index, device=device)
+            s, a = R.gated_matrix_stack(params, [states[i] for i in index], hp, engine,
+                                        {k: v[at] for k, v in act.items()}, sensors[at], steps[at], flags, ns_dtype)
+            sums[at] = s
+            applied[at] = a
+        G.observe_param(sensors, steps, spec, sums, applied)
+        torch._foreach_copy_([state["sensors"] for state in states], list(sensors.unbind(0)))
 
     def _actuators(self, sensors: torch.Tensor, steps: torch.Tensor, global_state: torch.Tensor,
                    modulation) -> dict[str, torch.Tensor]:
@@ -272,6 +300,14 @@ class FusedGate(torch.optim.Optimizer):
         self.total_steps = extra["total_steps"]
         device = next((p.device for group in self.param_groups for p in group["params"]), torch.device("cpu"))
         self._global = extra["global"].detach().to(device=device, dtype=torch.float32, copy=True)
+
+
+def _same_shape_runs(items: list) -> list[list[int]]:
+    """Indices of ``items`` grouped by parameter shape (first-seen order)."""
+    runs: dict[tuple, list[int]] = {}
+    for i, (p, _) in enumerate(items):
+        runs.setdefault(tuple(p.shape), []).append(i)
+    return list(runs.values())
 
 
 def _triton_available() -> bool:

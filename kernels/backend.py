@@ -6,9 +6,22 @@ of launches, whatever the number of tensors:
     nonfinite_kernel   (chunks)  per-chunk finiteness flags of the gradient
     gate_kernel        (params)  gate, actuators, coefficients, decay products
     step_kernel        (chunks)  the fused update + sensor partial sums            — no orthogonalisation
-  or moments_kernel → Newton–Schulz (one batched call per run of equal shapes) → apply_kernel
+  or moments_kernel → orthogonaliser → apply_kernel
     finalize_kernel    (params)  sensor EMAs, trust ratio, step / skipped counts
-AdamW params: nonfinite_kernel, adamw_kernel, step_kernel. Nothing reads a device value on the host.
+The orthogonaliser works on one flat buffer (the moments pass writes its input, the apply pass reads its
+output) with one batched call per run of equal shapes: MuonEq's row statistics and scaling, the
+polynomial iteration (quintic or Polar Express; torch matmuls, or the Triton kernels with
+``NS_IMPL = "triton"``), Muon+'s Frobenius rescale and NorMuon's factored second moment — the same
+``fusedgate.reference.orthogonalise`` the reference runs, so the math is shared, not re-derived. The
+cautious weight decay is fused into the apply pass. AdamW params: nonfinite_kernel, adamw_kernel,
+adamw_step_kernel. Nothing reads a device value on the host.
+
+Bytes moved per parameter by design, nanochat preset (ω ≡ 1, fp32 p and g, bf16 orthogonaliser buffer
+on CUDA): nonfinite 4 + moments 14 (g, m read; m, s written) + MuonEq 6 (norms read s; scale reads and
+writes s) + Muon+/NorMuon 8 (statistics read the output twice; one rescale pass reads and writes it)
++ apply 10 (p, o read; p written) = 42 B, plus the iteration's matmul traffic, against ≥ 24 B for an
+ideal fused Muon step (read p, g, m; write p, m) — the statistics passes are what a fully fused
+MuonEq/Muon+/NorMuon would still save.
 
 One-step lags (by design, as in the reference): the clip threshold uses the gradient-norm EMA before
 this step; the trust ratio r = ‖p‖/‖d‖ is the previous step's; the gate reads the sensors as they
@@ -26,9 +39,9 @@ from fusedgate import gate as G
 from fusedgate import reference as R
 from fusedgate.kernels import layout as L
 from fusedgate.kernels import scalar_kernels as SK
+from fusedgate.kernels import slots as S
 from fusedgate.kernels import step_kernels as K
 from fusedgate.kernels._interpret import INTERPRET
-from fusedgate.kernels.newton_schulz import newton_schulz_torch
 
 TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16,
              torch.float64: tl.float64}
@@ -115,20 +128,29 @@ def _layout(opt, kind: str, units: str | None, bucket: list) -> L.BucketLayout:
     return layout
 
 
-def _newton_schulz_runs(layout: L.BucketLayout, buffer: torch.Tensor, steps: int) -> None:
-    """Orthogonalise every parameter's slice of ``buffer`` in place, one batched call per shape run."""
-    from fusedgate.kernels.newton_schulz import newton_schulz_triton
+def _orthogonalise_runs(layout: L.BucketLayout, bucket: list, buffer: torch.Tensor, hp: R.MatrixHyper,
+                        engine: R.Engine, ns_dtype: torch.dtype) -> None:
+    """Orthogonalise every parameter's slice of ``buffer`` in place (``reference.orthogonalise``), one
+    batched call per shape run; the NorMuon second moments advance where the step is applied."""
+    from fusedgate.kernels.newton_schulz import polar_iteration_triton
 
-    for start, count, rows, cols in layout.same_shape_runs():
+    iterate = polar_iteration_triton if NS_IMPL == "triton" else R.polar_iteration
+    for index, (start, count, rows, cols) in layout.same_shape_runs():
         x = buffer[start:start + count * rows * cols].view(count, rows, cols)
-        if NS_IMPL == "triton":
-            x.copy_(newton_schulz_triton(x, steps))
-        else:
-            x.copy_(newton_schulz_torch(x, steps))
+        states = [bucket[i][1] for i in range(index, index + count)]
+        moment = torch.stack([s["normuon_sq"] for s in states]) if engine.normuon else None
+        # a fresh (aligned) copy: CPU kernels may round differently on a misaligned view
+        o, moment_new = R.orthogonalise(x.float().clone(), engine, hp.ns_steps, moment, hp.normuon_beta2, ns_dtype,
+                                        iterate)
+        x.copy_(o)
+        if engine.normuon:
+            applied = layout.coefs[index:index + count, S.C_APPLIED] != 0
+            moment_new = torch.where(applied.view(count, 1, 1), moment_new, moment)
+            torch._foreach_copy_([s["normuon_sq"] for s in states], list(moment_new.unbind(0)))
 
 
-def gated_group(opt, items: list, hp: R.MatrixHyper, global_state: torch.Tensor, modulation,
-                use_ortho: bool, use_clip: bool) -> None:
+def gated_group(opt, items: list, hp: R.MatrixHyper, engine: R.Engine, global_state: torch.Tensor, modulation,
+                use_ortho: bool, use_clip: bool, use_adam: bool) -> None:
     """One gated step of a group's matrix params (``fusedgate.reference.gated_matrix_step`` for each)."""
     spec = opt.spec
     scale, clip, dampen = modulation
@@ -150,20 +172,23 @@ def gated_group(opt, items: list, hp: R.MatrixHyper, global_state: torch.Tensor,
             ptrs, lay.chunk_start, lay.flags, lay.static64, lay.poles(pole_row), lay.coefs, global_state,
             total_steps, spec.gate_bias, spec.sharpness, 1.0 - dampen, *weights,
             *L.split64(scale), *L.split64(clip), *L.split64(hp.lr), *L.split64(hp.momentum),
-            FBLOCK=L.FBLOCK, num_warps=1)
+            *L.split64(hp.lr * hp.weight_decay), USE_ADAM=use_adam, FBLOCK=L.FBLOCK, num_warps=1)
         decay, one_minus_mu = 1.0 - hp.lr * hp.weight_decay, 1.0 - hp.momentum
         if lay.n_chunks and use_ortho:
             ns_dtype = torch.bfloat16 if lay.device.type == "cuda" else torch.float32
             buffer = lay.ns_buffer(ns_dtype)
-            K.moments_kernel[grid](ptrs, *chunks, lay.coefs, lay.partials, buffer, lay.ns_base, one_minus_mu,
-                                   hp.momentum, G_DTYPE=g_dtype, S_DTYPE=TL_DTYPES[ns_dtype], USE_CLIP=use_clip,
-                                   NESTEROV=hp.nesterov, BLOCK=L.BLOCK)
-            _newton_schulz_runs(lay, buffer, hp.ns_steps)
+            K.moments_kernel[grid](ptrs, *chunks, lay.coefs, lay.partials, buffer, lay.ns_base,
+                                   *L.lerp_weight(one_minus_mu), *L.lerp_weight(hp.momentum), G_DTYPE=g_dtype,
+                                   S_DTYPE=TL_DTYPES[ns_dtype], USE_CLIP=use_clip,
+                                   NESTEROV=hp.nesterov, USE_ADAM=use_adam, BLOCK=L.BLOCK)
+            _orthogonalise_runs(lay, bucket, buffer, hp, engine, ns_dtype)
+            cautious = engine.cautious_wd and hp.weight_decay != 0.0
             K.apply_kernel[grid](ptrs, *chunks, lay.coefs, lay.partials, buffer, lay.ns_base, decay, hp.eps,
-                                 P_DTYPE=p_dtype, BLOCK=L.BLOCK)
+                                 P_DTYPE=p_dtype, USE_ADAM=use_adam, CAUTIOUS=cautious, BLOCK=L.BLOCK)
         elif lay.n_chunks:
-            K.step_kernel[grid](ptrs, *chunks, lay.coefs, lay.partials, one_minus_mu, decay, hp.eps,
-                                P_DTYPE=p_dtype, G_DTYPE=g_dtype, USE_CLIP=use_clip, SENSORS=True, BLOCK=L.BLOCK)
+            K.step_kernel[grid](ptrs, *chunks, lay.coefs, lay.partials, *L.lerp_weight(one_minus_mu), decay, hp.eps,
+                                P_DTYPE=p_dtype, G_DTYPE=g_dtype, USE_CLIP=use_clip,
+                                CAUTIOUS=engine.cautious_wd and hp.weight_decay != 0.0, BLOCK=L.BLOCK)
         SK.finalize_kernel[(lay.n,)](ptrs, lay.chunk_start, lay.partials, lay.coefs, 1.0 - spec.ema_grad_norm,
                                      1.0 - spec.ema_update_ratio, 1.0 - spec.ema_grad_alignment,
                                      FBLOCK=L.FBLOCK)
@@ -187,7 +212,7 @@ def adamw_group(opt, items: list, lr: float, betas, eps: float, weight_decay: fl
                                   *L.split64(lr), *L.split64(beta1), *L.split64(beta2),
                                   FBLOCK=L.FBLOCK, num_warps=1)
         if lay.n_chunks:
-            K.step_kernel[grid](ptrs, *chunks, lay.coefs, lay.partials, 1.0 - beta1, 1.0 - lr * weight_decay,
-                                eps, P_DTYPE=p_dtype, G_DTYPE=g_dtype, USE_CLIP=False, SENSORS=False,
-                                BLOCK=L.BLOCK)
+            K.adamw_step_kernel[grid](ptrs, *chunks, lay.coefs, *L.lerp_weight(1.0 - beta1),
+                                      *L.lerp_weight(1.0 - beta2), 1.0 - lr * weight_decay, eps,
+                                      P_DTYPE=p_dtype, G_DTYPE=g_dtype, BLOCK=L.BLOCK)
         ops.finish()

@@ -27,14 +27,25 @@ def floats(*names):
 
 
 def variants():
-    step = {**CHUNKS, "coefs": "*fp32", "partials": "*fp32", **floats("one_minus_mu", "decay", "eps"),
-            "P_DTYPE": "constexpr", "G_DTYPE": "constexpr", "USE_CLIP": "constexpr", "SENSORS": "constexpr",
+    step = {**CHUNKS, "coefs": "*fp32", "partials": "*fp32",
+            **floats("one_minus_mu", "one_minus_mu_m1", "decay", "eps"),
+            "P_DTYPE": "constexpr", "G_DTYPE": "constexpr", "USE_CLIP": "constexpr", "CAUTIOUS": "constexpr",
             "BLOCK": "constexpr"}
+    adamw_step = {**CHUNKS, "coefs": "*fp32", **floats("one_minus_beta1", "one_minus_beta1_m1", "one_minus_beta2",
+                                                        "one_minus_beta2_m1", "decay", "eps"), "P_DTYPE": "constexpr",
+                  "G_DTYPE": "constexpr", "BLOCK": "constexpr"}
+    apply = {**CHUNKS, "coefs": "*fp32", "partials": "*fp32", "ns_output": "*bf16", "ns_base": P,
+             **floats("decay", "eps"), "P_DTYPE": "constexpr", "USE_ADAM": "constexpr", "CAUTIOUS": "constexpr",
+             "BLOCK": "constexpr"}
+    moments = {**CHUNKS, "coefs": "*fp32", "partials": "*fp32", "ns_input": "*bf16", "ns_base": P,
+               **floats("one_minus_mu", "one_minus_mu_m1", "mu", "mu_m1"), "G_DTYPE": "constexpr",
+               "S_DTYPE": "constexpr",
+               "USE_CLIP": "constexpr", "NESTEROV": "constexpr", "USE_ADAM": "constexpr", "BLOCK": "constexpr"}
     gate = {"ptrs": P, "chunk_start": P, "flags": "*i32", "static64": "*fp64", "poles64": "*fp64",
             "coefs": "*fp32", "global_state": "*fp32",
             **floats("total_steps", "gate_bias", "sharpness", "dampen_keep", "w_loss", "w_imp", "w_gn", "w_ur",
                      "w_al", "w_sf", "scale_hi", "scale_lo", "clip_hi", "clip_lo", "lr_hi", "lr_lo", "mu_hi",
-                     "mu_lo"), "FBLOCK": "constexpr"}
+                     "mu_lo", "lr_wd_hi", "lr_wd_lo"), "USE_ADAM": "constexpr", "FBLOCK": "constexpr"}
     adamw = {"ptrs": P, "chunk_start": P, "flags": "*i32", "coefs": "*fp32",
              **floats("beta2", "one_minus_beta2", "lr_hi", "lr_lo", "beta1_hi", "beta1_lo", "beta2_hi", "beta2_lo"),
              "FBLOCK": "constexpr"}
@@ -44,19 +55,20 @@ def variants():
     yield "nonfinite/bf16", K.nonfinite_kernel, {**CHUNKS, "flags": "*i32", "G_DTYPE": "constexpr",
                                                  "BLOCK": "constexpr"}, {"G_DTYPE": tl.bfloat16, "BLOCK": 1024}
     for p_dtype, name in ((tl.float32, "fp32"), (tl.bfloat16, "bf16")):
-        yield f"step/{name}/gated", K.step_kernel, step, {"P_DTYPE": p_dtype, "G_DTYPE": p_dtype, "USE_CLIP": True,
-                                                          "SENSORS": True, "BLOCK": 1024}
-        yield f"step/{name}/adamw", K.step_kernel, step, {"P_DTYPE": p_dtype, "G_DTYPE": p_dtype,
-                                                          "USE_CLIP": False, "SENSORS": False, "BLOCK": 1024}
-        yield f"apply/{name}", K.apply_kernel, {**CHUNKS, "coefs": "*fp32", "partials": "*fp32", "ns_output": "*bf16",
-                                                "ns_base": P, **floats("decay", "eps"), "P_DTYPE": "constexpr",
-                                                "BLOCK": "constexpr"}, {"P_DTYPE": p_dtype, "BLOCK": 1024}
-    yield "moments/bf16", K.moments_kernel, {**CHUNKS, "coefs": "*fp32", "partials": "*fp32", "ns_input": "*bf16",
-                                             "ns_base": P, **floats("one_minus_mu", "mu"), "G_DTYPE": "constexpr",
-                                             "S_DTYPE": "constexpr", "USE_CLIP": "constexpr",
-                                             "NESTEROV": "constexpr", "BLOCK": "constexpr"}, \
-        {"G_DTYPE": tl.bfloat16, "S_DTYPE": tl.bfloat16, "USE_CLIP": True, "NESTEROV": True, "BLOCK": 1024}
-    yield "gate", SK.gate_kernel, gate, {"FBLOCK": 256}
+        for cautious in (False, True):
+            tag = "cautious" if cautious else "decoupled"
+            yield f"step/{name}/{tag}", K.step_kernel, step, {"P_DTYPE": p_dtype, "G_DTYPE": p_dtype,
+                                                              "USE_CLIP": True, "CAUTIOUS": cautious, "BLOCK": 1024}
+            for use_adam in (False, True):
+                yield (f"apply/{name}/{tag}/{'blend' if use_adam else 'ortho'}", K.apply_kernel, apply,
+                       {"P_DTYPE": p_dtype, "USE_ADAM": use_adam, "CAUTIOUS": cautious, "BLOCK": 1024})
+        yield f"adamw_step/{name}", K.adamw_step_kernel, adamw_step, {"P_DTYPE": p_dtype, "G_DTYPE": p_dtype,
+                                                                      "BLOCK": 1024}
+    for use_adam in (False, True):
+        yield f"moments/bf16/{'blend' if use_adam else 'ortho'}", K.moments_kernel, moments, \
+            {"G_DTYPE": tl.bfloat16, "S_DTYPE": tl.bfloat16, "USE_CLIP": True, "NESTEROV": True,
+             "USE_ADAM": use_adam, "BLOCK": 1024}
+        yield f"gate/{'blend' if use_adam else 'ortho'}", SK.gate_kernel, gate, {"USE_ADAM": use_adam, "FBLOCK": 256}
     yield "adamw", SK.adamw_kernel, adamw, {"FBLOCK": 256}
     yield "finalize", SK.finalize_kernel, finalize, {"FBLOCK": 256}
     yield "ns/gram", NS._gram_kernel, {"X": "*bf16", "A": "*bf16", **{k: "i32" for k in ("n", "k", "sxb", "sxr",

@@ -44,6 +44,13 @@ def split64(x: float) -> tuple[float, float]:
     return hi, float(torch.tensor(x - hi, dtype=torch.float32))
 
 
+def lerp_weight(w: float) -> tuple[float, float]:
+    """(w, w − 1) of a lerp weight, both rounded to float32 and w − 1 formed in float32, as torch.lerp forms
+    them (``step_kernels._lerp``)."""
+    w32 = torch.tensor(w, dtype=torch.float32)
+    return float(w32), float(w32 - 1.0)
+
+
 class BucketLayout:
     """Static tables of one bucket: chunking, per-parameter constants and scratch buffers."""
 
@@ -84,15 +91,17 @@ class BucketLayout:
 
     @staticmethod
     def _static_row(shape, numel: int, units: str) -> list[float]:
-        """[√N, c_a base, c_o base, pad]: direction_coefficients of the reference without the ortho factor."""
+        """[√N, c_a base, c_o base, σ̂]: direction_coefficients of the reference without the ortho factor, and
+        the cautious decay's shape scale (``reference.decay_scale``)."""
         rows, cols = R.matrix_view_shape(torch.Size(shape))
         match = R.ADAM_UPDATE_RMS * math.sqrt(max(rows, cols))
         if units == "adam":
             adam_base, ortho_base = 1.0, match
         else:
-            shape_scale = math.sqrt(max(1.0, rows / cols)) if cols else 1.0
+            shape_scale = R.shape_factor(rows, cols)
             adam_base, ortho_base = (shape_scale / match if match else 0.0), shape_scale
-        return [math.sqrt(max(numel, 1)), adam_base, ortho_base, 0.0]   # an empty param has G = 0: no clip
+        decay = R.decay_scale(rows, cols, units)
+        return [math.sqrt(max(numel, 1)), adam_base, ortho_base, decay]   # an empty param has G = 0: no clip
 
     def pointers(self, rows: list[list[int]]) -> torch.Tensor:
         """The pointer table for these addresses (rebuilt only when an address changed)."""
@@ -116,8 +125,9 @@ class BucketLayout:
             self._ns_buffer = torch.empty(max(self.total, 1), dtype=dtype, device=self.device)
         return self._ns_buffer
 
-    def same_shape_runs(self) -> list[tuple[int, int, int, int]]:
-        """(element start, count, rows, cols) of each run of consecutive parameters with one matrix shape."""
+    def same_shape_runs(self) -> list[tuple[int, tuple[int, int, int, int]]]:
+        """(first parameter index, (element start, count, rows, cols)) of each run of consecutive parameters
+        with one matrix shape."""
         runs = []
         i = 0
         while i < self.n:
@@ -126,6 +136,6 @@ class BucketLayout:
                 j += 1
             rows, cols = R.matrix_view_shape(torch.Size(self.shapes[i]))
             if self.numels[i]:
-                runs.append((self.ns_base_host[i], j - i, rows, cols))
+                runs.append((i, (self.ns_base_host[i], j - i, rows, cols)))
             i = j
         return runs

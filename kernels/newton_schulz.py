@@ -1,8 +1,10 @@
-"""Quintic Newton–Schulz orthogonalisation, batched over same-shape matrices.
+"""Newton–Schulz-type orthogonalisation (quintic or Polar Express), batched over same-shape matrices.
 
-Both paths compute, for each matrix x of a batch [k, rows, cols] (the reference's ``newton_schulz``):
-    X = x / (‖x‖_F + 1e-7)   (wide orientation: X = Xᵀ when rows > cols)
-    repeat steps times:  A = X·Xᵀ;  B = b·A + c·A·A;  X = a·X + B·X      (a, b, c) = reference.NS_COEFFS
+Both paths compute, for each matrix x of a batch [k, rows, cols] (the reference's ``polar_iteration``):
+    X = x / (s·‖x‖_F + ε)   (wide orientation: X = Xᵀ when rows > cols)
+    for each (a, b, c):  A = X·Xᵀ;  B = b·A + c·A·A;  X = a·X + B·X
+with (a, b, c) = reference.NS_COEFFS every step, s = 1, ε = 1e-7 for the quintic iteration
+(``newton_schulz_*``) or any coefficient table (``polar_iteration_triton``, e.g. Polar Express).
 ``newton_schulz_torch`` uses batched torch matmuls (cuBLAS on the GPU) in the input's dtype.
 ``newton_schulz_triton`` uses Triton kernels that exploit the symmetry of A = X·Xᵀ (and of A·A, a
 polynomial in A): only the blocks on and above the diagonal are computed, each is written to both
@@ -18,8 +20,8 @@ import triton.language as tl
 from fusedgate import reference as R
 
 
-def _normalise_wide(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    X = x / (torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True) + 1e-7)
+def _normalise_wide(x: torch.Tensor, norm_scale: float = 1.0, norm_eps: float = 1e-7) -> tuple[torch.Tensor, bool]:
+    X = x / (torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True) * norm_scale + norm_eps)
     tall = X.size(-2) > X.size(-1)
     return (X.mT if tall else X), tall
 
@@ -111,11 +113,21 @@ def _update_kernel(X, B, Y, n, k, coef_a, PRECISION: tl.constexpr,
 
 
 def newton_schulz_triton(x: torch.Tensor, steps: int, block: int = 64, block_k: int = 32) -> torch.Tensor:
-    """Newton–Schulz of x ([rows, cols] or [k, rows, cols], float32/bfloat16/float16) with the Triton
-    kernels above: 3 launches per iteration for the whole batch. float32 inputs use exact-fp32 dots."""
-    a, b, c = R.NS_COEFFS
+    """Quintic Newton–Schulz of x ([rows, cols] or [k, rows, cols], float32/bfloat16/float16) with the
+    Triton kernels above: 3 launches per iteration for the whole batch. float32 inputs use exact-fp32 dots."""
+    return _iterate_triton(x, [R.NS_COEFFS] * steps, *R.NORMALISATION["quintic"], block, block_k)
+
+
+def polar_iteration_triton(x: torch.Tensor, coefficients, norm_scale: float, norm_eps: float,
+                           dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``reference.polar_iteration`` with the Triton kernels (same signature, so the backend can pass it)."""
+    return _iterate_triton(x.to(dtype), coefficients, norm_scale, norm_eps).to(x.dtype)
+
+
+def _iterate_triton(x: torch.Tensor, coefficients, norm_scale: float, norm_eps: float, block: int = 64,
+                    block_k: int = 32) -> torch.Tensor:
     batched = x.dim() == 3
-    X, tall = _normalise_wide(x if batched else x.unsqueeze(0))
+    X, tall = _normalise_wide(x if batched else x.unsqueeze(0), norm_scale, norm_eps)
     X = X.contiguous()
     count, n, k = X.shape
     precision = "ieee" if X.dtype == torch.float32 else "tf32"
@@ -123,7 +135,7 @@ def newton_schulz_triton(x: torch.Tensor, steps: int, block: int = 64, block_k: 
     Bm = torch.empty_like(A)
     Y = torch.empty_like(X)
     tiles_n = triton.cdiv(n, block)
-    for _ in range(steps):
+    for a, b, c in coefficients:
         _gram_kernel[(tiles_n, tiles_n, count)](X, A, n, k, X.stride(0), X.stride(1), X.stride(2),
                                                 PRECISION=precision, BM=block, BK=block_k)
         _poly_kernel[(tiles_n, tiles_n, count)](A, Bm, n, b, c, PRECISION=precision, BM=block, BK=block_k)

@@ -36,6 +36,9 @@ N_STATIC = tl.constexpr(S.N_STATIC)
 ST_SQRT_NUMEL = tl.constexpr(S.ST_SQRT_NUMEL)
 ST_ADAM_BASE = tl.constexpr(S.ST_ADAM_BASE)
 ST_ORTHO_BASE = tl.constexpr(S.ST_ORTHO_BASE)
+ST_DECAY_SCALE = tl.constexpr(S.ST_DECAY_SCALE)
+C_BC2 = tl.constexpr(S.C_BC2)
+C_WD = tl.constexpr(S.C_WD)
 
 G_STEP = tl.constexpr(G.G_STEP)
 G_LOSS_EMA = tl.constexpr(G.G_LOSS_EMA)
@@ -134,10 +137,11 @@ def _gate(global_state, sensors, step, total_steps, gate_bias, sharpness, dampen
 @triton.jit
 def gate_kernel(ptrs, chunk_start, flags, static64, poles64, coefs, global_state,
                 total_steps, gate_bias, sharpness, dampen_keep, w_loss, w_imp, w_gn, w_ur, w_al, w_sf,
-                scale_hi, scale_lo, clip_hi, clip_lo, lr_hi, lr_lo, mu_hi, mu_lo,
-                FBLOCK: tl.constexpr):
+                scale_hi, scale_lo, clip_hi, clip_lo, lr_hi, lr_lo, mu_hi, mu_lo, lr_wd_hi, lr_wd_lo,
+                USE_ADAM: tl.constexpr, FBLOCK: tl.constexpr):
     """Gate, actuators and this step's coefficients of parameter ``program_id``; records the gate and
-    actuators in its sensors (always) and its new decay products (when the gradient is finite).
+    actuators in its sensors (always) and its new decay products (when the gradient is finite; P₂ only
+    with USE_ADAM, as v is only advanced then). C_WD = lr·wd·σ̂ (the cautious decay's coefficient).
 
     poles64 = [conservative ×5, aggressive − conservative ×5] for update_mult, trust_mix, clip_inv,
     beta2, ortho (fusedgate.gate.pole_values order)."""
@@ -174,7 +178,8 @@ def gate_kernel(ptrs, chunk_start, flags, static64, poles64, coefs, global_state
     p1 = tl.load(m_decay_ptr) * _f64(mu_hi, mu_lo)
     p2 = tl.load(v_decay_ptr) * beta2
     tl.store(m_decay_ptr, p1, mask=applied)
-    tl.store(v_decay_ptr, p2, mask=applied)
+    if USE_ADAM:
+        tl.store(v_decay_ptr, p2, mask=applied)
     trust = (1.0 - trust_mix) + trust_mix * tl.load(sensors + S_TRUST_RATIO).to(tl.float64)
     step_size = _f64(lr_hi, lr_lo) * update_mult * trust
     c_a = (1.0 - ortho) * tl.load(st + ST_ADAM_BASE) / (1.0 - p1)
@@ -190,13 +195,14 @@ def gate_kernel(ptrs, chunk_start, flags, static64, poles64, coefs, global_state
     tl.store(cf + 6, c_a.to(tl.float32))
     tl.store(cf + 7, (step_size * c_o).to(tl.float32))
     tl.store(cf + 8, c_o.to(tl.float32))
+    tl.store(cf + C_WD, (_f64(lr_wd_hi, lr_wd_lo) * tl.load(st + ST_DECAY_SCALE)).to(tl.float32))
 
 
 @triton.jit
 def adamw_kernel(ptrs, chunk_start, flags, coefs, beta2, one_minus_beta2,
                  lr_hi, lr_lo, beta1_hi, beta1_lo, beta2_hi, beta2_lo, FBLOCK: tl.constexpr):
     """AdamW scalars of parameter ``program_id``: P₁ ← β₁·P₁, P₂ ← β₂·P₂, step += 1 (when the gradient
-    is finite); coefficients lr/(1 − P₁) and √(1 − P₂)."""
+    is finite); coefficients −lr/(1 − P₁) and 1 − P₂."""
     i = tl.program_id(0)
     row = ptrs + i * N_PTR
     step_ptr = tl.load(row + T_STEP).to(tl.pointer_type(tl.float32))
@@ -212,8 +218,8 @@ def adamw_kernel(ptrs, chunk_start, flags, coefs, beta2, one_minus_beta2,
     tl.store(cf + 0, applied.to(tl.float32))
     tl.store(cf + 2, beta2)
     tl.store(cf + 3, one_minus_beta2)
-    tl.store(cf + 4, tl.sqrt(1.0 - p2).to(tl.float32))
-    tl.store(cf + 5, (_f64(lr_hi, lr_lo) / (1.0 - p1)).to(tl.float32))
+    tl.store(cf + C_BC2, (1.0 - p2).to(tl.float32))
+    tl.store(cf + 5, (-_f64(lr_hi, lr_lo) / (1.0 - p1)).to(tl.float32))
 
 
 @triton.jit

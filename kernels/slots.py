@@ -20,13 +20,15 @@ N_PTR = 8
  C_DIR_A,        # c_a/(1 − P₁): the Adam direction's weight in d (for ‖d‖²)
  C_STEP_O,       # lr·A·T·c_o
  C_DIR_O,        # c_o
- ) = range(9)
-N_COEF = 9
+ C_BC2,          # 1 − P₂ (AdamW: v is divided by it before the square root, nanochat's order)
+ C_WD,           # cautious weight decay coefficient lr·σ̂·wd
+ ) = range(11)
+N_COEF = 11
 
 # partial-sum columns (see fusedgate.gate.observe_param)
 PS_GG, PS_GM, PS_MM, PS_PP, PS_DD, PS_UU = range(6)
 N_PS = 8   # padded to a power of two
 
 # static per-parameter float64 table (built once per layout)
-ST_SQRT_NUMEL, ST_ADAM_BASE, ST_ORTHO_BASE = range(3)
-N_STATIC = 4   # padded
+ST_SQRT_NUMEL, ST_ADAM_BASE, ST_ORTHO_BASE, ST_DECAY_SCALE = range(4)
+N_STATIC = 4

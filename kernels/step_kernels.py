@@ -7,8 +7,11 @@ pointer table (``fusedgate.kernels.layout``). Per-parameter scalars come from th
 Memory traffic per element (by design; p, g in their own dtype, m, v in float32):
     nonfinite_kernel   reads g                                      (4 B fp32 grad, 2 B bf16)
     step_kernel        reads p, g, m, v; writes p, m, v             (28 B fp32, 22 B bf16 p and g)
+    adamw_step_kernel  the same traffic as step_kernel (AdamW params, nanochat's op order)
     moments_kernel     reads g, m, v; writes m, v, s (NS input)     (20 B + s: 4 B fp32 / 2 B bf16)
+                       without the Adam direction (USE_ADAM off): reads g, m; writes m, s   (12 B + s)
     apply_kernel       reads p, m, v, o (NS output); writes p       (16 B + o: 4 B fp32 / 2 B bf16)
+                       without the Adam direction: reads p, o; writes p                     (8 B + o)
 A parameter whose gradient is not finite is masked out of every pass after ``nonfinite_kernel``: its
 p, m, v are neither read nor written.
 """
@@ -36,6 +39,8 @@ C_STEP_A = tl.constexpr(S.C_STEP_A)
 C_DIR_A = tl.constexpr(S.C_DIR_A)
 C_STEP_O = tl.constexpr(S.C_STEP_O)
 C_DIR_O = tl.constexpr(S.C_DIR_O)
+C_BC2 = tl.constexpr(S.C_BC2)
+C_WD = tl.constexpr(S.C_WD)
 N_COEF = tl.constexpr(S.N_COEF)
 N_PS = tl.constexpr(S.N_PS)
 FP32_MAX = tl.constexpr(3.4028234663852886e38)
@@ -68,9 +73,12 @@ def _ptr(ptrs, i, col: tl.constexpr, DTYPE: tl.constexpr):
 
 
 @helper
-def _lerp(a, b, w):
-    """torch.lerp: a + w·(b − a) for w < 0.5, else b − (b − a)·(1 − w)."""
-    return tl.where(w < 0.5, a + w * (b - a), b - (b - a) * (1.0 - w))
+def _lerp(a, b, w, w_minus_one):
+    """torch.lerp, bit for bit: fma(w, b − a, a) for w < 0.5, else fma(w − 1, b − a, b) — torch's vectorised
+    lerp rounds once per branch, as a fused multiply-add. ``w`` and ``w_minus_one`` come from the host,
+    both float32 (``layout.lerp_weight``), so that w − 1 is formed in float32 as torch forms it."""
+    diff = b - a
+    return tl.where(w < 0.5, tl.fma(w, diff, a), tl.fma(w_minus_one, diff, b))
 
 
 @helper
@@ -94,12 +102,12 @@ def _store_sums(partials, c, s0, s1, s2, FIRST: tl.constexpr):
 
 
 @helper
-def _moments(g, m, v, cf, one_minus_mu, USE_CLIP: tl.constexpr):
+def _moments(g, m, v, cf, one_minus_mu, one_minus_mu_m1, USE_CLIP: tl.constexpr):
     """Clipped gradient g̃ and the new moments (m ← lerp(m, g̃, 1 − μ), v ← β₂·v + (1 − β₂)·g̃²)."""
     if USE_CLIP:
         threshold = tl.load(cf + C_CLIP)
         g = tl.minimum(tl.maximum(g, -threshold), threshold)
-    m_new = _lerp(m, g, one_minus_mu)
+    m_new = _lerp(m, g, one_minus_mu, one_minus_mu_m1)
     v_new = v * tl.load(cf + C_BETA2) + tl.load(cf + C_ONE_MINUS_B2) * g * g
     return g, m_new, v_new
 
@@ -120,14 +128,15 @@ def nonfinite_kernel(ptrs, chunk_param, chunk_off, numels, flags, G_DTYPE: tl.co
 
 
 @triton.jit
-def step_kernel(ptrs, chunk_param, chunk_off, numels, coefs, partials, one_minus_mu, decay, eps,
-                P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, USE_CLIP: tl.constexpr, SENSORS: tl.constexpr,
+def step_kernel(ptrs, chunk_param, chunk_off, numels, coefs, partials, one_minus_mu, one_minus_mu_m1, decay, eps,
+                P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, USE_CLIP: tl.constexpr, CAUTIOUS: tl.constexpr,
                 BLOCK: tl.constexpr):
-    """The whole Adam-direction update in one pass (gated without Newton–Schulz, and AdamW):
+    """The whole gated update without orthogonalisation in one pass:
 
-        g̃ = clamp(g, ±threshold);  m, v ← moments;  a = m / (√v/√(1 − P₂) + eps)
+        g̃ = clamp(g, ±threshold);  m, v ← moments;  a = m / (√v/√(1 − P₂) + eps);  d = C_DIR_A·a
         p ← p·decay − C_STEP_A·a           (decay = 1 − lr·wd)
-    and, with SENSORS, the chunk's ‖g̃‖², g̃·m₋, ‖m₋‖², ‖p₋‖², ‖d‖² (d = C_DIR_A·a), ‖Δp‖²."""
+        CAUTIOUS: p ← p − (C_STEP_A·a + C_WD·p·[d·p ≥ 0])
+    and the chunk's ‖g̃‖², g̃·m₋, ‖m₋‖², ‖p₋‖², ‖d‖², ‖Δp‖²."""
     c, i, cf, offs, mask = _applied_chunk(chunk_param, chunk_off, numels, coefs, BLOCK)
     p_ptr = _ptr(ptrs, i, T_P, P_DTYPE) + offs
     m_ptr = _ptr(ptrs, i, T_M, tl.float32) + offs
@@ -136,36 +145,43 @@ def step_kernel(ptrs, chunk_param, chunk_off, numels, coefs, partials, one_minus
     g = tl.load(_ptr(ptrs, i, T_G, G_DTYPE) + offs, mask=mask, other=0.0).to(tl.float32)
     m = tl.load(m_ptr, mask=mask, other=0.0)
     v = tl.load(v_ptr, mask=mask, other=0.0)
-    g, m_new, v_new = _moments(g, m, v, cf, one_minus_mu, USE_CLIP)
+    g, m_new, v_new = _moments(g, m, v, cf, one_minus_mu, one_minus_mu_m1, USE_CLIP)
     adam = _adam_direction(m_new, v_new, cf, eps)
-    p_new = p * decay - tl.load(cf + C_STEP_A) * adam
+    d = tl.load(cf + C_DIR_A) * adam
+    if CAUTIOUS:
+        p_new = p - (tl.load(cf + C_STEP_A) * adam + tl.where(d * p >= 0, tl.load(cf + C_WD) * p, 0.0))
+    else:
+        p_new = p * decay - tl.load(cf + C_STEP_A) * adam
     tl.store(p_ptr, _round_to(p_new, P_DTYPE), mask=mask)
     tl.store(m_ptr, m_new, mask=mask)
     tl.store(v_ptr, v_new, mask=mask)
-    if SENSORS:
-        d = tl.load(cf + C_DIR_A) * adam
-        u = p_new - p
-        _store_sums(partials, c, _sum(g * g, axis=0), _sum(g * m, axis=0), _sum(m * m, axis=0), 0)
-        _store_sums(partials, c, _sum(p * p, axis=0), _sum(d * d, axis=0), _sum(u * u, axis=0), 3)
+    u = p_new - p
+    _store_sums(partials, c, _sum(g * g, axis=0), _sum(g * m, axis=0), _sum(m * m, axis=0), 0)
+    _store_sums(partials, c, _sum(p * p, axis=0), _sum(d * d, axis=0), _sum(u * u, axis=0), 3)
 
 
 @triton.jit
-def moments_kernel(ptrs, chunk_param, chunk_off, numels, coefs, partials, ns_input, ns_base, one_minus_mu, mu,
+def moments_kernel(ptrs, chunk_param, chunk_off, numels, coefs, partials, ns_input, ns_base, one_minus_mu,
+                   one_minus_mu_m1, mu, mu_m1,
                    G_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, USE_CLIP: tl.constexpr, NESTEROV: tl.constexpr,
-                   BLOCK: tl.constexpr):
-    """First pass of the orthogonalised update: clip, moments, and the Newton–Schulz input
-    s = lerp(g̃, m, μ) (Nesterov) or m, written at ``ns_base[i]`` in ``ns_input``; sums ‖g̃‖², g̃·m₋, ‖m₋‖²."""
+                   USE_ADAM: tl.constexpr, BLOCK: tl.constexpr):
+    """First pass of the orthogonalised update: clip, moments (v only with USE_ADAM), and the
+    orthogonaliser's input s = lerp(g̃, m, μ) (Nesterov) or m, written at ``ns_base[i]`` in ``ns_input``;
+    sums ‖g̃‖², g̃·m₋, ‖m₋‖²."""
     c, i, cf, offs, mask = _applied_chunk(chunk_param, chunk_off, numels, coefs, BLOCK)
     m_ptr = _ptr(ptrs, i, T_M, tl.float32) + offs
-    v_ptr = _ptr(ptrs, i, T_V, tl.float32) + offs
     g = tl.load(_ptr(ptrs, i, T_G, G_DTYPE) + offs, mask=mask, other=0.0).to(tl.float32)
     m = tl.load(m_ptr, mask=mask, other=0.0)
-    v = tl.load(v_ptr, mask=mask, other=0.0)
-    g, m_new, v_new = _moments(g, m, v, cf, one_minus_mu, USE_CLIP)
+    if USE_ADAM:
+        v_ptr = _ptr(ptrs, i, T_V, tl.float32) + offs
+        v = tl.load(v_ptr, mask=mask, other=0.0)
+        g, m_new, v_new = _moments(g, m, v, cf, one_minus_mu, one_minus_mu_m1, USE_CLIP)
+        tl.store(v_ptr, v_new, mask=mask)
+    else:
+        g, m_new, _ = _moments(g, m, m, cf, one_minus_mu, one_minus_mu_m1, USE_CLIP)
     tl.store(m_ptr, m_new, mask=mask)
-    tl.store(v_ptr, v_new, mask=mask)
     if NESTEROV:
-        source = _lerp(g, m_new, mu)
+        source = _lerp(g, m_new, mu, mu_m1)
     else:
         source = m_new
     s_ptr = ns_input + tl.load(ns_base + i) + offs
@@ -175,19 +191,56 @@ def moments_kernel(ptrs, chunk_param, chunk_off, numels, coefs, partials, ns_inp
 
 @triton.jit
 def apply_kernel(ptrs, chunk_param, chunk_off, numels, coefs, partials, ns_output, ns_base, decay, eps,
-                 P_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
-    """Second pass: p ← p·decay − C_STEP_A·a − C_STEP_O·o with a recomputed from the new m, v and o the
-    Newton–Schulz output; sums ‖p₋‖², ‖d‖² (d = C_DIR_A·a + C_DIR_O·o), ‖Δp‖²."""
+                 P_DTYPE: tl.constexpr, USE_ADAM: tl.constexpr, CAUTIOUS: tl.constexpr, BLOCK: tl.constexpr):
+    """Second pass, with o the orthogonaliser's output and (USE_ADAM) a recomputed from the new m, v:
+        d = C_DIR_A·a + C_DIR_O·o
+        decoupled decay:  p ← p·decay − C_STEP_A·a − C_STEP_O·o
+        CAUTIOUS:         p ← p − (C_STEP_A·a + C_STEP_O·o + C_WD·p·[d·p ≥ 0])
+    sums ‖p₋‖², ‖d‖², ‖Δp‖²."""
     c, i, cf, offs, mask = _applied_chunk(chunk_param, chunk_off, numels, coefs, BLOCK)
     p_ptr = _ptr(ptrs, i, T_P, P_DTYPE) + offs
     p = tl.load(p_ptr, mask=mask, other=0.0).to(tl.float32)
-    m_new = tl.load(_ptr(ptrs, i, T_M, tl.float32) + offs, mask=mask, other=0.0)
-    v_new = tl.load(_ptr(ptrs, i, T_V, tl.float32) + offs, mask=mask, other=0.0)
     o = tl.load(ns_output + tl.load(ns_base + i) + offs, mask=mask, other=0.0).to(tl.float32)
-    adam = _adam_direction(m_new, v_new, cf, eps)
-    p_new = p * decay - tl.load(cf + C_STEP_A) * adam
-    p_new = p_new - tl.load(cf + C_STEP_O) * o
-    d = tl.load(cf + C_DIR_A) * adam + tl.load(cf + C_DIR_O) * o
+    o_term = tl.load(cf + C_STEP_O) * o
+    o_dir = tl.load(cf + C_DIR_O) * o
+    if USE_ADAM:
+        m_new = tl.load(_ptr(ptrs, i, T_M, tl.float32) + offs, mask=mask, other=0.0)
+        v_new = tl.load(_ptr(ptrs, i, T_V, tl.float32) + offs, mask=mask, other=0.0)
+        adam = _adam_direction(m_new, v_new, cf, eps)
+        a_term = tl.load(cf + C_STEP_A) * adam
+        d = tl.load(cf + C_DIR_A) * adam + o_dir
+        if CAUTIOUS:
+            p_new = p - ((a_term + o_term) + tl.where(d * p >= 0, tl.load(cf + C_WD) * p, 0.0))
+        else:
+            p_new = p * decay - a_term - o_term
+    else:
+        d = o_dir
+        if CAUTIOUS:
+            p_new = p - (o_term + tl.where(d * p >= 0, tl.load(cf + C_WD) * p, 0.0))
+        else:
+            p_new = p * decay - o_term
     tl.store(p_ptr, _round_to(p_new, P_DTYPE), mask=mask)
     u = p_new - p
     _store_sums(partials, c, _sum(p * p, axis=0), _sum(d * d, axis=0), _sum(u * u, axis=0), 3)
+
+
+@triton.jit
+def adamw_step_kernel(ptrs, chunk_param, chunk_off, numels, coefs, one_minus_beta1, one_minus_beta1_m1,
+                      one_minus_beta2, one_minus_beta2_m1, decay, eps,
+                      P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+    """AdamW in nanochat's op order (the same math as torch's AdamW):
+        p ← p·decay;  m ← lerp(m, g, 1 − β₁);  v ← lerp(v, g², 1 − β₂)
+        p ← p + (−lr/(1 − P₁))·m / (√(v/(1 − P₂)) + eps)        (decay = 1 − lr·wd)"""
+    c, i, cf, offs, mask = _applied_chunk(chunk_param, chunk_off, numels, coefs, BLOCK)
+    p_ptr = _ptr(ptrs, i, T_P, P_DTYPE) + offs
+    m_ptr = _ptr(ptrs, i, T_M, tl.float32) + offs
+    v_ptr = _ptr(ptrs, i, T_V, tl.float32) + offs
+    p = tl.load(p_ptr, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(_ptr(ptrs, i, T_G, G_DTYPE) + offs, mask=mask, other=0.0).to(tl.float32)
+    m_new = _lerp(tl.load(m_ptr, mask=mask, other=0.0), g, one_minus_beta1, one_minus_beta1_m1)
+    v_new = _lerp(tl.load(v_ptr, mask=mask, other=0.0), g * g, one_minus_beta2, one_minus_beta2_m1)
+    denom = tl.sqrt_rn(v_new / tl.load(cf + C_BC2)) + eps
+    p_new = p * decay + tl.load(cf + C_STEP_A) * m_new / denom
+    tl.store(p_ptr, _round_to(p_new, P_DTYPE), mask=mask)
+    tl.store(m_ptr, m_new, mask=mask)
+    tl.store(v_ptr, v_new, mask=mask)

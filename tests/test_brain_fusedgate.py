@@ -13,8 +13,8 @@ def make(seed=0, spec=None):
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16, bias=False), torch.nn.Tanh(),
                                 torch.nn.Linear(16, 16, bias=False), torch.nn.Tanh(), torch.nn.Linear(16, 1))
-    groups = [dict(kind="muon", params=[model[0].weight], lr=0.02, momentum=0.95, ns_steps=5, weight_decay=0.0),
-              dict(kind="muon", params=[model[2].weight], lr=0.02, momentum=0.95, ns_steps=5, weight_decay=0.0),
+    muon = dict(kind="muon", lr=0.02, momentum=0.95, ns_steps=5, beta2=0.9, weight_decay=0.0)
+    groups = [dict(muon, params=[model[0].weight]), dict(muon, params=[model[2].weight]),
               dict(kind="adamw", params=list(model[4].parameters()), lr=3e-3, betas=(0.9, 0.95), eps=1e-10,
                    weight_decay=0.0)]
     gen = torch.Generator().manual_seed(3)

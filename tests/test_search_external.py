@@ -120,23 +120,26 @@ def test_search_logs_rejections_and_dedups_external_children(tmp_path, scripts):
 
 @dataclass(frozen=True)
 class FutureSpec(GateSpec):
-    """GateSpec with fields the engine will add (an enum, a bool)."""
+    """GateSpec with fields a later engine might add (an enum, a bool), known to no hand-written schema."""
 
-    orthogonaliser: str = "quintic"
-    muon_eq: bool = False
+    projector: str = "svd"
+    extra_switch: bool = False
 
 
 def test_spec_py_is_the_one_validator(monkeypatch):
     """A field spec.py accepts is accepted, whatever a hand-written schema would have said; the schema
     file given to the program is derived from spec.py's fields and bounds."""
-    monkeypatch.setitem(mutations.ENUM_CHOICES, "orthogonaliser", ("quintic", "polar_express"))
-    child = validate(FutureSpec(), {"orthogonaliser": "polar_express", "muon_eq": True}, dry_run=False)
-    assert child.orthogonaliser == "polar_express" and child.muon_eq is True
+    monkeypatch.setitem(mutations.ENUM_CHOICES, "projector", ("svd", "qr"))
+    child = validate(FutureSpec(), {"projector": "qr", "extra_switch": True, "muon_eq": True}, dry_run=False)
+    assert child.projector == "qr" and child.extra_switch is True and child.muon_eq is True
     with pytest.raises(Rejected, match="lr=20.0 is outside its bound"):
         validate(FutureSpec(), {"lr": 20.0}, dry_run=False)
+    with pytest.raises(Rejected, match="ns_steps=7 is outside its bound"):  # a cross-field rule of spec.py
+        validate(FutureSpec(), {"orthogonaliser": "polar_express", "ns_steps": 7}, dry_run=False)
     schema = spec_json_schema(FutureSpec)
     assert set(schema["properties"]) == {f.name for f in fields(FutureSpec)}
     assert schema["properties"]["orthogonaliser"] == {"enum": ["quintic", "polar_express"]}
+    assert schema["properties"]["projector"] == {"enum": ["svd", "qr"]}
     assert schema["properties"]["muon_eq"] == {"type": "boolean"}
     assert schema["properties"]["lr"] == {"type": "number", "minimum": BOUNDS["lr"].lo, "maximum": BOUNDS["lr"].hi}
     clip = schema["properties"]["aggressive"]["properties"]["clip"]

@@ -24,6 +24,7 @@ from fusedgate.spec import BOUNDS, POLE_BOUNDS, GateSpec, Pole
 def parents():
     """Presets, a gated spec and specs sitting on their bounds (clipping must keep them in)."""
     edge = GateSpec.default().replace(
+        orthogonaliser="quintic",
         gate_bias=8.0,
         w_loss=-8.0,
         w_grad_norm=8.0,
@@ -112,26 +113,28 @@ def test_perturb_field_reaches_every_searched_field():
 
 @dataclass(frozen=True)
 class FutureSpec(GateSpec):
-    """GateSpec with the kind of fields the engine will add: an enum and two bools."""
+    """GateSpec with fields a later engine might add (an enum and a bool) and no Bound in spec.py."""
 
-    orthogonaliser: str = "quintic"
-    muon_eq: bool = False
-    normuon: bool = True
+    projector: str = "svd"
+    extra_switch: bool = False
 
 
-def test_perturb_field_handles_new_bool_and_enum_fields(monkeypatch):
-    monkeypatch.setitem(mutations.ENUM_CHOICES, "orthogonaliser", ("quintic", "polar_express"))
+def test_perturb_field_reaches_engine_switches_and_new_fields(monkeypatch):
+    monkeypatch.setitem(mutations.ENUM_CHOICES, "projector", ("svd", "qr"))
     kinds = field_kinds(FutureSpec)
     assert kinds["orthogonaliser"].kind == "enum" and kinds["muon_eq"].kind == "bool"
+    assert kinds["projector"].choices == ("svd", "qr") and kinds["extra_switch"].kind == "bool"
     assert kinds["nesterov"].kind == "bool" and kinds["ns_steps"].kind == "int"
     assert kinds["aggressive.clip"].bound == POLE_BOUNDS["clip"]
-    parent = FutureSpec()
+    parent = FutureSpec(orthogonaliser="quintic")
     changed = {}
-    for i in range(400):
+    for i in range(600):
         child = OPERATORS["perturb_field"](parent, random.Random(i))
         if child is None:
             continue
         (name,) = aspect_of(parent, child)  # exactly one field
         changed[name] = getattr(child, name) if "." not in name else None
-    assert changed["orthogonaliser"] == "polar_express"
-    assert changed["muon_eq"] is True and changed["normuon"] is False
+    assert changed["orthogonaliser"] == "polar_express" and changed["projector"] == "qr"
+    for switch in ("muon_eq", "muon_plus", "normuon", "cautious_wd", "extra_switch"):
+        assert changed[switch] is True, switch
+    assert "normuon_beta2" not in changed  # the trainer's muon groups override it

@@ -7,7 +7,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusedgate.spec import ACTUATORS, BOUNDS, POLE_BOUNDS, SENSORS, GateSpec, Pole, SpecError
+from fusedgate.spec import (
+    ACTUATORS,
+    BOUNDS,
+    ENGINE_FIELDS,
+    ORTHOGONALISERS,
+    POLE_BOUNDS,
+    SENSORS,
+    GateSpec,
+    Pole,
+    SpecError,
+)
+
+NUMBERS = [n for n, b in BOUNDS.items() if n != "version" and b.kind is not bool]
+SWITCHES = [n for n, b in BOUNDS.items() if b.kind is bool]
 
 
 def finite_in(bound):
@@ -22,10 +35,11 @@ poles = st.builds(Pole, **{name: st.one_of(finite_in(b), st.just(math.inf)) if n
 specs = st.builds(
     GateSpec,
     units=st.sampled_from(["adam", "muon"]),
-    nesterov=st.booleans(),
+    orthogonaliser=st.just("quintic"),   # polar_express narrows ns_steps (tested below)
     aggressive=poles,
     conservative=poles,
-    **{name: finite_in(b) for name, b in BOUNDS.items() if name not in ("version", "nesterov")},
+    **{name: st.booleans() for name in SWITCHES},
+    **{name: finite_in(b) for name, b in BOUNDS.items() if name in NUMBERS},
 )
 
 
@@ -47,7 +61,7 @@ def test_field_order_is_stable_and_versioned():
     assert list(json.loads(GateSpec.default().to_json())["aggressive"]) == list(ACTUATORS)
 
 
-@pytest.mark.parametrize("name", [n for n in BOUNDS if n not in ("version", "nesterov")])
+@pytest.mark.parametrize("name", NUMBERS)
 def test_every_field_is_bounded(name):
     bound = BOUNDS[name]
     too_big = bound.hi + 1 if math.isfinite(bound.hi) else None
@@ -73,7 +87,13 @@ def test_every_actuator_is_bounded(name):
 
 
 @pytest.mark.parametrize("mutate, match", [
-    (lambda d: d.update(version=2), "version"),
+    (lambda d: d.update(version=3), "version"),
+    (lambda d: d.update(version=True), "version"),
+    (lambda d: d.update(orthogonaliser="svd"), "orthogonaliser"),
+    (lambda d: d.update(normuon=1), "normuon"),
+    (lambda d: d.update(cautious_wd="on"), "cautious_wd"),
+    (lambda d: d.update(normuon_beta2=1.5), "normuon_beta2"),
+    (lambda d: d.update(ns_steps=6), "ns_steps"),   # the default uses Polar Express: five triples
     (lambda d: d.pop("version"), "version"),
     (lambda d: d.update(learning_rate=1), "unknown"),
     (lambda d: d.update(units="sgd"), "units"),
@@ -105,6 +125,41 @@ def test_presets():
     assert muon.is_inert and muon.units == "muon" and muon.aggressive.ortho == 1 and muon.momentum == 0.9
     default = GateSpec.default()
     assert not default.is_inert and default.w_step_fraction < 0 < default.gate_bias
+    nanochat = GateSpec.nanochat()
+    assert nanochat.is_inert and nanochat.units == "muon" and nanochat.orthogonaliser == "polar_express"
+    assert all(getattr(nanochat, f) for f in ("muon_eq", "muon_plus", "normuon", "cautious_wd"))
+    # the gated default is the production engine plus a gate: every base and engine field is nanochat's
+    assert all(getattr(default, f) == getattr(nanochat, f) for f in ENGINE_FIELDS + ("lr", "momentum", "units"))
+    assert default.aggressive == nanochat.aggressive
+    # the engine switches are off in the plain presets, so they stay exactly AdamW and Muon
+    for plain in (GateSpec.adamw(), GateSpec.muon()):
+        assert plain.orthogonaliser == "quintic" and not any(getattr(plain, f) for f in SWITCHES if f != "nesterov")
+
+
+@pytest.mark.parametrize("name", SWITCHES)
+def test_switches_take_bools_only(name):
+    for bad in (0, 1, 0.0, "true", None):
+        with pytest.raises(SpecError, match=name):
+            GateSpec(**{name: bad})
+
+
+def test_orthogonaliser_choice_and_its_step_limit():
+    assert set(ORTHOGONALISERS) == {"quintic", "polar_express"}
+    assert GateSpec(orthogonaliser="quintic", ns_steps=10).ns_steps == 10
+    assert GateSpec(orthogonaliser="polar_express", ns_steps=5).ns_steps == 5
+    with pytest.raises(SpecError, match="ns_steps=6.*polar_express"):
+        GateSpec(orthogonaliser="polar_express", ns_steps=6)
+
+
+def test_version_1_specs_still_load_with_the_engine_off():
+    data = GateSpec.muon().to_dict()
+    for name in ENGINE_FIELDS:
+        data.pop(name)
+    data["version"] = 1
+    assert GateSpec.from_dict(data) == GateSpec.muon()
+    data["normuon"] = True
+    with pytest.raises(SpecError, match="normuon.*version 2"):
+        GateSpec.from_dict(data)
 
 
 def test_replace_rechecks_bounds():
@@ -122,6 +177,7 @@ def test_files(tmp_path):
 
 def test_a_preset_name_or_a_file(tmp_path, monkeypatch):
     assert GateSpec.from_name_or_file("muon") == GateSpec.muon()
+    assert GateSpec.from_name_or_file("nanochat") == GateSpec.nanochat()
     path = tmp_path / "mine.json"
     GateSpec.adamw(lr=5e-4).save(path)
     assert GateSpec.from_name_or_file(path) == GateSpec.adamw(lr=5e-4)

@@ -17,9 +17,10 @@ each operator's ``fields`` says which may change and ``single`` whether exactly 
 
 ``perturb_field`` reaches every field generically, from the spec's dataclass fields and their kinds
 (``field_kinds``: a number with its ``BOUNDS``/``POLE_BOUNDS`` entry, an int, a bool, or an enum with
-its choices in ``ENUM_CHOICES``): a field added to GateSpec later — a bool such as ``muon_eq`` or an
-enum such as ``orthogonaliser`` (add its choices to ``ENUM_CHOICES``) — is searched without a new
-operator. Bools flip, enums move to another choice, ints step ±1, numbers use the space above.
+its choices in ``ENUM_CHOICES``): the engine switches (``orthogonaliser``, ``muon_eq``, ``muon_plus``,
+``normuon``, ``cautious_wd``) and any field added to GateSpec later (an enum's choices go into
+``ENUM_CHOICES``) are searched without a new operator. Bools flip, enums move to another choice, ints
+step ±1, numbers use the space above.
 """
 
 from __future__ import annotations
@@ -29,20 +30,32 @@ import random
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields
 
-from fusedgate import spec as spec_module
-from fusedgate.spec import ACTUATORS, BOUNDS, POLE_BOUNDS, SENSORS, UNITS, Bound, GateSpec, Pole
+from fusedgate.spec import (
+    ACTUATORS,
+    BOUNDS,
+    ORTHOGONALISERS,
+    POLAR_EXPRESS_MAX_STEPS,
+    POLE_BOUNDS,
+    SENSORS,
+    UNITS,
+    Bound,
+    GateSpec,
+    Pole,
+    SpecError,
+)
 
 POLES = ("aggressive", "conservative")
 WEIGHTS = tuple(f"w_{s}" for s in SENSORS)
 EMAS = ("ema_loss", "ema_loss_improvement", "ema_grad_norm", "ema_update_ratio", "ema_grad_alignment")
 BASE = ("beta1", "beta2", "momentum", "weight_decay")
 POLE_FIELDS = tuple(f"{p}.{a}" for p in POLES for a in ACTUATORS)
-# Choices of the spec's string fields (spec.py's CHOICES when it has one, else its UNITS).
-ENUM_CHOICES: dict[str, tuple] = dict(getattr(spec_module, "CHOICES", {"units": UNITS}))
-# Fields the NanoChat trainer's param groups override (lr, betas, eps, weight_decay, momentum, ns_steps):
+# Choices of the spec's string fields, as spec.py names them.
+ENUM_CHOICES: dict[str, tuple] = {"units": UNITS, "orthogonaliser": ORTHOGONALISERS}
+# Fields the NanoChat trainer's param groups override (lr, betas, eps, weight_decay, momentum, ns_steps,
+# and the muon groups' beta2 that is NorMuon's decay):
 # changing them produces a run identical to the parent's; the spec format version and the lr units
 # (which redefine what every lr means) are not searched either.
-TRAINER_FIELDS = ("lr", "beta1", "beta2", "eps", "weight_decay", "momentum", "ns_steps")
+TRAINER_FIELDS = ("lr", "beta1", "beta2", "eps", "weight_decay", "momentum", "ns_steps", "normuon_beta2")
 NOT_SEARCHED = ("version", "units", *TRAINER_FIELDS)
 
 
@@ -208,7 +221,8 @@ def perturb_base(spec, rng):
 
 def step_ns_steps(spec, rng):
     bound = BOUNDS["ns_steps"]
-    return spec.replace(ns_steps=int(min(max(spec.ns_steps + rng.choice((-1, 1)), bound.lo), bound.hi)))
+    hi = POLAR_EXPRESS_MAX_STEPS if spec.orthogonaliser == "polar_express" else bound.hi
+    return spec.replace(ns_steps=int(min(max(spec.ns_steps + rng.choice((-1, 1)), bound.lo), hi)))
 
 
 def toggle_nesterov(spec, rng):
@@ -254,7 +268,10 @@ def perturb_field(spec, rng):
     kinds = field_kinds(type(spec))
     name = rng.choice(searched_fields(type(spec)))
     value = getattr(getattr(spec, name.split(".")[0]), name.split(".")[1]) if "." in name else getattr(spec, name)
-    return _set_field(spec, name, perturb_value(kinds[name], value, rng))
+    try:
+        return _set_field(spec, name, perturb_value(kinds[name], value, rng))
+    except SpecError:  # a combination spec.py refuses (e.g. polar_express with ns_steps > 5): not applicable
+        return None
 
 
 OPERATORS: dict[str, Operator] = {

@@ -35,10 +35,10 @@ from fusedgate.search.external_mutator import Rejected
 from fusedgate.search.mutations import OPERATORS, mutate
 from fusedgate.spec import GateSpec, Pole
 
-# The search's neutral point: the GateSpec preset that reproduces the production optimizer exactly.
-# It is GateSpec.muon() (nanochat's Muon+AdamW) until the engine's GateSpec.nanochat() lands; then this
-# one name changes to "nanochat" (and the neutral baseline, the gated seed and calibration follow).
-NEUTRAL_PRESET = "muon"
+# The search's neutral point: the GateSpec preset that reproduces the production optimizer exactly
+# (nanochat's MuonAdamW: Polar Express, MuonEq, Muon+, NorMuon, cautious weight decay). The neutral
+# baseline, the gated seed and calibration's random specs all start from it.
+NEUTRAL_PRESET = "nanochat"
 LR_SCALES = (0.5, 0.7, 1.0, 1.4, 2.0)
 STAGES = ("screen", "confirm", "transfer")
 
