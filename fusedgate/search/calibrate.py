@@ -1,6 +1,6 @@
 """``fusedgate search calibrate``: does the screening horizon rank specs like the confirmation horizon?
 
-N random specs (each ``n_mutations`` chained random mutations of the gated-Muon seed, so they
+N random specs (each ``n_mutations`` chained random mutations of the gated seed, ``gated_muon()``, so they
 spread from good to bad) are trained at both horizons on the same seeds, with the baselines. The
 evidence is Spearman's rho between the screening and confirmation rankings, of the composite score
 and of the final val bpb: rho near 1 means screening separates good from bad as the longer run
@@ -126,7 +126,8 @@ def write_report(summary: dict, out_dir: str) -> str:
     lines = [
         "# Screening calibration",
         "",
-        f"{cfg['n']} random specs (each {cfg['n_mutations']} random mutations of the gated-Muon seed), preset "
+        f"{cfg['n']} random specs (each {cfg['n_mutations']} random mutations of the gated seed: the neutral "
+        f"spec with a gate), preset "
         f"`{cfg['preset']}`, seeds {cfg['screen_seeds']}: screening at {cfg['screen_steps']} steps vs "
         f"confirmation at {cfg['confirm_steps']} steps.",
         "",

@@ -183,8 +183,9 @@ def write_report(summary: dict, out_dir: str) -> str:
         )
     lines += [
         "",
-        "Job overhead: (whole job − training loop) / training loop, median over the baseline runs (model build "
-        "and evaluations, in a warm worker that loaded the corpus once).",
+        "Job overhead: (whole job − training loop) / training loop, median over the baseline runs: model build "
+        "and every evaluation, the large final evaluation included, in a warm worker that had tokenised the "
+        "corpus already.",
         "",
         "![noise floor by horizon](noise.png)",
         "",
