@@ -198,3 +198,15 @@ def val_batches(data: TokenData, batch_size: int, seq_len: int, eval_tokens: int
     starts = np.arange(n_windows) * seq_len
     t = torch.from_numpy(data.val[starts[:, None] + np.arange(seq_len + 1)].astype(np.int64))
     return [(t[i:i + batch_size, :-1], t[i:i + batch_size, 1:]) for i in range(0, n_windows, batch_size)]
+
+
+def val_batches_spread(data: TokenData, batch_size: int, seq_len: int,
+                       eval_tokens: int) -> list[tuple[torch.Tensor, ...]]:
+    """``eval_tokens`` of val as windows spaced evenly over the whole val stream (all of it when
+    eval_tokens covers it): for a given budget this samples every val document region, where the
+    prefix of ``val_batches`` covers only the first few documents in key order."""
+    total = (len(data.val) - 1) // seq_len
+    n_windows = max(1, min(eval_tokens // seq_len, total))
+    starts = (np.arange(n_windows) * total // n_windows) * seq_len
+    t = torch.from_numpy(data.val[starts[:, None] + np.arange(seq_len + 1)].astype(np.int64))
+    return [(t[i:i + batch_size, :-1], t[i:i + batch_size, 1:]) for i in range(0, n_windows, batch_size)]

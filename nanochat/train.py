@@ -16,6 +16,14 @@ validation set (identical models: identical results), rank 0 alone writes; check
 optimizer state (gathered), so a run resumes at any N. FusedGate's gate records list the parameters that
 rank 0 owns.
 
+Final evaluation: with ``final_eval_tokens`` set, the last step is also evaluated on that many val
+tokens in windows spread evenly over the whole val split (``val_batches_spread``): ``final_val_bpb`` is
+that value; the curve keeps the small (prefix) set's value so that it stays one consistent series.
+``final_val_se`` is the val-set sampling error of ``final_val_bpb`` (the batch-means standard error of
+the ratio estimator Σ nats / Σ bytes, see ``sampling_error``); ``final_val_batches`` keeps the
+per-batch sums, so that two runs scored on the same val set can be compared batch by batch (the
+sampling error of a paired difference is far smaller than that of a level).
+
 Timing: ``wall_s`` is the summed wall time of the training steps (no evaluation, no checkpoints);
 ``tokens_per_s`` is trained tokens / wall_s, leaving out the first step of the run (warm-up,
 compilation) when there is more than one.
@@ -38,7 +46,7 @@ from tqdm.auto import tqdm
 from fusedgate.files import WriteError, check_writable_folder
 from fusedgate.nanochat.checkpoint import FILENAME as CHECKPOINT_FILENAME
 from fusedgate.nanochat.checkpoint import check_compatible, load_checkpoint, save_checkpoint
-from fusedgate.nanochat.data import check_size, load_data, train_batch, val_batches
+from fusedgate.nanochat.data import check_size, load_data, train_batch, val_batches, val_batches_spread
 from fusedgate.nanochat.errors import TrainError
 from fusedgate.nanochat.metrics import FILENAME as METRICS_FILENAME
 from fusedgate.nanochat.metrics import MetricsLog
@@ -72,6 +80,7 @@ class TrainConfig:
     stop_at: int | None = None      # stop (with a checkpoint) at this step, as if interrupted
     checkpoint_every: int | None = None  # None -> preset default (0: only at the end)
     lr_scale: float = 1.0           # multiplies every group's lr (for lr sweeps)
+    final_eval_tokens: int | None = None  # None -> the curve's val set; N: N tokens spread over all of val
     overwrite: bool = False         # allow out_dir to already hold a run
     label: str | None = None        # this run's name in comparisons (None -> the optimizer)
 
@@ -103,11 +112,14 @@ class TrainResult:
     tokenizer: str = "byte"
     device: str = "cpu"
     message: str = ""
+    final_val_se: float = float("nan")  # val-set sampling error of final_val_bpb (bpb)
+    final_val_tokens: int = 0           # tokens the final evaluation scored
+    final_val_batches: list = field(default_factory=list)  # [[Σ nats, Σ bytes]] per final-eval batch
 
     def summary(self) -> dict[str, Any]:
         return {"optimizer": self.config.optimizer, "label": self.config.name, "preset": self.config.preset,
-                "seed": self.config.seed,
-                "steps": self.steps_done, "final_val_bpb": self.final_val_bpb, "wall_s": self.wall_s,
+                "seed": self.config.seed, "steps": self.steps_done, "final_val_bpb": self.final_val_bpb,
+                "final_val_se": self.final_val_se, "final_val_tokens": self.final_val_tokens, "wall_s": self.wall_s,
                 "total_s": self.total_s, "tokens_per_s": self.tokens_per_s, "diverged": self.diverged,
                 "corpus": self.corpus_fingerprint, "tokenizer": self.tokenizer, "n_params": self.n_params,
                 "device": self.device, "message": self.message}
@@ -125,6 +137,7 @@ def _check_config(config: TrainConfig) -> Preset:
     _check_int("eval_every", config.eval_every, 1, MAX_STEPS, optional=True)
     _check_int("checkpoint_every", config.checkpoint_every, 0, MAX_STEPS, optional=True, note=" (0: only at the end)")
     _check_int("gate_log_every", config.gate_log_every, 1, MAX_STEPS)
+    _check_int("final_eval_tokens", config.final_eval_tokens, 1, 10**12, optional=True)
     if not (config.lr_scale > 0 and math.isfinite(config.lr_scale)):
         raise TrainError(f"lr_scale must be a positive number, got {config.lr_scale}")
     check_device(config.device)
@@ -197,21 +210,44 @@ def _group_kinds(optimizer, groups: list[dict]) -> list[str]:
 
 
 @torch.no_grad()
-def evaluate_bpb(model: GPT, batches, token_bytes: torch.Tensor, device: torch.device, autocast) -> float:
-    """Bits per byte: Σ nats over targets with token_bytes > 0, over ln 2 · Σ their bytes."""
+def evaluate_batch_sums(model: GPT, batches, token_bytes: torch.Tensor, device: torch.device,
+                        autocast) -> tuple[list[float], list[int]]:
+    """Per batch: Σ nats over targets with token_bytes > 0, and Σ their bytes."""
     was_training = model.training
     model.eval()
-    nats = torch.zeros((), dtype=torch.float64, device=device)
-    nbytes = torch.zeros((), dtype=torch.int64, device=device)
+    nats, nbytes = [], []
     for x, y in batches:
         x, y = x.to(device), y.to(device)
         with autocast():
             loss = model(x, y, reduction="none")
         b = token_bytes[y]
-        nats += (loss.double() * (b > 0)).sum()
-        nbytes += b.sum()
+        nats.append((loss.double() * (b > 0)).sum())
+        nbytes.append(b.sum())
     model.train(was_training)
-    return float(nats.item() / (math.log(2) * max(int(nbytes.item()), 1)))
+    return [float(n) for n in torch.stack(nats).tolist()], [int(n) for n in torch.stack(nbytes).tolist()]
+
+
+def bits_per_byte(nats: list[float], nbytes: list[int]) -> float:
+    return sum(nats) / (math.log(2) * max(sum(nbytes), 1))
+
+
+def sampling_error(nats: list[float], nbytes: list[int]) -> float:
+    """Standard error (bpb) of R = Σnᵢ / (ln2 · Σbᵢ) over m batches of consecutive val windows:
+    SE² = Σ (nᵢ − R'·bᵢ)² / (m (m − 1) b̄²) / ln²2 with R' = Σn/Σb (the delta method for a ratio
+    estimator; batches of consecutive windows absorb most of the within-document correlation).
+    nan with fewer than 2 batches."""
+    m = len(nats)
+    if m < 2 or sum(nbytes) == 0:
+        return float("nan")
+    ratio = sum(nats) / sum(nbytes)
+    mean_b = sum(nbytes) / m
+    var = sum((n - ratio * b) ** 2 for n, b in zip(nats, nbytes)) / (m - 1)
+    return math.sqrt(var / m) / mean_b / math.log(2)
+
+
+def evaluate_bpb(model: GPT, batches, token_bytes: torch.Tensor, device: torch.device, autocast) -> float:
+    """Bits per byte: Σ nats over targets with token_bytes > 0, over ln 2 · Σ their bytes."""
+    return bits_per_byte(*evaluate_batch_sums(model, batches, token_bytes, device, autocast))
 
 
 def _autocast(device: torch.device):
@@ -315,6 +351,10 @@ def train(config: TrainConfig) -> TrainResult:
     autocast = _autocast(device)
     token_bytes = torch.from_numpy(data.token_bytes).to(device)
     val_sets = val_batches(data, preset.batch_size, preset.seq_len, preset.eval_tokens)
+    final_sets = val_sets
+    if config.final_eval_tokens is not None:
+        final_sets = val_batches_spread(data, preset.batch_size, preset.seq_len, config.final_eval_tokens)
+    final_bpb, final_se, final_tokens, final_batches = float("nan"), float("nan"), 0, []
     tokens_per_step = preset.tokens_per_step
     stop = total_steps if config.stop_at is None else min(config.stop_at, total_steps)
     diverged, message = False, ""
@@ -336,7 +376,14 @@ def train(config: TrainConfig) -> TrainResult:
     step = start
     for step in range(start, stop + 1):
         if (step % eval_every == 0 or step == stop) and not (val_curve and val_curve[-1]["step"] == step):
-            bpb = evaluate_bpb(model, val_sets, token_bytes, device, autocast)
+            nats, nbytes = evaluate_batch_sums(model, val_sets, token_bytes, device, autocast)
+            bpb = bits_per_byte(nats, nbytes)
+            if step == stop:
+                if final_sets is not val_sets:
+                    nats, nbytes = evaluate_batch_sums(model, final_sets, token_bytes, device, autocast)
+                final_bpb, final_se = bits_per_byte(nats, nbytes), sampling_error(nats, nbytes)
+                final_tokens = sum(int(y.numel()) for _, y in final_sets)
+                final_batches = [[n, b] for n, b in zip(nats, nbytes)]
             val_curve.append({"step": step, "val_bpb": bpb, "wall_s": wall, "tokens": step * tokens_per_step})
             log.write("val", step=step, val_bpb=bpb, wall_s=wall, tokens=step * tokens_per_step)
             bar.set_postfix(val_bpb=f"{bpb:.3f}", refresh=False)
@@ -385,15 +432,18 @@ def train(config: TrainConfig) -> TrainResult:
         bar.update(1)
     bar.close()
 
+    if not diverged and math.isnan(final_bpb) and val_curve:  # resumed after the final evaluation
+        final_bpb = val_curve[-1]["val_bpb"]
     steps_done = len(train_curve)
     timed_steps, timed_wall = (steps_done - 1, wall - first_step_s) if steps_done > 1 else (steps_done, wall)
     tokens_per_s = timed_steps * tokens_per_step / timed_wall if timed_wall > 0 else 0.0
     finished = not diverged and step == total_steps
     result = TrainResult(
-        config=config, final_val_bpb=float("nan") if diverged else val_curve[-1]["val_bpb"], val_curve=val_curve,
+        config=config, final_val_bpb=float("nan") if diverged else final_bpb, val_curve=val_curve,
         train_curve=train_curve, tokens_per_s=tokens_per_s, wall_s=wall, diverged=diverged,
         corpus_fingerprint=data.fingerprint, gate_trajectory=gates, steps_done=steps_done,
         total_s=time.perf_counter() - t_start, n_params=model.num_params(), tokenizer=data.tokenizer,
+        final_val_se=final_se, final_val_tokens=final_tokens, final_val_batches=final_batches,
         device=str(device), message=message or ("" if finished else f"stopped at step {step} of {total_steps}"))
     log.write("result", step=step, **result.summary())
     return result

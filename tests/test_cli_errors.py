@@ -250,10 +250,12 @@ def test_bench_rerender_of_a_binary_file_is_a_usage_error(tmp_path, capsys):
 def test_bench_writes_under_the_current_directory_by_default(tmp_path, monkeypatch, capsys):
     package_results = Path(bench_cli.__file__).resolve().parent / "results"
     assert not Path(bench_cli.DEFAULT_OUT).is_absolute()  # checked first: an old default would overwrite
-    before = {p.name: p.read_bytes() for p in package_results.iterdir()} if package_results.is_dir() else {}
+    def files(folder):
+        return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} if folder.is_dir() else {}
+
+    before = files(package_results)
     monkeypatch.chdir(tmp_path)
     assert cli_main(BENCH_TINY) == 0
     assert sorted(p.name for p in (tmp_path / "bench-results").iterdir()) == ["cpu.json", "cpu.md", "cpu.png"]
-    after = {p.name: p.read_bytes() for p in package_results.iterdir()} if package_results.is_dir() else {}
-    assert after == before
+    assert files(package_results) == before
     assert f"wrote {Path('bench-results') / 'cpu.json'}" in capsys.readouterr().out

@@ -98,18 +98,35 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text('{"version": 1, "gate_bias": 99}')
     db = str(tmp_path / "s.sqlite")
-    assert cli_main(["search", "run", "--db", db, "--preset", "test", "--init", str(bad)]) == 1
+    assert cli_main(["search", "run", "--db", db, "--preset", "test", "--init", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "gate_bias=99" in err and "outside its bound" in err
     assert not (tmp_path / "s.sqlite").exists()  # nothing written on a user mistake
-    assert cli_main(["search", "run", "--db", db, "--preset", "nope"]) == 1
+    assert cli_main(["search", "run", "--db", db, "--preset", "nope"]) == 2
     assert "unknown preset" in capsys.readouterr().err
-    assert cli_main(["search", "run", "--db", db, "--preset", "test", "--operators", "frobnicate"]) == 1
+    assert cli_main(["search", "run", "--db", db, "--preset", "test", "--operators", "frobnicate"]) == 2
     assert "unknown operator" in capsys.readouterr().err
     junk = tmp_path / "junk.sqlite"
     junk.write_text("x" * 5000)
-    assert cli_main(["search", "resume", "--db", str(junk)]) == 1
+    assert cli_main(["search", "resume", "--db", str(junk)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "not a fusedgate search archive" in err
-    assert cli_main(["search", "report", "--db", str(tmp_path / "missing.sqlite")]) == 1
+    assert cli_main(["search", "report", "--db", str(tmp_path / "missing.sqlite")]) == 2
     assert "no such archive" in capsys.readouterr().err
+
+
+def test_import_evaluations_copies_only_missing_finished_runs(tmp_path):
+    src = Archive.create(str(tmp_path / "src.sqlite"), default_config())
+    src.add_evaluation(job(0), result(3.0))
+    src.add_evaluation(job(1), result(2.5))
+    src.add_evaluation(job(2), {**result(), "status": "failed", "final_val_bpb": None})
+    src.close()
+    dst = Archive.create(str(tmp_path / "dst.sqlite"), default_config())
+    dst.add_evaluation(job(1), result(2.7))  # its own run of the same job wins
+    assert dst.import_evaluations(str(tmp_path / "src.sqlite")) == 1
+    assert dst.evaluation(job(0)["job_key"])["final_val_bpb"] == 3.0
+    assert dst.evaluation(job(1)["job_key"])["final_val_bpb"] == 2.7
+    assert dst.evaluation(job(2)["job_key"]) is None  # failed runs are not copied
+    assert dst.evaluation(job(0)["job_key"])["val_curve"] == result(3.0)["val_curve"]
+    assert dst.import_evaluations(str(tmp_path / "src.sqlite")) == 0
+    dst.close()

@@ -58,3 +58,26 @@ def test_ray_executor_runs_a_job(corpus):
     assert res["status"] == "ok", res.get("error")
     assert res["worker"].startswith("ray:") and 0 < res["final_val_bpb"] < 9
     assert res["gate_trajectory"] and 0.0 <= res["gate_trajectory"][0]["gate"] <= 1.0
+
+
+def test_warm_workers_tokenise_the_corpus_once(corpus):
+    jobs = [make_job("baseline", None, "test", 2, s, corpus, "c", "screen") for s in (0, 1)]
+    for warm, expected in (((corpus, "test"),), [True, True]), ((), [False, True]):
+        executor = LocalExecutor(workers=1, warm=warm)
+        try:
+            results = [res for _, res in executor.map(jobs)]
+        finally:
+            executor.close()
+        assert [r["corpus_cached"] for r in results] == expected
+        assert all(r["total_s"] > r["wall_s"] > 0 for r in results)
+
+
+def test_default_workers_do_not_oversubscribe(monkeypatch):
+    from fusedgate.search.executors import default_devices, threads_per_worker
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = os.cpu_count()
+    assert default_devices() == ["cpu"] * cores and threads_per_worker(cores) == 1
+    assert threads_per_worker(1) == cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads_per_worker(1) == 1

@@ -1,14 +1,18 @@
-"""The external mutator: a program gets the parent spec on stdin and prints a child; preflight (schema,
-bounds, a 3-step real dry run) accepts good children and rejects bad ones with a logged reason."""
+"""The external mutator: a program gets the parent spec on stdin and prints a child; preflight (the
+GateSpec constructor — spec.py is the one validator —, a 3-step real dry run) accepts good children and
+rejects bad ones with a logged reason. The schema handed to the program is derived from spec.py."""
 
 import sys
 import textwrap
+from dataclasses import dataclass, fields
 
 import pytest
 
+from fusedgate.search import mutations
 from fusedgate.search.archive import Archive
-from fusedgate.search.external_mutator import ExternalMutator, Rejected, parse_child
+from fusedgate.search.external_mutator import ExternalMutator, Rejected, parse_child, spec_json_schema, validate
 from fusedgate.search.tournament import Search, default_config, gated_muon
+from fusedgate.spec import BOUNDS, GateSpec
 
 SCRIPTS = {
     # a chatty program (like an LLM CLI) that answers with a fenced partial spec
@@ -46,7 +50,7 @@ def scripts(tmp_path):
     for name, body in SCRIPTS.items():
         path = tmp_path / f"{name}.py"
         path.write_text(textwrap.dedent(body))
-        out[name] = f"{sys.executable} {path}"
+        out[name] = [sys.executable, str(path)]
     return out
 
 
@@ -60,8 +64,8 @@ def test_preflight_accepts_and_rejects(scripts):
     assert child.gate_bias == parent.gate_bias + 0.5 and child.conservative.clip == 3.0
     assert child.aggressive == parent.aggressive and "```json" in stdout
     expected = {
-        "out_of_bounds": "schema: aggressive/update_mult: 99.0 is greater than the maximum of 10.0",
-        "unknown_field": "schema: spec: Additional properties are not allowed ('learning_rate' was unexpected)",
+        "out_of_bounds": "spec: aggressive.update_mult=99.0 is outside its bound [0.0, 10.0]",
+        "unknown_field": "spec: unknown spec field(s): learning_rate",
         "garbage": "stdout holds no JSON object",
         "crash": "mutator command exited with code 1: out of tokens",
     }
@@ -96,7 +100,7 @@ def test_search_logs_rejections_and_dedups_external_children(tmp_path, scripts):
     assert len(members) == 3
     rejections = archive.rejections()
     assert len(rejections) == 4  # 2 child slots x 2 tries, each logged with its reason and the raw output
-    assert all(r["reason"].startswith("schema: aggressive/update_mult") and "99.0" in r["output"] for r in rejections)
+    assert all(r["reason"].startswith("spec: aggressive.update_mult=99.0") and "99" in r["output"] for r in rejections)
     assert all(r["parent_hash"] == gated_muon().content_hash() for r in rejections)
     assert {m["operator"] for m in members} - {"seed"} <= set(cfg["operators"])  # fell back to built-ins
     archive.close()
@@ -112,3 +116,31 @@ def test_search_logs_rejections_and_dedups_external_children(tmp_path, scripts):
     # the script is deterministic: its second answer duplicates the first and is rejected, not re-evaluated
     assert [r["reason"] for r in archive.rejections()] == ["duplicate of a spec already proposed"] * 2
     archive.close()
+
+
+@dataclass(frozen=True)
+class FutureSpec(GateSpec):
+    """GateSpec with fields a later engine might add (an enum, a bool), known to no hand-written schema."""
+
+    projector: str = "svd"
+    extra_switch: bool = False
+
+
+def test_spec_py_is_the_one_validator(monkeypatch):
+    """A field spec.py accepts is accepted, whatever a hand-written schema would have said; the schema
+    file given to the program is derived from spec.py's fields and bounds."""
+    monkeypatch.setitem(mutations.ENUM_CHOICES, "projector", ("svd", "qr"))
+    child = validate(FutureSpec(), {"projector": "qr", "extra_switch": True, "muon_eq": True}, dry_run=False)
+    assert child.projector == "qr" and child.extra_switch is True and child.muon_eq is True
+    with pytest.raises(Rejected, match="lr=20.0 is outside its bound"):
+        validate(FutureSpec(), {"lr": 20.0}, dry_run=False)
+    with pytest.raises(Rejected, match="ns_steps=7 is outside its bound"):  # a cross-field rule of spec.py
+        validate(FutureSpec(), {"orthogonaliser": "polar_express", "ns_steps": 7}, dry_run=False)
+    schema = spec_json_schema(FutureSpec)
+    assert set(schema["properties"]) == {f.name for f in fields(FutureSpec)}
+    assert schema["properties"]["orthogonaliser"] == {"enum": ["quintic", "polar_express"]}
+    assert schema["properties"]["projector"] == {"enum": ["svd", "qr"]}
+    assert schema["properties"]["muon_eq"] == {"type": "boolean"}
+    assert schema["properties"]["lr"] == {"type": "number", "minimum": BOUNDS["lr"].lo, "maximum": BOUNDS["lr"].hi}
+    clip = schema["properties"]["aggressive"]["properties"]["clip"]
+    assert clip == {"anyOf": [{"type": "number", "minimum": 1.0}, {"const": "inf"}]}

@@ -2,10 +2,22 @@
 
 import math
 import random
+from dataclasses import dataclass
 
 import pytest
 
-from fusedgate.search.mutations import OPERATORS, aspect_of, describe, flatten, mutate, random_spec
+from fusedgate.search import mutations
+from fusedgate.search.mutations import (
+    NOT_SEARCHED,
+    OPERATORS,
+    aspect_of,
+    describe,
+    field_kinds,
+    flatten,
+    mutate,
+    random_spec,
+    searched_fields,
+)
 from fusedgate.spec import BOUNDS, POLE_BOUNDS, GateSpec, Pole
 
 
@@ -42,8 +54,8 @@ def check_bounds(spec: GateSpec) -> None:
     assert GateSpec.from_json(spec.to_json()) == spec  # re-validated by the constructor
 
 
-def test_registry_has_thirteen_documented_operators():
-    assert len(OPERATORS) == 13
+def test_registry_has_fourteen_documented_operators():
+    assert len(OPERATORS) == 14
     table = describe()
     for name, op in OPERATORS.items():
         assert op.doc and op.fields and f"`{name}`" in table
@@ -86,3 +98,43 @@ def test_mutation_is_reproducible_from_the_seed():
     b = [mutate(GateSpec.default(), random.Random(f"s{i}")) for i in range(20)]
     assert a == b
     assert len({child.content_hash() for child, _ in a}) > 10  # and actually random
+
+
+def test_perturb_field_reaches_every_searched_field():
+    fields = set(searched_fields())
+    assert fields == set(flatten(GateSpec.default())) - set(NOT_SEARCHED)
+    seen = set()
+    for i in range(600):
+        child = OPERATORS["perturb_field"](GateSpec.default(), random.Random(i))
+        if child is not None:
+            seen |= aspect_of(GateSpec.default(), child)
+    assert seen == fields
+
+
+@dataclass(frozen=True)
+class FutureSpec(GateSpec):
+    """GateSpec with fields a later engine might add (an enum and a bool) and no Bound in spec.py."""
+
+    projector: str = "svd"
+    extra_switch: bool = False
+
+
+def test_perturb_field_reaches_engine_switches_and_new_fields(monkeypatch):
+    monkeypatch.setitem(mutations.ENUM_CHOICES, "projector", ("svd", "qr"))
+    kinds = field_kinds(FutureSpec)
+    assert kinds["orthogonaliser"].kind == "enum" and kinds["muon_eq"].kind == "bool"
+    assert kinds["projector"].choices == ("svd", "qr") and kinds["extra_switch"].kind == "bool"
+    assert kinds["nesterov"].kind == "bool" and kinds["ns_steps"].kind == "int"
+    assert kinds["aggressive.clip"].bound == POLE_BOUNDS["clip"]
+    parent = FutureSpec(orthogonaliser="quintic")
+    changed = {}
+    for i in range(600):
+        child = OPERATORS["perturb_field"](parent, random.Random(i))
+        if child is None:
+            continue
+        (name,) = aspect_of(parent, child)  # exactly one field
+        changed[name] = getattr(child, name) if "." not in name else None
+    assert changed["orthogonaliser"] == "polar_express" and changed["projector"] == "qr"
+    for switch in ("muon_eq", "muon_plus", "normuon", "cautious_wd", "extra_switch"):
+        assert changed[switch] is True, switch
+    assert "normuon_beta2" not in changed  # the trainer's muon groups override it

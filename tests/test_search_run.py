@@ -46,6 +46,10 @@ def test_search_killed_and_resumed_loses_and_repeats_nothing(tmp_path, corpus):
         "5",
         "--seeds",
         "0,1",
+        "--lr-scales",
+        "0.5,1,2",
+        "--final-eval-tokens",
+        "1024",
         "--workers",
         "1",
         "--no-progress",
@@ -90,7 +94,10 @@ def test_search_killed_and_resumed_loses_and_repeats_nothing(tmp_path, corpus):
         for m in archive.population(gen):
             assert any(e["spec_hash"] == m["hash"] and e["steps"] == 3 for e in after)
     confirmed = {e["spec_hash"] for e in after if e["steps"] == 5 and e["optimizer"] == "fusedgate"}
-    assert len(confirmed) >= 2  # the neutral baseline and at least one survivor, on 3 seeds each
+    assert len(confirmed) >= 2  # the neutral baseline and at least one survivor, on 2 seeds each
+    sweep = sorted({(e["lr_scale"], e["seed"]) for e in after if e["steps"] == 5 and e["optimizer"] == "baseline"})
+    assert sweep == [(sc, s) for sc in (0.5, 1.0, 2.0) for s in (0, 1)]  # the tuned baseline's lr sweep
+    assert all(e["final_eval_tokens"] == 1024 and e["final_val_se"] > 0 for e in after if e["steps"] == 5)
     specs = [c["hash"] for c in archive.candidates()]
     assert len(specs) == len(set(specs))  # no spec proposed twice
     for c in archive.candidates():
@@ -101,7 +108,8 @@ def test_search_killed_and_resumed_loses_and_repeats_nothing(tmp_path, corpus):
     out = tmp_path / "report"
     assert cli_main(["search", "report", "--db", db, "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
-    assert "Win criterion: a win needs a val-bpb gain of at least 0.005" in text
-    assert "met the win criterion" in text
+    assert "Win criterion: a win needs, over >= 5 confirmation seeds" in text
+    assert "No candidate met the win criterion" in text and "2 seeds < 5" in text
+    assert "tuned lr scale (the reference)" in text and "minimal detectable effect, 2 seeds" in text
     for png in ("best_by_generation.png", "pareto.png", "lineage.png", "trajectories.png"):
         assert (out / png).stat().st_size > 1000, png

@@ -88,15 +88,33 @@ def per_seed(gains, ratio=1.0, failed=()):
     return out
 
 
-def test_win_rule():
-    assert score.aggregate(per_seed([0.006, 0.005, -0.01]))["win"]  # 2 of 3 seeds
-    assert not score.aggregate(per_seed([0.006, 0.004, 0.004]))["win"]  # only 1 of 3
-    assert not score.aggregate(per_seed([0.01, 0.01, 0.01], ratio=0.94))["win"]  # too slow
-    assert score.aggregate(per_seed([0.01, 0.01, 0.01], ratio=0.95))["win"]
-    assert not score.aggregate(per_seed([0.01, 0.01]))["win"]  # fewer than 3 seeds
-    agg = score.aggregate(per_seed([0.01, 0.01, 0.01], failed=(2,)))
-    assert not agg["win"] and agg["n_failed"] == 1
-    assert agg["score"] == pytest.approx((0.02 + score.FAIL_SCORE) / 3)
+FLOOR = {"min_effect": 0.004, "too_short": False}
+
+
+def test_win_rule_is_statistical():
+    # the old rule's "2 of 3 seeds >= 0.005" passed this; a paired t bound over 5 seeds does not
+    noisy = score.aggregate(per_seed([0.02, 0.015, -0.01, -0.012, 0.006]))
+    assert noisy["bpb_gain"] > 0.003 and noisy["gain_lower95"] < 0
+    verdict = score.judge(noisy, FLOOR)
+    assert not verdict["win"] and "95% lower bound on the gain is not above 0" in verdict["reasons"]
+    steady = score.aggregate(per_seed([0.006, 0.005, 0.007, 0.0055, 0.0065]))
+    assert score.judge(steady, FLOOR) == {"win": True, "reasons": []}
+    # the bound: mean − t(0.95; 4) · sd / sqrt(5), t(0.95; 4) = 2.1318 (tables)
+    gains = [0.006, 0.005, 0.007, 0.0055, 0.0065]
+    m = sum(gains) / 5
+    sd = math.sqrt(sum((g - m) ** 2 for g in gains) / 4)
+    assert steady["gain_lower95"] == pytest.approx(m - 2.131847 * sd / math.sqrt(5), rel=1e-6)
+    # significant but below the minimal effect
+    small = score.aggregate(per_seed([0.002, 0.0021, 0.0019, 0.002, 0.002]))
+    assert small["gain_lower95"] > 0 and not score.judge(small, FLOOR)["win"]
+    assert not score.judge(score.aggregate(per_seed(gains, ratio=0.94)), FLOOR)["win"]  # too slow
+    assert score.judge(score.aggregate(per_seed(gains, ratio=0.95)), FLOOR)["win"]
+    assert not score.judge(score.aggregate(per_seed(gains[:4])), FLOOR)["win"]  # fewer than 5 seeds
+    assert not score.judge(steady, {**FLOOR, "too_short": True})["win"]  # horizon too short
+    assert not score.judge(steady, None)["win"]  # no noise floor yet
+    agg = score.aggregate(per_seed([0.01] * 5, failed=(2,)))
+    assert not score.judge(agg, FLOOR)["win"] and agg["n_failed"] == 1
+    assert agg["score"] == pytest.approx((0.04 + score.FAIL_SCORE) / 5)
     assert agg["bpb_gain"] == pytest.approx(0.01)
 
 

@@ -25,7 +25,7 @@ import os
 import sqlite3
 import time
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -42,15 +42,18 @@ CREATE TABLE population (
 CREATE TABLE evaluations (
     id INTEGER PRIMARY KEY, job_key TEXT NOT NULL UNIQUE, optimizer TEXT NOT NULL, spec_hash TEXT,
     preset TEXT NOT NULL, steps INTEGER NOT NULL, seed INTEGER NOT NULL, data TEXT, stage TEXT NOT NULL,
-    status TEXT NOT NULL, final_val_bpb REAL, tokens_per_s REAL, wall_s REAL, corpus_fingerprint TEXT,
-    val_curve TEXT, train_curve TEXT, gate_trajectory TEXT, error TEXT, worker TEXT, finished_at REAL NOT NULL);
+    lr_scale REAL NOT NULL DEFAULT 1.0, final_eval_tokens INTEGER,
+    status TEXT NOT NULL, final_val_bpb REAL, final_val_se REAL, tokens_per_s REAL, wall_s REAL, total_s REAL,
+    corpus_fingerprint TEXT,
+    val_curve TEXT, train_curve TEXT, gate_trajectory TEXT, final_val_batches TEXT, error TEXT, worker TEXT,
+    finished_at REAL NOT NULL);
 CREATE TABLE job_starts (id INTEGER PRIMARY KEY, job_key TEXT NOT NULL, started_at REAL NOT NULL, pid INTEGER);
 CREATE TABLE rejections (
     id INTEGER PRIMARY KEY, generation INTEGER, parent_hash TEXT, source TEXT NOT NULL, reason TEXT NOT NULL,
     output TEXT, created_at REAL NOT NULL);
 """
 
-_JSON_COLUMNS = ("val_curve", "train_curve", "gate_trajectory")
+_JSON_COLUMNS = ("val_curve", "train_curve", "gate_trajectory", "final_val_batches")
 
 
 class ArchiveError(RuntimeError):
@@ -71,6 +74,11 @@ class Archive:
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             raise ArchiveError(f"directory {parent} does not exist")
+        try:  # probe: a read-only location fails here with its own reason, not inside SQLite
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            os.unlink(path)
+        except OSError as exc:
+            raise ArchiveError(f"cannot create the archive {path}: {exc.strerror} (choose a writable --db)") from None
         archive = cls(path, _connect(path))
         with archive.transaction() as conn:
             for statement in SCHEMA.strip().split(";"):
@@ -90,15 +98,26 @@ class Archive:
     def open(cls, path: str) -> Archive:
         if not os.path.isfile(path):
             raise ArchiveError(f"{path}: no such archive")
+        if not os.access(path, os.R_OK):
+            raise ArchiveError(f"{path}: permission denied")
         conn = _connect(path)
         try:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if "meta" not in tables:
                 raise ArchiveError(f"{path} is not a fusedgate search archive (no meta table)")
             row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            check = conn.execute("PRAGMA quick_check").fetchall()
         except sqlite3.DatabaseError as exc:
             conn.close()
+            if "malformed" in str(exc):
+                raise ArchiveError(f"{path} is corrupted ({exc}); restore it from a backup") from None
             raise ArchiveError(f"{path} is not a fusedgate search archive ({exc})") from None
+        except ArchiveError:
+            conn.close()
+            raise
+        if check != [("ok",)]:
+            conn.close()
+            raise ArchiveError(f"{path} is corrupted (SQLite quick_check: {check[0][0]}); restore it from a backup")
         if row is None or row[0] != str(SCHEMA_VERSION):
             conn.close()
             found = "none" if row is None else row[0]
@@ -225,11 +244,15 @@ class Archive:
     def add_evaluation(self, job: dict, result: dict) -> int:
         """Commit one finished run (its own transaction). Raises if the job key is already there."""
         row = {k: job[k] for k in ("job_key", "optimizer", "spec_hash", "preset", "steps", "seed", "data", "stage")}
+        row["lr_scale"] = job.get("lr_scale", 1.0)
+        row["final_eval_tokens"] = job.get("final_eval_tokens")
         for k in (
             "status",
             "final_val_bpb",
+            "final_val_se",
             "tokens_per_s",
             "wall_s",
+            "total_s",
             "corpus_fingerprint",
             "error",
             "worker",
@@ -244,6 +267,26 @@ class Archive:
                 f"INSERT INTO evaluations ({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values())
             )
         return cur.lastrowid
+
+    def import_evaluations(self, other_path: str) -> int:
+        """Copy the finished evaluations of another archive whose job keys this one lacks (one
+        transaction). The job key hashes everything that determines a run (optimizer, spec, preset,
+        steps, seed, lr scale, evaluation sizes, corpus), so a copied run is the run this archive would
+        have done: e.g. a noise measurement's baselines serve a search at the same horizon."""
+        other = Archive.open(other_path)
+        try:
+            cur = other.conn.execute("SELECT * FROM evaluations WHERE status='ok' ORDER BY id")
+            cols = [d[0] for d in cur.description if d[0] != "id"]
+            rows = [r[1:] for r in cur.fetchall()]
+        finally:
+            other.close()
+        have = {r[0] for r in self.conn.execute("SELECT job_key FROM evaluations")}
+        new = [r for r in rows if r[cols.index("job_key")] not in have]
+        with self.transaction() as conn:
+            conn.executemany(
+                f"INSERT INTO evaluations ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", new
+            )
+        return len(new)
 
     def evaluation(self, job_key: str) -> dict | None:
         cur = self.conn.execute("SELECT * FROM evaluations WHERE job_key=?", (job_key,))

@@ -1,6 +1,6 @@
 """``fusedgate search calibrate``: does the screening horizon rank specs like the confirmation horizon?
 
-N random specs (each ``n_mutations`` chained random mutations of the gated-Muon seed, so they
+N random specs (each ``n_mutations`` chained random mutations of the gated seed, ``gated_muon()``, so they
 spread from good to bad) are trained at both horizons on the same seeds, with the baselines. The
 evidence is Spearman's rho between the screening and confirmation rankings, of the composite score
 and of the final val bpb: rho near 1 means screening separates good from bad as the longer run
@@ -29,6 +29,7 @@ def calibration_config(
     seed: int = 0,
     data: str | None = None,
     n_mutations: int = 6,
+    final_eval_tokens: int | None = None,
 ) -> dict:
     return {
         "mode": "calibrate",
@@ -47,6 +48,8 @@ def calibration_config(
         "operators": list(DEFAULT_OPERATORS),
         "init_specs": [],
         "mutator_cmd": None,
+        "lr_scales": [1.0],
+        "final_eval_tokens": final_eval_tokens,
     }
 
 
@@ -67,9 +70,9 @@ def run_calibration(archive: Archive, executor, log=print, progress: bool = True
     from fusedgate.search.tournament import baseline_jobs, candidate_jobs
 
     for stage, steps in (("screen", cfg["screen_steps"]), ("confirm", cfg["confirm_steps"])):
-        jobs = baseline_jobs(cfg, corpus, steps, cfg["screen_seeds"], stage)
+        jobs = baseline_jobs(cfg, corpus, stage)
         for m in members:
-            jobs += candidate_jobs(cfg, corpus, m["spec"], steps, cfg["screen_seeds"], stage)
+            jobs += candidate_jobs(cfg, corpus, m["spec"], stage)
         search.run_jobs(jobs, f"calibrate {stage} ({steps} steps)")
     archive.set_meta("finished", "1")
     return summarize(archive)
@@ -80,8 +83,8 @@ def summarize(archive: Archive) -> dict:
     corpus = archive.get_meta("corpus")
     rows = []
     for m in archive.population(0):
-        s = evaluate_spec(archive, cfg, corpus, m["spec"], cfg["screen_steps"], cfg["screen_seeds"])
-        c = evaluate_spec(archive, cfg, corpus, m["spec"], cfg["confirm_steps"], cfg["confirm_seeds"])
+        s = evaluate_spec(archive, cfg, corpus, m["spec"], "screen", reference="baseline")
+        c = evaluate_spec(archive, cfg, corpus, m["spec"], "confirm", reference="baseline")
         rows.append({"id": m["id"], "hash": m["hash"], "operator": m["operator"], "screen": s, "confirm": c})
     done = [r for r in rows if r["screen"] and r["confirm"]]
     scores = ([r["screen"]["score"] for r in done], [r["confirm"]["score"] for r in done])
@@ -123,7 +126,8 @@ def write_report(summary: dict, out_dir: str) -> str:
     lines = [
         "# Screening calibration",
         "",
-        f"{cfg['n']} random specs (each {cfg['n_mutations']} random mutations of the gated-Muon seed), preset "
+        f"{cfg['n']} random specs (each {cfg['n_mutations']} random mutations of the gated seed: the neutral "
+        f"spec with a gate), preset "
         f"`{cfg['preset']}`, seeds {cfg['screen_seeds']}: screening at {cfg['screen_steps']} steps vs "
         f"confirmation at {cfg['confirm_steps']} steps.",
         "",

@@ -1,9 +1,12 @@
 """Evaluation jobs: one real NanoChat training run each, described by plain JSON-able dicts.
 
 A job is ``{"job_key", "optimizer", "spec_json", "spec_hash", "preset", "steps", "seed", "data",
-"corpus", "stage"}``. ``optimizer`` is "fusedgate" (with a spec) or "baseline" (nanochat's
-Muon+AdamW). The job key hashes everything that determines the run — optimizer, spec content,
-preset, steps, seed and the corpus fingerprint — so the same run is never done twice: the neutral
+"corpus", "stage", "lr_scale", "final_eval_tokens", "eval_every"}``. ``optimizer`` is "fusedgate" (with a spec) or
+"baseline" (nanochat's Muon+AdamW). ``lr_scale`` multiplies every group's lr (the tuned baseline's
+sweep); ``final_eval_tokens`` sizes the final evaluation (None: the preset's small eval set);
+``eval_every`` spaces the curve's evaluations (None: the preset's). The job
+key hashes everything that determines the run — optimizer, spec content, preset, steps, seed, lr
+scale, evaluation sizes and spacing, and the corpus fingerprint — so the same run is never done twice: the neutral
 spec's run doubles as the "neutral" baseline and a candidate that equals it reuses it.
 
 ``run_job`` trains and never raises: a diverged run (``TrainResult.diverged`` or a non-finite val
@@ -22,7 +25,17 @@ FUSEDGATE = "fusedgate"
 
 
 def make_job(
-    optimizer: str, spec, preset: str, steps: int, seed: int, data: str | None, corpus: str, stage: str
+    optimizer: str,
+    spec,
+    preset: str,
+    steps: int,
+    seed: int,
+    data: str | None,
+    corpus: str,
+    stage: str,
+    lr_scale: float = 1.0,
+    final_eval_tokens: int | None = None,
+    eval_every: int | None = None,
 ) -> dict:
     spec_json = None if spec is None else spec.to_json(indent=None)
     spec_hash = None if spec is None else spec.content_hash()
@@ -33,6 +46,9 @@ def make_job(
         "steps": steps,
         "seed": seed,
         "corpus": corpus,
+        "lr_scale": float(lr_scale),
+        "final_eval_tokens": final_eval_tokens,
+        "eval_every": eval_every,
     }
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
     return {
@@ -46,6 +62,9 @@ def make_job(
         "data": data,
         "corpus": corpus,
         "stage": stage,
+        "lr_scale": float(lr_scale),
+        "final_eval_tokens": final_eval_tokens,
+        "eval_every": eval_every,
     }
 
 
@@ -84,8 +103,11 @@ def summarize_gates(trajectory: list[dict]) -> list[dict]:
 def run_job(job: dict, device: str = "cpu") -> dict:
     """Train once as the job says; return status, metrics and curves (never raises)."""
     try:
+        from fusedgate.nanochat.data import load_data
         from fusedgate.nanochat.train import TrainConfig, train
         from fusedgate.spec import GateSpec
+
+        hits = load_data.cache_info().hits
 
         spec = None if job["spec_json"] is None else GateSpec.from_json(job["spec_json"])
         result = train(
@@ -98,6 +120,9 @@ def run_job(job: dict, device: str = "cpu") -> dict:
                 device=device,
                 data=job["data"],
                 progress=False,
+                lr_scale=job.get("lr_scale", 1.0),
+                final_eval_tokens=job.get("final_eval_tokens"),
+                eval_every=job.get("eval_every"),
             )
         )
         bpb = result.final_val_bpb
@@ -107,6 +132,10 @@ def run_job(job: dict, device: str = "cpu") -> dict:
             "final_val_bpb": bpb if bpb is not None and math.isfinite(bpb) else None,
             "tokens_per_s": result.tokens_per_s,
             "wall_s": result.wall_s,
+            "total_s": result.total_s,
+            "final_val_se": result.final_val_se if math.isfinite(result.final_val_se) else None,
+            "final_val_batches": result.final_val_batches,
+            "corpus_cached": load_data.cache_info().hits > hits,  # this worker had tokenised it already
             "corpus_fingerprint": result.corpus_fingerprint,
             "val_curve": result.val_curve,
             "train_curve": result.train_curve,

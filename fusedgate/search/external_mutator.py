@@ -1,16 +1,20 @@
 """``--mutator-cmd CMD``: let any program (an LLM CLI, a script) propose children.
 
-Protocol: CMD runs through the shell with the parent spec as JSON on stdin and these environment
-variables: ``FUSEDGATE_SPEC_SCHEMA`` (path of the spec's JSON schema), ``FUSEDGATE_GENERATION``,
-``FUSEDGATE_SEED`` (an integer to seed any randomness). It prints a child spec as JSON on stdout
-(a bare object, or inside a ```json fence). Fields it leaves out keep the parent's values.
+Protocol: CMD is split like a shell would (``shlex.split``) but runs without a shell (no pipes,
+redirections or ``;``: wrap those in a script), with the parent spec as JSON on stdin and these
+environment variables: ``FUSEDGATE_SPEC_SCHEMA`` (path of a JSON schema describing the spec, for the
+program to read), ``FUSEDGATE_GENERATION``, ``FUSEDGATE_SEED`` (an integer to seed any randomness). It
+prints a child spec as JSON on stdout (a bare object, or inside a ```json fence). Fields it leaves out
+keep the parent's values. The command is only ever the one given on the current command line: an
+archive records it but ``resume`` never runs it from there.
 
 Preflight, in order; the first failure rejects the child and the reason is logged in the archive:
     1. the command exits 0 within the timeout
     2. stdout holds a JSON object
-    3. the merged child validates against the JSON schema (field names, types)
-    4. it constructs a GateSpec (every DSL bound) and differs from its parent
-    5. a 3-step dry run on the "test" preset finishes without error or divergence
+    3. the merged child constructs a GateSpec (``GateSpec.from_dict``: field names, types, every bound
+       — spec.py is the one source of truth; the schema file is derived from it for the program's
+       benefit and is not used to validate) and differs from its parent
+    4. a 3-step dry run on the "test" preset finishes without error or divergence
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import subprocess
 import tempfile
 
 from fusedgate.search.evaluate import FUSEDGATE, make_job, run_job
-from fusedgate.spec import ACTUATORS, BOUNDS, ORTHOGONALISERS, POLE_BOUNDS, UNITS, GateSpec, SpecError
+from fusedgate.search.mutations import field_kinds
+from fusedgate.spec import GateSpec, SpecError
 
 DRY_RUN_STEPS = 3
 DRY_RUN_PRESET = "test"
@@ -37,35 +42,37 @@ class Rejected(Exception):
         self.output = output
 
 
-def _number_schema(bound) -> dict:
-    if bound.kind is bool:
+def _field_schema(kind) -> dict:
+    if kind.kind == "bool":
         return {"type": "boolean"}
-    schema = {"type": "integer" if bound.kind is int else "number", "minimum": bound.lo}
-    if math.isfinite(bound.hi):
-        schema["maximum"] = bound.hi
+    if kind.kind == "enum":
+        return {"enum": list(kind.choices)}
+    schema = {"type": "integer" if kind.kind == "int" else "number"}
+    if math.isfinite(kind.bound.lo):
+        schema["minimum"] = kind.bound.lo
+    if math.isfinite(kind.bound.hi):
+        schema["maximum"] = kind.bound.hi
+    elif kind.kind == "float" and math.isfinite(kind.bound.lo):  # +inf is written "inf" (e.g. clip off)
+        return {"anyOf": [schema, {"const": "inf"}]}
     return schema
 
 
-def spec_json_schema() -> dict:
-    """A JSON schema (draft 2020-12) equivalent to the DSL's field names, types and bounds."""
-    pole = {"type": "object", "additionalProperties": False, "required": list(ACTUATORS), "properties": {}}
-    for name in ACTUATORS:
-        bound = POLE_BOUNDS[name]
-        if math.isinf(bound.hi):
-            pole["properties"][name] = {"anyOf": [_number_schema(bound), {"const": "inf"}]}
+def spec_json_schema(spec_class: type = GateSpec) -> dict:
+    """A JSON schema (draft 2020-12) of the spec, derived from spec.py (``mutations.field_kinds``: the
+    dataclass fields, BOUNDS, POLE_BOUNDS and the enum choices). Documentation for the program only."""
+    props: dict = {}
+    for name, kind in field_kinds(spec_class).items():
+        if "." in name:
+            pole, actuator = name.split(".")
+            props.setdefault(pole, {"type": "object", "additionalProperties": False, "properties": {}})
+            props[pole]["properties"][actuator] = _field_schema(kind)
         else:
-            pole["properties"][name] = _number_schema(bound)
-    props = {name: _number_schema(bound) for name, bound in BOUNDS.items()}
-    props["units"] = {"enum": list(UNITS)}
-    props["orthogonaliser"] = {"enum": list(ORTHOGONALISERS)}
-    props["aggressive"] = pole
-    props["conservative"] = pole
+            props[name] = _field_schema(kind)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "FusedGate GateSpec",
         "type": "object",
         "additionalProperties": False,
-        "required": list(props),
         "properties": props,
     }
 
@@ -97,23 +104,12 @@ def merge(parent: GateSpec, data: dict) -> dict:
 
 
 def validate(parent: GateSpec, data: dict, dry_run: bool = True, corpus: str | None = None) -> GateSpec:
-    """Steps 3-5 of the preflight on a parsed child; returns the GateSpec or raises Rejected."""
+    """Steps 3-4 of the preflight on a parsed child; returns the GateSpec or raises Rejected."""
     merged = merge(parent, data)
     try:
-        import jsonschema
-    except ImportError:  # the GateSpec constructor below checks the same names, types and bounds
-        jsonschema = None
-    if jsonschema is not None:
-        error = jsonschema.exceptions.best_match(
-            jsonschema.Draft202012Validator(spec_json_schema()).iter_errors(merged)
-        )
-        if error is not None:
-            where = "/".join(map(str, error.absolute_path)) or "spec"
-            raise Rejected(f"schema: {where}: {error.message}")
-    try:
-        child = GateSpec.from_dict(merged)
+        child = type(parent).from_dict(merged)
     except SpecError as exc:
-        raise Rejected(f"bounds: {exc}") from None
+        raise Rejected(f"spec: {exc}") from None
     if child == parent:
         raise Rejected("the child equals its parent")
     if dry_run:
@@ -128,9 +124,12 @@ def validate(parent: GateSpec, data: dict, dry_run: bool = True, corpus: str | N
 
 
 class ExternalMutator:
-    def __init__(self, cmd: str, timeout: float = 300.0, dry_run: bool = True, data: str | None = None):
-        """``data``: the corpus path for the dry run (None: the default corpus)."""
-        self.cmd, self.timeout, self.dry_run, self.data = cmd, timeout, dry_run, data
+    def __init__(self, argv: list[str], timeout: float = 300.0, dry_run: bool = True, data: str | None = None):
+        """``argv``: the program and its arguments (run without a shell); ``data``: the corpus path for
+        the dry run (None: the default corpus)."""
+        if isinstance(argv, str) or not argv:
+            raise TypeError("ExternalMutator takes an argument list (shlex.split the command), not a string")
+        self.argv, self.timeout, self.dry_run, self.data = list(argv), timeout, dry_run, data
         fd, self.schema_path = tempfile.mkstemp(prefix="fusedgate-spec-schema-", suffix=".json")
         with os.fdopen(fd, "w") as fh:
             json.dump(spec_json_schema(), fh, indent=2)
@@ -145,8 +144,7 @@ class ExternalMutator:
         }
         try:
             proc = subprocess.run(
-                self.cmd,
-                shell=True,
+                self.argv,
                 input=parent.to_json(),
                 capture_output=True,
                 text=True,
@@ -155,6 +153,8 @@ class ExternalMutator:
             )
         except subprocess.TimeoutExpired:
             raise Rejected(f"mutator command timed out after {self.timeout:g} s") from None
+        except OSError as exc:
+            raise Rejected(f"cannot run the mutator command {self.argv[0]!r}: {exc.strerror}") from None
         if proc.returncode != 0:
             tail = (proc.stderr.strip().splitlines() or [""])[-1]
             raise Rejected(f"mutator command exited with code {proc.returncode}: {tail}", proc.stdout)

@@ -1,4 +1,4 @@
-"""Thirteen mutation operators over the GateSpec DSL, each changing exactly one aspect of a spec.
+"""Fourteen mutation operators over the GateSpec DSL, each changing exactly one aspect of a spec.
 
 Every operator is ``op(spec, rng) -> GateSpec | None`` with ``rng`` a seeded ``random.Random`` (so a
 search is reproducible). It returns ``None`` when it does not apply (e.g. "zero a weight" when every
@@ -14,6 +14,13 @@ significant digits (readable specs, stable content hashes).
 
 ``aspect_of(parent, child)`` lists the flattened fields that differ ("w_loss", "aggressive.clip");
 each operator's ``fields`` says which may change and ``single`` whether exactly one of them does.
+
+``perturb_field`` reaches every field generically, from the spec's dataclass fields and their kinds
+(``field_kinds``: a number with its ``BOUNDS``/``POLE_BOUNDS`` entry, an int, a bool, or an enum with
+its choices in ``ENUM_CHOICES``): the engine switches (``orthogonaliser``, ``muon_eq``, ``muon_plus``,
+``normuon``, ``cautious_wd``) and any field added to GateSpec later (an enum's choices go into
+``ENUM_CHOICES``) are searched without a new operator. Bools flip, enums move to another choice, ints
+step ±1, numbers use the space above.
 """
 
 from __future__ import annotations
@@ -21,15 +28,69 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 
-from fusedgate.spec import ACTUATORS, BOUNDS, POLAR_EXPRESS_MAX_STEPS, POLE_BOUNDS, SENSORS, GateSpec, Pole
+from fusedgate.spec import (
+    ACTUATORS,
+    BOUNDS,
+    ORTHOGONALISERS,
+    POLAR_EXPRESS_MAX_STEPS,
+    POLE_BOUNDS,
+    SENSORS,
+    UNITS,
+    Bound,
+    GateSpec,
+    Pole,
+    SpecError,
+)
 
 POLES = ("aggressive", "conservative")
 WEIGHTS = tuple(f"w_{s}" for s in SENSORS)
 EMAS = ("ema_loss", "ema_loss_improvement", "ema_grad_norm", "ema_update_ratio", "ema_grad_alignment")
 BASE = ("beta1", "beta2", "momentum", "weight_decay")
 POLE_FIELDS = tuple(f"{p}.{a}" for p in POLES for a in ACTUATORS)
+# Choices of the spec's string fields, as spec.py names them.
+ENUM_CHOICES: dict[str, tuple] = {"units": UNITS, "orthogonaliser": ORTHOGONALISERS}
+# Fields the NanoChat trainer's param groups override (lr, betas, eps, weight_decay, momentum, ns_steps,
+# and the muon groups' beta2 that is NorMuon's decay):
+# changing them produces a run identical to the parent's; the spec format version and the lr units
+# (which redefine what every lr means) are not searched either.
+TRAINER_FIELDS = ("lr", "beta1", "beta2", "eps", "weight_decay", "momentum", "ns_steps", "normuon_beta2")
+NOT_SEARCHED = ("version", "units", *TRAINER_FIELDS)
+
+
+@dataclass(frozen=True)
+class FieldKind:
+    """How a flattened spec field may vary: kind is "float", "int", "bool" or "enum"."""
+
+    name: str
+    kind: str
+    bound: Bound | None = None
+    choices: tuple = ()
+
+
+def field_kinds(spec_class: type = GateSpec) -> dict[str, FieldKind]:
+    """Every flattened field of a spec class with its kind, from the dataclass fields, ``BOUNDS``,
+    ``POLE_BOUNDS`` and ``ENUM_CHOICES`` (the one source of the spec's shape: spec.py)."""
+    out = {}
+    for f in fields(spec_class):
+        default = f.default if f.default is not MISSING else f.default_factory()
+        if isinstance(default, Pole):
+            for a in ACTUATORS:
+                out[f"{f.name}.{a}"] = FieldKind(f"{f.name}.{a}", "float", POLE_BOUNDS[a])
+        elif f.name in BOUNDS:
+            bound = BOUNDS[f.name]
+            kind = "bool" if bound.kind is bool else ("int" if bound.kind is int else "float")
+            out[f.name] = FieldKind(f.name, kind, bound)
+        elif isinstance(default, bool):
+            out[f.name] = FieldKind(f.name, "bool")
+        elif isinstance(default, str):
+            out[f.name] = FieldKind(f.name, "enum", choices=tuple(ENUM_CHOICES.get(f.name, (default,))))
+        elif isinstance(default, int):
+            out[f.name] = FieldKind(f.name, "int", Bound(-math.inf, math.inf, int))
+        elif isinstance(default, float):
+            out[f.name] = FieldKind(f.name, "float", Bound(-math.inf, math.inf))
+    return out
 
 
 @dataclass(frozen=True)
@@ -168,6 +229,51 @@ def toggle_nesterov(spec, rng):
     return spec.replace(nesterov=not spec.nesterov)
 
 
+def perturb_value(kind: FieldKind, x, rng: random.Random):
+    """A new value for one field of the given kind (see the module docstring for the spaces)."""
+    name = kind.name.split(".")[-1]
+    if kind.kind == "bool":
+        return not x
+    if kind.kind == "enum":
+        others = [c for c in kind.choices if c != x]
+        return rng.choice(others) if others else x
+    lo, hi = kind.bound.lo, kind.bound.hi
+    if kind.kind == "int":
+        return int(min(max(x + rng.choice((-1, 1)), lo), hi))
+    if "." in kind.name:
+        return _perturb_actuator(name, x, rng)
+    if name in EMAS or (lo >= 0.0 and 0.99 <= hi < 1.0):
+        return _decay(x, lo, hi, rng)
+    if name in WEIGHTS or name == "gate_bias":
+        return _clip(kind.bound, x + rng.gauss(0.0, 1.0))
+    if lo > 0.0 or (lo == 0.0 and math.isinf(hi)):
+        return _clip(kind.bound, max(x, lo, 1e-6) * math.exp(rng.gauss(0.0, 0.5)))
+    if math.isfinite(hi - lo):
+        return _clip(kind.bound, x + rng.gauss(0.0, 0.1 * (hi - lo)))
+    return _round(x + rng.gauss(0.0, 1.0))
+
+
+def searched_fields(spec_class: type = GateSpec) -> tuple[str, ...]:
+    return tuple(k for k in field_kinds(spec_class) if k not in NOT_SEARCHED)
+
+
+def _set_field(spec: GateSpec, name: str, value) -> GateSpec:
+    if "." in name:
+        pole, actuator = name.split(".")
+        return _with_pole(spec, pole, actuator, value)
+    return spec.replace(**{name: value})
+
+
+def perturb_field(spec, rng):
+    kinds = field_kinds(type(spec))
+    name = rng.choice(searched_fields(type(spec)))
+    value = getattr(getattr(spec, name.split(".")[0]), name.split(".")[1]) if "." in name else getattr(spec, name)
+    try:
+        return _set_field(spec, name, perturb_value(kinds[name], value, rng))
+    except SpecError:  # a combination spec.py refuses (e.g. polar_express with ns_steps > 5): not applicable
+        return None
+
+
 OPERATORS: dict[str, Operator] = {
     op.name: op
     for op in (
@@ -196,6 +302,13 @@ OPERATORS: dict[str, Operator] = {
         Operator("perturb_base", "perturb one of beta1, beta2, momentum, weight_decay", BASE, True, perturb_base),
         Operator("step_ns_steps", "Newton-Schulz steps ±1", ("ns_steps",), True, step_ns_steps),
         Operator("toggle_nesterov", "switch Nesterov momentum on/off", ("nesterov",), True, toggle_nesterov),
+        Operator(
+            "perturb_field",
+            "perturb any one searched field by its kind (number, int, bool, enum)",
+            searched_fields(),
+            True,
+            perturb_field,
+        ),
     )
 }
 

@@ -23,8 +23,12 @@ same data order, init, LR schedule and budget. From the two runs (``final_val_bp
 in bpb units, so a 0.01 bpb gain at the end outweighs everything else of similar size. A diverged
 (NaN/inf) or failed run scores ``FAIL_SCORE`` and ranks below every finished run.
 
-Across seeds the score is the mean. A **win** needs a bpb_gain ≥ 0.005 on at least 2 of 3 seeds
-(2/3 of the seeds, and at least 3 seeds) with a mean throughput ratio ≥ 0.95 and no failed seed.
+Across seeds the score is the mean. The **win** rule is statistical (``judge``, with the numbers
+from ``fusedgate.search.stats`` and the noise floor measured at the confirmation horizon): over at least
+``WIN_MIN_SEEDS`` seeds with none failed, the one-sided 95 % paired-t lower bound on the mean bpb gain
+over the *tuned* baseline is above 0, the mean gain is at least the minimal effect (the larger of the
+minimal detectable effect at that horizon and seed count, and ``VAL_SE_TARGET``), the mean throughput
+ratio is at least ``WIN_THROUGHPUT``, and the horizon is not too short to tell lr scales apart.
 """
 
 from __future__ import annotations
@@ -32,17 +36,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from fusedgate.search import stats
+
 FAIL_SCORE = -10.0
-WIN_BPB_GAIN = 0.005
-WIN_MIN_SEEDS = 3
+WIN_MIN_SEEDS = 5
 WIN_THROUGHPUT = 0.95
+VAL_SE_TARGET = 0.002  # bpb: the val-set sampling error a final evaluation must reach
 SPIKE_FACTOR = 1.25
 SPIKE_EMA = 0.9
-WIN_CRITERION = (
-    f"a win needs a val-bpb gain of at least {WIN_BPB_GAIN} over nanochat's Muon+AdamW baseline "
-    f"on at least 2 of 3 seeds (confirmation horizon, >= {WIN_MIN_SEEDS} seeds, none failed) "
-    f"at a mean throughput ratio of at least {WIN_THROUGHPUT}x"
-)
 
 
 def _finite(x) -> bool:
@@ -139,6 +140,9 @@ def compare(candidate: dict, baseline: dict) -> dict:
     )
     return {
         "failed": False,
+        "val_se_paired": stats.paired_val_se(
+            baseline.get("final_val_batches") or [], candidate.get("final_val_batches") or []
+        ),
         "bpb_gain": bpb_gain,
         "auc_gain": auc_gain,
         "speedup": speedup,
@@ -150,11 +154,13 @@ def compare(candidate: dict, baseline: dict) -> dict:
 
 
 def aggregate(per_seed: Sequence[dict]) -> dict:
-    """Combine per-seed ``compare`` results: mean score, mean metrics over finished seeds, the win flag."""
+    """Combine per-seed ``compare`` results: mean score, mean metrics over finished seeds, and the
+    paired statistics of the bpb gain (sd, one-sided 95 % lower bound). ``win`` is False until
+    ``judge`` decides it against a noise floor."""
     n = len(per_seed)
     ok = [m for m in per_seed if not m["failed"]]
     avg = lambda key: sum(m[key] for m in ok) / len(ok) if ok else None
-    wins = sum(1 for m in ok if m["bpb_gain"] >= WIN_BPB_GAIN)
+    gains = [m["bpb_gain"] for m in ok]
     out = {
         "n_seeds": n,
         "n_failed": n - len(ok),
@@ -164,15 +170,48 @@ def aggregate(per_seed: Sequence[dict]) -> dict:
         "speedup": avg("speedup"),
         "throughput_ratio": avg("throughput_ratio"),
         "stability": sum(m["stability"] for m in per_seed) / n if n else 0.0,
-        "seeds_with_gain": wins,
+        "gains": gains,
+        "gain_sd": stats.mean_sd(gains)[1],
+        "gain_lower95": stats.lower_bound(gains),
+        "seeds_with_gain": sum(1 for g in gains if g > 0),
+        "win": False,
     }
-    out["win"] = bool(
-        n >= WIN_MIN_SEEDS
-        and not out["n_failed"]
-        and 3 * wins >= 2 * n
-        and out["throughput_ratio"] >= WIN_THROUGHPUT - 1e-9
-    )
     return out
+
+
+def judge(agg: dict, floor: dict | None) -> dict:
+    """The win verdict of an aggregate against a noise floor (``floor``: ``min_effect``, ``too_short``,
+    from ``tournament.noise_floor``). Returns ``{"win": bool, "reasons": [why not, ...]}``."""
+    reasons = []
+    if floor is None:
+        reasons.append("no noise floor yet (the tuned-baseline sweep is incomplete)")
+    elif floor["too_short"]:
+        reasons.append("horizon too short for the noise floor")
+    if agg["n_seeds"] < WIN_MIN_SEEDS:
+        reasons.append(f"{agg['n_seeds']} seeds < {WIN_MIN_SEEDS}")
+    if agg["n_failed"]:
+        reasons.append(f"{agg['n_failed']} failed seed(s)")
+    lb = agg["gain_lower95"]
+    if not (_finite(lb) and lb > 0):
+        reasons.append("95% lower bound on the gain is not above 0")
+    if floor is not None and _finite(floor.get("min_effect")) and not (
+        _finite(agg["bpb_gain"]) and agg["bpb_gain"] >= floor["min_effect"]
+    ):
+        reasons.append(f"mean gain below the minimal effect {floor['min_effect']:.4f}")
+    if not (_finite(agg["throughput_ratio"]) and agg["throughput_ratio"] >= WIN_THROUGHPUT - 1e-9):
+        reasons.append(f"throughput below {WIN_THROUGHPUT}x")
+    return {"win": not reasons, "reasons": reasons}
+
+
+def win_criterion(floor: dict | None) -> str:
+    effect = "—" if not floor or not _finite(floor.get("min_effect")) else f"{floor['min_effect']:.4f}"
+    return (
+        f"a win needs, over >= {WIN_MIN_SEEDS} confirmation seeds with none failed, a one-sided 95% paired-t "
+        f"lower bound above 0 on the mean val-bpb gain over the tuned baseline (nanochat's Muon+AdamW at its "
+        f"best lr scale), a mean gain >= the minimal effect {effect} bpb (max of the minimal detectable effect "
+        f"at this horizon and {VAL_SE_TARGET} bpb), a mean throughput ratio >= {WIN_THROUGHPUT}x, a horizon "
+        f"long enough for the noise floor, and the gain must hold on a held-out transfer configuration"
+    )
 
 
 def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
