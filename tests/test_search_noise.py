@@ -32,7 +32,9 @@ def test_noise_floor_by_horizon(tmp_path, corpus):
     starts = len(archive.job_starts())
     archive.close()
     text = (out / "noise.md").read_text()
-    assert "| 3 | 3 |" in text and "| 6 | 3 |" in text and (out / "noise.png").stat().st_size > 1000
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("|")]
+    assert ["3", "3"] in [row[:2] for row in rows] and ["6", "3"] in [row[:2] for row in rows]
+    assert (out / "noise.png").stat().st_size > 1000
     assert cli_main(args) == 0  # resumes: nothing is trained again
     archive = Archive.open(db)
     assert len(archive.job_starts()) == starts

@@ -14,6 +14,7 @@ import math
 import os
 import random
 
+from fusedgate.files import markdown_table, write_atomic
 from fusedgate.search import score
 from fusedgate.search.archive import Archive
 from fusedgate.search.mutations import random_spec
@@ -135,20 +136,15 @@ def write_report(summary: dict, out_dir: str) -> str:
         f"- Spearman rho of the composite score: **{summary['rho_score']:.3f}**",
         f"- Spearman rho of the final val bpb (finished runs only, n={summary['n_bpb']}): **{summary['rho_bpb']:.3f}**",
         "",
-        "| id | mutations | screen bpb | screen score | confirm bpb | confirm score |",
-        "|---|---|---|---|---|---|",
     ]
+    table = []
     for r in summary["rows"]:
         s, c = r["screen"] or {}, r["confirm"] or {}
-        lines.append(
-            f"| {r['id']} | {r['operator'][7:]} | {_f(s.get('final_val_bpb'))} | {_f(s.get('score'))} | "
-            f"{_f(c.get('final_val_bpb'))} | {_f(c.get('score'))} |"
-        )
-    lines += ["", "![screening vs confirmation](calibration.png)", ""]
-    path = os.path.join(out_dir, "calibration.md")
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines))
-    return path
+        table.append([r["id"], r["operator"][7:], _f(s.get("final_val_bpb")), _f(s.get("score")),
+                      _f(c.get("final_val_bpb")), _f(c.get("score"))])
+    lines += [markdown_table(["id", "mutations", "screen bpb", "screen score", "confirm bpb", "confirm score"], table),
+              "", "![screening vs confirmation](calibration.png)", ""]
+    return str(write_atomic(os.path.join(out_dir, "calibration.md"), "\n".join(lines)))
 
 
 def _f(x) -> str:

@@ -30,6 +30,7 @@ import random
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields
 
+from fusedgate.files import markdown_table
 from fusedgate.spec import (
     ACTUATORS,
     BOUNDS,
@@ -339,6 +340,4 @@ def random_spec(
 
 def describe() -> str:
     """The registry as a markdown table (used by the report and ``--help``)."""
-    rows = ["| operator | changes |", "|---|---|"]
-    rows += [f"| `{op.name}` | {op.doc} |" for op in OPERATORS.values()]
-    return "\n".join(rows)
+    return markdown_table(["operator", "changes"], [[f"`{op.name}`", op.doc] for op in OPERATORS.values()])

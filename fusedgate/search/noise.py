@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 
+from fusedgate.files import markdown_table, write_atomic
 from fusedgate.search import score, stats
 from fusedgate.search.evaluate import BASELINE, FUSEDGATE, make_job
 from fusedgate.search.tournament import Search, eval_every, neutral_spec
@@ -168,19 +169,14 @@ def write_report(summary: dict, out_dir: str) -> str:
         "neutral spec. Paired differences use the same seed (same init and batches). MDE: one-sided 5 %, "
         "power 80 %, paired t.",
         "",
-        "| steps | runs | baseline bpb | seed sd | second − baseline | paired sd | resolves the lr change | "
-        "neutral − baseline | neutral sd | val se (level) | val se (paired) | MDE 5 seeds | MDE all seeds | "
-        "job overhead |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        markdown_table(
+            ["steps", "runs", "baseline bpb", "seed sd", "second − baseline", "paired sd", "resolves the lr change",
+             "neutral − baseline", "neutral sd", "val se (level)", "val se (paired)", "MDE 5 seeds", "MDE all seeds",
+             "job overhead"],
+            [[h["steps"], h["n_baseline"], f(h["baseline_mean"]), f(h["seed_sd"]), f(h["second_minus_baseline"]),
+              f(h["paired_sd"]), "yes" if h["resolves"] else "no", f(h["neutral_minus_baseline"]), f(h["neutral_sd"]),
+              f(h["val_se"]), f(h["paired_val_se"]), f(h["mde5"]), f(h["mde_n"]), pct(h["overhead"])] for h in rows]),
     ]
-    for h in rows:
-        lines.append(
-            f"| {h['steps']} | {h['n_baseline']} | {f(h['baseline_mean'])} | {f(h['seed_sd'])} | "
-            f"{f(h['second_minus_baseline'])} | {f(h['paired_sd'])} | {'yes' if h['resolves'] else 'no'} | "
-            f"{f(h['neutral_minus_baseline'])} | {f(h['neutral_sd'])} | {f(h['val_se'])} | "
-            f"{f(h['paired_val_se'])} | {f(h['mde5'])} | {f(h['mde_n'])} | "
-            f"{pct(h['overhead'])} |"
-        )
     lines += [
         "",
         "Job overhead: (whole job − training loop) / training loop, median over the baseline runs: model build "
@@ -191,6 +187,5 @@ def write_report(summary: dict, out_dir: str) -> str:
         "",
     ]
     path = os.path.join(out_dir, "noise.md")
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines))
+    write_atomic(path, "\n".join(lines))
     return path

@@ -13,6 +13,7 @@ import math
 import os
 import time
 
+from fusedgate.files import markdown_table, write_atomic
 from fusedgate.search import score
 from fusedgate.search.evaluate import BASELINE, FUSEDGATE
 from fusedgate.search.mutations import describe
@@ -273,21 +274,17 @@ def write_report(archive, out_dir: str) -> str:
         "",
     ]
     if floor:
-        lines += [
-            "| quantity | value |",
-            "|---|---|",
-            "| mean val bpb per baseline lr scale | "
-            + ", ".join(f"{k:g}: {_f(v)}" for k, v in sorted(floor["means"].items()))
-            + " |",
-            f"| tuned lr scale (the reference) | {floor['lr_scale']:g} |",
-            f"| seed sd of the tuned baseline's val bpb | {_f(floor['seed_sd'])} |",
-            f"| sd of paired differences (other lr scales − tuned, pooled) | {_f(floor['sigma'])} |",
-            f"| minimal detectable effect, {floor['n_seeds']} seeds (one-sided 5 %, power 80 %) | "
-            f"{_f(floor['mde'])} |",
-            f"| minimal effect required for a win | {_f(floor['min_effect'])} |",
-            f"| val-set sampling error of a level (median, tuned baseline) | {_f(floor['val_se'])} |",
-            f"| spread of the lr sweep (max − min mean bpb) | {_f(floor['spread'])} |",
-        ]
+        lines.append(markdown_table(["quantity", "value"], [
+            ["mean val bpb per baseline lr scale",
+             ", ".join(f"{k:g}: {_f(v)}" for k, v in sorted(floor["means"].items()))],
+            ["tuned lr scale (the reference)", f"{floor['lr_scale']:g}"],
+            ["seed sd of the tuned baseline's val bpb", _f(floor["seed_sd"])],
+            ["sd of paired differences (other lr scales − tuned, pooled)", _f(floor["sigma"])],
+            [f"minimal detectable effect, {floor['n_seeds']} seeds (one-sided 5 %, power 80 %)", _f(floor["mde"])],
+            ["minimal effect required for a win", _f(floor["min_effect"])],
+            ["val-set sampling error of a level (median, tuned baseline)", _f(floor["val_se"])],
+            ["spread of the lr sweep (max − min mean bpb)", _f(floor["spread"])],
+        ]))
         if floor["too_short"]:
             lines += [
                 "",
@@ -317,22 +314,19 @@ def write_report(archive, out_dir: str) -> str:
             f"bpb."
         )
     if winners:
-        lines += ["", "| # | transfer gain | 95% lower bound | seeds | holds |", "|---|---|---|---|---|"]
-        for w in winners:
-            t = w["transfer"] or {}
-            lines.append(
-                f"| {w['id']} | {_f(t.get('bpb_gain'))} | {_f(t.get('gain_lower95'))} | {t.get('n_seeds', '—')} | "
-                f"{'yes' if w['announced'] else ('pending' if not t else 'no')} |"
-            )
+        transfer = [[w["id"], _f((w["transfer"] or {}).get("bpb_gain")), _f((w["transfer"] or {}).get("gain_lower95")),
+                     (w["transfer"] or {}).get("n_seeds", "—"),
+                     "yes" if w["announced"] else ("pending" if not w["transfer"] else "no")] for w in winners]
+        lines += ["", markdown_table(["#", "transfer gain", "95% lower bound", "seeds", "holds"], transfer)]
     lines += [
         "",
         "## Baselines",
         "",
-        "| run | screening val bpb | confirmation val bpb |",
-        "|---|---|---|",
-        f"| nanochat Muon+AdamW, lr scale 1 | {_f(base_s)} | {_f(base_1)} |",
-        f"| nanochat Muon+AdamW, tuned lr scale {tuned_scale:g} | — | {_f(base)} |",
-        f"| FusedGate, neutral spec (= the production optimizer) | {_f(neutral_s)} | {_f(neutral)} |",
+        markdown_table(["run", "screening val bpb", "confirmation val bpb"], [
+            ["nanochat Muon+AdamW, lr scale 1", _f(base_s), _f(base_1)],
+            [f"nanochat Muon+AdamW, tuned lr scale {tuned_scale:g}", "—", _f(base)],
+            ["FusedGate, neutral spec (= the production optimizer)", _f(neutral_s), _f(neutral)],
+        ]),
     ]
     if neutral_agg:
         lines += [
@@ -350,24 +344,22 @@ def write_report(archive, out_dir: str) -> str:
         "score = bpb_gain + 0.5·auc_gain + 0.01·speedup + 0.02·ln(throughput ratio) − 0.02·(1 − stability). "
         "`val se` is the largest per-seed val-set sampling error of the paired gain.",
         "",
-        "| # | hash | gen | operator | parents | screen score | confirm score | val bpb | gain vs tuned | "
-        "95% lower bound | val se | gain vs neutral | seeds > 0 | throughput | win | why not |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    leaderboard = []
     for r in rows[:15]:
         c = r["confirm"] or {}
         vs_neutral = (
             evaluate_spec(archive, cfg, corpus, r["spec"], "confirm", reference="neutral") if r["confirm"] else None
         )
-        lines.append(
-            f"| {r['id']} | `{r['hash']}` | {r['generation']} | {r['operator'][:30]} | "
-            f"{','.join(map(str, r['parents'])) or '—'} | {_f((r['screen'] or {}).get('score'))} | "
-            f"{_f(c.get('score'))} | {_f(c.get('final_val_bpb'))} | {_f(c.get('bpb_gain'))} | "
-            f"{_f(c.get('gain_lower95'))} | {_f(c.get('val_se_paired'))} | "
-            f"{_f((vs_neutral or {}).get('bpb_gain'))} | "
-            f"{c.get('seeds_with_gain', '—')}/{c.get('n_seeds', '—')} | {_f(c.get('throughput_ratio'), 3)} | "
-            f"{'yes' if c.get('win') else 'no'} | {'; '.join(c.get('reasons', [])) or '—'} |"
-        )
+        leaderboard.append([
+            r["id"], f"`{r['hash']}`", r["generation"], r["operator"][:30], ",".join(map(str, r["parents"])) or "—",
+            _f((r["screen"] or {}).get("score")), _f(c.get("score")), _f(c.get("final_val_bpb")),
+            _f(c.get("bpb_gain")), _f(c.get("gain_lower95")), _f(c.get("val_se_paired")),
+            _f((vs_neutral or {}).get("bpb_gain")), f"{c.get('seeds_with_gain', '—')}/{c.get('n_seeds', '—')}",
+            _f(c.get("throughput_ratio"), 3), "yes" if c.get("win") else "no", "; ".join(c.get("reasons", [])) or "—"])
+    lines.append(markdown_table(
+        ["#", "hash", "gen", "operator", "parents", "screen score", "confirm score", "val bpb", "gain vs tuned",
+         "95% lower bound", "val se", "gain vs neutral", "seeds > 0", "throughput", "win", "why not"], leaderboard))
     lines += ["", "## Pareto frontier (bpb gain, throughput ratio, stability)", ""]
     for i in front:
         r = scored[i]
@@ -413,6 +405,5 @@ def write_report(archive, out_dir: str) -> str:
         "",
     ]
     path = os.path.join(out_dir, "report.md")
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines))
+    write_atomic(path, "\n".join(lines))
     return path
