@@ -25,6 +25,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from fusedgate.files import markdown_table
+
 
 def _model(depth: int, vocab: int):
     from fusedgate.nanochat.model import GPT, GPTConfig
@@ -109,16 +111,15 @@ def main(argv=None) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"nanochat GPT depth {args.depth}, vocab {args.vocab}: {n_params:,} parameters "
           f"({n_params * 4 / 2**20:.1f} MiB fp32)")
-    print("| N | FusedGate state/rank MiB (min–max) | nanochat state/rank MiB | FusedGate sent/rank/step MiB "
-          "| nanochat sent/rank/step MiB |")
-    print("|---|---|---|---|---|")
+    rows, mib = [], 2**20
     for world in args.worlds:
         per_rank = measure(args.depth, args.vocab, world)
         states = [s for s, _ in per_rank]
         nano_state, nano_sent = nanochat_bytes(_groups(model), world)
-        mib = 2**20
-        print(f"| {world} | {min(states) / mib:.2f}–{max(states) / mib:.2f} | {nano_state / mib:.2f} | "
-              f"{max(s for _, s in per_rank) / mib:.2f} | {nano_sent / mib:.2f} |")
+        rows.append([world, f"{min(states) / mib:.2f}–{max(states) / mib:.2f}", f"{nano_state / mib:.2f}",
+                     f"{max(s for _, s in per_rank) / mib:.2f}", f"{nano_sent / mib:.2f}"])
+    print(markdown_table(["N", "FusedGate state/rank MiB (min–max)", "nanochat state/rank MiB",
+                          "FusedGate sent/rank/step MiB", "nanochat sent/rank/step MiB"], rows))
 
 
 if __name__ == "__main__":

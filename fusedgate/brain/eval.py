@@ -23,11 +23,11 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 
 from fusedgate.brain.scenarios import ARMS, SCENARIOS, applies, arms_for, summarise, targets
 from fusedgate.brain.tasks import OPTIMIZERS, TASKS
+from fusedgate.files import WriteError, check_writable_folder
 
 DEFAULT_OUT = os.path.join("fusedgate-results", "brain_eval")
 MAX = {"--seeds": 1000, "--steps": 1_000_000, "--window": 100_000, "--threads": 1024}
@@ -131,8 +131,9 @@ def check_out(out: str) -> str:
         raise UsageError(f"--out {out} exists and is not a folder")
     try:
         os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".brain-eval-probe-"):
-            pass
+        check_writable_folder(path)
+    except WriteError as exc:
+        raise UsageError(f"--out {out}: {exc}") from None
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
     return path
