@@ -315,11 +315,14 @@ def gated_matrix_stack(params: list[torch.Tensor], states: list[dict], hp: Matri
         rms = sensors[:, G.S_GRAD_NORM] / math.sqrt(rows * cols)
         active = (steps > 0) & (rms > 0) & (act["clip_inv"] > 0)
         threshold = col(torch.where(active, rms / act["clip_inv"].clamp_min(1e-30), math.inf))
-        g = torch.minimum(torch.maximum(g, -threshold), threshold)   # clamp (3× faster than with tensor bounds)
+        # clamp, in place (g is this step's own stacked copy): min/max are 3× faster than clamp with tensor
+        # bounds, and every large temporary avoided is an allocation (and its page faults) saved
+        torch.minimum(torch.maximum(g, -threshold, out=g), threshold, out=g)
 
     mu = hp.momentum
-    # in place when nothing needs the old m (no sensor sums, no skipped step to undo)
-    in_place = not masked and not flags.sensors
+    # the sums that read the old m are taken first; then m advances in place unless a skipped step must undo it
+    old_m_sums = (_dots(g, m), _squares(m)) if flags.sensors else None
+    in_place = not masked
     m_new = m.lerp_(g, 1.0 - mu) if in_place else torch.lerp(m, g, 1.0 - mu)
     m_decay = pack(states, "m_decay_prod")
     p1 = m_decay * mu
@@ -359,8 +362,7 @@ def gated_matrix_stack(params: list[torch.Tensor], states: list[dict], hp: Matri
     sums = None
     if flags.sensors:
         dd = _squares(d) if flags.adam else _squares(o) * torch.as_tensor(c_o, dtype=torch.float64).float() ** 2
-        sums = torch.stack([_squares(g), _dots(g, m), _squares(m), _squares(P), dd.expand(k), _squares(P_new - P)],
-                           dim=1)
+        sums = torch.stack([_squares(g), *old_m_sums, _squares(P), dd.expand(k), _squares(P_new - P)], dim=1)
 
     def keep(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
         """new where the step is applied, else old (a no-op when every gradient is known finite)."""
