@@ -353,8 +353,10 @@ def gated_matrix_stack(params: list[torch.Tensor], states: list[dict], hp: Matri
     if engine.cautious_wd and hp.weight_decay != 0.0:
         wd = hp.lr * decay_scale(rows, cols, hp.units) * hp.weight_decay
         update = step_terms[0] if len(step_terms) == 1 else step_terms[0] + step_terms[1]
-        P_new = P - (update + wd * P * (d * P >= 0).to(P.dtype))   # nanochat's op order
+        decrement = update + wd * P * (d * P >= 0).to(P.dtype)
+        P_new = P - decrement   # nanochat's op order: p − (lr·o + lr·wd·p·mask)
     else:
+        decrement = None
         P_new = P * (1.0 - hp.lr * hp.weight_decay)
         for term in step_terms:
             P_new = P_new - term
@@ -362,7 +364,8 @@ def gated_matrix_stack(params: list[torch.Tensor], states: list[dict], hp: Matri
     sums = None
     if flags.sensors:
         dd = _squares(d) if flags.adam else _squares(o) * torch.as_tensor(c_o, dtype=torch.float64).float() ** 2
-        sums = torch.stack([_squares(g), *old_m_sums, _squares(P), dd.expand(k), _squares(P_new - P)], dim=1)
+        step_norm = _squares(decrement if decrement is not None else P_new - P)   # ‖Δp‖² (up to rounding)
+        sums = torch.stack([_squares(g), *old_m_sums, _squares(P), dd.expand(k), step_norm], dim=1)
 
     def keep(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
         """new where the step is applied, else old (a no-op when every gradient is known finite)."""
