@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sqlite3
 import sys
 import time
@@ -420,8 +421,20 @@ def main(args) -> int:
     return 2
 
 
+
+def _resume_archive(db: str, mode: str, what: str):
+    """The existing archive at ``db`` when it holds ``mode`` runs (to resume them), None when there is none;
+    a UsageError when it holds something else."""
+    if not os.path.exists(db):
+        return None
+    archive = Archive.open(db)
+    if archive.config().get("mode") != mode:
+        archive.close()
+        raise UsageError(f"{db} is not {what} archive; choose another --db")
+    print(f"resuming {what} in {db} (its stored settings apply)", file=sys.stderr)
+    return archive
+
 def _calibrate(args) -> int:
-    import os
 
     from fusedgate.nanochat.presets import get_preset
     from fusedgate.search.calibrate import calibration_config, run_calibration, write_report
@@ -429,13 +442,8 @@ def _calibrate(args) -> int:
     get_preset(args.preset)
     if args.n < 2:
         raise UsageError("--n must be at least 2 to compute a rank correlation")
-    if os.path.exists(args.db):
-        archive = Archive.open(args.db)
-        if archive.config().get("mode") != "calibrate":
-            archive.close()
-            raise UsageError(f"{args.db} is a search archive, not a calibration; choose another --db")
-        print(f"resuming calibration in {args.db} (its stored settings apply)", file=sys.stderr)
-    else:
+    archive = _resume_archive(args.db, "calibrate", "a calibration")
+    if archive is None:
         archive = Archive.create(
             args.db,
             calibration_config(
@@ -471,7 +479,6 @@ def _calibrate(args) -> int:
 
 
 def _noise(args) -> int:
-    import os
 
     from fusedgate.nanochat.presets import get_preset
     from fusedgate.search.evaluate import corpus_fingerprint
@@ -484,13 +491,8 @@ def _noise(args) -> int:
         raise UsageError("--horizons and --final-eval-tokens must be at least 1")
     if not (args.second_lr_scale > 0 and math.isfinite(args.second_lr_scale)) or args.second_lr_scale == 1.0:
         raise UsageError("--second-lr-scale must be a positive number other than 1")
-    if os.path.exists(args.db):
-        archive = Archive.open(args.db)
-        if archive.config().get("mode") != "noise":
-            archive.close()
-            raise UsageError(f"{args.db} is not a noise archive; choose another --db")
-        print(f"resuming the noise measurement in {args.db} (its stored settings apply)", file=sys.stderr)
-    else:
+    archive = _resume_archive(args.db, "noise", "a noise measurement")
+    if archive is None:
         corpus_fingerprint(args.data, args.preset)
         archive = Archive.create(
             args.db,
