@@ -168,13 +168,15 @@ class FusedGate(torch.optim.Optimizer):
                              f"{tuple(loss.shape)}")
 
         device = next((p.device for group in self.param_groups for p in group["params"]), torch.device("cpu"))
+        # a spec that reads no sensor has no use for the loss: it is neither averaged over ranks nor observed
+        sensed_loss = loss if self.reads_sensors else None
         sync = self._sync
         if sync is not None:   # launches the loss average (and in zero2 averages the owned gradients)
-            sync.begin(self, loss, device)
+            sync.begin(self, sensed_loss, device)
         global_state = self._global_state(device)
         global_state[G.G_STEP] += 1
-        if loss is not None and self.reads_sensors:
-            G.observe_loss(global_state, sync.averaged_loss() if sync else torch.as_tensor(loss), self.spec)
+        if sensed_loss is not None:
+            G.observe_loss(global_state, sync.averaged_loss() if sync else torch.as_tensor(sensed_loss), self.spec)
 
         engine = R.Engine.of(self.spec)
         reference_groups = []   # gated groups on the reference path: their gate is computed in one go
