@@ -49,6 +49,9 @@ PRESETS: dict[str, Preset] = {
     # CPU: a couple of minutes per optimizer on 2 cores, loss clearly falls
     "tiny": Preset("tiny", depth=2, seq_len=128, batch_size=16, steps=300, eval_every=50, eval_tokens=32_768,
                    warmup_steps=15, momentum_warmup=100, checkpoint_every=100),
+    # the search's transfer configuration: tiny at twice the depth (a held-out architecture)
+    "tiny-d4": Preset("tiny-d4", depth=4, seq_len=128, batch_size=16, steps=300, eval_every=50, eval_tokens=32_768,
+                      warmup_steps=15, momentum_warmup=100, checkpoint_every=100),
     # GPU presets
     "small": Preset("small", depth=6, seq_len=512, batch_size=64, steps=2000, eval_every=200,
                     eval_tokens=1_048_576, warmup_steps=40, momentum_warmup=300, weight_decay=0.1,

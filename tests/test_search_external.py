@@ -94,7 +94,7 @@ def test_search_logs_rejections_and_dedups_external_children(tmp_path, scripts):
         mutator_retries=2,
     )
     archive = Archive.create(str(tmp_path / "bad.sqlite"), cfg)
-    mutator = ExternalMutator(cfg["mutator_cmd"], timeout=60, dry_run=False)
+    mutator = ExternalMutator(cfg.mutator_cmd, timeout=60, dry_run=False)
     members = Search(archive, None, mutator, log=lambda m: None).make_generation(0, "corpus")
     mutator.close()
     assert len(members) == 3
@@ -102,12 +102,12 @@ def test_search_logs_rejections_and_dedups_external_children(tmp_path, scripts):
     assert len(rejections) == 4  # 2 child slots x 2 tries, each logged with its reason and the raw output
     assert all(r["reason"].startswith("spec: aggressive.update_mult=99.0") and "99" in r["output"] for r in rejections)
     assert all(r["parent_hash"] == gated_muon().content_hash() for r in rejections)
-    assert {m["operator"] for m in members} - {"seed"} <= set(cfg["operators"])  # fell back to built-ins
+    assert {m["operator"] for m in members} - {"seed"} <= set(cfg.operators)  # fell back to built-ins
     archive.close()
 
-    cfg["mutator_cmd"] = scripts["good"]
+    cfg = cfg.replace(mutator_cmd=scripts["good"])
     archive = Archive.create(str(tmp_path / "good.sqlite"), cfg)
-    mutator = ExternalMutator(cfg["mutator_cmd"], timeout=60, dry_run=False)
+    mutator = ExternalMutator(cfg.mutator_cmd, timeout=60, dry_run=False)
     members = Search(archive, None, mutator, log=lambda m: None).make_generation(0, "corpus")
     mutator.close()
     external = [m for m in members if m["operator"] == "external"]

@@ -10,6 +10,7 @@ import time
 
 from fusedgate.cli import main as cli_main
 from fusedgate.search.archive import Archive
+from fusedgate.search.tournament import neutral_spec
 
 
 def count_evaluations(db: str) -> int:
@@ -42,12 +43,18 @@ def test_search_killed_and_resumed_loses_and_repeats_nothing(tmp_path, corpus):
         "1",
         "--screen-steps",
         "3",
-        "--confirm-steps",
-        "5",
+        "--horizons",
+        "5,8",
         "--seeds",
         "0,1",
         "--lr-scales",
-        "0.5,1,2",
+        "0.7,1",
+        "--holdout-seeds",
+        "20,21",
+        "--ladder",
+        "0.8,1",
+        "--transfer-preset",
+        "test",
         "--final-eval-tokens",
         "1024",
         "--workers",
@@ -93,10 +100,13 @@ def test_search_killed_and_resumed_loses_and_repeats_nothing(tmp_path, corpus):
     for gen in (0, 1):
         for m in archive.population(gen):
             assert any(e["spec_hash"] == m["hash"] and e["steps"] == 3 for e in after)
-    confirmed = {e["spec_hash"] for e in after if e["steps"] == 5 and e["optimizer"] == "fusedgate"}
-    assert len(confirmed) >= 2  # the neutral baseline and at least one survivor, on 2 seeds each
-    sweep = sorted({(e["lr_scale"], e["seed"]) for e in after if e["steps"] == 5 and e["optimizer"] == "baseline"})
-    assert sweep == [(sc, s) for sc in (0.5, 1.0, 2.0) for s in (0, 1)]  # the tuned baseline's lr sweep
+    neutral = neutral_spec().content_hash()
+    confirmed = {e["spec_hash"] for e in after if e["steps"] == 5 and e["stage"] == "confirm"}
+    assert len(confirmed) >= 2  # the neutral reference and at least one survivor, on 2 seeds each
+    sweep = sorted({(e["lr_scale"], e["seed"]) for e in after
+                    if e["steps"] == 5 and e["spec_hash"] == neutral and e["stage"] == "confirm"})
+    assert sweep == [(sc, s) for sc in (0.7, 1.0) for s in (0, 1)]  # the tuned reference's lr sweep
+    assert all(e["optimizer"] == "fusedgate" for e in after)  # the reference runs the candidates' code path
     assert all(e["final_eval_tokens"] == 1024 and e["final_val_se"] > 0 for e in after if e["steps"] == 5)
     specs = [c["hash"] for c in archive.candidates()]
     assert len(specs) == len(set(specs))  # no spec proposed twice
@@ -108,8 +118,8 @@ def test_search_killed_and_resumed_loses_and_repeats_nothing(tmp_path, corpus):
     out = tmp_path / "report"
     assert cli_main(["search", "report", "--db", db, "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
-    assert "Win criterion: a win needs, over >= 5 confirmation seeds" in text
-    assert "No candidate met the win criterion" in text and "2 seeds < 5" in text
-    assert "tuned lr scale (the reference)" in text and "minimal detectable effect, 2 seeds" in text
-    for png in ("best_by_generation.png", "pareto.png", "lineage.png", "trajectories.png"):
+    assert "A candidate wins only if, at every confirmation horizon (5, 8 steps)" in text
+    assert "No candidate wins at every horizon" in text and "2 seeds < 5" in text
+    assert "## Power: what the evaluator can resolve" in text and "## Steps-to-target on the held-out seeds" in text
+    for png in ("lineage.png", "robust_by_generation.png"):
         assert (out / png).stat().st_size > 1000, png

@@ -27,7 +27,7 @@ def test_resume_never_runs_a_command_stored_in_the_archive(tmp_path, capsys, cor
     stored = f"{sys.executable} -c \"open('{marker}', 'w').write('x')\""
     db = str(tmp_path / "handed-over.sqlite")
     cfg = default_config(
-        preset="test", data=corpus, generations=1, population=2, survivors=1, screen_steps=2, confirm_steps=2,
+        preset="test", data=corpus, generations=1, population=2, survivors=1, screen_steps=2, horizons=[2],
         confirm_seeds=[0], lr_scales=[1.0], final_eval_tokens=256, init_specs=[gated_muon().to_json(indent=None)],
         mutator_cmd=stored,
     )

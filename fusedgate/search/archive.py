@@ -68,7 +68,10 @@ class Archive:
 
     # ------------------------------------------------------------------ open / create
     @classmethod
-    def create(cls, path: str, config: dict) -> Archive:
+    def create(cls, path: str, config) -> Archive:
+        """A new archive holding ``config`` (a dict, or a ``SearchConfig``, stored as its dict)."""
+        if hasattr(config, "to_dict"):
+            config = config.to_dict()
         if os.path.exists(path):
             raise ArchiveError(f"{path} already exists (use `fusedgate search resume --db {path}` to continue it)")
         parent = os.path.dirname(os.path.abspath(path))

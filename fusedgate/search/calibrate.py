@@ -17,8 +17,10 @@ import random
 from fusedgate.files import markdown_table, write_atomic
 from fusedgate.search import score
 from fusedgate.search.archive import Archive
+from fusedgate.search.evaluate import FUSEDGATE, make_job
 from fusedgate.search.mutations import random_spec
-from fusedgate.search.tournament import DEFAULT_OPERATORS, Search, evaluate_spec, gated_muon
+from fusedgate.search.runner import check_corpus, run_jobs
+from fusedgate.search.tournament import DEFAULT_OPERATORS, compare_runs, eval_every, gated_muon, neutral_spec
 
 
 def calibration_config(
@@ -54,10 +56,26 @@ def calibration_config(
     }
 
 
+def stage_jobs(cfg: dict, corpus: str, stage: str, spec=None) -> list[dict]:
+    """A spec's runs (None: the neutral reference) at the screening or confirmation horizon."""
+    steps = cfg[f"{stage}_steps"]
+    final = cfg["final_eval_tokens"] if stage == "confirm" else None
+    return [make_job(FUSEDGATE, spec or neutral_spec(), cfg["preset"], steps, s, cfg["data"], corpus, stage, 1.0,
+                     final, eval_every(steps)) for s in cfg["screen_seeds"]]
+
+
+def stage_aggregate(archive: Archive, cfg: dict, corpus: str, stage: str, spec) -> dict | None:
+    """A spec's aggregate against the neutral reference at a stage; None while a run is missing."""
+    runs = [archive.evaluation(j["job_key"]) for j in stage_jobs(cfg, corpus, stage, spec)]
+    refs = [archive.evaluation(j["job_key"]) for j in stage_jobs(cfg, corpus, stage)]
+    if any(r is None for r in runs + refs):
+        return None
+    return compare_runs(runs, refs)
+
+
 def run_calibration(archive: Archive, executor, log=print, progress: bool = True) -> dict:
     cfg = archive.config()
-    search = Search(archive, executor, log=log, progress=progress)
-    corpus = search.check_corpus()
+    corpus = check_corpus(archive, cfg["data"], cfg["preset"])
     if not archive.population(0):
         rng = random.Random(f"calibrate:{cfg['seed']}")
         children, seen = [], set()
@@ -68,13 +86,11 @@ def run_calibration(archive: Archive, executor, log=print, progress: bool = True
                 children.append({"spec": spec, "operator": "random:" + "+".join(ops), "parents": []})
         archive.add_generation(0, children, [])
     members = archive.population(0)
-    from fusedgate.search.tournament import baseline_jobs, candidate_jobs
-
-    for stage, steps in (("screen", cfg["screen_steps"]), ("confirm", cfg["confirm_steps"])):
-        jobs = baseline_jobs(cfg, corpus, stage)
+    for stage in ("screen", "confirm"):
+        jobs = stage_jobs(cfg, corpus, stage)
         for m in members:
-            jobs += candidate_jobs(cfg, corpus, m["spec"], stage)
-        search.run_jobs(jobs, f"calibrate {stage} ({steps} steps)")
+            jobs += stage_jobs(cfg, corpus, stage, m["spec"])
+        run_jobs(archive, executor, jobs, f"calibrate {stage} ({cfg[stage + '_steps']} steps)", log, progress)
     archive.set_meta("finished", "1")
     return summarize(archive)
 
@@ -84,8 +100,8 @@ def summarize(archive: Archive) -> dict:
     corpus = archive.get_meta("corpus")
     rows = []
     for m in archive.population(0):
-        s = evaluate_spec(archive, cfg, corpus, m["spec"], "screen", reference="baseline")
-        c = evaluate_spec(archive, cfg, corpus, m["spec"], "confirm", reference="baseline")
+        s = stage_aggregate(archive, cfg, corpus, "screen", m["spec"])
+        c = stage_aggregate(archive, cfg, corpus, "confirm", m["spec"])
         rows.append({"id": m["id"], "hash": m["hash"], "operator": m["operator"], "screen": s, "confirm": c})
     done = [r for r in rows if r["screen"] and r["confirm"]]
     scores = ([r["screen"]["score"] for r in done], [r["confirm"]["score"] for r in done])

@@ -1,8 +1,8 @@
 """``fusedgate search run|resume|report|calibrate|noise``.
 
     fusedgate search noise --seeds 0-7 --horizons 100,300   # the noise floor: which horizons can tell
-    fusedgate search run --preset tiny --generations 4 --population 6 --survivors 2 \\
-        --screen-steps 100 --confirm-steps 300 --seeds 0-4  # writes search.sqlite
+    fusedgate search run --preset tiny --generations 3 --population 6 --survivors 2 \\
+        --screen-steps 100 --horizons 300,600 --seeds 10-17  # writes search.sqlite
     fusedgate search report                                 # writes search_report/report.md + PNGs
     fusedgate search resume                                 # after a kill: continues where it stopped
     fusedgate search calibrate --n 8 --screen-steps 100 --confirm-steps 300
@@ -23,12 +23,14 @@ import time
 
 from fusedgate.search.archive import Archive, ArchiveError
 from fusedgate.search.mutations import OPERATORS
-from fusedgate.search.tournament import LR_SCALES
 from fusedgate.spec import GateSpec, SpecError
 
 # val tokens of a final evaluation: on the tiny preset's stdlib corpus this puts the val-set sampling
 # error of a paired difference (candidate - baseline on the same val windows) near 0.0018 bpb
 FINAL_EVAL_TOKENS = 524_288
+
+
+MAX_LIST = 256   # values of one --seeds/--horizons list (SearchConfig's MAX_SEEDS)
 
 
 def _ints(text: str) -> list[int]:
@@ -39,7 +41,10 @@ def _ints(text: str) -> list[int]:
             if not part:
                 continue
             lo, sep, hi = part.partition("-") if not part.startswith("-") else (part, "", "")
-            values += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
+            lo, hi = int(lo), int(hi) if sep else int(lo)
+            if hi - lo + 1 + len(values) > MAX_LIST:   # checked before the range is built
+                raise argparse.ArgumentTypeError(f"{text!r} names more than {MAX_LIST} values")
+            values += list(range(lo, hi + 1))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers or ranges (0-4), got {text!r}") from None
     if not values:
@@ -106,28 +111,45 @@ def add_arguments(parser) -> None:
     run.add_argument("--db", default="search.sqlite", help="archive file to create (default search.sqlite)")
     run.add_argument("--preset", default="tiny", help="NanoChat preset (test, tiny, small, d12, d20)")
     run.add_argument("--data", default=None, help="corpus path (default: the python stdlib)")
-    run.add_argument("--generations", type=int, default=2)
-    run.add_argument("--population", type=int, default=4, help="candidates per generation, elites included")
-    run.add_argument("--survivors", type=int, default=2, help="confirmed per generation, and elites kept")
-    run.add_argument("--screen-steps", type=int, default=100, help="screening horizon (default 100)")
-    run.add_argument("--confirm-steps", type=int, default=300, help="confirmation horizon (default 300)")
-    run.add_argument("--screen-seeds", type=_ints, default=[0], help="comma-separated (default 0)")
-    run.add_argument("--seeds", type=_ints, default=[0, 1, 2, 3, 4], help="confirmation seeds (default 0-4)")
+    run.add_argument("--generations", type=int, default=3, help="generations (default 3)")
+    run.add_argument("--population", type=int, default=6, help="candidates per generation, elites included (default 6)")
+    run.add_argument("--survivors", type=int, default=2, help="confirmed per generation, and elites kept (default 2)")
+    run.add_argument("--screen-steps", type=int, default=100, help="screening horizon, the early prune (default 100)")
+    run.add_argument("--screen-seeds", type=_ints, default=[0, 1], help="screening seeds (default 0,1)")
+    run.add_argument(
+        "--horizons", type=_ints, default=[300, 600],
+        help="confirmation horizons: a win must hold at every one (default 300,600)",
+    )
+    run.add_argument("--seeds", type=_ints, default=list(range(10, 18)), help="confirmation seeds (default 10-17)")
     run.add_argument(
         "--lr-scales",
         type=_floats,
-        default=list(LR_SCALES),
-        help="baseline lr scales swept at confirmation; the best is the tuned baseline (default 0.5,0.7,1,1.4,2)",
+        default=[0.7, 1.0, 1.4],
+        help="reference lr scales swept at each horizon (the best is the tuned reference); a winner must not be "
+        "significantly worse at the others (default 0.7,1,1.4)",
+    )
+    run.add_argument(
+        "--holdout-seeds", type=_ints, default=list(range(30, 38)),
+        help="held-out seeds of the steps-to-target stage (default 30-37)",
+    )
+    run.add_argument(
+        "--ladder", type=_floats, default=[0.8, 0.9, 1.0, 1.15],
+        help="steps-to-target ratios: the reference also runs H/r steps for each r (default 0.8,0.9,1,1.15)",
     )
     run.add_argument(
         "--final-eval-tokens",
         type=int,
         default=FINAL_EVAL_TOKENS,
-        help=f"val tokens of the final evaluation at confirmation and transfer (default {FINAL_EVAL_TOKENS})",
+        help=f"val tokens of the final evaluation after screening (default {FINAL_EVAL_TOKENS})",
     )
-    run.add_argument("--transfer-steps", type=int, default=None, help="transfer horizon (default 2x --confirm-steps)")
     run.add_argument(
-        "--transfer-seeds", type=_ints, default=None, help="held-out transfer seeds (default 1000, 1001, ...)"
+        "--transfer-preset", default="tiny-d4", help="held-out transfer configuration (default tiny-d4: depth 4)"
+    )
+    run.add_argument(
+        "--transfer-steps", type=int, default=None, help="transfer horizon (default: the first of --horizons)"
+    )
+    run.add_argument(
+        "--transfer-seeds", type=_ints, default=list(range(50, 58)), help="held-out transfer seeds (default 50-57)"
     )
     run.add_argument(
         "--min-effect", type=float, default=None, help="minimal mean gain for a win (default: from the noise floor)"
@@ -233,54 +255,38 @@ def make_executor(args, cfg: dict | None = None):
     return LocalExecutor(workers=args.workers, jobs_per_gpu=args.jobs_per_gpu, warm=warm)
 
 
-def _config(args) -> dict:
-    from fusedgate.nanochat.presets import get_preset
+def _config(args):
+    """The SearchConfig of ``search run``'s flags (one validator: ``SearchConfig.validate``)."""
+    from fusedgate.search.config import ConfigError, SearchConfig
     from fusedgate.search.evaluate import corpus_fingerprint
-    from fusedgate.search.tournament import default_config
 
-    get_preset(args.preset)  # unknown preset -> TrainError
-    corpus_fingerprint(args.data, args.preset)  # a bad --data fails now, before the archive is created
-    for name in ("generations", "population", "survivors", "screen_steps", "confirm_steps", "final_eval_tokens"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.transfer_steps is not None and args.transfer_steps < 1:
-        raise UsageError("--transfer-steps must be at least 1")
-    if args.survivors > args.population:
-        raise UsageError("--survivors cannot exceed --population")
     if args.mutator_cmd is not None:
         _mutator_argv(args.mutator_cmd)
-    cfg = default_config(
-        preset=args.preset,
-        data=args.data,
-        generations=args.generations,
-        population=args.population,
-        survivors=args.survivors,
-        screen_steps=args.screen_steps,
-        confirm_steps=args.confirm_steps,
-        screen_seeds=args.screen_seeds,
-        confirm_seeds=args.seeds,
-        lr_scales=args.lr_scales,
-        final_eval_tokens=args.final_eval_tokens,
-        transfer_steps=args.transfer_steps,
-        transfer_seeds=args.transfer_seeds,
-        min_effect=args.min_effect,
-        seed=args.seed,
-        mutator_cmd=args.mutator_cmd,
-        mutator_timeout=args.mutator_timeout,
+    operators = None
+    if args.operators == "all":
+        operators = list(OPERATORS)
+    elif args.operators:
+        operators = [n.strip() for n in args.operators.split(",") if n.strip()]
+        if not operators:
+            raise UsageError(f"--operators: none given; known: {', '.join(OPERATORS)}")
+    fields = dict(
+        preset=args.preset, data=args.data, generations=args.generations, population=args.population,
+        survivors=args.survivors, screen_steps=args.screen_steps, screen_seeds=args.screen_seeds,
+        horizons=args.horizons, confirm_seeds=args.seeds, lr_scales=args.lr_scales, holdout_seeds=args.holdout_seeds,
+        ladder=args.ladder, final_eval_tokens=args.final_eval_tokens, transfer_preset=args.transfer_preset,
+        transfer_steps=args.transfer_steps, transfer_seeds=args.transfer_seeds, min_effect=args.min_effect,
+        seed=args.seed, mutator_cmd=args.mutator_cmd, mutator_timeout=args.mutator_timeout,
         mutator_retries=args.mutator_retries,
     )
+    if operators is not None:
+        fields["operators"] = operators
     if args.init:
-        cfg["init_specs"] = [load_spec_file(path).to_json(indent=None) for path in args.init]
-    if args.operators == "all":
-        cfg["operators"] = list(OPERATORS)
-    elif args.operators:
-        names = [n.strip() for n in args.operators.split(",") if n.strip()]
-        unknown = [n for n in names if n not in OPERATORS]
-        if unknown or not names:
-            raise UsageError(
-                f"unknown operator(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(OPERATORS)}"
-            )
-        cfg["operators"] = names
+        fields["init_specs"] = [load_spec_file(path).to_json(indent=None) for path in args.init]
+    try:
+        cfg = SearchConfig(**fields)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    corpus_fingerprint(args.data, args.preset)  # a bad --data fails now, before the archive is created
     return cfg
 
 
@@ -347,17 +353,14 @@ def _search(archive, args) -> int:
         executor.close()
         if mutator:
             mutator.close()
-    confirmed = [r for r in rows if r["confirm"]]
-    best = confirmed[0] if confirmed else None
     print(f"search finished in {time.time() - t0:.0f} s: {len(rows)} specs, archive {archive.path}")
+    best = rows[0] if rows and rows[0]["confirm"]["robust_score"] is not None else None
     if best:
-        c = best["confirm"]
-        print(
-            f"best: #{best['id']} {best['hash']} val bpb {c['final_val_bpb']:.4f}, gain vs the tuned baseline "
-            f"{c['bpb_gain']:+.4f} bpb (95% lower bound {c['gain_lower95']:+.4f}), throughput "
-            f"{c['throughput_ratio']:.3f}x, win: {'yes' if c['win'] else 'no'}"
-            f"{', transfer holds' if best['announced'] else ''}"
-        )
+        conf = best["confirm"]
+        gains = ", ".join(f"{h} steps {a['bpb_gain']:+.4f} (95% lower bound {a['gain_lower95']:+.4f})"
+                          for h, a in conf["horizons"].items() if a)
+        print(f"best: #{best['id']} {best['hash']}: gain vs the tuned reference {gains}; multi-horizon win: "
+              f"{'yes' if conf['win'] else 'no'}{', transfer holds' if best['announced'] else ''}")
     print(f"next: fusedgate search report --db {archive.path}")
     return 0
 

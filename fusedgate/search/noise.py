@@ -27,7 +27,8 @@ import os
 from fusedgate.files import markdown_table, write_atomic
 from fusedgate.search import score, stats
 from fusedgate.search.evaluate import BASELINE, FUSEDGATE, make_job
-from fusedgate.search.tournament import Search, eval_every, neutral_spec
+from fusedgate.search.runner import check_corpus, run_jobs
+from fusedgate.search.tournament import eval_every, neutral_spec
 
 
 def noise_config(
@@ -62,11 +63,10 @@ def _jobs(cfg: dict, corpus: str, steps: int, seed: int) -> dict[str, dict]:
 
 def run_noise(archive, executor, log=print, progress: bool = True) -> dict:
     cfg = archive.config()
-    search = Search(archive, executor, log=log, progress=progress)
-    corpus = search.check_corpus()
+    corpus = check_corpus(archive, cfg["data"], cfg["preset"])
     for steps in cfg["horizons"]:
         jobs = [j for s in cfg["seeds"] for j in _jobs(cfg, corpus, steps, s).values()]
-        search.run_jobs(jobs, f"noise {steps} steps")
+        run_jobs(archive, executor, jobs, f"noise {steps} steps", log, progress)
     archive.set_meta("finished", "1")
     return summarize(archive)
 

@@ -1,10 +1,11 @@
 """``fusedgate search report``: a markdown report plus PNG plots from a search archive.
 
-Plots: best val bpb by generation, the Pareto scatter (bpb gain vs throughput ratio, coloured by
-stability), the lineage tree of the winners, and the gate/actuator trajectories of the best spec next
-to the neutral spec's. The report gives the noise floor measured at the confirmation horizon (tuned
-lr scale, paired sd, minimal detectable effect), states the statistical win criterion, shows the
-transfer check, and says plainly whether any candidate met it — or that the horizon was too short.
+Sections, one function each: the set-up; power (per horizon the tuned reference, the paired spread of
+near-neutral candidates, the minimal detectable effect and the seeds a given effect needs); the
+multi-horizon win rule; the standings (per-horizon gains, lr robustness, transfer); steps-to-target on
+the held-out seeds; does the gate follow the training phase (step_fraction's share of the gate and the
+gate against the loss curve); the verdict. Plots: the best robust score by generation, the lineage of
+the best candidates, the gate trajectory of the best against its loss curve.
 """
 
 from __future__ import annotations
@@ -15,17 +16,17 @@ import time
 
 from fusedgate.files import markdown_table, write_atomic
 from fusedgate.search import score
-from fusedgate.search.evaluate import BASELINE, FUSEDGATE
+from fusedgate.search import steps_to_target as stt
+from fusedgate.search.config import SearchConfig
 from fusedgate.search.mutations import describe
-from fusedgate.search.tournament import evaluate_spec, horizon, job, neutral_spec, noise_floor, standings
+from fusedgate.search.phase import step_fraction_share
+from fusedgate.search.tournament import confirm_setting, job, standings
 
 
-def _f(x, digits: int = 4) -> str:
-    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
-
-
-def _pct(part: float, whole: float) -> str:
-    return f"{100 * part / whole:.1f} %" if whole else "—"
+def _f(x, digits: int = 4, sign: bool = False) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 
 def _plt():
@@ -37,77 +38,128 @@ def _plt():
     return plt
 
 
-def baseline_bpb(archive, cfg, corpus, stage, optimizer, lr_scale: float = 1.0) -> float | None:
-    vals = []
-    for s in horizon(cfg, stage)[1]:
-        spec = None if optimizer == BASELINE else neutral_spec()
-        run = archive.evaluation(job(cfg, corpus, stage, optimizer, spec, s, lr_scale)["job_key"])
-        if run is None or not score.run_ok(run):
-            return None
-        vals.append(run["final_val_bpb"])
-    return sum(vals) / len(vals)
+# ---------------------------------------------------------------------------- sections
+def section_setup(archive, cfg: SearchConfig, corpus: str) -> list[str]:
+    commit = archive.get_meta("code_commit") or "unknown"
+    return [
+        "## Set-up",
+        "",
+        f"- archive `{archive.path}`, code at commit `{commit}`; preset `{cfg.preset}`, corpus `{corpus}`",
+        f"- {len(archive.generations())} generation(s) of population {cfg.population}, {cfg.survivors} survivors",
+        f"- screening {cfg.screen_steps} steps on seeds {list(cfg.screen_seeds)}; confirmation at "
+        f"{', '.join(map(str, cfg.horizons))} steps on seeds {list(cfg.confirm_seeds)} "
+        f"(final evaluation on {cfg.final_eval_tokens or 'the preset eval'} val tokens); reference lr scales "
+        f"{list(cfg.lr_scales)}",
+        f"- transfer: preset `{cfg.transfer_preset}`, {cfg.transfer_horizon} steps, seeds {list(cfg.transfer_seeds)}; "
+        f"steps-to-target: held-out seeds {list(cfg.holdout_seeds)}, ladder ratios {list(cfg.ladder)}",
+        "- the reference is FusedGate with the neutral spec (`nanochat`, bit-identical to nanochat's MuonAdamW) "
+        "on the same code path as the candidates",
+        "",
+    ]
 
 
-def plot_best_by_generation(archive, rows, base, neutral, cfg, path) -> None:
-    plt = _plt()
-    by_gen = {}
-    for gen in archive.generations():
-        ids = {m["id"] for m in archive.population(gen)}
-        members = [r for r in rows if r["id"] in ids]
-        conf = [r["confirm"]["final_val_bpb"] for r in members if r["confirm"] and not r["confirm"]["n_failed"]]
-        scr = [r["screen"]["final_val_bpb"] for r in members if r["screen"] and not r["screen"]["n_failed"]]
-        by_gen[gen] = (min(conf) if conf else None, min(scr) if scr else None)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    gens = sorted(by_gen)
-    pts = [(g, by_gen[g][0]) for g in gens if by_gen[g][0] is not None]
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"best candidate, {cfg['confirm_steps']} steps")
-    if base is not None:
-        ax.axhline(base, color="k", ls="--", label="nanochat Muon+AdamW, tuned lr")
-    if neutral is not None:
-        ax.axhline(neutral, color="gray", ls=":", label="FusedGate, neutral spec")
-    ax.set_xlabel("generation")
-    ax.set_ylabel("val bpb (mean over confirmation seeds)")
-    ax.set_xticks(gens)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def section_power(floors: dict) -> list[str]:
+    rows = []
+    for h, fl in floors.items():
+        if fl is None:
+            rows.append([h] + ["—"] * 8)
+            continue
+        needed = ", ".join(f"{e:g}: {n or '>256'}" for e, n in fl["seeds_for"].items())
+        means = ", ".join(f"x{sc:g} {_f(m)}" for sc, m in fl["means"].items())
+        rows.append([h, f"x{fl['lr_scale']:g}", means, _f(fl["sigma"]), fl["source"], fl["n_seeds"], _f(fl["mde"]),
+                     _f(fl["min_effect"]), needed + (" (too short)" if fl["too_short"] else "")])
+    return [
+        "## Power: what the evaluator can resolve",
+        "",
+        "sigma is the paired spread (sd over seeds of candidate − reference) of the near-neutral candidates "
+        "(those whose 95 % interval covers 0), or of the reference's lr sweep before there are two of them; "
+        "the MDE is the smallest mean gain the one-sided 5 % test detects with 80 % power at the confirmation "
+        "seed count; the last column gives the seeds a 0.005 / 0.01 / 0.02 bpb effect needs at that sigma.",
+        "",
+        markdown_table(["steps", "tuned lr", "reference mean bpb by lr scale", "sigma", "from", "seeds", "MDE",
+                        "min effect", "seeds needed per effect"], rows),
+        "",
+    ]
 
 
-def plot_pareto(points, front, labels, path, min_effect=None) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if points:
-        sc = ax.scatter(
-            [p[1] for p in points],
-            [p[0] for p in points],
-            c=[p[2] for p in points],
-            cmap="viridis",
-            vmin=0,
-            vmax=1,
-        )
-        fig.colorbar(sc, ax=ax, label="stability")
-        ax.scatter(
-            [points[i][1] for i in front],
-            [points[i][0] for i in front],
-            s=160,
-            facecolors="none",
-            edgecolors="r",
-            label="Pareto frontier",
-        )
-        for p, lab in zip(points, labels):
-            ax.annotate(lab, (p[1], p[0]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    if min_effect is not None and math.isfinite(min_effect):
-        ax.axhline(min_effect, color="g", ls="--", lw=0.8, label=f"minimal effect {min_effect:.4f}")
-    ax.axvline(score.WIN_THROUGHPUT, color="g", ls=":", lw=0.8, label=f"{score.WIN_THROUGHPUT}x throughput")
-    ax.set_xlabel("throughput ratio vs the reference baseline")
-    ax.set_ylabel("val bpb gain vs the reference baseline")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def _gain_cell(agg) -> str:
+    if not agg:
+        return "—"
+    return f"{_f(agg['bpb_gain'], sign=True)} ± {_f(agg['gain_sd'])} [{_f(agg['gain_lower95'], sign=True)}]"
 
 
+def section_standings(rows: list[dict], cfg: SearchConfig, limit: int = 30) -> list[str]:
+    headers = ["#", "hash", "gen", "operator", "screen gain"] + [f"gain @{h} [95% lb]" for h in cfg.horizons]
+    headers += [f"lr x{sc:g} gain [95% ub]" for sc in cfg.lr_scales if sc != 1.0] + ["transfer", "verdict"]
+    table = []
+    for r in rows[:limit]:
+        conf = r["confirm"]
+        cells = [r["id"], r["hash"][:10], r["generation"], r["operator"][:28],
+                 _f((r["screen"] or {}).get("bpb_gain"), sign=True)]
+        cells += [_gain_cell(conf["horizons"][h]) for h in cfg.horizons]
+        for agg in conf["robust"].values():
+            cells.append(f"{_f(agg['bpb_gain'], sign=True)} [{_f(agg['gain_upper95'], sign=True)}]" if agg else "—")
+        cells.append(_gain_cell(r["transfer"]))
+        cells.append("**announced**" if r["announced"] else ("win" if conf["win"] else
+                                                           (conf["reasons"][0] if conf["reasons"] else "—")))
+        table.append(cells)
+    return [
+        "## Standings (by robust score: the worst horizon's mean score)",
+        "",
+        "gain = reference bpb − candidate bpb, mean ± sd over the confirmation seeds, paired; [one-sided 95 % "
+        "bound]. A candidate significantly worse at one horizon is not run at the next.",
+        "",
+        markdown_table(headers, table),
+        "",
+    ]
+
+
+def section_steps_to_target(rows: list[dict], cfg: SearchConfig) -> list[str]:
+    done = [r for r in rows if r["holdout"]]
+    out = ["## Steps-to-target on the held-out seeds", "",
+           "ratio = the candidate's steps / the steps the reference needs for the same final val bpb (each "
+           "reference run with its own full schedule; per seed, monotone interpolation in log steps); "
+           "mean (one-sided 95 % upper bound). Below 1: fewer steps.", ""]
+    if not done:
+        return out + ["Not run yet (it runs after the last generation).", ""]
+    table = []
+    for r in done:
+        for h, cell in r["holdout"].items():
+            ladder = ", ".join(f"{n}: {_f(sum(v) / len(v))}" for n, v in cell["ladder"].items())
+            table.append([r["id"], r["hash"][:10], h, stt.describe(cell["steps"], cfg.ladder),
+                          _gain_cell(cell["gap"]), ladder])
+    out += [markdown_table(["#", "hash", "steps", "steps-equivalent ratio", "bpb gain [95% lb]",
+                            "reference mean bpb by horizon"], table), ""]
+    return out
+
+
+def section_phase(rows: list[dict], trajectories: dict) -> list[str]:
+    out = ["## Does the gate follow the training phase?", "",
+           "R² = the share of the gate logit's variance over a run that step_fraction alone explains "
+           "(1: a schedule; 0: it moves with the measured state).", ""]
+    table = []
+    for r in rows[:5]:
+        for h, traj in trajectories.get(r["id"], {}).items():
+            share = step_fraction_share(r["spec"], traj)
+            table.append([r["id"], r["hash"][:10], h, "—" if share is None else f"{share:.2f}",
+                          f"{min(t['gate'] for t in traj):.2f}–{max(t['gate'] for t in traj):.2f}" if traj else "—"])
+    return out + ([markdown_table(["#", "hash", "steps", "step_fraction R²", "gate range"], table)] if table else
+                  ["No gate trajectory recorded."]) + [""]
+
+
+def section_verdict(rows: list[dict], floors: dict) -> list[str]:
+    announced = [r for r in rows if r["announced"]]
+    if announced:
+        best = announced[0]
+        return ["## Verdict", "", f"**#{best['id']} ({best['hash'][:10]}) wins at every horizon, is not worse at "
+                f"the other lr scales, and its gain holds on the transfer configuration.**", ""]
+    effects = ", ".join(f"{h} steps: {_f(fl['min_effect'])} bpb with {fl['n_seeds']} seeds"
+                        for h, fl in floors.items() if fl)
+    best = rows[0] if rows else None
+    why = f" The best by robust score, #{best['id']}, fails: {'; '.join(best['confirm']['reasons'][:3])}." if (
+        best and best["confirm"]["reasons"]) else ""
+    return ["## Verdict", "", f"**No candidate wins at every horizon.** The smallest effect the evaluator resolves: "
+            f"{effects or '—'}.{why}", ""]
 def plot_lineage(archive, winners, path, title: str) -> None:
     """Winners and all their ancestors: x = generation born, edges parent -> child, labelled by operator."""
     plt = _plt()
@@ -148,262 +200,86 @@ def plot_lineage(archive, winners, path, title: str) -> None:
     plt.close(fig)
 
 
-def plot_trajectories(trajectory, title, path, reference=None) -> None:
-    """Gate, actuators and sensors of the best spec (solid) and of the neutral spec (dashed, same seed)."""
+def plot_gate_and_loss(trajectories: dict, train_curves: dict, title: str, path) -> None:
+    """Per horizon: the gate (mean, min..max over matrices) and, on a second axis, the training loss."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    steps = [r["step"] for r in trajectory]
-    ax = axes[0]
-    ax.plot(steps, [r["gate"] for r in trajectory], label="gate (mean)")
-    ax.fill_between(
-        steps,
-        [r["gate_min"] for r in trajectory],
-        [r["gate_max"] for r in trajectory],
-        alpha=0.3,
-        label="min..max over params",
-    )
-    ax.set_ylim(-0.02, 1.02)
-    if reference:
-        ax.plot([r["step"] for r in reference], [r["gate"] for r in reference], "k--", lw=0.8, label="neutral spec")
-    ax.set_title("gate g")
-    ax = axes[1]
-    for key in ("update_mult", "trust_mix", "beta2", "ortho"):
-        if key in trajectory[0]:
-            ax.plot(steps, [r[key] for r in trajectory], label=key)
-    if "clip" in trajectory[0]:
-        ax.plot(steps, [0.0 if r["clip"] == math.inf else 1.0 / r["clip"] for r in trajectory], label="1/clip")
-    if reference:
-        for key in ("update_mult", "ortho"):
-            if key in reference[0]:
-                ax.plot([r["step"] for r in reference], [r[key] for r in reference], "--", lw=0.8,
-                        label=f"{key} (neutral)")
-    ax.set_title("actuators (mean over params)")
-    ax = axes[2]
-    for name in trajectory[0].get("sensors", {}):
-        ax.plot(steps, [r["sensors"].get(name, math.nan) for r in trajectory], label=name)
-    ax.set_title("normalised sensors (mean)")
-    for ax in axes:
-        ax.set_xlabel("training step")
-        ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, len(trajectories), figsize=(6 * len(trajectories), 3.8), squeeze=False)
+    for ax, (h, traj) in zip(axes[0], trajectories.items()):
+        steps = [t["step"] for t in traj]
+        ax.plot(steps, [t["gate"] for t in traj], color="tab:blue", label="gate (mean)")
+        ax.fill_between(steps, [t["gate_min"] for t in traj], [t["gate_max"] for t in traj], alpha=0.25)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("step")
+        ax.set_ylabel("gate g", color="tab:blue")
+        loss = train_curves.get(h) or []
+        twin = ax.twinx()
+        twin.plot([c["step"] for c in loss], [c["loss"] for c in loss], color="tab:orange", lw=0.6, alpha=0.7)
+        twin.set_ylabel("train loss", color="tab:orange")
+        ax.set_title(f"{h} steps")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def _best_trajectory(archive, cfg, corpus, spec):
-    for stage in ("confirm", "screen"):
-        steps, seeds, _ = horizon(cfg, stage)
-        run = archive.evaluation(job(cfg, corpus, stage, FUSEDGATE, spec, seeds[0])["job_key"])
-        if run and run["gate_trajectory"]:
-            return run["gate_trajectory"], steps, seeds[0]
-    return None, None, None
+def plot_robust_by_generation(archive, rows, path) -> None:
+    """The best robust score (worst-horizon mean score vs the tuned reference) among each generation's members."""
+    plt = _plt()
+    pts = []
+    for gen in archive.generations():
+        ids = {m["id"] for m in archive.population(gen)}
+        vals = [r["confirm"]["robust_score"] for r in rows if r["id"] in ids and r["confirm"]["complete"]]
+        if vals:
+            pts.append((gen, max(vals)))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label="best robust score")
+    ax.axhline(0.0, color="k", lw=0.8, ls="--", label="the reference")
+    ax.set_xlabel("generation")
+    ax.set_ylabel("worst-horizon mean score (bpb units)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- the report
+def _trajectories(archive, cfg, corpus, spec) -> tuple[dict, dict]:
+    """Gate trajectory and train curve of a spec's first confirmation seed, per horizon it was run at."""
+    traj, curves = {}, {}
+    for h in cfg.horizons:
+        setting = confirm_setting(cfg, h)
+        run = archive.evaluation(job(cfg, corpus, setting, spec, setting.seeds[0])["job_key"])
+        if run and run.get("gate_trajectory"):
+            traj[h], curves[h] = run["gate_trajectory"], run.get("train_curve") or []
+    return traj, curves
 
 
 def write_report(archive, out_dir: str) -> str:
+    cfg = SearchConfig.from_dict(archive.config())
+    corpus = archive.get_meta("corpus")
     os.makedirs(out_dir, exist_ok=True)
-    cfg, corpus = archive.config(), archive.get_meta("corpus")
-    if corpus is None:
-        raise RuntimeError(f"{archive.path}: the search has not started any evaluation yet")
     rows = standings(archive, cfg, corpus)
-    evals = archive.evaluations()
-    floor = noise_floor(archive, cfg, corpus, "confirm")
-    tuned_scale = floor["lr_scale"] if floor else 1.0
-    base = baseline_bpb(archive, cfg, corpus, "confirm", BASELINE, tuned_scale)
-    base_1 = baseline_bpb(archive, cfg, corpus, "confirm", BASELINE)
-    neutral = baseline_bpb(archive, cfg, corpus, "confirm", FUSEDGATE)
-    base_s = baseline_bpb(archive, cfg, corpus, "screen", BASELINE)
-    neutral_s = baseline_bpb(archive, cfg, corpus, "screen", FUSEDGATE)
-    neutral_agg = evaluate_spec(archive, cfg, corpus, None, "confirm", reference="baseline")
-    confirmed = [r for r in rows if r["confirm"]]
-    winners = [r for r in confirmed if r["confirm"]["win"]]
-    announced = [r for r in winners if r["announced"]]
-    started = float(archive.get_meta("created_at"))
-    last = max((e["finished_at"] for e in evals), default=started)
-    compute_s = sum(e["wall_s"] or 0.0 for e in evals)
-    total_s = sum(e["total_s"] or 0.0 for e in evals)
-
-    plot_best_by_generation(archive, rows, base, neutral, cfg, os.path.join(out_dir, "best_by_generation.png"))
-    # the frontier compares like with like: confirmed candidates, or (before any) screened ones
-    stage = "confirm" if any(r["confirm"] for r in rows) else "screen"
-    scored = [r for r in rows if r[stage] and not r[stage]["n_failed"]]
-    points = [score.pareto_objectives(r[stage]) for r in scored]
-    front = score.pareto_front(points)
-    plot_pareto(
-        points,
-        front,
-        [f"#{r['id']}" for r in scored],
-        os.path.join(out_dir, "pareto.png"),
-        floor["min_effect"] if floor and stage == "confirm" else None,
-    )
-    top = winners or [r for r in rows if r["confirm"] or r["screen"]][:3]
-    if top:
-        title = "lineage of the winners (red)" if winners else "lineage of the top 3 candidates (red); none won"
-        plot_lineage(archive, top, os.path.join(out_dir, "lineage.png"), title)
-    traj, traj_steps, traj_seed = _best_trajectory(archive, cfg, corpus, rows[0]["spec"]) if rows else (None,) * 3
-    if traj:
-        ref_traj, _, _ = _best_trajectory(archive, cfg, corpus, neutral_spec())
-        plot_trajectories(
-            traj,
-            f"candidate #{rows[0]['id']} ({rows[0]['hash']}) vs the neutral spec (dashed), {traj_steps} steps, "
-            f"seed {traj_seed}",
-            os.path.join(out_dir, "trajectories.png"),
-            reference=ref_traj,
-        )
-
-    n_status = {s: sum(e["status"] == s for e in evals) for s in ("ok", "diverged", "failed")}
-    t_steps, t_seeds, _ = horizon(cfg, "transfer")
-    lines = [
-        "# FusedGate spec search report",
-        "",
-        f"- archive: `{archive.path}`; preset `{cfg['preset']}`, corpus `{corpus}`",
-        f"- {len(archive.generations())} generation(s) of population {cfg['population']}, "
-        f"{cfg['survivors']} survivors; "
-        f"screening {cfg['screen_steps']} steps on seeds {cfg['screen_seeds']}, confirmation {cfg['confirm_steps']} "
-        f"steps on seeds {cfg['confirm_seeds']} (final evaluation on "
-        f"{cfg.get('final_eval_tokens') or 'the preset eval'} val tokens), transfer {t_steps} steps on seeds "
-        f"{t_seeds}; baseline lr scales {cfg.get('lr_scales')}",
-        f"- {len(archive.candidates())} distinct specs, {len(evals)} training runs ({n_status['ok']} ok, "
-        f"{n_status['diverged']} diverged, {n_status['failed']} failed), "
-        f"{len(archive.rejections())} rejected proposals",
-        f"- wall time {(last - started) / 60:.1f} min from creation to the last finished run; "
-        f"{compute_s / 60:.1f} min of training-loop time, {total_s / 60:.1f} min of job time "
-        f"(fixed overhead {_pct(total_s - compute_s, compute_s)} of training)",
-        "",
-        "## Noise floor at the confirmation horizon",
-        "",
-    ]
-    if floor:
-        lines.append(markdown_table(["quantity", "value"], [
-            ["mean val bpb per baseline lr scale",
-             ", ".join(f"{k:g}: {_f(v)}" for k, v in sorted(floor["means"].items()))],
-            ["tuned lr scale (the reference)", f"{floor['lr_scale']:g}"],
-            ["seed sd of the tuned baseline's val bpb", _f(floor["seed_sd"])],
-            ["sd of paired differences (other lr scales − tuned, pooled)", _f(floor["sigma"])],
-            [f"minimal detectable effect, {floor['n_seeds']} seeds (one-sided 5 %, power 80 %)", _f(floor["mde"])],
-            ["minimal effect required for a win", _f(floor["min_effect"])],
-            ["val-set sampling error of a level (median, tuned baseline)", _f(floor["val_se"])],
-            ["spread of the lr sweep (max − min mean bpb)", _f(floor["spread"])],
-        ]))
-        if floor["too_short"]:
-            lines += [
-                "",
-                f"**This horizon is too short for the noise floor**: a 4x change of the baseline's lr moves the "
-                f"mean val bpb by {_f(floor['spread'])}, less than the minimal detectable effect {_f(floor['mde'])}. "
-                "No winner is declared at it.",
-            ]
-    else:
-        lines.append("The tuned-baseline sweep at the confirmation horizon is not complete yet.")
-    lines += ["", "## Verdict", "", f"Win criterion: {score.win_criterion(floor)}.", ""]
-    if announced:
-        lines.append(
-            f"**{len(announced)} candidate(s) won and the gain held on the transfer configuration:** "
-            + ", ".join(f"#{w['id']} ({w['hash']})" for w in announced)
-            + "."
-        )
-    elif winners:
-        lines.append(
-            f"{len(winners)} candidate(s) met the confirmation criterion ("
-            + ", ".join(f"#{w['id']}" for w in winners)
-            + ") but **none held on the transfer configuration**, so no win is announced."
-        )
-    else:
-        lines.append(
-            f"**No candidate met the win criterion** ({len(confirmed)} candidate(s) reached confirmation); "
-            f"the smallest mean gain this design could have seen is {_f(floor['min_effect'] if floor else None)} "
-            f"bpb."
-        )
-    if winners:
-        transfer = [[w["id"], _f((w["transfer"] or {}).get("bpb_gain")), _f((w["transfer"] or {}).get("gain_lower95")),
-                     (w["transfer"] or {}).get("n_seeds", "—"),
-                     "yes" if w["announced"] else ("pending" if not w["transfer"] else "no")] for w in winners]
-        lines += ["", markdown_table(["#", "transfer gain", "95% lower bound", "seeds", "holds"], transfer)]
-    lines += [
-        "",
-        "## Baselines",
-        "",
-        markdown_table(["run", "screening val bpb", "confirmation val bpb"], [
-            ["nanochat Muon+AdamW, lr scale 1", _f(base_s), _f(base_1)],
-            [f"nanochat Muon+AdamW, tuned lr scale {tuned_scale:g}", "—", _f(base)],
-            ["FusedGate, neutral spec (= the production optimizer)", _f(neutral_s), _f(neutral)],
-        ]),
-    ]
-    if neutral_agg:
-        lines += [
-            "",
-            f"Neutral FusedGate vs nanochat (lr scale 1) at confirmation: gain {_f(neutral_agg['bpb_gain'])} bpb "
-            f"(95% lower bound {_f(neutral_agg['gain_lower95'])}), throughput ratio "
-            f"{_f(neutral_agg['throughput_ratio'], 3)} (the cost of the implementation alone).",
-        ]
-    lines += [
-        "",
-        "## Leaderboard",
-        "",
-        "Confirmation gains are against the tuned baseline on the same seeds and schedule (screening: nanochat at "
-        "lr scale 1); see `fusedgate.search.score`: "
-        "score = bpb_gain + 0.5·auc_gain + 0.01·speedup + 0.02·ln(throughput ratio) − 0.02·(1 − stability). "
-        "`val se` is the largest per-seed val-set sampling error of the paired gain.",
-        "",
-    ]
-    leaderboard = []
-    for r in rows[:15]:
-        c = r["confirm"] or {}
-        vs_neutral = (
-            evaluate_spec(archive, cfg, corpus, r["spec"], "confirm", reference="neutral") if r["confirm"] else None
-        )
-        leaderboard.append([
-            r["id"], f"`{r['hash']}`", r["generation"], r["operator"][:30], ",".join(map(str, r["parents"])) or "—",
-            _f((r["screen"] or {}).get("score")), _f(c.get("score")), _f(c.get("final_val_bpb")),
-            _f(c.get("bpb_gain")), _f(c.get("gain_lower95")), _f(c.get("val_se_paired")),
-            _f((vs_neutral or {}).get("bpb_gain")), f"{c.get('seeds_with_gain', '—')}/{c.get('n_seeds', '—')}",
-            _f(c.get("throughput_ratio"), 3), "yes" if c.get("win") else "no", "; ".join(c.get("reasons", [])) or "—"])
-    lines.append(markdown_table(
-        ["#", "hash", "gen", "operator", "parents", "screen score", "confirm score", "val bpb", "gain vs tuned",
-         "95% lower bound", "val se", "gain vs neutral", "seeds > 0", "throughput", "win", "why not"], leaderboard))
-    lines += ["", "## Pareto frontier (bpb gain, throughput ratio, stability)", ""]
-    for i in front:
-        r = scored[i]
-        lines.append(
-            f"- #{r['id']} `{r['hash']}`: gain {_f(points[i][0])}, throughput {_f(points[i][1], 3)}, "
-            f"stability {_f(points[i][2], 2)} ({'confirmation' if stage == 'confirm' else 'screening'})"
-        )
+    floors = rows[0]["floors"] if rows else {}
+    trajectories = {}
+    for r in rows[:5]:
+        trajectories[r["id"]] = _trajectories(archive, cfg, corpus, r["spec"])[0]
+    lines = [f"# fusedgate search report ({time.strftime('%Y-%m-%d %H:%M')})", ""]
+    lines += section_verdict(rows, floors) + section_setup(archive, cfg, corpus) + section_power(floors)
+    lines += ["## The win rule", "", score.win_criterion_multi(cfg), ""]
+    lines += section_standings(rows, cfg) + section_steps_to_target(rows, cfg) + section_phase(rows, trajectories)
     if rows:
-        lines += ["", f"## Best spec (#{rows[0]['id']})", "", "```json", rows[0]["spec"].to_json(), "```"]
-    lines += [
-        "",
-        "## Plots",
-        "",
-        "![best val bpb by generation](best_by_generation.png)",
-        "",
-        "![Pareto scatter](pareto.png)",
-        "",
-    ]
-    if top:
-        lines += ["![lineage](lineage.png)", ""]
-    if traj:
-        lines += ["![gate and actuator trajectories](trajectories.png)", ""]
-    failures = [e for e in evals if e["status"] != "ok"]
-    if failures:
-        lines += ["## Failed or diverged runs", ""]
-        lines += [
-            f"- spec `{e['spec_hash'] or e['optimizer']}` seed {e['seed']} {e['steps']} steps: {e['status']}: "
-            f"{(e['error'] or '').splitlines()[0] if e['error'] else ''}"
-            for e in failures[:30]
-        ]
-        lines.append("")
-    rejections = archive.rejections()
-    if rejections:
-        lines += ["## Rejected proposals", ""]
-        lines += [f"- gen {r['generation']} ({r['source']}): {r['reason']}" for r in rejections[:30]]
-        lines.append("")
-    lines += [
-        "## Mutation operators",
-        "",
-        describe(),
-        "",
-        f"_written {time.strftime('%Y-%m-%d %H:%M:%S')}_",
-        "",
-    ]
+        best = rows[0]
+        lines += ["## The best candidate's spec", "", f"#{best['id']} `{best['hash']}` ({best['operator']}):", "",
+                  "```json", best["spec"].to_json(), "```", ""]
+        traj, curves = _trajectories(archive, cfg, corpus, best["spec"])
+        if traj:
+            plot_gate_and_loss(traj, curves, f"#{best['id']}: gate vs training loss, seed {cfg.confirm_seeds[0]}",
+                               os.path.join(out_dir, "gate_vs_loss.png"))
+            lines += ["![gate vs loss](gate_vs_loss.png)", ""]
+        plot_lineage(archive, rows[:3], os.path.join(out_dir, "lineage.png"), "lineage of the 3 best")
+        plot_robust_by_generation(archive, rows, os.path.join(out_dir, "robust_by_generation.png"))
+        lines += ["![lineage](lineage.png) ![robust score by generation](robust_by_generation.png)", ""]
+    lines += ["## Mutation operators", "", describe(), ""]
     path = os.path.join(out_dir, "report.md")
     write_atomic(path, "\n".join(lines))
     return path

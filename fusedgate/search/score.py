@@ -203,14 +203,18 @@ def judge(agg: dict, floor: dict | None) -> dict:
     return {"win": not reasons, "reasons": reasons}
 
 
-def win_criterion(floor: dict | None) -> str:
-    effect = "—" if not floor or not _finite(floor.get("min_effect")) else f"{floor['min_effect']:.4f}"
+def win_criterion_multi(cfg) -> str:
+    """The multi-horizon win rule of a search configuration, in words."""
+    others = ", ".join(f"x{sc:g}" for sc in cfg.lr_scales if sc != 1.0) or "none"
     return (
-        f"a win needs, over >= {WIN_MIN_SEEDS} confirmation seeds with none failed, a one-sided 95% paired-t "
-        f"lower bound above 0 on the mean val-bpb gain over the tuned baseline (nanochat's Muon+AdamW at its "
-        f"best lr scale), a mean gain >= the minimal effect {effect} bpb (max of the minimal detectable effect "
-        f"at this horizon and {VAL_SE_TARGET} bpb), a mean throughput ratio >= {WIN_THROUGHPUT}x, a horizon "
-        f"long enough for the noise floor, and the gain must hold on a held-out transfer configuration"
+        f"A candidate wins only if, at every confirmation horizon ({', '.join(map(str, cfg.horizons))} steps), over "
+        f">= {WIN_MIN_SEEDS} seeds with none failed, the one-sided 95% paired-t lower bound on its mean val-bpb "
+        f"gain over the tuned reference (FusedGate neutral at its best lr scale at that horizon) is above 0, the "
+        f"mean gain is at least that horizon's minimal effect (the larger of the minimal detectable effect and "
+        f"{VAL_SE_TARGET} bpb), its throughput is >= {WIN_THROUGHPUT}x, and the horizon is long enough for the "
+        f"noise floor; it must not be significantly worse than the reference at the other lr scales ({others}, "
+        f"same scale for both, at {cfg.horizons[0]} steps); and it is announced only if its gain also holds on the "
+        f"held-out transfer configuration ({cfg.transfer_preset}, one-sided 95% lower bound above 0)."
     )
 
 

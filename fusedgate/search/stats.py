@@ -6,6 +6,7 @@ gives one paired gain dᵢ = bpb(baseline) − bpb(candidate). Over n seeds:
     mean gain         d̄ = Σ dᵢ / n
     paired sd         s = sqrt(Σ (dᵢ − d̄)² / (n − 1))
     lower bound       L = d̄ − t(0.95; n − 1) · s / √n       (one-sided 95 % paired t bound)
+    upper bound       U = d̄ + t(0.95; n − 1) · s / √n       (U < 0: significantly worse)
     MDE               (t(0.95; n − 1) + t(0.80; n − 1)) · σ / √n
                       the smallest true mean gain the one-sided 5 % test detects with 80 % power,
                       for a paired-difference standard deviation σ (the noise floor)
@@ -102,6 +103,36 @@ def lower_bound(diffs: Sequence[float], confidence: float = CONFIDENCE) -> float
     if n < 2:
         return math.nan
     return m - t_quantile(confidence, n - 1) * s / math.sqrt(n)
+
+
+def upper_bound(diffs: Sequence[float], confidence: float = CONFIDENCE) -> float:
+    """One-sided paired-t upper confidence bound on the mean of ``diffs`` (nan for n < 2)."""
+    n = len(diffs)
+    m, s = mean_sd(diffs)
+    if n < 2:
+        return math.nan
+    return m + t_quantile(confidence, n - 1) * s / math.sqrt(n)
+
+
+def covers_zero(diffs: Sequence[float], confidence: float = CONFIDENCE) -> bool:
+    """Whether the two-sided ``confidence`` paired-t interval of the mean of ``diffs`` contains 0: a
+    difference the seeds cannot tell from none (False for n < 2)."""
+    n = len(diffs)
+    m, s = mean_sd(diffs)
+    if n < 2 or not math.isfinite(s):
+        return False
+    return abs(m) <= t_quantile(0.5 + confidence / 2, n - 1) * s / math.sqrt(n)
+
+
+def seeds_needed(sigma: float, effect: float, n_max: int = 256, confidence: float = CONFIDENCE,
+                 power: float = POWER) -> int | None:
+    """The fewest seeds n (2 ≤ n ≤ n_max) whose ``mde(sigma, n)`` is at most ``effect``; None if none is."""
+    if not (math.isfinite(sigma) and effect > 0):
+        return None
+    for n in range(2, n_max + 1):
+        if mde(sigma, n, confidence, power) <= effect:
+            return n
+    return None
 
 
 def mde(sigma: float, n: int, confidence: float = CONFIDENCE, power: float = POWER) -> float:

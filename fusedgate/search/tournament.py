@@ -1,50 +1,58 @@
-"""The generation loop: propose, screen, confirm against a tuned baseline, check transfer; resumable
-from the archive alone.
+"""The generation loop: screen, confirm at several horizons against the tuned reference, check lr
+robustness, transfer and steps-to-target on held-out seeds; resumable from the archive alone.
 
-Per generation g:
+The reference is FusedGate with the neutral spec (``nanochat``: both poles equal, so it *is* nanochat's
+MuonAdamW) through the same code path as every candidate, so a candidate's gain is its gate's alone.
+
+Per generation g (``SearchConfig`` names the settings):
     1. population  If the archive has no population for g, build it in one transaction: the elites
-                   (the best ``survivors`` confirmed candidates so far, carried over, not re-run) plus
-                   children mutated from them (generation 0: the initial specs plus their mutations).
-                   A child whose content hash is already in the archive is discarded and redrawn, so no
-                   spec is ever evaluated twice. Mutations draw from ``Random(f"{seed}:{g}")``.
-    2. screening   every member × ``screen_seeds`` at ``screen_steps``, plus the baselines (nanochat
-                   Muon+AdamW at lr scale 1, and FusedGate with the neutral spec) on the same seeds/steps.
-    3. confirm     the ``survivors`` best finished members by screening score × ``confirm_seeds`` at
-                   ``confirm_steps``, plus the tuned baseline: nanochat's Muon+AdamW at every lr scale
-                   of ``lr_scales`` on those seeds/steps (cached like every run). The best mean val bpb
-                   among the scales is the *tuned* baseline that candidates are judged against, and the
-                   sweep's paired differences give the noise floor (``noise_floor``).
-After the last generation, every candidate that wins at confirmation is re-run on the held-out
-*transfer* configuration (``transfer_seeds`` × ``transfer_steps``, default 2× the confirmation steps
-on seeds it was not selected on) against the baseline at the tuned lr scale; a win is announced only
-if the gain holds there too. Confirmation and transfer runs use the large final evaluation
-(``final_eval_tokens``). A job already in the archive is never handed out again, so re-running the
-loop after a kill picks up exactly the jobs that had not finished.
+                   (the best ``survivors`` gated candidates so far by their *robust* score, carried over, not
+                   re-run) plus children mutated from them (generation 0: the initial specs plus their
+                   mutations). A child whose content hash is already in the archive is redrawn, so no
+                   spec is evaluated twice. Mutations draw from ``Random(f"{seed}:{g}")``.
+    2. screen      every member × ``screen_seeds`` at ``screen_steps`` against the reference at lr 1:
+                   the ``survivors`` best gated ones by mean score go on (the early prune; the neutral
+                   spec, a starting point of generation 0, is the reference itself).
+    3. confirm     horizon by horizon (``horizons``, e.g. 300 then 600) on ``confirm_seeds``: the
+                   reference at every lr scale of ``lr_scales`` (the best mean is the *tuned* reference
+                   at that horizon), the survivors at lr 1. A survivor significantly worse at one
+                   horizon (its one-sided 95 % upper bound on the gain below 0) is not run at the next.
+    4. robustness  a candidate that wins at every horizon is run at the other lr scales at the first
+                   horizon, against the reference at the same scale: it must not be significantly worse.
+After the last generation:
+    transfer       every winner on the held-out configuration (``transfer_preset``, e.g. depth 4, on
+                   ``transfer_seeds``): the gain must hold (one-sided 95 % lower bound above 0).
+    holdout        the announced winners — or, with none, the best gated candidate by robust score, so that
+                   a negative result is measured too — on ``holdout_seeds`` at every horizon, with the
+                   reference's steps-to-target ladder (``fusedgate.search.steps_to_target``).
+
+The robust score of a candidate is the minimum over the horizons of its mean confirmation score, so a
+policy that helps at one horizon and hurts at another ranks by the horizon where it hurts.
 """
 
 from __future__ import annotations
 
 import math
 import random
-
-from tqdm import tqdm
+from dataclasses import dataclass
 
 from fusedgate.search import score, stats
-from fusedgate.search.evaluate import BASELINE, FUSEDGATE, corpus_fingerprint, make_job
+from fusedgate.search import steps_to_target as stt
+from fusedgate.search.config import SearchConfig
+from fusedgate.search.evaluate import FUSEDGATE, make_job
 from fusedgate.search.external_mutator import Rejected
 from fusedgate.search.mutations import OPERATORS, mutate
+from fusedgate.search.runner import check_corpus, code_commit, run_jobs
 from fusedgate.spec import GateSpec, Pole
 
 # The search's neutral point: the GateSpec preset that reproduces the production optimizer exactly
-# (nanochat's MuonAdamW: Polar Express, MuonEq, Muon+, NorMuon, cautious weight decay). The neutral
-# baseline, the gated seed and calibration's random specs all start from it.
+# (nanochat's MuonAdamW: Polar Express, MuonEq, Muon+, NorMuon, cautious weight decay).
 NEUTRAL_PRESET = "nanochat"
-LR_SCALES = (0.5, 0.7, 1.0, 1.4, 2.0)
-STAGES = ("screen", "confirm", "transfer")
+EVALS_PER_RUN = 4  # curve evaluations after step 0: enough for auc and speedup, cheap next to training
 
 
 def neutral_spec() -> GateSpec:
-    """FusedGate reproducing the production optimizer (both poles equal): the "neutral" baseline."""
+    """FusedGate reproducing the production optimizer (both poles equal): the reference."""
     return getattr(GateSpec, NEUTRAL_PRESET)()
 
 
@@ -73,217 +81,282 @@ DEFAULT_OPERATORS = tuple(name for name in OPERATORS if name not in TRAINER_OVER
 
 
 def seed_specs() -> list[GateSpec]:
-    return [gated_muon(), GateSpec.default()]
+    """The starting points: the neutral engine itself (its mutations explore gates from neutral), the
+    gated default and the gated Muon start."""
+    return [neutral_spec(), GateSpec.default(), gated_muon()]
 
 
-def default_config(**overrides) -> dict:
-    cfg = {
-        "preset": "tiny",
-        "data": None,
-        "generations": 3,
-        "population": 6,
-        "survivors": 2,
-        "screen_steps": 60,
-        "confirm_steps": 300,
-        "screen_seeds": [0],
-        "confirm_seeds": [0, 1, 2, 3, 4],
-        "transfer_steps": None,  # None: 2 × confirm_steps
-        "transfer_seeds": None,  # None: as many fresh seeds as confirm_seeds, from 1000
-        "lr_scales": list(LR_SCALES),
-        "final_eval_tokens": None,  # None: the preset's (small) eval set
-        "min_effect": None,  # None: from the noise floor
-        "seed": 0,
-        "init_specs": [s.to_json(indent=None) for s in seed_specs()],
-        "operators": list(DEFAULT_OPERATORS),
-        "mutator_cmd": None,
-        "mutator_timeout": 300.0,
-        "mutator_retries": 2,
-    }
-    cfg.update(overrides)
-    return cfg
+def default_config(**overrides) -> SearchConfig:
+    return SearchConfig(**overrides)
 
 
-# ---------------------------------------------------------------------------- stages and jobs
-EVALS_PER_RUN = 4  # curve evaluations after step 0: enough for auc and speedup, cheap next to training
+# ---------------------------------------------------------------------------- settings and jobs
+@dataclass(frozen=True)
+class Setting:
+    """Where runs of a stage happen: preset, horizon, seeds, final-evaluation size."""
+
+    stage: str
+    preset: str
+    steps: int
+    seeds: tuple[int, ...]
+    final_eval_tokens: int | None
 
 
 def eval_every(steps: int) -> int:
     return max(1, -(-steps // EVALS_PER_RUN))
 
 
-def horizon(cfg: dict, stage: str) -> tuple[int, list[int], int | None]:
-    """(steps, seeds, final_eval_tokens) of a stage."""
-    if stage == "screen":
-        return cfg["screen_steps"], cfg["screen_seeds"], None
-    final = cfg.get("final_eval_tokens")
-    if stage == "confirm":
-        return cfg["confirm_steps"], cfg["confirm_seeds"], final
-    if stage == "transfer":
-        steps = cfg.get("transfer_steps") or 2 * cfg["confirm_steps"]
-        seeds = cfg.get("transfer_seeds") or [1000 + i for i in range(len(cfg["confirm_seeds"]))]
-        return steps, seeds, final
-    raise ValueError(f"unknown stage {stage!r}")
+def screen_setting(cfg: SearchConfig) -> Setting:
+    return Setting("screen", cfg.preset, cfg.screen_steps, cfg.screen_seeds, None)
 
 
-def job(cfg: dict, corpus: str, stage: str, optimizer: str, spec, seed: int, lr_scale: float = 1.0) -> dict:
-    steps, _, final = horizon(cfg, stage)
-    return make_job(
-        optimizer, spec, cfg["preset"], steps, seed, cfg["data"], corpus, stage, lr_scale, final, eval_every(steps)
-    )
+def confirm_setting(cfg: SearchConfig, steps: int) -> Setting:
+    return Setting("confirm", cfg.preset, steps, cfg.confirm_seeds, cfg.final_eval_tokens)
 
 
-def baseline_jobs(cfg: dict, corpus: str, stage: str, lr_scales=(1.0,)) -> list[dict]:
-    """nanochat at each lr scale, and the neutral FusedGate, on every seed of the stage."""
-    _, seeds, _ = horizon(cfg, stage)
-    out = []
-    for s in seeds:
-        out += [job(cfg, corpus, stage, BASELINE, None, s, scale) for scale in lr_scales]
-        out.append(job(cfg, corpus, stage, FUSEDGATE, neutral_spec(), s))
-    return out
+def transfer_setting(cfg: SearchConfig) -> Setting:
+    return Setting("transfer", cfg.transfer_preset, cfg.transfer_horizon, cfg.transfer_seeds, cfg.final_eval_tokens)
 
 
-def candidate_jobs(cfg: dict, corpus: str, spec: GateSpec, stage: str) -> list[dict]:
-    return [job(cfg, corpus, stage, FUSEDGATE, spec, s) for s in horizon(cfg, stage)[1]]
+def holdout_setting(cfg: SearchConfig, steps: int) -> Setting:
+    return Setting("holdout", cfg.preset, steps, cfg.holdout_seeds, cfg.final_eval_tokens)
 
 
-def _runs(archive, cfg, corpus, stage, optimizer, spec, lr_scale=1.0) -> list[dict] | None:
-    """The stage's finished runs of one configuration, in seed order; None while any is missing."""
-    runs = [archive.evaluation(job(cfg, corpus, stage, optimizer, spec, s, lr_scale)["job_key"])
-            for s in horizon(cfg, stage)[1]]
+def job(cfg: SearchConfig, corpus: str, setting: Setting, spec: GateSpec | None, seed: int,
+        lr_scale: float = 1.0, steps: int | None = None) -> dict:
+    """One FusedGate run (``spec`` None: the neutral reference) of a setting; ``steps`` overrides the
+    setting's horizon (the reference's ladder rungs)."""
+    steps = steps or setting.steps
+    return make_job(FUSEDGATE, spec or neutral_spec(), setting.preset, steps, seed, cfg.data, corpus, setting.stage,
+                    lr_scale, setting.final_eval_tokens, eval_every(steps))
+
+
+def setting_jobs(cfg, corpus, setting: Setting, spec=None, lr_scale: float = 1.0, steps=None) -> list[dict]:
+    return [job(cfg, corpus, setting, spec, s, lr_scale, steps) for s in setting.seeds]
+
+
+def _runs(archive, cfg, corpus, setting: Setting, spec=None, lr_scale=1.0, steps=None) -> list[dict] | None:
+    """The finished runs of one configuration, in seed order; None while any is missing."""
+    runs = [archive.evaluation(j["job_key"]) for j in setting_jobs(cfg, corpus, setting, spec, lr_scale, steps)]
     return None if any(r is None for r in runs) else runs
 
 
-# ---------------------------------------------------------------------------- the noise floor
-def noise_floor(archive, cfg: dict, corpus: str, stage: str = "confirm") -> dict | None:
-    """The tuned baseline and the noise floor at a stage, from the lr-scale sweep of nanochat.
-
-    tuned lr scale  the scale with the lowest mean final val bpb over the stage's seeds (transfer:
-                    the confirmation's tuned scale, not re-swept)
-    sigma           pooled sd over seeds of the paired differences bpb(scale) − bpb(tuned), over the
-                    other scales: how much a paired gap between two configurations moves from seed to seed
-    mde             the minimal detectable mean gain for the stage's seed count at that sigma
-    min_effect      max(mde, score.VAL_SE_TARGET), or the configured ``min_effect``
-    too_short       the sweep's range of mean val bpb (a 4× lr change) is below the mde: the horizon
-                    cannot tell configurations apart, so no winner is declared
-    seed_sd         sd over seeds of the tuned baseline's val bpb; val_se: its median val-set sampling error
-    None while any sweep run is missing or the tuned baseline failed.
-    """
-    _, seeds, _ = horizon(cfg, stage)
-    scales = cfg.get("lr_scales") or [1.0]
-    if stage == "transfer":
-        confirm = noise_floor(archive, cfg, corpus, "confirm")
-        if confirm is None:
-            return None
-        scales = [confirm["lr_scale"]]
-    means, runs_by_scale = {}, {}
-    for scale in scales:
-        runs = _runs(archive, cfg, corpus, stage, BASELINE, None, scale)
-        if runs is None:
-            return None
-        runs_by_scale[scale] = runs
-        means[scale] = (
-            sum(r["final_val_bpb"] for r in runs) / len(runs) if all(score.run_ok(r) for r in runs) else math.inf
-        )
-    best = min(scales, key=lambda sc: (means[sc], abs(math.log(sc))))
-    if not math.isfinite(means[best]):
-        return None
-    tuned = runs_by_scale[best]
-    diffs = [
-        [a["final_val_bpb"] - b["final_val_bpb"] for a, b in zip(runs_by_scale[sc], tuned)]
-        for sc in scales
-        if sc != best and all(score.run_ok(r) for r in runs_by_scale[sc])
-    ]
-    sigma = stats.pooled_sd(diffs)
-    mde = stats.mde(sigma, len(seeds))
-    finite_means = [m for m in means.values() if math.isfinite(m)]
-    spread = max(finite_means) - min(finite_means) if finite_means else math.nan
-    configured = cfg.get("min_effect")
-    min_effect = configured if configured is not None else max(mde if math.isfinite(mde) else 0.0,
-                                                                score.VAL_SE_TARGET)
-    ses = sorted(r["final_val_se"] for r in tuned if r.get("final_val_se") is not None)
-    return {
-        "stage": stage,
-        "lr_scale": best,
-        "means": means,
-        "sigma": sigma,
-        "mde": mde,
-        "min_effect": min_effect,
-        "spread": spread,
-        "too_short": bool(len(scales) > 1 and math.isfinite(mde) and spread < mde),
-        "seed_sd": stats.mean_sd([r["final_val_bpb"] for r in tuned])[1],
-        "val_se": ses[len(ses) // 2] if ses else math.nan,
-        "n_seeds": len(seeds),
-    }
+def _mean_bpb(runs: list[dict] | None) -> float:
+    if runs is None or not all(score.run_ok(r) for r in runs):
+        return math.inf
+    return sum(r["final_val_bpb"] for r in runs) / len(runs)
 
 
-# ---------------------------------------------------------------------------- scores
-def evaluate_spec(
-    archive,
-    cfg: dict,
-    corpus: str,
-    spec: GateSpec | None,
-    stage: str,
-    reference: str = "tuned",
-    floor: dict | None = None,
-) -> dict | None:
-    """Aggregated score of a spec (or of the neutral baseline when ``spec`` is None) at a stage against
-    ``reference``: "tuned" (nanochat at the tuned lr scale; at screening, lr scale 1), "baseline"
-    (nanochat at lr scale 1) or "neutral". At confirmation and transfer the aggregate carries the win
-    verdict against the stage's noise floor. None while any run is missing."""
-    if reference == "neutral":
-        ref_opt, ref_spec, scale = FUSEDGATE, neutral_spec(), 1.0
-    else:
-        ref_opt, ref_spec, scale = BASELINE, None, 1.0
-        if reference == "tuned" and stage != "screen":
-            floor = floor if floor is not None else noise_floor(archive, cfg, corpus, stage)
-            if floor is None:
-                return None
-            scale = floor["lr_scale"]
-    refs = _runs(archive, cfg, corpus, stage, ref_opt, ref_spec, scale)
-    runs = _runs(archive, cfg, corpus, stage, FUSEDGATE, spec or neutral_spec())
-    if refs is None or runs is None or not all(score.run_ok(r) for r in refs):
+# ---------------------------------------------------------------------------- comparisons
+def compare_runs(runs: list[dict], refs: list[dict]) -> dict | None:
+    """Per-seed ``score.compare`` of candidate runs against reference runs, aggregated; with the gain's
+    one-sided 95 % upper bound (``gain_upper95``: below 0 means significantly worse)."""
+    if not all(score.run_ok(r) for r in refs):
         return None
     per_seed = [score.compare(run, ref) for run, ref in zip(runs, refs)]
     agg = score.aggregate(per_seed)
     agg["per_seed"] = per_seed
     bpbs = [run["final_val_bpb"] if score.run_ok(run) else math.nan for run in runs]
     agg["final_val_bpb"] = sum(bpbs) / len(bpbs)
-    agg["reference_lr_scale"] = scale
+    agg["gain_upper95"] = stats.upper_bound(agg["gains"])
     ses = [m["val_se_paired"] for m in per_seed if not m["failed"] and math.isfinite(m["val_se_paired"])]
     agg["val_se_paired"] = max(ses) if ses else math.nan
-    if stage != "screen" and reference == "tuned":
-        agg.update(score.judge(agg, floor))
     return agg
 
 
-def standings(archive, cfg: dict, corpus: str) -> list[dict]:
-    """Every candidate with its screening, confirmation and (if run) transfer aggregates, best first.
-    ``announced`` is True for a confirmed win whose gain also holds at transfer."""
-    floors = {st: noise_floor(archive, cfg, corpus, st) for st in ("confirm", "transfer")}
-    rows = []
+def tuned_scale(archive, cfg, corpus, setting: Setting) -> float | None:
+    """The lr scale whose reference runs have the lowest mean final val bpb at this setting (ties: the
+    scale nearest 1); None while the sweep is incomplete or every scale failed."""
+    means = {sc: _mean_bpb(_runs(archive, cfg, corpus, setting, None, sc)) for sc in cfg.lr_scales}
+    if any(_runs(archive, cfg, corpus, setting, None, sc) is None for sc in cfg.lr_scales):
+        return None
+    best = min(means, key=lambda sc: (means[sc], abs(math.log(sc))))
+    return best if math.isfinite(means[best]) else None
+
+
+def evaluate_spec(archive, cfg, corpus, spec, setting: Setting, lr_scale: float = 1.0,
+                  reference_scale: float | None = None) -> dict | None:
+    """A spec's runs at ``lr_scale`` against the reference at ``reference_scale`` (default: the same
+    scale) on a setting's seeds; None while any run is missing."""
+    refs = _runs(archive, cfg, corpus, setting, None, lr_scale if reference_scale is None else reference_scale)
+    runs = _runs(archive, cfg, corpus, setting, spec, lr_scale)
+    if refs is None or runs is None:
+        return None
+    agg = compare_runs(runs, refs)
+    if agg is not None:
+        agg["reference_lr_scale"] = lr_scale if reference_scale is None else reference_scale
+    return agg
+
+
+# ---------------------------------------------------------------------------- the noise floor
+def noise_floor(archive, cfg: SearchConfig, corpus: str, horizon: int) -> dict | None:
+    """The tuned reference and the resolvable effect at a confirmation horizon.
+
+    lr_scale     the tuned reference's scale (``tuned_scale``)
+    sigma        the paired spread where it matters: the pooled sd over seeds of the paired gains of the
+                 *near-neutral* candidates at this horizon — those whose two-sided 95 % interval covers 0,
+                 so their gains are noise — (``source`` "near-neutral candidates (k)"); with fewer than two
+                 of them, the pooled sd of the lr sweep's pairs bpb(scale) − bpb(tuned) ("lr sweep")
+    mde          the minimal detectable mean gain for the confirmation seed count at that sigma
+    min_effect   max(mde, score.VAL_SE_TARGET), or the configured ``min_effect``
+    too_short    the sweep's range of mean val bpb is below the mde: the horizon cannot tell
+                 configurations apart, so no winner is declared
+    seeds_for    {effect: seeds needed to detect it at this sigma} for 0.005, 0.01, 0.02 bpb
+    None while the sweep is incomplete or the tuned reference failed.
+    """
+    setting = confirm_setting(cfg, horizon)
+    best = tuned_scale(archive, cfg, corpus, setting)
+    if best is None:
+        return None
+    sweep = {sc: _runs(archive, cfg, corpus, setting, None, sc) for sc in cfg.lr_scales}
+    tuned = sweep[best]
+    near = []
     for cand in archive.candidates():
-        screen = evaluate_spec(archive, cfg, corpus, cand["spec"], "screen")
-        confirm = evaluate_spec(archive, cfg, corpus, cand["spec"], "confirm", floor=floors["confirm"])
-        transfer = evaluate_spec(archive, cfg, corpus, cand["spec"], "transfer", floor=floors["transfer"])
-        holds = bool(transfer and transfer_holds(transfer))
-        rows.append({**cand, "screen": screen, "confirm": confirm, "transfer": transfer,
-                     "announced": bool(confirm and confirm["win"] and holds)})
-    rows.sort(key=_rank_key)
-    return rows
+        if cand["spec"].content_hash() == neutral_spec().content_hash():
+            continue
+        agg = evaluate_spec(archive, cfg, corpus, cand["spec"], setting, 1.0, best)
+        if agg and not agg["n_failed"] and stats.covers_zero(agg["gains"]):
+            near.append(agg["gains"])
+    if len(near) >= 2:
+        sigma, source = stats.pooled_sd(near), f"near-neutral candidates ({len(near)})"
+    else:
+        pairs = [[a["final_val_bpb"] - b["final_val_bpb"] for a, b in zip(runs, tuned)]
+                 for sc, runs in sweep.items() if sc != best and all(score.run_ok(r) for r in runs)]
+        sigma, source = stats.pooled_sd(pairs), "lr sweep"
+    n = len(setting.seeds)
+    mde = stats.mde(sigma, n)
+    means = {sc: _mean_bpb(runs) for sc, runs in sweep.items()}
+    finite = [m for m in means.values() if math.isfinite(m)]
+    spread = max(finite) - min(finite) if finite else math.nan
+    min_effect = cfg.min_effect if cfg.min_effect is not None else max(mde if math.isfinite(mde) else 0.0,
+                                                                         score.VAL_SE_TARGET)
+    ses = sorted(r["final_val_se"] for r in tuned if r.get("final_val_se") is not None)
+    return {
+        "horizon": horizon,
+        "lr_scale": best,
+        "means": means,
+        "sigma": sigma,
+        "source": source,
+        "mde": mde,
+        "min_effect": min_effect,
+        "spread": spread,
+        "too_short": bool(len(cfg.lr_scales) > 1 and math.isfinite(mde) and spread < mde),
+        "seed_sd": stats.mean_sd([r["final_val_bpb"] for r in tuned])[1],
+        "val_se": ses[len(ses) // 2] if ses else math.nan,
+        "n_seeds": n,
+        "seeds_for": {e: stats.seeds_needed(sigma, e) for e in (0.005, 0.01, 0.02)},
+    }
 
 
-def transfer_holds(agg: dict) -> bool:
+# ---------------------------------------------------------------------------- verdicts
+def confirmation(archive, cfg, corpus, spec, floors: dict) -> dict:
+    """A spec's confirmation: per horizon its aggregate against the tuned reference with the win verdict,
+    its lr robustness at the first horizon, and the multi-horizon verdict.
+
+    ``win``: it wins at every horizon (``score.judge``) and is not significantly worse than the reference
+    at any other lr scale (one-sided 95 % upper bound on the gain ≥ 0). ``robust_score``: the minimum over
+    the finished horizons of the mean score (None before the first)."""
+    horizons, reasons = {}, []
+    for h in cfg.horizons:
+        floor = floors.get(h)
+        agg = evaluate_spec(archive, cfg, corpus, spec, confirm_setting(cfg, h), 1.0,
+                            floor["lr_scale"] if floor else None) if floor else None
+        if agg is not None:
+            agg.update(score.judge(agg, floor))
+            reasons += [f"{h} steps: {r}" for r in agg["reasons"]]
+        else:
+            reasons.append(f"{h} steps: not confirmed")
+        horizons[h] = agg
+    robust = {}
+    for sc in cfg.lr_scales:
+        if sc != 1.0:
+            agg = evaluate_spec(archive, cfg, corpus, spec, confirm_setting(cfg, cfg.first_horizon), sc)
+            robust[sc] = agg
+            if agg is None:
+                reasons.append(f"lr x{sc:g}: not run")
+            elif agg["n_failed"] or not agg["gain_upper95"] >= 0:
+                reasons.append(f"lr x{sc:g}: significantly worse than the reference at the same lr")
+    done = [a for a in horizons.values() if a is not None]
+    return {
+        "horizons": horizons,
+        "robust": robust,
+        "win": not reasons,
+        "reasons": reasons,
+        "wins_every_horizon": bool(len(done) == len(horizons) and all(a["win"] for a in done)),
+        "robust_score": min(a["score"] for a in done) if done else None,
+        "complete": len(done) == len(horizons),
+    }
+
+
+def transfer_holds(agg: dict | None) -> bool:
     """The gain holds on the held-out configuration: no failed seed and a one-sided 95 % lower bound
     on the mean gain above 0."""
-    lb = agg.get("gain_lower95")
-    return bool(not agg["n_failed"] and lb is not None and math.isfinite(lb) and lb > 0)
+    lb = (agg or {}).get("gain_lower95")
+    return bool(agg and not agg["n_failed"] and lb is not None and math.isfinite(lb) and lb > 0)
+
+
+def holdout(archive, cfg, corpus, spec, floors: dict) -> dict | None:
+    """Steps-to-target of a spec on the held-out seeds, per horizon: the per-seed ratio against the
+    reference's ladder at the tuned lr scale (``steps_to_target.summarize``) beside the paired bpb gap at
+    the horizon itself. None while any run is missing."""
+    out = {}
+    for h in cfg.horizons:
+        setting = holdout_setting(cfg, h)
+        scale = floors[h]["lr_scale"] if floors.get(h) else 1.0
+        runs = _runs(archive, cfg, corpus, setting, spec)
+        ladder = {r: _runs(archive, cfg, corpus, setting, None, scale, r) for r in stt.rungs(h, cfg.ladder)}
+        if runs is None or any(v is None for v in ladder.values()):
+            return None
+        if not all(score.run_ok(r) for rs in ladder.values() for r in rs):
+            return None
+        ratios, where = [], []
+        for i, run in enumerate(runs):
+            bpb = run["final_val_bpb"] if score.run_ok(run) else math.inf
+            ratio, loc = stt.steps_ratio({r: ladder[r][i]["final_val_bpb"] for r in ladder}, h, bpb)
+            ratios.append(ratio)
+            where.append(loc)
+        out[h] = {"steps": stt.summarize(ratios, where), "gap": compare_runs(runs, ladder[h]), "lr_scale": scale,
+                  "ladder": {r: [x["final_val_bpb"] for x in ladder[r]] for r in ladder}}
+    return out
+
+
+def holdout_jobs(cfg, corpus, spec, floors: dict) -> list[dict]:
+    jobs = []
+    for h in cfg.horizons:
+        setting = holdout_setting(cfg, h)
+        scale = floors[h]["lr_scale"] if floors.get(h) else 1.0
+        for r in stt.rungs(h, cfg.ladder):
+            jobs += setting_jobs(cfg, corpus, setting, None, scale, r)
+        jobs += setting_jobs(cfg, corpus, setting, spec)
+    return jobs
+
+
+def floors_of(archive, cfg, corpus) -> dict:
+    return {h: noise_floor(archive, cfg, corpus, h) for h in cfg.horizons}
+
+
+def standings(archive, cfg: SearchConfig, corpus: str) -> list[dict]:
+    """Every candidate with its screening aggregate, confirmation, transfer and (if run) holdout, best
+    first. ``announced``: a multi-horizon win whose gain also holds at transfer."""
+    floors = floors_of(archive, cfg, corpus)
+    rows = []
+    for cand in archive.candidates():
+        screen = evaluate_spec(archive, cfg, corpus, cand["spec"], screen_setting(cfg))
+        conf = confirmation(archive, cfg, corpus, cand["spec"], floors)
+        ref = evaluate_spec(archive, cfg, corpus, cand["spec"], transfer_setting(cfg)) if conf["win"] else None
+        rows.append({**cand, "screen": screen, "confirm": conf, "transfer": ref, "floors": floors,
+                     "announced": bool(conf["win"] and transfer_holds(ref)),
+                     "holdout": holdout(archive, cfg, corpus, cand["spec"], floors)})
+    rows.sort(key=_rank_key)
+    return rows
 
 
 def _rank_key(row: dict):
     conf, scr = row["confirm"], row["screen"]
     return (
-        conf is None,
-        -(conf or {}).get("score", score.FAIL_SCORE),
+        not row["announced"],
+        not conf["complete"],
+        -(conf["robust_score"] if conf["robust_score"] is not None else score.FAIL_SCORE),
         scr is None,
         -(scr or {}).get("score", score.FAIL_SCORE),
         row["id"],
@@ -294,115 +367,126 @@ def _rank_key(row: dict):
 class Search:
     def __init__(self, archive, executor, mutator=None, log=print, progress: bool = True):
         self.archive, self.executor, self.mutator, self.log = archive, executor, mutator, log
-        self.cfg = archive.config()
+        self.cfg = SearchConfig.from_dict(archive.config())   # a stored config is validated like the CLI's
         self.progress = progress
 
     def check_corpus(self) -> str:
-        """The corpus fingerprint; a resumed search refuses to continue on a different corpus."""
-        corpus = corpus_fingerprint(self.cfg["data"], self.cfg["preset"])
-        stored = self.archive.get_meta("corpus")
-        if stored is None:
-            self.archive.set_meta("corpus", corpus)
-        elif stored != corpus:
-            raise RuntimeError(
-                f"the corpus changed since this search started ({stored} -> {corpus}); "
-                f"its results would not be comparable, start a new archive"
-            )
-        return corpus
+        return check_corpus(self.archive, self.cfg.data, self.cfg.preset)
 
     def run(self) -> list[dict]:
         cfg, corpus = self.cfg, self.check_corpus()
-        scales = cfg.get("lr_scales") or [1.0]
-        for gen in range(cfg["generations"]):
+        commit = code_commit()
+        if self.archive.get_meta("code_commit") not in (None, commit):
+            self.log(f"note: this archive was started at code commit {self.archive.get_meta('code_commit')}, "
+                     f"resumed at {commit}")
+        self.archive.set_meta("code_commit", commit)
+        for gen in range(cfg.generations):
             members = self.archive.population(gen) or self.make_generation(gen, corpus)
             self.log(f"generation {gen}: {len(members)} members ({sum(m['role'] == 'elite' for m in members)} elites)")
-            jobs = baseline_jobs(cfg, corpus, "screen")
-            for m in members:
-                jobs += candidate_jobs(cfg, corpus, m["spec"], "screen")
-            self.run_jobs(jobs, f"gen {gen} screening")
-            screened = [(evaluate_spec(self.archive, cfg, corpus, m["spec"], "screen"), m) for m in members]
-            alive = sorted(
-                [(agg["score"], m["id"], m) for agg, m in screened if agg and not agg["n_failed"]],
-                key=lambda t: (-t[0], t[1]),
-            )
-            survivors = [m for _, _, m in alive[: cfg["survivors"]]]
-            self.log(
-                f"generation {gen}: {len(alive)}/{len(members)} finished screening; confirming "
-                f"{[m['id'] for m in survivors]}"
-            )
-            jobs = baseline_jobs(cfg, corpus, "confirm", scales) if survivors else []
-            for m in survivors:
-                jobs += candidate_jobs(cfg, corpus, m["spec"], "confirm")
-            self.run_jobs(jobs, f"gen {gen} confirmation")
+            survivors = self.screen(gen, members, corpus)
+            alive = self.confirm(gen, survivors, corpus)
+            self.check_robustness(gen, alive, corpus)
         self.run_transfer(corpus)
+        self.run_holdout(corpus)
         self.archive.set_meta("finished", "1")
         return standings(self.archive, cfg, corpus)
 
+    # ------------------------------------------------------------------ stages
+    def screen(self, gen: int, members: list[dict], corpus: str) -> list[dict]:
+        """Screen every member; the ``survivors`` best gated ones by mean score go on."""
+        cfg, setting = self.cfg, screen_setting(self.cfg)
+        jobs = setting_jobs(cfg, corpus, setting)
+        for m in members:
+            jobs += setting_jobs(cfg, corpus, setting, m["spec"])
+        self.run_jobs(jobs, f"gen {gen} screening ({setting.steps} steps)")
+        neutral = neutral_spec().content_hash()   # the reference itself: nothing to confirm
+        screened = [(evaluate_spec(self.archive, cfg, corpus, m["spec"], setting), m) for m in members
+                    if m["hash"] != neutral]
+        alive = sorted([(agg["score"], m["id"], m) for agg, m in screened if agg and not agg["n_failed"]],
+                       key=lambda t: (-t[0], t[1]))
+        survivors = [m for _, _, m in alive[: cfg.survivors]]
+        self.log(f"generation {gen}: {len(alive)}/{len(members)} finished screening; confirming "
+                 f"{[m['id'] for m in survivors]}")
+        return survivors
+
+    def confirm(self, gen: int, survivors: list[dict], corpus: str) -> list[dict]:
+        """Horizon by horizon: the reference's lr sweep and the survivors; a survivor significantly worse
+        than the tuned reference at one horizon is not run at the next. Returns those still alive."""
+        cfg, alive = self.cfg, list(survivors)
+        for h in cfg.horizons:
+            if not alive:
+                break
+            setting = confirm_setting(cfg, h)
+            jobs = [j for sc in cfg.lr_scales for j in setting_jobs(cfg, corpus, setting, None, sc)]
+            for m in alive:
+                jobs += setting_jobs(cfg, corpus, setting, m["spec"])
+            self.run_jobs(jobs, f"gen {gen} confirmation ({h} steps)")
+            floor = noise_floor(self.archive, cfg, corpus, h)
+            kept = []
+            for m in alive:
+                agg = floor and evaluate_spec(self.archive, cfg, corpus, m["spec"], setting, 1.0, floor["lr_scale"])
+                if agg and not agg["n_failed"] and agg["gain_upper95"] >= 0:
+                    kept.append(m)
+                else:
+                    self.log(f"  #{m['id']} is significantly worse than the tuned reference at {h} steps: pruned")
+            alive = kept
+        return alive
+
+    def check_robustness(self, gen: int, alive: list[dict], corpus: str) -> None:
+        """Candidates that win at every horizon, at the other lr scales (first horizon)."""
+        cfg, floors = self.cfg, floors_of(self.archive, self.cfg, corpus)
+        winners = [m for m in alive if confirmation(self.archive, cfg, corpus, m["spec"], floors)["wins_every_horizon"]]
+        setting = confirm_setting(cfg, cfg.first_horizon)
+        jobs = [j for m in winners for sc in cfg.lr_scales if sc != 1.0
+                for j in setting_jobs(cfg, corpus, setting, m["spec"], sc)]
+        self.run_jobs(jobs, f"gen {gen} lr robustness")
+
     def run_transfer(self, corpus: str) -> None:
-        """Re-run every confirmed winner on the held-out transfer configuration."""
-        cfg = self.cfg
-        floor = noise_floor(self.archive, cfg, corpus, "confirm")
-        if floor is None:
-            return
-        if floor["too_short"]:
-            self.log(
-                f"confirmation horizon too short for the noise floor: lr scales {min(floor['means'])}-"
-                f"{max(floor['means'])} differ by {floor['spread']:.4f} bpb < the minimal detectable effect "
-                f"{floor['mde']:.4f}; no winner is declared"
-            )
-        winners = []
-        for cand in self.archive.candidates():
-            agg = evaluate_spec(self.archive, cfg, corpus, cand["spec"], "confirm", floor=floor)
-            if agg and agg["win"]:
-                winners.append(cand)
+        """Every multi-horizon winner on the held-out transfer configuration."""
+        cfg, floors = self.cfg, floors_of(self.archive, self.cfg, corpus)
+        winners = [c for c in self.archive.candidates()
+                   if confirmation(self.archive, cfg, corpus, c["spec"], floors)["win"]]
         if not winners:
             return
-        self.log(f"transfer check of {[w['id'] for w in winners]} on {horizon(cfg, 'transfer')[:2]}")
-        _, seeds, _ = horizon(cfg, "transfer")
-        jobs = [job(cfg, corpus, "transfer", BASELINE, None, s, floor["lr_scale"]) for s in seeds]
+        setting = transfer_setting(cfg)
+        self.log(f"transfer check of {[w['id'] for w in winners]} on {setting.preset}, {setting.steps} steps")
+        jobs = setting_jobs(cfg, corpus, setting)
         for w in winners:
-            jobs += candidate_jobs(cfg, corpus, w["spec"], "transfer")
+            jobs += setting_jobs(cfg, corpus, setting, w["spec"])
         self.run_jobs(jobs, "transfer")
 
+    def run_holdout(self, corpus: str) -> None:
+        """Steps-to-target on the held-out seeds: of the announced winners, or else of the best candidate
+        (so that a negative result is measured as carefully as a positive one)."""
+        rows = standings(self.archive, self.cfg, corpus)
+        neutral = neutral_spec().content_hash()
+        # the neutral spec is the reference itself (its ratio is 1 by construction): the best gated candidate
+        gated = [r for r in rows if r["hash"] != neutral and r["confirm"]["complete"]]
+        targets = [r for r in rows if r["announced"]] or gated[:1]
+        floors = rows[0]["floors"] if rows else {}
+        for r in targets:
+            self.log(f"holdout (steps-to-target) of #{r['id']} on seeds {list(self.cfg.holdout_seeds)}")
+            self.run_jobs(holdout_jobs(self.cfg, corpus, r["spec"], floors), f"holdout #{r['id']}")
+
     def run_jobs(self, jobs: list[dict], desc: str) -> None:
-        todo, seen = [], set()
-        for job in jobs:
-            if job["job_key"] not in seen and self.archive.evaluation(job["job_key"]) is None:
-                seen.add(job["job_key"])
-                todo.append(job)
-        if not todo:
-            return
-        bar = tqdm(total=len(todo), desc=desc, disable=not self.progress)
-        for job, result in self.executor.map(todo, on_start=lambda j: self.archive.record_start(j["job_key"])):
-            self.archive.add_evaluation(job, result)
-            if result["status"] != "ok":
-                what = job["optimizer"] if job["spec_hash"] is None else f"spec {job['spec_hash']}"
-                self.log(
-                    f"  {what} seed {job['seed']} {job['steps']} steps: {result['status']}: "
-                    f"{(result.get('error') or '').splitlines()[0] if result.get('error') else ''}"
-                )
-            bar.update(1)
-        bar.close()
+        run_jobs(self.archive, self.executor, jobs, desc, self.log, self.progress)
 
     # ------------------------------------------------------------------ proposing children
     def elites(self, corpus: str) -> list[dict]:
-        rows = [r for r in standings(self.archive, self.cfg, corpus) if r["confirm"] and not r["confirm"]["n_failed"]]
-        if len(rows) < self.cfg["survivors"]:  # too few confirmed: fill with the best screened
-            ids = {r["id"] for r in rows}
-            rows += [
-                r
-                for r in standings(self.archive, self.cfg, corpus)
-                if r["id"] not in ids and r["screen"] and not r["screen"]["n_failed"]
-            ]
-        return rows[: self.cfg["survivors"]]
+        """The best ``survivors`` gated candidates by robust score (then by screening score), failed runs
+        excluded; the neutral spec is the reference, not an elite (generation 0 mutates it)."""
+        neutral = neutral_spec().content_hash()
+        rows = [r for r in standings(self.archive, self.cfg, corpus) if r["hash"] != neutral and (
+                (r["confirm"]["robust_score"] is not None) or (r["screen"] and not r["screen"]["n_failed"]))]
+        return rows[: self.cfg.survivors]
 
     def make_generation(self, gen: int, corpus: str) -> list[dict]:
         cfg = self.cfg
-        rng = random.Random(f"{cfg['seed']}:{gen}")
+        rng = random.Random(f"{cfg.seed}:{gen}")
         children, seen = [], set()
         if gen == 0:
             elites = []
-            for text in cfg["init_specs"]:
+            for text in cfg.init_specs:
                 spec = GateSpec.from_json(text)
                 if spec.content_hash() not in seen:
                     seen.add(spec.content_hash())
@@ -410,7 +494,7 @@ class Search:
         else:
             elites = self.elites(corpus)
         pool = [c["spec"] for c in children] if gen == 0 else [e["spec"] for e in elites]
-        n_children = cfg["population"] - len(elites) - len(children)
+        n_children = cfg.population - len(elites) - len(children)
         if not pool:
             raise RuntimeError(f"generation {gen}: no candidate finished screening, nothing to mutate")
         for i in range(max(0, n_children)):
@@ -426,7 +510,7 @@ class Search:
         parents = [parent.content_hash()]
         fresh = lambda s: s.content_hash() not in seen and not self.archive.has_spec(s.content_hash())
         if self.mutator is not None:
-            for _ in range(self.cfg["mutator_retries"]):
+            for _ in range(self.cfg.mutator_retries):
                 try:
                     child, _ = self.mutator.propose(parent, gen, rng.randrange(2**31))
                 except Rejected as exc:
@@ -440,7 +524,7 @@ class Search:
                 )
             self.log("  external mutator gave no usable child; using a built-in operator")
         for _ in range(200):
-            child, op = mutate(parent, rng, tuple(self.cfg["operators"]) if self.cfg["operators"] else None)
+            child, op = mutate(parent, rng, tuple(self.cfg.operators) if self.cfg.operators else None)
             if fresh(child):
                 return {"spec": child, "operator": op, "parents": parents}
         self.archive.add_rejection(gen, parent.content_hash(), "builtin", "200 mutations gave only duplicates")
