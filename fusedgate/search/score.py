@@ -20,7 +20,10 @@ same data order, init, LR schedule and budget. From the two runs (``final_val_bp
     score = bpb_gain + 0.5·auc_gain + 0.01·speedup + 0.02·ln(clamp(throughput_ratio, 0.5, 2))
             − 0.02·(1 − stability)
 
-in bpb units, so a 0.01 bpb gain at the end outweighs everything else of similar size. A diverged
+in bpb units, so a 0.01 bpb gain at the end outweighs everything else of similar size. The search
+*ranks* by ``rank_score``, the same sum without the throughput term: wall-clock ratios vary from run to
+run, and a ranking that depends on them would make a resumed search choose differently from the
+uninterrupted one; throughput enters the decision only through the win rule's threshold. A diverged
 (NaN/inf) or failed run scores ``FAIL_SCORE`` and ranks below every finished run.
 
 Across seeds the score is the mean. The **win** rule is statistical (``judge``, with the numbers
@@ -122,6 +125,7 @@ def compare(candidate: dict, baseline: dict) -> dict:
             "spikes": None,
             "stability": 0.0,
             "score": FAIL_SCORE,
+            "rank_score": FAIL_SCORE,
         }
     bpb_gain = baseline["final_val_bpb"] - candidate["final_val_bpb"]
     auc_gain = mean_curve(baseline["val_curve"]) - mean_curve(candidate["val_curve"])
@@ -131,13 +135,8 @@ def compare(candidate: dict, baseline: dict) -> dict:
     ratio = throughput_ratio(candidate, baseline)
     spikes = count_spikes(candidate["train_curve"])
     stability = 1.0 / (1.0 + spikes)
-    score = (
-        bpb_gain
-        + 0.5 * auc_gain
-        + 0.01 * speedup
-        + 0.02 * math.log(min(max(ratio, 0.5), 2.0))
-        - 0.02 * (1.0 - stability)
-    )
+    rank_score = bpb_gain + 0.5 * auc_gain + 0.01 * speedup - 0.02 * (1.0 - stability)
+    score = rank_score + 0.02 * math.log(min(max(ratio, 0.5), 2.0))
     return {
         "failed": False,
         "val_se_paired": stats.paired_val_se(
@@ -150,6 +149,7 @@ def compare(candidate: dict, baseline: dict) -> dict:
         "spikes": spikes,
         "stability": stability,
         "score": score,
+        "rank_score": rank_score,
     }
 
 
@@ -165,6 +165,7 @@ def aggregate(per_seed: Sequence[dict]) -> dict:
         "n_seeds": n,
         "n_failed": n - len(ok),
         "score": sum(m["score"] for m in per_seed) / n if n else FAIL_SCORE,
+        "rank_score": sum(m.get("rank_score", m["score"]) for m in per_seed) / n if n else FAIL_SCORE,
         "bpb_gain": avg("bpb_gain"),
         "auc_gain": avg("auc_gain"),
         "speedup": avg("speedup"),

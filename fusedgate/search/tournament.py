@@ -26,7 +26,8 @@ After the last generation:
                    a negative result is measured too — on ``holdout_seeds`` at every horizon, with the
                    reference's steps-to-target ladder (``fusedgate.search.steps_to_target``).
 
-The robust score of a candidate is the minimum over the horizons of its mean confirmation score, so a
+The robust score of a candidate is the minimum over the horizons of its mean confirmation rank score
+(``score.compare``: the score without its wall-clock term, so that decisions replay exactly), so a
 policy that helps at one horizon and hurts at another ranks by the horizon where it hurts.
 """
 
@@ -255,7 +256,7 @@ def confirmation(archive, cfg, corpus, spec, floors: dict) -> dict:
 
     ``win``: it wins at every horizon (``score.judge``) and is not significantly worse than the reference
     at any other lr scale (one-sided 95 % upper bound on the gain ≥ 0). ``robust_score``: the minimum over
-    the finished horizons of the mean score (None before the first)."""
+    the finished horizons of the mean rank score (None before the first)."""
     horizons, reasons = {}, []
     for h in cfg.horizons:
         floor = floors.get(h)
@@ -283,7 +284,7 @@ def confirmation(archive, cfg, corpus, spec, floors: dict) -> dict:
         "win": not reasons,
         "reasons": reasons,
         "wins_every_horizon": bool(len(done) == len(horizons) and all(a["win"] for a in done)),
-        "robust_score": min(a["score"] for a in done) if done else None,
+        "robust_score": min(a["rank_score"] for a in done) if done else None,
         "complete": len(done) == len(horizons),
     }
 
@@ -358,7 +359,7 @@ def _rank_key(row: dict):
         not conf["complete"],
         -(conf["robust_score"] if conf["robust_score"] is not None else score.FAIL_SCORE),
         scr is None,
-        -(scr or {}).get("score", score.FAIL_SCORE),
+        -(scr or {}).get("rank_score", score.FAIL_SCORE),
         row["id"],
     )
 
@@ -402,7 +403,7 @@ class Search:
         neutral = neutral_spec().content_hash()   # the reference itself: nothing to confirm
         screened = [(evaluate_spec(self.archive, cfg, corpus, m["spec"], setting), m) for m in members
                     if m["hash"] != neutral]
-        alive = sorted([(agg["score"], m["id"], m) for agg, m in screened if agg and not agg["n_failed"]],
+        alive = sorted([(agg["rank_score"], m["id"], m) for agg, m in screened if agg and not agg["n_failed"]],
                        key=lambda t: (-t[0], t[1]))
         survivors = [m for _, _, m in alive[: cfg.survivors]]
         self.log(f"generation {gen}: {len(alive)}/{len(members)} finished screening; confirming "
