@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -35,6 +36,36 @@ DEFAULT_SPEC = "default"
 DEFAULT_COMPARE = "baseline,fusedgate:nanochat,fusedgate:default"
 
 
+def seed_list(text: str) -> list[int]:
+    """Comma-separated seeds and ranges ("0-4,10"), at most 64, checked before any range is built."""
+    seeds: list[int] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        lo, sep, hi = part.partition("-")
+        try:
+            lo, hi = int(lo), int(hi if sep else lo)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected seeds like 0-4,10, got {text!r}") from None
+        if lo < 0 or hi < lo or hi - lo + 1 + len(seeds) > 64:
+            raise argparse.ArgumentTypeError(f"{text!r}: 1 to 64 non-negative seeds, ranges low-high")
+        seeds += range(lo, hi + 1)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected distinct seeds")
+    return seeds
+
+
+def ratio_list(text: str) -> list[float]:
+    """Comma-separated ladder ratios, finite, in [0.1, 10], including 1."""
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ratios like 0.8,0.9,1,1.15, got {text!r}") from None
+    if not values or len(values) > 16 or not all(math.isfinite(v) and 0.1 <= v <= 10 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: 1 to 16 finite ratios in [0.1, 10]")
+    if 1.0 not in values:
+        raise argparse.ArgumentTypeError(f"{text!r}: the ladder includes 1 (the horizon itself)")
+    return values
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (default tiny)")
     parser.add_argument("--optimizer", help=f"one of {', '.join(OPTIMIZERS)} (default baseline, or fusedgate "
@@ -50,6 +81,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=integer, help="training steps (default: the preset's; with --resume: "
                                                       "extend the checkpoint's run to this many steps)")
     parser.add_argument("--seed", type=integer, help="seed of the init and the batches (default 0)")
+    parser.add_argument("--seeds", type=seed_list, metavar="LIST",
+                        help="with --compare: compare on each of these seeds (e.g. 0-4), paired; writes summary.md")
+    parser.add_argument("--ladder", type=ratio_list, metavar="RATIOS",
+                        help="with --compare: also train the first entry at H/r steps for each ratio r (e.g. "
+                             "0.8,0.9,1,1.15) and report each entry's steps-equivalent ratio")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ...")
     parser.add_argument("--data", metavar="PATH",
                         help="text folder, parquet shard folder or file, or text file (default: python stdlib "
@@ -247,6 +283,19 @@ def main(args: argparse.Namespace) -> int:
 
             torch.set_num_threads(threads)
         config = _resumed_config(args) if args.resume else _fresh_config(args)
+        if args.compare is not None and (args.seeds or args.ladder):
+            from fusedgate.nanochat.seeds_compare import compare_seeds, summary_table
+
+            if args.seeds and args.seed is not None:
+                raise TrainError("--seed and --seeds: give one of them")
+            seeds = args.seeds or [config.seed]
+            summary = compare_seeds(config, _optimizers(args), seeds, args.ladder)
+            print()
+            print(summary_table(summary))
+            print(f"\nper-seed reports in {config.out_dir}/seed-*/; summary in {config.out_dir}/summary.md")
+            return 0
+        if args.seeds or args.ladder:
+            raise TrainError("--seeds and --ladder apply to --compare")
         if args.compare is not None:
             from fusedgate.nanochat.compare import compare, table
 
