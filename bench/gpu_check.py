@@ -29,6 +29,7 @@ import torch
 
 from fusedgate.bench import contestants as C
 from fusedgate.bench import gpu_report, suite
+from fusedgate.bench.profile_step import ProfilePlan, profile_sections
 from fusedgate.bench.timing import Plan, copy_bandwidth, flush_buffer
 from fusedgate.bench.workloads import workloads
 from fusedgate.files import write_atomic
@@ -42,14 +43,15 @@ class CheckPlan:
     matrix_sizes: tuple[int, ...]
     ns_sizes: tuple[int, ...]
     depths: tuple[int, ...]
-    profile_depth: int
     timing: Plan
     copy_bytes: int
+    profile: ProfilePlan
 
 
-GPU_PLAN = CheckPlan("gpu", (4096, 8192), (4096, 8192), (12, 20), 20,
-                     Plan(warmup=5, min_reps=10, max_reps=100, budget_s=0.25), 2**30)
-DRY_PLAN = CheckPlan("dry-run", (64,), (64,), (1,), 1, Plan(warmup=1, min_reps=2, max_reps=3, budget_s=0.01), 2**22)
+GPU_PLAN = CheckPlan("gpu", (4096, 8192), (4096, 8192), (12, 20),
+                     Plan(warmup=5, min_reps=10, max_reps=100, budget_s=0.25), 2**30, ProfilePlan(20, 3, 5))
+DRY_PLAN = CheckPlan("dry-run", (64,), (64,), (1,), Plan(warmup=1, min_reps=1, max_reps=2, budget_s=0.01), 2**22,
+                     ProfilePlan(1, 1, 1))
 
 # (case, dtypes or None for the case's own, contestants), measured in this order: cheap rows first, the
 # rows that compile (inductor, one graph per stack shape) last
@@ -145,10 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     device = _device(args.dry_run)
     if args.stage == "bench":
         return bench(plan, device, args.out, interpreter=args.dry_run)
-    from fusedgate.bench.profile_step import profile_sections
-
     text = ""
-    for section in profile_sections(plan.profile_depth, device):  # written after each: a kill keeps the first
+    for section in profile_sections(plan.profile, device):  # written after each: a kill keeps the first
         text += section + "\n"
         write_atomic(args.out / "profile.txt", text)
     return 0

@@ -49,7 +49,7 @@ if [ "$MODE" = dry ]; then
     DRY=--dry-run
     TRAIN_ARGS=(--preset test --device cpu --steps 3 --eval-every 3 --threads 1 --data "$ROOT/fusedgate")
 else
-    LIMIT_INSTALL=60 LIMIT_PYTEST=75 LIMIT_BENCH=190 LIMIT_TRAIN=45 LIMIT_PROFILE=60
+    LIMIT_INSTALL=60 LIMIT_PYTEST=90 LIMIT_BENCH=180 LIMIT_TRAIN=45 LIMIT_PROFILE=45
     DRY=
     TRAIN_ARGS=(--preset small --device cuda --steps 300 --eval-every 100)
 fi
@@ -96,13 +96,12 @@ link_tree() {
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 }
 
-imports_checkout() {
+imports_checkout() {   # where `import` would find the package and its subpackages (without importing torch)
     "$PY" - "$ROOT" <<'EOF' >/dev/null 2>&1
-import os, sys
-import fusedgate, fusedgate.bench, fusedgate.kernels, fusedgate.nanochat
+import importlib.util, os, sys
 root = os.path.realpath(sys.argv[1])
-assert all(os.path.realpath(m.__file__).startswith(root + os.sep)
-           for m in (fusedgate, fusedgate.bench, fusedgate.kernels, fusedgate.nanochat))
+for name in ("fusedgate", "fusedgate.bench", "fusedgate.kernels", "fusedgate.nanochat"):
+    assert os.path.realpath(importlib.util.find_spec(name).origin).startswith(root + os.sep), name
 EOF
 }
 
@@ -137,12 +136,16 @@ stage_install() {
     fi
 }
 
-stage_pytest() {
-    local files timeout_flag=()
+stage_pytest() {   # the whole log into pytest.log as it runs; its summary line into the stage log
+    local files timeout_flag=() rc
     files=$(grep -l "pytest.mark.gpu" "$ROOT"/tests/test_*.py)
     "$PY" -c "import pytest_timeout" 2>/dev/null && timeout_flag=(--timeout=60)
     # shellcheck disable=SC2086
-    "$PY" -m pytest -m gpu -p no:cacheprovider -rA --continue-on-collection-errors "${timeout_flag[@]}" $files
+    "$PY" -m pytest -m gpu -p no:cacheprovider -rA --continue-on-collection-errors "${timeout_flag[@]}" $files \
+        >"$OUT/pytest.log" 2>&1
+    rc=$?
+    tail -n 1 "$OUT/pytest.log"
+    return $rc
 }
 
 stage_train() {   # one process per --compare entry, each under its own limit (same seed, data and schedule)
@@ -167,7 +170,7 @@ if ! imports_checkout; then
     imports_checkout || note "== the link tree does not import either: the stages below will fail"
 fi
 { echo "== versions"; versions; } >>"$ENV_TXT" 2>&1
-wanted 2 && run_stage pytest "$LIMIT_PYTEST" bash -c 'stage_pytest 2>&1 | tee "$OUT/pytest.log"'
+wanted 2 && run_stage pytest "$LIMIT_PYTEST" bash -c stage_pytest
 wanted 3 && run_stage bench "$LIMIT_BENCH" "$PY" -m fusedgate.bench.gpu_check bench --out "$OUT" $DRY
 wanted 4 && stage_train
 wanted 5 && run_stage profile "$LIMIT_PROFILE" "$PY" -m fusedgate.bench.gpu_check profile --out "$OUT" $DRY

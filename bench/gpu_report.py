@@ -18,6 +18,8 @@ from fusedgate.bench.targets import evaluate, training_targets
 from fusedgate.files import markdown_table, write_atomic
 
 TRAIN_TITLE = "End-to-end training: preset small, shortened"
+DRY_RUN_NOTE = ("**Dry run** (CPU, tiny sizes, Triton's interpreter, the trainer's test preset): a check that the "
+                "script runs end to end. No number here measures anything, and no target status means anything.")
 
 
 def record_line(record: dict) -> str:
@@ -44,8 +46,10 @@ def targets_markdown(targets: list[dict]) -> str:
 def bench_markdown(run: dict, runs: list[dict], png_note: str = "") -> str:
     """The targets, the training table (when there are runs), then the benchmark's own tables."""
     targets = run["targets"] + training_targets(runs)
-    lines = [f"# GPU check (issue 18): {run['environment']['device']}", "",
-             "## Targets (measured, not asserted)", "", targets_markdown(targets), ""]
+    lines = [f"# GPU check (issue 18): {run['environment']['device']}", ""]
+    if run["kind"] == "dry-run":
+        lines += [DRY_RUN_NOTE, ""]
+    lines += ["## Targets (measured, not asserted)", "", targets_markdown(targets), ""]
     if runs:
         lines += [train_summary.markdown(runs, TRAIN_TITLE).replace("# ", "## ", 1), ""]
     if png_note:

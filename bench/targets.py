@@ -145,5 +145,9 @@ def training_targets(runs: list[dict]) -> list[dict]:
         if base is not None and run.get("tokens_per_s"):
             values[("train", run["label"], "")] = run["tokens_per_s"] / base["tokens_per_s"]
         missing = "no baseline run with a tokens/s figure" if base is None else f"{run['label']} measured no steps"
-        out.append(_judge(name, values, TOKENS_TARGET, True, "×", missing))
+        target = _judge(name, values, TOKENS_TARGET, True, "×", missing)
+        if values:
+            target["detail"] = (f"{run['tokens_per_s']:,.0f} vs {base['tokens_per_s']:,.0f} tokens/s "
+                                f"({run['steps']} and {base['steps']} steps)")
+        out.append(target)
     return out
