@@ -6,8 +6,8 @@
 #
 # Stages, each under its own `timeout`, each run whatever the previous one did:
 #   1 install   pip install --no-deps --no-build-isolation -e . (--dry-run: pip's own --dry-run); if the
-#               checkout is then not what `import fusedgate` finds, a link tree on PYTHONPATH stands in;
-#               versions and nvidia-smi
+#               checkout is then not what `import fusedgate` finds (an old setuptools refuses the pyproject,
+#               say), a link tree on PYTHONPATH stands in; then the versions and nvidia-smi
 #   2 pytest    pytest -m gpu on the test files that carry the gpu marker
 #   3 bench     python -m fusedgate.bench.gpu_check bench (the rows that answer the targets)
 #   4 train     fusedgate train --preset small --device cuda, one process per --compare entry
@@ -94,6 +94,9 @@ link_tree() {
     ln -sfn "$ROOT/nanochat" "$site/fusedgate/nanochat"
     ln -sfn "$ROOT/bench" "$site/fusedgate/bench"
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+    # Python ≥ 3.11: no current folder first on sys.path, where ./fusedgate (without its subpackages) would
+    # shadow the link tree for `python -m` and pytest
+    export PYTHONSAFEPATH=1
 }
 
 imports_checkout() {   # where `import` would find the package and its subpackages (without importing torch)
@@ -110,7 +113,7 @@ versions() {
 import importlib, platform, sys
 print("python", platform.python_version(), sys.executable)
 for name in ("torch", "triton", "numpy", "setuptools", "pytest", "pytest_timeout", "pytest_benchmark",
-             "tabulate", "matplotlib", "tqdm", "fusedgate"):
+             "tabulate", "matplotlib", "tqdm", "fusedgate", "fusedgate.bench.gpu_check"):
     try:
         module = importlib.import_module(name)
         print(name, getattr(module, "__version__", "?"), getattr(module, "__file__", ""))
@@ -129,11 +132,10 @@ stage_install() {
     git -C "$ROOT" log -1 --format='commit %H %s' 2>/dev/null
     git -C "$ROOT" status --short 2>/dev/null | head -20
     if [ "${GPU_CHECK_INSTALL:-pip}" = links ]; then echo "GPU_CHECK_INSTALL=links: pip skipped"; return 0; fi
-    if [ "$MODE" = dry ]; then
-        "$PY" -m pip install --dry-run --no-deps --no-build-isolation -e "$ROOT"
-    else
-        "$PY" -m pip install --no-deps --no-build-isolation -e "$ROOT"
-    fi
+    # --no-index and no version check: the GPU box reaches no package registry, and pip must not wait for one
+    local pip=("$PY" -m pip install --no-index --disable-pip-version-check --no-input --no-deps --no-build-isolation)
+    [ "$MODE" = dry ] && pip+=(--dry-run)
+    "${pip[@]}" -e "$ROOT"
 }
 
 stage_pytest() {   # the whole log into pytest.log as it runs; its summary line into the stage log
@@ -158,18 +160,18 @@ stage_train() {   # one process per --compare entry, each under its own limit (s
             --checkpoint-every 0 --out "$WORK/train/${entry//:/-}" --overwrite --no-progress
     done
 }
-export -f stage_install stage_pytest
+export -f stage_install stage_pytest versions
 export ROOT MODE PY OUT
 
 : >"$ENV_TXT"
 note "# gpu_check ($MODE) $(date -u +%Y-%m-%dT%H:%M:%SZ) budget ${BUDGET}s, stages: $STAGES, scratch $WORK"
 wanted 1 && run_stage install "$LIMIT_INSTALL" bash -c stage_install
-if ! imports_checkout; then
+if [ "${GPU_CHECK_INSTALL:-pip}" = links ] || ! imports_checkout; then
     link_tree
-    note "== import fusedgate does not find this checkout: PYTHONPATH=$PYTHONPATH (a link tree) stands in"
+    note "== import fusedgate would not find this checkout (or GPU_CHECK_INSTALL=links): PYTHONPATH=$PYTHONPATH"
     imports_checkout || note "== the link tree does not import either: the stages below will fail"
 fi
-{ echo "== versions"; versions; } >>"$ENV_TXT" 2>&1
+run_stage versions 60 bash -c versions
 wanted 2 && run_stage pytest "$LIMIT_PYTEST" bash -c stage_pytest
 wanted 3 && run_stage bench "$LIMIT_BENCH" "$PY" -m fusedgate.bench.gpu_check bench --out "$OUT" $DRY
 wanted 4 && stage_train

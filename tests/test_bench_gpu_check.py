@@ -26,8 +26,8 @@ from fusedgate.bench.targets import training_targets
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 FILES = {"env.txt", "pytest.log", "bench.json", "bench.md", "bench.png", "train.json", "train.md", "profile.txt"}
-STAGES = ("install", "pytest", "bench", "train:baseline", "train:fusedgate:nanochat", "train:fusedgate:default",
-          "profile", "report")
+STAGES = ("install", "versions", "pytest", "bench", "train:baseline", "train:fusedgate:nanochat",
+          "train:fusedgate:default", "profile", "report")
 
 
 def run_script(out: Path, work: Path, **env) -> subprocess.CompletedProcess:
@@ -107,6 +107,15 @@ def test_a_stage_past_its_limit_is_killed_and_the_rest_still_runs(tmp_path):
     env = (out / "env.txt").read_text()
     assert "== stage bench: exit 124 (timed out)" in env and "== stage report: exit 0" in env
     assert "== stage profile:" in env and "stage install" not in env
+
+
+def test_without_pip_a_link_tree_imports_the_checkout(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    done = run_script(out, work, GPU_CHECK_STAGES="0", GPU_CHECK_INSTALL="links")
+    assert done.returncode == 0, done.stderr
+    env = (out / "env.txt").read_text()
+    assert f"PYTHONPATH={work}/site" in env and "does not import either" not in env
+    assert f"fusedgate.bench.gpu_check ? {work}/site/fusedgate/bench/gpu_check.py" in env
 
 
 def test_a_killed_bench_keeps_the_rows_it_measured(tmp_path):
