@@ -20,7 +20,7 @@ import torch
 from fusedgate.bench import contestants as C
 from fusedgate.bench import report, suite
 from fusedgate.bench.targets import evaluate
-from fusedgate.bench.workloads import CASES, DTYPES, workloads
+from fusedgate.bench.workloads import CASES, DTYPES, EXTRA_CASES, workloads
 from fusedgate.cli import integer, shorten
 from fusedgate.files import WriteError, check_writable_folder
 
@@ -53,7 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default ./{DEFAULT_OUT})"
     )
-    parser.add_argument("--cases", type=_csv(), default=list(CASES), help=f"subset of {','.join(CASES)}")
+    parser.add_argument(
+        "--cases",
+        type=_csv(),
+        default=list(CASES),
+        help=f"subset of {','.join(CASES)} (the default), or the opt-in {','.join(EXTRA_CASES)}",
+    )
     parser.add_argument(
         "--contestants",
         type=_csv(),
@@ -104,9 +109,9 @@ def _device(name: str | None) -> torch.device:
 
 
 def _check(args) -> None:
-    bad = [c for c in args.cases if c not in CASES]
+    bad = [c for c in args.cases if c not in CASES + EXTRA_CASES]
     if bad:
-        raise ValueError(f"--cases: unknown {', '.join(bad)}; known: {', '.join(CASES)}")
+        raise ValueError(f"--cases: unknown {', '.join(bad)}; known: {', '.join(CASES + EXTRA_CASES)}")
     bad = [d for d in args.dtypes if d not in DTYPES]
     if bad:
         raise ValueError(f"--dtypes: unknown {', '.join(bad)}; known: {', '.join(DTYPES)}")

@@ -14,6 +14,13 @@ effective bandwidth.
 Newton–Schulz (case "newton_schulz"): 5 quintic iterations on an n × n input, bf16 on CUDA (as the
 optimizer runs it), fp32 on the CPU; charged ``workloads.ns_flops``.
 
+Muon steps (the opt-in case "nanochat_muon"): the same params in nanochat's groups, one ``kind='muon'`` group per
+shape; nanochat's compiled step is the baseline, FusedGate's ``nanochat()`` the contestant; charged the
+orthogonalisation's flops (no design bytes: the step is bound by its matrix products).
+
+A FusedGate backend that ``fusedgate.optimizer.BACKENDS`` lists beyond auto/reference/triton (a "compiled"
+reference path, say) gets the AdamW-preset, gated and ``nanochat()`` contestants of its own.
+
 A contestant that cannot run here raises :class:`Unavailable` with the reason; the suite reports it.
 Triton contestants need a CUDA device; on the CPU they run only when asked (``interpreter=True``), under
 Triton's interpreter, which checks that they run but times numpy, not a kernel.
@@ -28,8 +35,11 @@ from dataclasses import dataclass
 
 import torch
 
+from fusedgate import optimizer as O
 from fusedgate import reference as R
+from fusedgate.bench.nanochat_compiled import CompiledMuon
 from fusedgate.bench.workloads import Workload, ns_flops
+from fusedgate.nanochat.muon import MuonAdamW
 from fusedgate.optimizer import FusedGate
 from fusedgate.spec import GateSpec
 
@@ -37,6 +47,11 @@ NS_STEPS = 5
 TOTAL_STEPS = 10_000  # for FusedGate's step-fraction sensor
 STEP_CASES = ("matrix", "nanochat")
 NS_CASES = ("newton_schulz",)
+MUON_CASES = ("nanochat_muon",)
+# nanochat's Muon hyperparameters for the matrix groups (its d12/d20 presets' weight decay)
+MUON_GROUP = dict(lr=0.02, momentum=0.95, ns_steps=5, beta2=0.9, weight_decay=0.2)
+# FusedGate backends beyond these get contestants of their own (e.g. a "compiled" reference path)
+KNOWN_BACKENDS = ("auto", "reference", "triton")
 # Where the Triton Newton–Schulz is looked for: (module, function), called as fn(x, steps).
 TRITON_NS_LOCATIONS = (("fusedgate.kernels.newton_schulz", "newton_schulz_triton"),)
 
@@ -161,6 +176,37 @@ def fusedgate(
     return build
 
 
+# ---------------------------------------------------------------------------------------------- Muon steps
+def muon_groups(params: list[torch.nn.Parameter]) -> list[dict]:
+    """nanochat's matrix param groups: one ``kind='muon'`` group per shape (as ``GPT.param_groups``)."""
+    shapes = sorted({tuple(p.shape) for p in params})
+    return [dict(kind="muon", params=[p for p in params if tuple(p.shape) == shape], **MUON_GROUP) for shape in shapes]
+
+
+def muon_flops(workload: Workload) -> int:
+    """The orthogonalisation's flops: ``ns_flops`` of each matrix (the step's elementwise work left out)."""
+    return sum(ns_flops(rows, cols, MUON_GROUP["ns_steps"]) for rows, cols in workload.shapes)
+
+
+def muon_step(make_optimizer: Callable[[list[dict]], torch.optim.Optimizer], triton: bool = False) -> Callable:
+    """A Muon-case contestant: ``make_optimizer(groups)`` steps nanochat's matrix groups of the workload."""
+
+    def build(workload, dtype, device, interpreter=False):
+        if triton:
+            require_triton(device, interpreter)
+        params = make_params(workload, dtype, device)
+        optimizer = make_optimizer(muon_groups(params))
+        loss = torch.tensor(3.0, device=device)
+        return Setup(step=lambda: optimizer.step(loss=loss), bytes_moved=lambda: 0, flops=muon_flops(workload))
+
+    return build
+
+
+def fusedgate_muon(backend: str) -> Callable:
+    return muon_step(lambda groups: FusedGate(groups, spec=GateSpec.nanochat(), total_steps=TOTAL_STEPS,
+                                              backend=backend), triton=backend == "triton")
+
+
 # ---------------------------------------------------------------------------------------------- Newton–Schulz
 def ns_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -197,7 +243,7 @@ def ns_triton(workload, dtype, device, interpreter=False) -> Setup:
     return ns_setup(triton_newton_schulz(device, interpreter), workload, device)
 
 
-CONTESTANTS: tuple[Contestant, ...] = (
+CORE_CONTESTANTS: tuple[Contestant, ...] = (
     Contestant("adamw_fused", "torch.optim.AdamW(fused=True)", STEP_CASES, torch_adamw(fused=True)),
     Contestant("adamw_foreach", "torch.optim.AdamW(foreach=True)", STEP_CASES, torch_adamw(foreach=True)),
     Contestant(
@@ -237,7 +283,42 @@ CONTESTANTS: tuple[Contestant, ...] = (
         uses_triton=True,
     ),
 )
-BASELINE = {"matrix": "adamw_fused", "nanochat": "adamw_fused", "newton_schulz": "ns_torch"}
+
+
+
+def muon_contestants() -> tuple[Contestant, ...]:
+    """nanochat's Muon step, compiled and eager, and FusedGate's ``nanochat()`` on the Triton backend."""
+    return (
+        Contestant("nanochat_compiled", "nanochat's Muon step compiled as nanochat compiles it (per-stack "
+                   "torch.compile(fullgraph=True, dynamic=False), 0-D hyperparameter tensors; CPU: dynamo "
+                   "trace only)", MUON_CASES, muon_step(CompiledMuon)),
+        Contestant("nanochat_eager", "fusedgate.nanochat.muon.MuonAdamW (eager; the training baseline)",
+                   MUON_CASES, muon_step(MuonAdamW)),
+        Contestant("fg_nanochat_triton", "FusedGate, GateSpec.nanochat(), Triton backend", MUON_CASES,
+                   fusedgate_muon("triton"), uses_triton=True),
+    )
+
+
+def extra_backend_contestants(backends: tuple[str, ...] | None = None) -> tuple[Contestant, ...]:
+    """For each FusedGate backend beyond auto/reference/triton (e.g. "compiled"), the AdamW preset, the gated
+    step without orthogonalisation and ``nanochat()`` on that backend. ``backends``: by default
+    ``fusedgate.optimizer.BACKENDS`` as it is now."""
+    out = []
+    for backend in (b for b in (O.BACKENDS if backends is None else backends) if b not in KNOWN_BACKENDS):
+        out += [
+            Contestant(f"fg_adamw_{backend}", f"FusedGate, GateSpec.adamw(), {backend} backend", STEP_CASES,
+                       fusedgate(GateSpec.adamw, backend)),
+            Contestant(f"fg_gated_{backend}", f"FusedGate, default gated spec without orthogonalisation, "
+                       f"{backend} backend", STEP_CASES, fusedgate(gated_spec_without_ortho, backend)),
+            Contestant(f"fg_nanochat_{backend}", f"FusedGate, GateSpec.nanochat(), {backend} backend", MUON_CASES,
+                       fusedgate_muon(backend)),
+        ]
+    return tuple(out)
+
+
+CONTESTANTS = CORE_CONTESTANTS + muon_contestants() + extra_backend_contestants()
+BASELINE = {"matrix": "adamw_fused", "nanochat": "adamw_fused", "newton_schulz": "ns_torch",
+            "nanochat_muon": "nanochat_compiled"}
 
 
 def by_name(names: list[str] | None = None) -> list[Contestant]:

@@ -91,6 +91,19 @@ def _ns_cell(r: dict | None) -> str:
     return " · ".join(parts)
 
 
+def _muon_cell(r: dict | None) -> str:
+    if r is None:
+        return ""
+    if r["status"] == "interpreted":
+        return f"interpreted ({_time(r['median_ms'])})"
+    if r["status"] != "ok":
+        return r["status"]
+    parts = [_time(r["median_ms"]), f"{r['tflops']:.3g} TFLOP/s"]
+    if "ratio" in r:
+        parts.append(f"{r['ratio']:.2f}×")
+    return " · ".join(parts)
+
+
 def _table(records: list[dict], cell, contestants: list[str]) -> list[str]:
     rows: dict[tuple, dict[str, dict]] = {}
     for r in records:
@@ -113,11 +126,14 @@ def not_run(records: list[dict]) -> list[str]:
     return [f"- `{name}` {status}: {reason}" for (name, status), reason in reasons.items()]
 
 
-def markdown(run: dict) -> str:
+def markdown(run: dict, with_targets: bool = True) -> str:
+    """The tables of a run; ``with_targets=False`` leaves out the targets section (for a caller that renders
+    its own)."""
     env, copy, records = run["environment"], run["copy"], run["results"]
     names = list(run["contestants"])
     steps = [r for r in records if r["case"] in STEP_CASES]
     ns = [r for r in records if r["case"] == "newton_schulz"]
+    muon = [r for r in records if r["case"] == "nanochat_muon"]
     lines = [f"# FusedGate benchmark: {env['device']}", ""]
     if env["device_type"] != "cuda":
         lines += [
@@ -157,12 +173,23 @@ def markdown(run: dict) -> str:
             "",
         ]
         lines += _table(ns, _ns_cell, cols) + [""]
+    if muon:
+        cols = [n for n in names if any(r["contestant"] == n for r in muon)]
+        lines += [
+            "## nanochat's Muon step on the NanoChat matrix params",
+            "",
+            "Each cell: median time · TFLOP/s of the orthogonalisation (5 iterations per matrix) · time ÷ "
+            "`nanochat_compiled` time (< 1 is faster).",
+            "",
+        ]
+        lines += _table(muon, _muon_cell, cols) + [""]
     skipped = not_run(records)
     if skipped:
         lines += ["## Not run", ""] + skipped + [""]
-    lines += ["## Targets (measured, not asserted)", ""]
-    targets = [[t["target"], t["status"], t["detail"]] for t in run["targets"]]
-    lines += markdown_table(["target", "status", "detail"], targets).splitlines() + [""]
+    if with_targets:
+        lines += ["## Targets (measured, not asserted)", ""]
+        targets = [[t["target"], t["status"], t["detail"]] for t in run["targets"]]
+        lines += markdown_table(["target", "status", "detail"], targets).splitlines() + [""]
     lines += ["## Contestants", ""] + [f"- `{n}`: {d}" for n, d in run["contestants"].items()] + [""]
     return "\n".join(lines)
 

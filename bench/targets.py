@@ -9,6 +9,8 @@ from __future__ import annotations
 
 MIN_PARAMS = 4_000_000
 NS_TARGET_SIZE = "4096x4096"
+NANOCHAT_TARGET_SIZES = ("d12", "d20")
+TOKENS_TARGET = 0.99  # end-to-end tokens/s of each FusedGate run ÷ the baseline run's
 
 
 def _ok(records, contestant, dtype=None):
@@ -31,8 +33,9 @@ def _why_missing(records, contestant) -> str:
 
 def _judge(name: str, values: dict, limit: float, higher_is_better: bool, unit: str, missing: str) -> dict:
     """values: row key -> measured number; the worst row decides."""
+    goal = f"{'≥' if higher_is_better else '≤'} {limit:g}{unit}"
     if not values:
-        return {"target": name, "status": "not measured", "detail": missing}
+        return {"target": name, "status": "not measured", "goal": goal, "detail": missing}
     pick = min if higher_is_better else max
     worst_key = pick(values, key=values.get)
     worst = values[worst_key]
@@ -42,6 +45,8 @@ def _judge(name: str, values: dict, limit: float, higher_is_better: bool, unit: 
         "target": name,
         "status": "met" if met else "missed",
         "worst": worst,
+        "measured": f"{worst:.3g}{unit}",
+        "goal": goal,
         "rows": len(values),
         "detail": f"worst {worst:.3g}{unit} at {case} {size} {dtype} over {len(values)} rows",
     }
@@ -111,4 +116,38 @@ def evaluate(records: list[dict]) -> list[dict]:
             missing,
         )
     )
+    out.append(nanochat_target(records))
+    return out
+
+
+def nanochat_target(records) -> dict:
+    """FusedGate ``nanochat()`` on Triton ≤ 1.0× nanochat's compiled step, every dtype, d12 and d20."""
+    rows = [r for r in records if r["case"] == "nanochat_muon" and r["size"] in NANOCHAT_TARGET_SIZES]
+    ratios = {
+        (r["case"], r["size"], r["dtype"]): r["ratio"]
+        for r in rows
+        if r["contestant"] == "fg_nanochat_triton" and r["status"] == "ok" and "ratio" in r
+    }
+    reasons = sorted({r.get("reason", "") for r in rows if r["status"] != "ok"})
+    missing = "; ".join(reasons) if reasons else "no nanochat_muon d12/d20 rows in this run"
+    name = "nanochat() Triton step ≤ 1.0× nanochat's compiled step (d12, d20)"
+    return _judge(name, ratios, 1.0, False, "×", missing)
+
+
+def training_targets(runs: list[dict]) -> list[dict]:
+    """End-to-end tokens/s of each FusedGate run ≥ 0.99× the baseline's. ``runs``: ``TrainResult.summary()``
+    dicts (label, tokens_per_s, steps), the baseline labelled "baseline"."""
+    base = next((r for r in runs if r["label"] == "baseline" and r.get("tokens_per_s")), None)
+    out = []
+    for run in (r for r in runs if r["label"].startswith("fusedgate")):
+        name = f"{run['label']} training tokens/s ≥ {TOKENS_TARGET:g}× the baseline's"
+        values = {}
+        if base is not None and run.get("tokens_per_s"):
+            values[("train", run["label"], "")] = run["tokens_per_s"] / base["tokens_per_s"]
+        missing = "no baseline run with a tokens/s figure" if base is None else f"{run['label']} measured no steps"
+        target = _judge(name, values, TOKENS_TARGET, True, "×", missing)
+        if values:
+            target["detail"] = (f"{run['tokens_per_s']:,.0f} vs {base['tokens_per_s']:,.0f} tokens/s "
+                                f"({run['steps']} and {base['steps']} steps)")
+        out.append(target)
     return out

@@ -1,4 +1,5 @@
 """What the benchmark steps on: single matrices, NanoChat's matrix-parameter sets, Newton–Schulz inputs.
+The opt-in case ``nanochat_muon`` steps the NanoChat matrix sets with Muon (nanochat's optimizer).
 
 NanoChat shapes follow the project's own model (``fusedgate.nanochat.model``): width n_embd = depth·64
 (``GPTConfig.from_depth``), and per block the attention projections
@@ -14,7 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-CASES = ("matrix", "nanochat", "newton_schulz")
+CASES = ("matrix", "nanochat", "newton_schulz")  # the default run
+# opt-in (``--cases``): nanochat's Muon step on the NanoChat matrix sets, against nanochat's compiled step
+EXTRA_CASES = ("nanochat_muon",)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 # Sizes per run kind: "gpu" (the issue's list), "cpu" (small, for a CPU run), "quick" (CI smoke test).
@@ -51,8 +54,8 @@ def nanochat_shapes(depth: int) -> tuple[tuple[int, ...], ...]:
     return block * depth
 
 
-def nanochat_workload(depth: int) -> Workload:
-    return Workload("nanochat", f"d{depth}", nanochat_shapes(depth))
+def nanochat_workload(depth: int, case: str = "nanochat") -> Workload:
+    return Workload(case, f"d{depth}", nanochat_shapes(depth))
 
 
 def ns_workload(n: int) -> Workload:
@@ -77,4 +80,6 @@ def workloads(
         out += [nanochat_workload(d) for d in (depths or NANOCHAT_DEPTHS[kind])]
     if "newton_schulz" in cases:
         out += [ns_workload(n) for n in (ns_sizes or NS_SIZES[kind])]
+    if "nanochat_muon" in cases:
+        out += [nanochat_workload(d, "nanochat_muon") for d in (depths or NANOCHAT_DEPTHS[kind])]
     return out

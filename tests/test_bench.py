@@ -306,3 +306,32 @@ def test_cpu_step_benchmark_runs_and_reports_ratios():
     result = cpu_step.measure(depth=1, specs=("nanochat", "default"), blocks=2, block=1, warmup=1)
     assert set(result["median_ms"]) == {"baseline", "fusedgate:nanochat", "fusedgate:default"}
     assert result["ratio"]["baseline"] == 1.0 and all(v > 0 for v in result["median_ms"].values())
+
+
+def _muon_record(contestant, size, ratio, status="ok"):
+    return {"case": "nanochat_muon", "size": size, "dtype": "fp32", "params": 85_000_000,
+            "contestant": contestant, "status": status, "median_ms": ratio, "ratio": ratio}
+
+
+def test_the_nanochat_target_is_judged_on_the_worst_of_d12_and_d20():
+    from fusedgate.bench.targets import nanochat_target
+
+    records = [_muon_record("nanochat_compiled", "d12", 1.0), _muon_record("fg_nanochat_triton", "d12", 0.8),
+               _muon_record("fg_nanochat_triton", "d20", 1.2), _muon_record("fg_nanochat_triton", "d1", 9.0)]
+    target = nanochat_target(records)
+    assert target["status"] == "missed" and target["worst"] == 1.2 and "d20" in target["detail"]
+    assert target["goal"] == "≤ 1×" and target["measured"] == "1.2×"
+    assert nanochat_target(records[:2])["status"] == "met"
+    assert nanochat_target([])["status"] == "not measured"
+
+
+def test_training_targets_compare_each_fusedgate_run_with_the_baseline():
+    from fusedgate.bench.targets import training_targets
+
+    runs = [{"label": "baseline", "tokens_per_s": 1000.0, "steps": 300},
+            {"label": "fusedgate:nanochat", "tokens_per_s": 995.0, "steps": 300},
+            {"label": "fusedgate:default", "tokens_per_s": 900.0, "steps": 300}]
+    nanochat, default = training_targets(runs)
+    assert nanochat["status"] == "met" and nanochat["worst"] == pytest.approx(0.995)
+    assert default["status"] == "missed" and "900 vs 1,000 tokens/s" in default["detail"]
+    assert all(t["status"] == "not measured" for t in training_targets(runs[1:]))
