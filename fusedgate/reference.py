@@ -59,6 +59,9 @@ import torch
 
 from fusedgate import gate as G
 from fusedgate.spec import GateSpec
+from fusedgate.stack import AdamWHyper, Gate, MatrixHyper, Stack
+
+__all__ = ["MatrixHyper", "AdamWHyper", "Stack", "Gate"]   # re-exported: the types every backend takes
 
 # Quintic Newton–Schulz coefficients (a, b, c) from Keller Jordan's Muon.
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -73,20 +76,6 @@ POLAR_EXPRESS = (
 # (norm scale c, norm eps ε) of the pre-normalisation X = u/(c·‖u‖_F + ε)
 NORMALISATION = {"quintic": (1.0, 1e-7), "polar_express": (1.01, 1e-6)}
 ADAM_UPDATE_RMS = 0.2
-
-
-@dataclass(frozen=True)
-class MatrixHyper:
-    """Group hyperparameters of one gated step (host floats: read from param_groups)."""
-
-    lr: float
-    weight_decay: float
-    momentum: float   # μ: decay of the first moment and the Nesterov blend
-    eps: float
-    nesterov: bool
-    ns_steps: int
-    units: str        # "adam" | "muon"
-    normuon_beta2: float = 0.0   # β_N: decay of the NorMuon second moment
 
 
 @dataclass(frozen=True)
@@ -180,11 +169,13 @@ def normuon(x: torch.Tensor, second_moment: torch.Tensor, beta2: float) -> tuple
 def orthogonalise(u: torch.Tensor, engine: Engine, steps: int, second_moment: torch.Tensor | None = None,
                   beta2: float = 0.0, dtype: torch.dtype = torch.float32,
                   iterate: Callable = polar_iteration) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Step 4 of the module docstring on a stack u (k, rows, cols): (o in float32, the new NorMuon
-    second moment or None). ``iterate`` runs the polynomial iteration (the Triton backend may pass its own)."""
+    """Step 4 of the module docstring on a stack u (k, rows, cols): (o in float32 — float64 for a float64 u —,
+    the new NorMuon second moment or None). ``iterate`` runs the polynomial iteration (the Newton–Schulz
+    implementation: ``polar_iteration``, or the Triton kernels' ``polar_iteration_triton``)."""
+    work = torch.float64 if u.dtype == torch.float64 else torch.float32
     if engine.muon_eq:
-        u = muon_eq(u.float())
-    x = iterate(u, engine.coefficients(steps), *NORMALISATION[engine.orthogonaliser], dtype).float()
+        u = muon_eq(u.to(work))
+    x = iterate(u, engine.coefficients(steps), *NORMALISATION[engine.orthogonaliser], dtype).to(work)
     if engine.muon_plus:
         x = muon_plus(x)
     if engine.normuon:
@@ -211,31 +202,45 @@ def decay_scale(rows: int, cols: int, units: str) -> float:
     return shape_factor(rows, cols) if units == "muon" else 1.0
 
 
-def new_matrix_state(p: torch.Tensor, engine: Engine | None = None) -> dict:
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a parameter's update and state are computed in: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def new_matrix_state(p: torch.Tensor, engine: Engine | None = None, second_moment: bool = True) -> dict:
+    """A gated matrix's state; ``exp_avg_sq`` only with ``second_moment`` (some pole gives ω < 1)."""
+    work = compute_dtype(p.dtype)
     state = {
         "step": torch.zeros((), dtype=torch.float32, device=p.device),
-        "exp_avg": torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format),
-        "exp_avg_sq": torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format),
+        "exp_avg": torch.zeros_like(p, dtype=work, memory_format=torch.contiguous_format),
         "m_decay_prod": torch.ones((), dtype=torch.float64, device=p.device),
         "v_decay_prod": torch.ones((), dtype=torch.float64, device=p.device),
         "sensors": G.new_param_sensors(p.device),
     }
+    if second_moment:
+        state["exp_avg_sq"] = new_second_moment(p)
     if engine is not None and engine.normuon:
         state["normuon_sq"] = new_normuon_state(p)
     return state
 
 
+def new_second_moment(p: torch.Tensor) -> torch.Tensor:
+    """A zero ``exp_avg_sq`` for p (in its compute dtype)."""
+    return torch.zeros_like(p, dtype=compute_dtype(p.dtype), memory_format=torch.contiguous_format)
+
+
 def new_normuon_state(p: torch.Tensor) -> torch.Tensor:
-    """A zero NorMuon second moment for p: shape ``normuon_shape`` of its matrix view, float32."""
-    return torch.zeros(normuon_shape(*matrix_view_shape(p.shape)), dtype=torch.float32, device=p.device)
+    """A zero NorMuon second moment for p: shape ``normuon_shape`` of its matrix view, in its compute dtype."""
+    return torch.zeros(normuon_shape(*matrix_view_shape(p.shape)), dtype=compute_dtype(p.dtype), device=p.device)
 
 
 def new_adamw_state(p: torch.Tensor) -> dict:
+    work = compute_dtype(p.dtype)
     return {
         "step": torch.zeros((), dtype=torch.float32, device=p.device),
         "skipped": torch.zeros((), dtype=torch.float32, device=p.device),   # steps skipped for a non-finite gradient
-        "exp_avg": torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format),
-        "exp_avg_sq": torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format),
+        "exp_avg": torch.zeros_like(p, dtype=work, memory_format=torch.contiguous_format),
+        "exp_avg_sq": torch.zeros_like(p, dtype=work, memory_format=torch.contiguous_format),
         "m_decay_prod": torch.ones((), dtype=torch.float64, device=p.device),
         "v_decay_prod": torch.ones((), dtype=torch.float64, device=p.device),
     }
@@ -265,13 +270,18 @@ class StackFlags:
     """Host-side facts from the spec (False when every pole makes that work's weight exactly zero:
     ω = 0 for ``ortho``, k = ∞ for ``clip``, ω = 1 for ``adam``), so it is skipped without reading the
     device. ``host_checks``: the device is the host (CPU), so reading a flag costs nothing and the
-    masking of skipped steps can be left out when every gradient is finite."""
+    masking of skipped steps can be left out when every gradient is finite. ``engine``: the spec's
+    switches; ``ns_dtype`` the orthogonaliser's dtype (float64 stacks use float64) and ``iterate`` its
+    polynomial iteration (the Newton–Schulz implementation)."""
 
     ortho: bool
     clip: bool
     adam: bool
     host_checks: bool = False
     sensors: bool = True   # False: nothing reads the sensors (see ``FusedGate.reads_sensors``), skip their sums
+    engine: Engine = Engine()
+    ns_dtype: torch.dtype = torch.float32
+    iterate: Callable = polar_iteration
 
 
 def _dots(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -285,11 +295,23 @@ def _squares(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x, dim=(-2, -1)).square()
 
 
-def gated_matrix_stack(params: list[torch.Tensor], states: list[dict], hp: MatrixHyper, engine: Engine,
-                       act: dict[str, torch.Tensor | float], sensors: torch.Tensor, steps: torch.Tensor | None,
-                       flags: StackFlags,
-                       ns_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """One gated step of k parameters of one shape (see the module docstring), in place.
+@dataclass
+class _Directions:
+    """Steps 3–6 of one stack: ``terms`` the update's terms lr·A·T·c·direction (one per direction used),
+    ``d`` the blended direction (``o`` alone without the Adam direction, whose c_o > 0 only scales it),
+    ``o``/``c_o`` the orthogonal direction and its weight, ``updates`` the (state tensor, new value)
+    pairs copied back where the step is applied."""
+
+    terms: list
+    d: torch.Tensor | None
+    o: torch.Tensor | None
+    c_o: torch.Tensor | float
+    updates: list
+
+
+def gated_matrix_stack(stack: Stack, act: dict[str, torch.Tensor | float], sensors: torch.Tensor,
+                       steps: torch.Tensor | None, flags: StackFlags) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """One gated step of a stack of k parameters of one shape and dtype (the module docstring), in place.
 
     ``act`` holds (k,) float64 actuators update_mult, trust_mix, clip_inv, beta2, ortho — or Python floats
     shared by the stack, when the sensors are not measured (then trust_mix = 0 and clip_inv = 0); ``sensors``
@@ -297,106 +319,133 @@ def gated_matrix_stack(params: list[torch.Tensor], states: list[dict], hp: Matri
     Returns (the step's reductions (k, 6) in ``gate.SUMS`` order or None without ``flags.sensors``, the
     (k,) bool ``applied``); the caller folds them into the sensors with ``gate.observe_param`` and advances
     the step counts. The state tensors are packed (``pack``) and updated in place."""
-    k, shape = len(params), params[0].shape
+    k, shape = len(stack.params), stack.params[0].shape
     rows, cols = matrix_view_shape(shape)
-    view = (k, rows, cols)
-    # (k,) float64 scalars → float32 (k, 1, 1), as a 0-d tensor would round; a Python float rounds the same way
-    col = lambda t: t if isinstance(t, float) else t.float().view(k, 1, 1)
+    view, work = (k, rows, cols), compute_dtype(stack.params[0].dtype)
+    # (k,) float64 scalars → (k, 1, 1) in the compute dtype, as a 0-d tensor would round; a float rounds the same
+    col = lambda t: t if isinstance(t, float) else t.to(work).view(k, 1, 1)
     # (no .detach(): the optimizer steps under torch.no_grad, and each detach is one more dispatch)
-    P = torch.stack(params).view(view).float()
-    g = torch.stack([p.grad for p in params]).view(view).float()
-    m = pack(states, "exp_avg").view(view)
+    P = torch.stack(stack.params).view(view).to(work)
+    g = torch.stack(stack.grads).view(view).to(work)
+    m = pack(stack.states, "exp_avg").view(view)
     # finite iff the sum is: NaN and ±inf propagate through a sum (a finite gradient whose elements sum
     # past ±3.4e38 would read as non-finite and be skipped: such a step could not be applied anyway)
     applied = torch.isfinite(g.sum(dim=(-2, -1)))
     masked = not (flags.host_checks and bool(applied.all()))
-
     if flags.clip:
-        rms = sensors[:, G.S_GRAD_NORM] / math.sqrt(rows * cols)
-        active = (steps > 0) & (rms > 0) & (act["clip_inv"] > 0)
-        threshold = col(torch.where(active, rms / act["clip_inv"].clamp_min(1e-30), math.inf))
-        # clamp, in place (g is this step's own stacked copy): min/max are 3× faster than clamp with tensor
-        # bounds, and every large temporary avoided is an allocation (and its page faults) saved
-        torch.minimum(torch.maximum(g, -threshold, out=g), threshold, out=g)
-
-    mu = hp.momentum
-    # the sums that read the old m are taken first; then m advances in place unless a skipped step must undo it
+        _clip_(g, act["clip_inv"], sensors, steps, col)
+    # 2. the sums that read the old m are taken first; then m advances in place unless a skipped step must undo it
     old_m_sums = (_dots(g, m), _squares(m)) if flags.sensors else None
-    in_place = not masked
-    m_new = m.lerp_(g, 1.0 - mu) if in_place else torch.lerp(m, g, 1.0 - mu)
+    mu = stack.hyper.momentum
+    m_new = torch.lerp(m, g, 1.0 - mu) if masked else m.lerp_(g, 1.0 - mu)
+    dirs = _directions(stack, g, m_new, act, sensors, flags, col)
+    P_new, decrement = _decayed_update(P, dirs, stack.hyper, flags.engine, rows, cols)
+    sums = _step_sums(g, old_m_sums, P, P_new, decrement, dirs, flags.adam) if flags.sensors else None
+    _write_back(stack, applied if masked else None, P_new, P, m, m_new, dirs.updates)
+    return sums, applied
+
+
+def _clip_(g: torch.Tensor, clip_inv: torch.Tensor, sensors: torch.Tensor, steps: torch.Tensor, col) -> None:
+    """Step 1, in place on g (this step's own stacked copy): each element clamped to ±k·G/√N."""
+    rms = sensors[:, G.S_GRAD_NORM] / math.sqrt(g.size(-2) * g.size(-1))
+    active = (steps > 0) & (rms > 0) & (clip_inv > 0)
+    threshold = col(torch.where(active, rms / clip_inv.clamp_min(1e-30), math.inf))
+    # min/max are 3× faster than clamp with tensor bounds, and every large temporary avoided is an
+    # allocation (and its page faults) saved
+    torch.minimum(torch.maximum(g, -threshold, out=g), threshold, out=g)
+
+
+def _directions(stack: Stack, g: torch.Tensor, m_new: torch.Tensor, act: dict, sensors: torch.Tensor,
+                flags: StackFlags, col) -> _Directions:
+    """Steps 2–6 past the first moment: P₁, the Adam direction (v, P₂ advanced), the orthogonal direction
+    (NorMuon's moment advanced), the blend weights c_a, c_o and the trust-scaled step size."""
+    hp, states = stack.hyper, stack.states
+    rows, cols = g.size(-2), g.size(-1)
     m_decay = pack(states, "m_decay_prod")
-    p1 = m_decay * mu
+    p1 = m_decay * hp.momentum
     c_a, c_o = direction_coefficients(rows, cols, act["ortho"], hp.units)
     tau = act["trust_mix"]
     trust = 1.0 if isinstance(tau, float) and tau == 0.0 else (1.0 - tau) + tau * sensors[:, G.S_TRUST_RATIO].double()
     step_size = hp.lr * act["update_mult"] * trust
-
-    step_terms, d = [], None   # at least one direction is used: ω < 1 or ω > 0 in some pole
-    if flags.adam:
-        v = pack(states, "exp_avg_sq").view(view)
+    out = _Directions(terms=[], d=None, o=None, c_o=c_o, updates=[(m_decay, p1)])
+    if flags.adam:   # at least one direction is used: ω < 1 or ω > 0 in some pole
+        v = pack(states, "exp_avg_sq").view(g.shape)
         beta2 = act["beta2"]
         v_new = v * col(beta2) + col(1.0 - beta2) * g * g
         v_decay = pack(states, "v_decay_prod")
         p2 = v_decay * beta2
         c_a = c_a / (1.0 - p1)
         adam_raw = m_new / (v_new.sqrt() / col((1.0 - p2).sqrt()) + hp.eps)   # Adam direction times (1 − P₁)
-        step_terms.append(col(step_size * c_a) * adam_raw)
-        d = col(c_a) * adam_raw
+        out.terms.append(col(step_size * c_a) * adam_raw)
+        out.d = col(c_a) * adam_raw
+        out.updates += [(v, v_new), (v_decay, p2)]
     if flags.ortho:
-        source = torch.lerp(g, m_new, mu) if hp.nesterov else m_new
-        moment = pack(states, "normuon_sq") if engine.normuon else None
-        o, moment_new = orthogonalise(source, engine, hp.ns_steps, moment, hp.normuon_beta2, ns_dtype)
-        step_terms.append(col(step_size * c_o) * o)
+        source = torch.lerp(g, m_new, hp.momentum) if hp.nesterov else m_new
+        moment = pack(states, "normuon_sq") if flags.engine.normuon else None
+        ns_dtype = torch.float64 if g.dtype == torch.float64 else flags.ns_dtype
+        o, moment_new = orthogonalise(source, flags.engine, hp.ns_steps, moment, hp.normuon_beta2, ns_dtype,
+                                      flags.iterate)
+        out.terms.append(col(step_size * c_o) * o)
         # without the Adam direction d = c_o·o with c_o > 0 is never formed: the cautious mask reads the sign
         # of o·p, and ‖d‖² = c_o²·‖o‖²
-        d = o if d is None else d + col(c_o) * o
+        out.o, out.d = o, (o if out.d is None else out.d + col(c_o) * o)
+        if moment is not None:
+            out.updates.append((moment, moment_new))
+    return out
+
+
+def _decayed_update(P: torch.Tensor, dirs: _Directions, hp: MatrixHyper, engine: Engine, rows: int,
+                    cols: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Step 7: (the new parameters, the cautious decrement or None for the decoupled decay)."""
     if engine.cautious_wd and hp.weight_decay != 0.0:
         wd = hp.lr * decay_scale(rows, cols, hp.units) * hp.weight_decay
-        update = step_terms[0] if len(step_terms) == 1 else step_terms[0] + step_terms[1]
-        decrement = update + wd * P * (d * P >= 0).to(P.dtype)
-        P_new = P - decrement   # nanochat's op order: p − (lr·o + lr·wd·p·mask)
-    else:
-        decrement = None
-        P_new = P * (1.0 - hp.lr * hp.weight_decay)
-        for term in step_terms:
-            P_new = P_new - term
+        update = dirs.terms[0] if len(dirs.terms) == 1 else dirs.terms[0] + dirs.terms[1]
+        decrement = update + wd * P * (dirs.d * P >= 0).to(P.dtype)
+        return P - decrement, decrement   # nanochat's op order: p − (lr·o + lr·wd·p·mask)
+    P_new = P * (1.0 - hp.lr * hp.weight_decay)
+    for term in dirs.terms:
+        P_new = P_new - term
+    return P_new, None
 
-    sums = None
-    if flags.sensors:
-        dd = _squares(d) if flags.adam else _squares(o) * torch.as_tensor(c_o, dtype=torch.float64).float() ** 2
-        step_norm = _squares(decrement if decrement is not None else P_new - P)   # ‖Δp‖² (up to rounding)
-        sums = torch.stack([_squares(g), *old_m_sums, _squares(P), dd.expand(k), step_norm], dim=1)
+
+def _step_sums(g, old_m_sums, P, P_new, decrement, dirs: _Directions, adam: bool) -> torch.Tensor:
+    """Step 8: (k, 6) reductions ‖g̃‖², g̃·m₋, ‖m₋‖², ‖p₋‖², ‖d‖², ‖Δp‖² (the last up to rounding)."""
+    k = g.size(0)
+    dd = _squares(dirs.d) if adam else _squares(dirs.o) * torch.as_tensor(dirs.c_o, dtype=torch.float64).float() ** 2
+    step_norm = _squares(decrement if decrement is not None else P_new - P)
+    return torch.stack([_squares(g), *old_m_sums, _squares(P), dd.expand(k), step_norm], dim=1)
+
+
+def _write_back(stack: Stack, applied: torch.Tensor | None, P_new, P, m, m_new, updates: list) -> None:
+    """Copy the new parameters, first moment and state back where the step is applied (``applied`` None:
+    every gradient is known finite, nothing to mask)."""
+    k, shape = len(stack.params), tuple(stack.params[0].shape)
 
     def keep(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-        """new where the step is applied, else old (a no-op when every gradient is known finite)."""
-        return torch.where(applied.view((k,) + (1,) * (new.dim() - 1)), new, old) if masked else new
+        return new if applied is None else torch.where(applied.view((k,) + (1,) * (new.dim() - 1)), new, old)
 
-    torch._foreach_copy_(params, list(keep(P_new, P).view((k,) + tuple(shape)).unbind(0)))
-    if not in_place:
+    torch._foreach_copy_(stack.params, list(keep(P_new, P).view((k,) + shape).unbind(0)))
+    if m_new is not m:
         m.copy_(keep(m_new, m))
-    m_decay.copy_(keep(p1, m_decay))
-    if flags.adam:
-        v.copy_(keep(v_new, v))
-        v_decay.copy_(keep(p2, v_decay))
-    if flags.ortho and engine.normuon:
-        moment.copy_(keep(moment_new, moment))
-    return sums, applied
+    for stored, new in updates:
+        stored.copy_(keep(new, stored))
 
 
-def adamw_step(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, betas: tuple[float, float],
-               eps: float, weight_decay: float, host_checks: bool = False) -> torch.Tensor:
+def adamw_step(p: torch.Tensor, grad: torch.Tensor, state: dict, hp: AdamWHyper,
+               host_checks: bool = False) -> torch.Tensor:
     """One AdamW step in nanochat's op order (the same math as torch's AdamW), in place; skipped when the
     gradient is not finite (counted in ``state['skipped']``). ``host_checks`` as in ``StackFlags``: on the host
     the finiteness is read first and the step runs in place or not at all. Returns the 0-d bool ``applied``."""
-    beta1, beta2 = betas
-    g = grad.detach().float()
+    lr, beta1, beta2, eps, weight_decay = hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay
+    work = compute_dtype(p.dtype)
+    g = grad.detach().to(work)
     applied = torch.isfinite(g.sum())   # as in gated_matrix_stack
     m, v = state["exp_avg"], state["exp_avg_sq"]
     if host_checks:
         if bool(applied):
             p1 = state["m_decay_prod"].mul_(beta1)
             p2 = state["v_decay_prod"].mul_(beta2)
-            P = p.detach() if p.dtype == torch.float32 else p.detach().float()
+            P = p.detach() if p.dtype == work else p.detach().to(work)
             P.mul_(1.0 - lr * weight_decay)
             m.lerp_(g, 1.0 - beta1)
             v.lerp_(g.square(), 1.0 - beta2)
@@ -413,7 +462,7 @@ def adamw_step(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, beta
     p1 = state["m_decay_prod"] * beta1
     p2 = state["v_decay_prod"] * beta2
     denom = (v_new / (1.0 - p2)).sqrt() + eps
-    P = p.detach().float()
+    P = p.detach().to(work)
     P_new = P * (1.0 - lr * weight_decay) + (-lr / (1.0 - p1)) * m_new / denom
     m.copy_(torch.where(applied, m_new, m))
     v.copy_(torch.where(applied, v_new, v))
@@ -423,3 +472,74 @@ def adamw_step(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, beta
     state["skipped"].add_((~applied).float())
     p.detach().copy_(torch.where(applied, P_new, P))
     return applied
+
+
+# ---------------------------------------------------------------------------------------------- the backend
+def gated_step(stacks: list[Stack], gate: Gate, *, iterate: Callable = polar_iteration,
+               cache: dict | None = None) -> None:
+    """The reference backend of ``fusedgate.functional.gated_step``: every stack's step, in place.
+
+    The gated stacks' gate and sensor EMAs are computed for all their matrices at once (state packed,
+    see ``pack``), the update per run of same-shape, same-dtype matrices (``gated_matrix_stack``); the
+    AdamW stacks parameter by parameter (``adamw_step``). ``iterate``: the Newton–Schulz implementation.
+    ``cache`` is unused here (the Triton backend keeps its launch tables in it): every backend takes the
+    same arguments."""
+    gated = [stack for stack in stacks if stack.gated and stack.params]
+    if gated:
+        _gated_stacks(gated, gate, iterate)
+    for stack in stacks:
+        if not stack.gated:
+            host_checks = bool(stack.params) and stack.params[0].device.type == "cpu"
+            for p, grad, state in zip(stack.params, stack.grads, stack.states):
+                adamw_step(p, grad, state, stack.hyper, host_checks)
+
+
+def _gated_stacks(stacks: list[Stack], gate: Gate, iterate: Callable) -> None:
+    states = [state for stack in stacks for state in stack.states]
+    device = stacks[0].params[0].device
+    sensors = pack(states, "sensors")
+    # applied-step counts before this step (the update advances the packed counts); read by the gate only
+    steps = pack(states, "step").clone() if gate.measures else None
+    act = G.step_actuators(gate, sensors, steps, [stack.modulation for stack in stacks for _ in stack.params])
+    ortho, adam, clip = gate.uses
+    flags = StackFlags(ortho=ortho, clip=clip, adam=adam, host_checks=device.type == "cpu", sensors=gate.measures,
+                       engine=Engine.of(gate.spec), ns_dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+                       iterate=iterate)
+    sums = torch.empty(len(states), len(G.SUMS), dtype=torch.float32, device=device)
+    applied = torch.empty(len(states), dtype=torch.bool, device=device)
+    offset = 0
+    for stack in stacks:
+        for run in same_shape_runs(stack.params):
+            at = slice(offset + run[0], offset + run[-1] + 1)
+            if len(run) != run[-1] - run[0] + 1:
+                at = torch.tensor([offset + i for i in run], device=device)
+            run_act = {k: v if isinstance(v, float) else v[at] for k, v in act.items()}
+            s, a = gated_matrix_stack(take(stack, run), run_act, sensors[at], None if steps is None else steps[at],
+                                      flags)
+            if gate.measures:
+                sums[at] = s
+            applied[at] = a
+        offset += len(stack.params)
+    if gate.measures:
+        G.observe_param(sensors, steps, gate.spec, sums, applied)
+    if flags.host_checks and bool(applied.all()):
+        pack(states, "step").add_(1.0)
+    else:
+        if not gate.measures:
+            sensors[:, G.S_SKIPPED] += (~applied).float()
+        pack(states, "step").add_(applied.float())
+
+
+def same_shape_runs(params: list[torch.Tensor]) -> list[list[int]]:
+    """Indices of ``params`` grouped by shape and dtype (first-seen order; consecutive when the group's
+    params of one shape are)."""
+    runs: dict[tuple, list[int]] = {}
+    for i, p in enumerate(params):
+        runs.setdefault((tuple(p.shape), p.dtype), []).append(i)
+    return list(runs.values())
+
+
+def take(stack: Stack, indices: list[int]) -> Stack:
+    """The sub-stack of ``stack`` at ``indices``."""
+    return Stack([stack.params[i] for i in indices], [stack.grads[i] for i in indices],
+                 [stack.states[i] for i in indices], stack.hyper, stack.modulation)
