@@ -124,14 +124,7 @@ def resolve_mode(mode: str, group=None) -> str | None:
         raise ValueError(f"distributed={mode!r} is not one of {MODES}")
     if group is not None and (not dist.is_initialized() or dist.get_rank(group) < 0):
         raise ValueError("process_group: this rank is not a member of the given process group")
-    world = world_size(group)
-    if world == 1:
-        return None
-    if mode == "auto":
-        raise ValueError(f"torch.distributed is initialised with {world} ranks: pass distributed='replicated' "
-                         "(model wrapped in DDP, gradients already averaged) or distributed='zero2' (no DDP: "
-                         "FusedGate averages the gradients and shards its own state)")
-    return mode
+    return None if world_size(group) == 1 else mode
 
 
 def refuse_dtensor(p: torch.Tensor) -> None:

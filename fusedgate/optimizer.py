@@ -29,7 +29,7 @@ from fusedgate import gate as G
 from fusedgate import reference as R
 from fusedgate import state_checks
 from fusedgate.spec import GateSpec
-from fusedgate.stack import AdamWHyper, Gate, MatrixHyper, Modulation, Stack
+from fusedgate.stack import AdamWHyper, Gate, MatrixHyper, Modulation, Stack, uses
 
 KINDS = (None, "adamw", "muon")
 DEFAULT_ADAMW_NAMES = ("embed", "wte", "wpe", "lm_head")
@@ -104,9 +104,8 @@ class FusedGate(torch.optim.Optimizer):
             if p.is_complex():
                 raise TypeError("FusedGate does not support complex parameters; view them as real "
                                 "(torch.view_as_real) first")
-            if p.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-                raise TypeError(f"FusedGate computes in float32 and would round {p.dtype} parameters every step: "
-                                "use float32/bfloat16/float16 parameters, or torch.optim for float64")
+            if p.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+                raise TypeError(f"FusedGate takes float32/bfloat16/float16/float64 parameters, got {p.dtype}")
             if kind == "muon" and p.ndim < 2:
                 raise ValueError(f"a kind='muon' group holds a {p.ndim}-D parameter of shape {tuple(p.shape)}; "
                                  "Muon groups take matrices only")
@@ -214,7 +213,7 @@ class FusedGate(torch.optim.Optimizer):
         """p's state, created on its first step; completed when the spec now needs what it lacks (NorMuon's
         moment, the second moment of a pole with ω < 1) and rid of an ``exp_avg_sq`` nothing reads."""
         state = self.state[p]
-        second_moment = True   # (B1: only where some pole gives ω < 1)
+        second_moment = uses(self.spec)[1]
         if not state:
             state.update(R.new_matrix_state(p, R.Engine.of(self.spec), second_moment) if gated
                          else R.new_adamw_state(p))
@@ -287,7 +286,7 @@ class FusedGate(torch.optim.Optimizer):
         extra = state_dict["fusedgate"]
         # Validated: let torch load the groups (hyperparameters) with no state, then place the state ourselves.
         super().load_state_dict({"state": {}, "param_groups": state_dict["param_groups"]})
-        second_moment = True
+        second_moment = uses(spec)[1]
         for pid, pstate in state_dict.get("state", {}).items():
             p = id_to_param[pid]
             state = {k: torch.as_tensor(v).detach().to(device=p.device, copy=True) for k, v in pstate.items()
