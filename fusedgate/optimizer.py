@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from fusedgate import checks as C
 from fusedgate import distributed as D
 from fusedgate import functional as F
 from fusedgate import gate as G
@@ -65,9 +66,7 @@ class FusedGate(torch.optim.Optimizer):
             raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
         F.newton_schulz(newton_schulz)   # fail now, clearly, on a bad name or a missing Triton
         self.spec = spec
-        if total_steps is not None and (not isinstance(total_steps, int) or total_steps <= 0):
-            raise ValueError(f"total_steps={total_steps!r} must be a positive int or None")
-        self.total_steps = total_steps
+        self.total_steps = C.check_total_steps(total_steps)
         self.backend = backend
         self.newton_schulz = newton_schulz
         self.adamw_names = tuple(adamw_names)
@@ -112,6 +111,8 @@ class FusedGate(torch.optim.Optimizer):
         if kind == "muon" and self.spec.normuon and not has_beta2:
             raise ValueError("a kind='muon' param group needs 'beta2' (the NorMuon decay) while the spec's "
                              "normuon is on")
+        gated = any(self.is_gated(group, i, p) for i, p in enumerate(group["params"]))
+        C.check_group(f"param group {index}", group, orthogonalises=gated and uses(self.spec)[0])
         if self.spec.orthogonaliser == "polar_express" and group["ns_steps"] > len(R.POLAR_EXPRESS):
             raise ValueError(f"param group ns_steps={group['ns_steps']}: orthogonaliser='polar_express' has "
                              f"{len(R.POLAR_EXPRESS)} coefficient triples")
@@ -150,9 +151,9 @@ class FusedGate(torch.optim.Optimizer):
             with torch.enable_grad():
                 closure_loss = closure()
         loss = closure_loss if loss is None else loss
-        if torch.is_tensor(loss) and loss.numel() != 1:
-            raise ValueError(f"step(loss=...) takes a scalar (a 0-d tensor or a float), got a tensor of shape "
-                             f"{tuple(loss.shape)}")
+        C.check_loss(loss)
+        for gi, group in enumerate(self.param_groups):
+            C.check_scheduled(f"param group {gi}", group)   # what a scheduler may have written
         device = next((p.device for group in self.param_groups for p in group["params"]), torch.device("cpu"))
         # a spec that reads no sensor has no use for the loss: it is neither averaged over ranks nor observed
         sensed_loss = loss if self.reads_sensors else None
