@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from fusedgate import GateSpec
 from fusedgate import reference as R
 from fusedgate.bench import contestants as C
 from fusedgate.bench import report, suite
@@ -263,13 +264,17 @@ def test_out_must_be_a_folder(tmp_path, capsys):
 
 
 def test_design_bytes_formula_is_independent_of_the_optimizer():
-    """step_bytes against a hand count for a bf16 param with fp32 state."""
+    """step_bytes against a hand count for a bf16 param with fp32 state (with a second moment: a spec whose
+    poles give the Adam direction weight; without one at ω ≡ 1, where FusedGate keeps none)."""
     p = torch.nn.Parameter(torch.randn(3, 5, dtype=torch.bfloat16))
     p.grad = torch.randn(3, 5, dtype=torch.bfloat16)
-    optimizer = C.FusedGate([p], backend="reference")
+    optimizer = C.FusedGate([p], spec=GateSpec.adamw(), backend="reference")
     optimizer.step()
     assert C.step_bytes([p], optimizer) == 15 * (2 + 2 + 2 + 2 * (4 + 4))
     assert math.isclose(C.step_bytes([p], optimizer) / 15, 22)
+    muon = C.FusedGate([p], spec=GateSpec.default(), backend="reference")
+    muon.step()
+    assert C.step_bytes([p], muon) == 15 * (2 + 2 + 2 + 2 * 4)
 
 
 def test_an_interrupted_run_never_replaces_a_complete_one(quick_run, tmp_path):
