@@ -51,6 +51,7 @@ with the same non-finite skip.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -160,7 +161,7 @@ def normuon(x: torch.Tensor, second_moment: torch.Tensor, beta2: float) -> tuple
     axis = normuon_axis(x.size(-2), x.size(-1))
     q = x.square().mean(dim=axis, keepdim=True)
     norm_before = (q.sum(dim=(-2, -1), keepdim=True) * x.size(axis)).sqrt()
-    second_moment = second_moment.lerp(q, 1 - beta2)
+    second_moment = second_moment.lerp(q, weight(1 - beta2, q))
     scale = second_moment.clamp_min(1e-10).rsqrt()
     norm_after = ((q * x.size(axis)) * scale.square()).sum(dim=(-2, -1), keepdim=True).sqrt()
     return x * (scale * norm_before / norm_after.clamp_min(1e-10)), second_moment
@@ -200,6 +201,12 @@ def shape_factor(rows: int, cols: int) -> float:
 def decay_scale(rows: int, cols: int, units: str) -> float:
     """σ̂: the factor of lr·wd in the cautious decay (σ in Muon units, 1 in Adam units)."""
     return shape_factor(rows, cols) if units == "muon" else 1.0
+
+
+def weight(w: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+    """A lerp weight: a float as it is; a 0-D tensor (the compiled backend's hyperparameters, float64) in
+    ``like``'s dtype, which is how torch rounds a float weight."""
+    return w if isinstance(w, float) else w.to(like.dtype)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -272,7 +279,8 @@ class StackFlags:
     device. ``host_checks``: the device is the host (CPU), so reading a flag costs nothing and the
     masking of skipped steps can be left out when every gradient is finite. ``engine``: the spec's
     switches; ``ns_dtype`` the orthogonaliser's dtype (float64 stacks use float64) and ``iterate`` its
-    polynomial iteration (the Newton–Schulz implementation)."""
+    polynomial iteration (the Newton–Schulz implementation); ``decays``: the group's weight decay is not 0.
+    ``flags.engine``/``decays`` decide whether the cautious decay runs."""
 
     ortho: bool
     clip: bool
@@ -280,6 +288,7 @@ class StackFlags:
     host_checks: bool = False
     sensors: bool = True   # False: nothing reads the sensors (see ``FusedGate.reads_sensors``), skip their sums
     engine: Engine = Engine()
+    decays: bool = True    # the group's weight decay is not 0 (the cautious decay's mask is formed only then)
     ns_dtype: torch.dtype = torch.float32
     iterate: Callable = polar_iteration
 
@@ -319,30 +328,52 @@ def gated_matrix_stack(stack: Stack, act: dict[str, torch.Tensor | float], senso
     Returns (the step's reductions (k, 6) in ``gate.SUMS`` order or None without ``flags.sensors``, the
     (k,) bool ``applied``); the caller folds them into the sensors with ``gate.observe_param`` and advances
     the step counts. The state tensors are packed (``pack``) and updated in place."""
-    k, shape = len(stack.params), stack.params[0].shape
-    rows, cols = matrix_view_shape(shape)
-    view, work = (k, rows, cols), compute_dtype(stack.params[0].dtype)
-    # (k,) float64 scalars → (k, 1, 1) in the compute dtype, as a 0-d tensor would round; a float rounds the same
-    col = lambda t: t if isinstance(t, float) else t.to(work).view(k, 1, 1)
-    # (no .detach(): the optimizer steps under torch.no_grad, and each detach is one more dispatch)
-    P = torch.stack(stack.params).view(view).to(work)
-    g = torch.stack(stack.grads).view(view).to(work)
-    m = pack(stack.states, "exp_avg").view(view)
+    P, g, moments = stacked(stack, flags)
     # finite iff the sum is: NaN and ±inf propagate through a sum (a finite gradient whose elements sum
     # past ±3.4e38 would read as non-finite and be skipped: such a step could not be applied anyway)
     applied = torch.isfinite(g.sum(dim=(-2, -1)))
     masked = not (flags.host_checks and bool(applied.all()))
+    sums, P_new, updates = stack_update(P, g, moments, act, sensors, steps, stack.hyper, flags, in_place=not masked)
+    write_back(stack.params, applied if masked else None, P_new, P, updates)
+    return sums, applied
+
+
+def stacked(stack: Stack, flags: StackFlags) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(P, g, the state's packed moments) of a stack, each viewed (k, rows, cols) (NorMuon's (k, ·, ·),
+    the decay products (k,)); P and g are fresh copies in the compute dtype."""
+    k, shape = len(stack.params), stack.params[0].shape
+    view, work = (k, *matrix_view_shape(shape)), compute_dtype(stack.params[0].dtype)
+    # (no .detach(): the optimizer steps under torch.no_grad, and each detach is one more dispatch)
+    P = torch.stack(stack.params).view(view).to(work)
+    g = torch.stack(stack.grads).view(view).to(work)
+    moments = {"exp_avg": pack(stack.states, "exp_avg").view(view), "m_decay": pack(stack.states, "m_decay_prod")}
+    if flags.adam:
+        moments.update(exp_avg_sq=pack(stack.states, "exp_avg_sq").view(view),
+                       v_decay=pack(stack.states, "v_decay_prod"))
+    if flags.ortho and flags.engine.normuon:
+        moments["normuon"] = pack(stack.states, "normuon_sq")
+    return P, g, moments
+
+
+def stack_update(P: torch.Tensor, g: torch.Tensor, moments: dict, act: dict, sensors: torch.Tensor,
+                 steps: torch.Tensor | None, hp: MatrixHyper, flags: StackFlags, in_place: bool = False):
+    """Steps 1–8 on stacked tensors, reading nothing on the host: (the sums or None, the new P, the
+    (state tensor, new value) pairs). The scalars of ``hp`` and ``act`` are floats (eager) or 0-D / (k,)
+    float64 tensors (the compiled backend compiles this function); ``in_place`` advances m in place."""
+    k, rows, cols = g.shape
+    col = lambda t: t if isinstance(t, float) else t.to(g.dtype).view(k, 1, 1)   # (k,) → (k, 1, 1), rounded
     if flags.clip:
         _clip_(g, act["clip_inv"], sensors, steps, col)
-    # 2. the sums that read the old m are taken first; then m advances in place unless a skipped step must undo it
+    # 2. the sums that read the old m are taken first; then m advances (in place when nothing can be undone)
+    m = moments["exp_avg"]
     old_m_sums = (_dots(g, m), _squares(m)) if flags.sensors else None
-    mu = stack.hyper.momentum
-    m_new = torch.lerp(m, g, 1.0 - mu) if masked else m.lerp_(g, 1.0 - mu)
-    dirs = _directions(stack, g, m_new, act, sensors, flags, col)
-    P_new, decrement = _decayed_update(P, dirs, stack.hyper, flags.engine, rows, cols)
+    w = weight(1.0 - hp.momentum, m)
+    m_new = m.lerp_(g, w) if in_place else torch.lerp(m, g, w)
+    dirs = _directions(g, m_new, moments, act, sensors, hp, flags, col)
+    cautious = flags.engine.cautious_wd and flags.decays
+    P_new, decrement = _decayed_update(P, dirs, hp, cautious, rows, cols)
     sums = _step_sums(g, old_m_sums, P, P_new, decrement, dirs, flags.adam) if flags.sensors else None
-    _write_back(stack, applied if masked else None, P_new, P, m, m_new, dirs.updates)
-    return sums, applied
+    return sums, P_new, ([] if in_place else [(m, m_new)]) + dirs.updates
 
 
 def _clip_(g: torch.Tensor, clip_inv: torch.Tensor, sensors: torch.Tensor, steps: torch.Tensor, col) -> None:
@@ -355,13 +386,12 @@ def _clip_(g: torch.Tensor, clip_inv: torch.Tensor, sensors: torch.Tensor, steps
     torch.minimum(torch.maximum(g, -threshold, out=g), threshold, out=g)
 
 
-def _directions(stack: Stack, g: torch.Tensor, m_new: torch.Tensor, act: dict, sensors: torch.Tensor,
-                flags: StackFlags, col) -> _Directions:
+def _directions(g: torch.Tensor, m_new: torch.Tensor, moments: dict, act: dict, sensors: torch.Tensor,
+                hp: MatrixHyper, flags: StackFlags, col) -> _Directions:
     """Steps 2–6 past the first moment: P₁, the Adam direction (v, P₂ advanced), the orthogonal direction
     (NorMuon's moment advanced), the blend weights c_a, c_o and the trust-scaled step size."""
-    hp, states = stack.hyper, stack.states
     rows, cols = g.size(-2), g.size(-1)
-    m_decay = pack(states, "m_decay_prod")
+    m_decay = moments["m_decay"]
     p1 = m_decay * hp.momentum
     c_a, c_o = direction_coefficients(rows, cols, act["ortho"], hp.units)
     tau = act["trust_mix"]
@@ -369,10 +399,8 @@ def _directions(stack: Stack, g: torch.Tensor, m_new: torch.Tensor, act: dict, s
     step_size = hp.lr * act["update_mult"] * trust
     out = _Directions(terms=[], d=None, o=None, c_o=c_o, updates=[(m_decay, p1)])
     if flags.adam:   # at least one direction is used: ω < 1 or ω > 0 in some pole
-        v = pack(states, "exp_avg_sq").view(g.shape)
-        beta2 = act["beta2"]
+        v, v_decay, beta2 = moments["exp_avg_sq"], moments["v_decay"], act["beta2"]
         v_new = v * col(beta2) + col(1.0 - beta2) * g * g
-        v_decay = pack(states, "v_decay_prod")
         p2 = v_decay * beta2
         c_a = c_a / (1.0 - p1)
         adam_raw = m_new / (v_new.sqrt() / col((1.0 - p2).sqrt()) + hp.eps)   # Adam direction times (1 − P₁)
@@ -380,8 +408,8 @@ def _directions(stack: Stack, g: torch.Tensor, m_new: torch.Tensor, act: dict, s
         out.d = col(c_a) * adam_raw
         out.updates += [(v, v_new), (v_decay, p2)]
     if flags.ortho:
-        source = torch.lerp(g, m_new, hp.momentum) if hp.nesterov else m_new
-        moment = pack(states, "normuon_sq") if flags.engine.normuon else None
+        source = torch.lerp(g, m_new, weight(hp.momentum, g)) if hp.nesterov else m_new
+        moment = moments.get("normuon")
         ns_dtype = torch.float64 if g.dtype == torch.float64 else flags.ns_dtype
         o, moment_new = orthogonalise(source, flags.engine, hp.ns_steps, moment, hp.normuon_beta2, ns_dtype,
                                       flags.iterate)
@@ -394,10 +422,10 @@ def _directions(stack: Stack, g: torch.Tensor, m_new: torch.Tensor, act: dict, s
     return out
 
 
-def _decayed_update(P: torch.Tensor, dirs: _Directions, hp: MatrixHyper, engine: Engine, rows: int,
+def _decayed_update(P: torch.Tensor, dirs: _Directions, hp: MatrixHyper, cautious: bool, rows: int,
                     cols: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Step 7: (the new parameters, the cautious decrement or None for the decoupled decay)."""
-    if engine.cautious_wd and hp.weight_decay != 0.0:
+    if cautious:
         wd = hp.lr * decay_scale(rows, cols, hp.units) * hp.weight_decay
         update = dirs.terms[0] if len(dirs.terms) == 1 else dirs.terms[0] + dirs.terms[1]
         decrement = update + wd * P * (dirs.d * P >= 0).to(P.dtype)
@@ -416,17 +444,15 @@ def _step_sums(g, old_m_sums, P, P_new, decrement, dirs: _Directions, adam: bool
     return torch.stack([_squares(g), *old_m_sums, _squares(P), dd.expand(k), step_norm], dim=1)
 
 
-def _write_back(stack: Stack, applied: torch.Tensor | None, P_new, P, m, m_new, updates: list) -> None:
-    """Copy the new parameters, first moment and state back where the step is applied (``applied`` None:
-    every gradient is known finite, nothing to mask)."""
-    k, shape = len(stack.params), tuple(stack.params[0].shape)
+def write_back(params: list[torch.Tensor], applied: torch.Tensor | None, P_new, P, updates: list) -> None:
+    """Copy the new parameters and state back where the step is applied (``applied`` None: every gradient
+    is known finite, nothing to mask)."""
+    k, shape = len(params), tuple(params[0].shape)
 
     def keep(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
         return new if applied is None else torch.where(applied.view((k,) + (1,) * (new.dim() - 1)), new, old)
 
-    torch._foreach_copy_(stack.params, list(keep(P_new, P).view((k,) + shape).unbind(0)))
-    if m_new is not m:
-        m.copy_(keep(m_new, m))
+    torch._foreach_copy_(params, list(keep(P_new, P).view((k,) + shape).unbind(0)))
     for stored, new in updates:
         stored.copy_(keep(new, stored))
 
@@ -436,41 +462,46 @@ def adamw_step(p: torch.Tensor, grad: torch.Tensor, state: dict, hp: AdamWHyper,
     """One AdamW step in nanochat's op order (the same math as torch's AdamW), in place; skipped when the
     gradient is not finite (counted in ``state['skipped']``). ``host_checks`` as in ``StackFlags``: on the host
     the finiteness is read first and the step runs in place or not at all. Returns the 0-d bool ``applied``."""
-    lr, beta1, beta2, eps, weight_decay = hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay
     work = compute_dtype(p.dtype)
     g = grad.detach().to(work)
     applied = torch.isfinite(g.sum())   # as in gated_matrix_stack
-    m, v = state["exp_avg"], state["exp_avg_sq"]
-    if host_checks:
-        if bool(applied):
-            p1 = state["m_decay_prod"].mul_(beta1)
-            p2 = state["v_decay_prod"].mul_(beta2)
-            P = p.detach() if p.dtype == work else p.detach().to(work)
-            P.mul_(1.0 - lr * weight_decay)
-            m.lerp_(g, 1.0 - beta1)
-            v.lerp_(g.square(), 1.0 - beta2)
-            denom = (v / (1.0 - p2)).sqrt_().add_(eps)
-            P.addcdiv_(m, denom, value=-lr / (1.0 - float(p1)))
-            if P is not p:
-                p.detach().copy_(P)
-            state["step"].add_(1.0)
-        else:
-            state["skipped"].add_(1.0)
-        return applied
-    m_new = torch.lerp(m, g, 1.0 - beta1)
-    v_new = torch.lerp(v, g.square(), 1.0 - beta2)
-    p1 = state["m_decay_prod"] * beta1
-    p2 = state["v_decay_prod"] * beta2
-    denom = (v_new / (1.0 - p2)).sqrt() + eps
-    P = p.detach().to(work)
-    P_new = P * (1.0 - lr * weight_decay) + (-lr / (1.0 - p1)) * m_new / denom
+    if not host_checks:
+        return adamw_masked(p.detach(), g, state["exp_avg"], state["exp_avg_sq"], state["m_decay_prod"],
+                            state["v_decay_prod"], state["step"], state["skipped"], hp, applied)
+    if bool(applied):
+        p1 = state["m_decay_prod"].mul_(hp.beta1)
+        p2 = state["v_decay_prod"].mul_(hp.beta2)
+        P = p.detach() if p.dtype == work else p.detach().to(work)
+        P.mul_(1.0 - hp.lr * hp.weight_decay)
+        state["exp_avg"].lerp_(g, 1.0 - hp.beta1)
+        state["exp_avg_sq"].lerp_(g.square(), 1.0 - hp.beta2)
+        denom = (state["exp_avg_sq"] / (1.0 - p2)).sqrt_().add_(hp.eps)
+        P.addcdiv_(state["exp_avg"], denom, value=-hp.lr / (1.0 - float(p1)))
+        if P is not p:
+            p.detach().copy_(P)
+        state["step"].add_(1.0)
+    else:
+        state["skipped"].add_(1.0)
+    return applied
+
+
+def adamw_masked(p, g, m, v, m_decay, v_decay, step, skipped, hp: AdamWHyper, applied: torch.Tensor) -> torch.Tensor:
+    """The AdamW step of ``adamw_step`` computed whatever ``applied`` says and kept only where it is true (no
+    host read; the compiled backend compiles it with 0-D tensor hyperparameters). Returns ``applied``."""
+    m_new = torch.lerp(m, g, weight(1.0 - hp.beta1, m))
+    v_new = torch.lerp(v, g.square(), weight(1.0 - hp.beta2, v))
+    p1 = m_decay * hp.beta1
+    p2 = v_decay * hp.beta2
+    denom = (v_new / (1.0 - p2)).sqrt() + hp.eps
+    P = p.to(m.dtype)
+    P_new = P * (1.0 - hp.lr * hp.weight_decay) + (-hp.lr / (1.0 - p1)) * m_new / denom
     m.copy_(torch.where(applied, m_new, m))
     v.copy_(torch.where(applied, v_new, v))
-    state["m_decay_prod"].copy_(torch.where(applied, p1, state["m_decay_prod"]))
-    state["v_decay_prod"].copy_(torch.where(applied, p2, state["v_decay_prod"]))
-    state["step"].add_(applied.float())
-    state["skipped"].add_((~applied).float())
-    p.detach().copy_(torch.where(applied, P_new, P))
+    m_decay.copy_(torch.where(applied, p1, m_decay))
+    v_decay.copy_(torch.where(applied, p2, v_decay))
+    step.add_(applied.float())
+    skipped.add_((~applied).float())
+    p.copy_(torch.where(applied, P_new, P))
     return applied
 
 
@@ -484,17 +515,24 @@ def gated_step(stacks: list[Stack], gate: Gate, *, iterate: Callable = polar_ite
     AdamW stacks parameter by parameter (``adamw_step``). ``iterate``: the Newton–Schulz implementation.
     ``cache`` is unused here (the Triton backend keeps its launch tables in it): every backend takes the
     same arguments."""
+    step_stacks(stacks, gate, iterate, gated_matrix_stack, adamw_step)
+
+
+def step_stacks(stacks: list[Stack], gate: Gate, iterate: Callable, run_step: Callable, adamw: Callable) -> None:
+    """The reference backend's orchestration with its two per-tensor updates given: ``run_step`` (the
+    signature of ``gated_matrix_stack``) and ``adamw`` (that of ``adamw_step``); the compiled backend passes
+    compiled ones."""
     gated = [stack for stack in stacks if stack.gated and stack.params]
     if gated:
-        _gated_stacks(gated, gate, iterate)
+        _gated_stacks(gated, gate, iterate, run_step)
     for stack in stacks:
         if not stack.gated:
             host_checks = bool(stack.params) and stack.params[0].device.type == "cpu"
             for p, grad, state in zip(stack.params, stack.grads, stack.states):
-                adamw_step(p, grad, state, stack.hyper, host_checks)
+                adamw(p, grad, state, stack.hyper, host_checks)
 
 
-def _gated_stacks(stacks: list[Stack], gate: Gate, iterate: Callable) -> None:
+def _gated_stacks(stacks: list[Stack], gate: Gate, iterate: Callable, run_step: Callable) -> None:
     states = [state for stack in stacks for state in stack.states]
     device = stacks[0].params[0].device
     sensors = pack(states, "sensors")
@@ -509,13 +547,13 @@ def _gated_stacks(stacks: list[Stack], gate: Gate, iterate: Callable) -> None:
     applied = torch.empty(len(states), dtype=torch.bool, device=device)
     offset = 0
     for stack in stacks:
+        stack_flags = dataclasses.replace(flags, decays=float(stack.hyper.weight_decay) != 0.0)
         for run in same_shape_runs(stack.params):
             at = slice(offset + run[0], offset + run[-1] + 1)
             if len(run) != run[-1] - run[0] + 1:
                 at = torch.tensor([offset + i for i in run], device=device)
             run_act = {k: v if isinstance(v, float) else v[at] for k, v in act.items()}
-            s, a = gated_matrix_stack(take(stack, run), run_act, sensors[at], None if steps is None else steps[at],
-                                      flags)
+            s, a = run_step(take(stack, run), run_act, sensors[at], None if steps is None else steps[at], stack_flags)
             if gate.measures:
                 sums[at] = s
             applied[at] = a
