@@ -8,6 +8,9 @@ Backends, one signature ``(stacks, gate, *, iterate, cache)``:
     ``reference``  ``fusedgate.reference.gated_step``: plain torch, the source of truth, the CPU path;
     ``triton``     ``fusedgate.kernels.backend.gated_step``: the fused kernels (CUDA, or CPU under
                    ``TRITON_INTERPRET=1``); it hands float64 parameters to the reference;
+    ``compiled``   ``fusedgate.compiled.gated_step``: the reference's orchestration with its per-stack
+                   updates ``torch.compile``d as nanochat compiles its own (the eager reference when
+                   compiling is unavailable, with one warning);
     ``auto``       Triton for CUDA stacks when Triton is importable, the reference for the rest.
 ``iterate`` is the Newton–Schulz implementation (``reference.polar_iteration``, or the Triton kernels'
 ``polar_iteration_triton``); ``cache`` a dict the caller owns and keeps between steps (the Triton
@@ -23,7 +26,7 @@ import torch
 from fusedgate import reference as R
 from fusedgate.stack import Gate, Stack
 
-BACKENDS = ("auto", "reference", "triton")
+BACKENDS = ("auto", "reference", "triton", "compiled")
 NEWTON_SCHULZ = ("torch", "triton")
 
 
@@ -33,6 +36,11 @@ def gated_step(stacks: Sequence[Stack], gate: Gate, *, backend: str = "reference
     """One FusedGate step of ``stacks`` (see the module docstring), in place (without autograd)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
+    if backend == "compiled":
+        from fusedgate import compiled
+
+        compiled.gated_step(list(stacks), gate, iterate=iterate, cache=cache)
+        return
     kernels = [stack for stack in stacks if _on_triton(stack, backend)]
     rest = [stack for stack in stacks if not _on_triton(stack, backend)]
     if kernels:

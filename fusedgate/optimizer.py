@@ -45,7 +45,8 @@ class FusedGate(torch.optim.Optimizer):
         params: an iterable of tensors, of (name, tensor) pairs, or of param-group dicts.
         spec: the :class:`GateSpec` (defaults for the groups, sensors, gate, poles).
         total_steps: the planned number of steps, for the step-fraction sensor (None: that sensor reads 0).
-        backend: "auto" (Triton for CUDA tensors, the reference otherwise), "reference" or "triton".
+        backend: "auto" (Triton for CUDA tensors, the reference otherwise), "reference", "triton" or "compiled"
+            (the reference's updates under torch.compile, as nanochat compiles its own; see fusedgate.compiled).
         adamw_names: name fragments that send a matrix param to AdamW when names are known.
         distributed: "auto" (a single process; with more than one rank the first step decides, as nanochat
             does: identical gradients on every rank → "replicated", else → "zero2"), "replicated" (the model

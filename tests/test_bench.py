@@ -311,3 +311,26 @@ def test_cpu_step_benchmark_runs_and_reports_ratios():
     result = cpu_step.measure(depth=1, specs=("nanochat", "default"), blocks=2, block=1, warmup=1)
     assert set(result["median_ms"]) == {"baseline", "fusedgate:nanochat", "fusedgate:default"}
     assert result["ratio"]["baseline"] == 1.0 and all(v > 0 for v in result["median_ms"].values())
+
+
+def test_the_compiled_baseline_opponent_is_the_baseline():
+    """bench.compiled_step's fallback opponent (the baseline MuonAdamW with its updates compiled as nanochat
+    compiles its own) takes the eager baseline's steps (≤ 1e-6 relative: inductor fuses and rounds)."""
+    from fusedgate.bench.compiled_step import CompiledMuonAdamW
+    from fusedgate.nanochat.muon import MuonAdamW
+
+    results = []
+    for cls in (MuonAdamW, CompiledMuonAdamW):
+        gen = torch.Generator().manual_seed(0)
+        matrices = [torch.nn.Parameter(torch.randn(8, 8, generator=gen)) for _ in range(2)]
+        vector = torch.nn.Parameter(torch.randn(8, generator=gen))
+        opt = cls([dict(kind="muon", params=matrices, lr=0.02, momentum=0.95, ns_steps=5, beta2=0.95,
+                        weight_decay=0.1),
+                   dict(kind="adamw", params=[vector], lr=0.01, betas=(0.8, 0.95), eps=1e-10, weight_decay=0.01)])
+        for _ in range(3):
+            for p in (*matrices, vector):
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+        results.append([p.detach().clone() for p in (*matrices, vector)])
+    for a, b in zip(*results):
+        assert ((a - b).abs().max() / b.abs().max()).item() <= 1e-6

@@ -76,7 +76,10 @@ def test_the_triton_backend_takes_the_same_stacks():
 
 
 def test_every_backend_has_one_signature_and_no_module_state():
+    from fusedgate import compiled
+
     assert inspect.signature(R.gated_step) == inspect.signature(triton_backend.gated_step)
+    assert inspect.signature(R.gated_step) == inspect.signature(compiled.gated_step)
     assert not hasattr(triton_backend, "NS_IMPL") and not hasattr(triton_backend, "_layouts")
     assert F.newton_schulz("torch") is R.polar_iteration
     with pytest.raises(ValueError, match="newton_schulz='cubic' is not one of"):
