@@ -245,27 +245,36 @@ class Sync:
         """What the mode does with the first step's verdict (``identical``: the gradients agree on every rank)."""
 
     def fingerprint(self, optimizer, has_loss: bool, device) -> bool:
-        """One all-reduce (MAX of x and of −x) of five numbers: the parameter count, digests of the parameter
-        list (names, shapes, dtypes), of which have gradients and of every gradient's sum and sum of squares,
-        and whether a loss was given. Raises on every rank, naming the first mismatch, when the ranks
-        disagree on what takes part in the collectives; returns whether the gradients are identical."""
+        """One all-reduce (MAX of x and of −x) of six numbers and one host sync (reading its result): the
+        parameter count, digests of the parameter list (names, shapes, dtypes) and of which have gradients,
+        whether a loss was given, and two weighted sums over the gradients' sums and sums of squares (formed
+        on the device: identical gradients give identical bits). Raises on every rank, naming the first
+        mismatch, when the ranks disagree on what takes part in the collectives; returns whether the
+        gradients are identical."""
         layout = _layout(optimizer)
+        header = torch.tensor([len(layout), _digest(repr([entry[:3] for entry in layout])),
+                               _digest(repr([entry[3] for entry in layout])), float(has_loss)], dtype=torch.float64)
         sums = [t for group in optimizer.param_groups for p in group["params"] if p.grad is not None
-                for g in [p.grad.detach().double()] for t in (g.sum(), g.square().sum())]
-        values = torch.stack(sums).cpu() if sums else torch.zeros(0, dtype=torch.float64)   # the host sync
-        local = torch.tensor([len(layout), _digest(repr([entry[:3] for entry in layout])),
-                              _digest(repr([entry[3] for entry in layout])), float(has_loss),
-                              _digest(values.numpy().tobytes())], dtype=torch.float64)
-        both = torch.cat([local, -local]).to(device)
+                for g in [p.grad.detach().to(device=device, dtype=torch.float64)] for t in (g.sum(), g.square().sum())]
+        if sums:
+            values = torch.stack(sums)
+            weights = torch.arange(1, len(sums) + 1, dtype=torch.float64, device=device).sqrt()
+            summary = torch.stack([values.sum(), (values * weights).sum()])
+            summary = torch.nan_to_num(summary, nan=1e300, posinf=1e301, neginf=-1e301)   # NaN ≠ NaN: a value
+        else:
+            summary = torch.zeros(2, dtype=torch.float64, device=device)
+        local = torch.cat([header.to(device), summary])
+        both = torch.cat([local, -local])
         dist.all_reduce(both, op=dist.ReduceOp.MAX, group=self.group)
-        high, low = both[:5].cpu(), -both[5:].cpu()
+        both = both.cpu()   # the host sync
+        high, low = both[:6], -both[6:]
         if not torch.equal(high[:4], low[:4]):
             everyone = [None] * self.world   # every rank sees the same verdict, so every rank gathers
             dist.all_gather_object(everyone, (has_loss, layout), group=self.group)
             raise RuntimeError(f"FusedGate distributed={self.mode!r}: the ranks disagree on the parameters, on "
                                "which have gradients or on whether step() gets a loss "
                                f"({_first_mismatch(everyone)}); every rank must pass the same (as DDP requires)")
-        return bool(high[4] == low[4])
+        return torch.equal(high[4:], low[4:])
 
 
 class Replicated(Sync):
