@@ -103,13 +103,15 @@ def make_params(workload: Workload, dtype: torch.dtype, device: torch.device) ->
 
 
 def step_bytes(params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> int:
-    """Design bytes of one step: 2·|p| + |g| + 2·(|m| + |v|) per param (see the module docstring)."""
+    """Design bytes of one step: 2·|p| + |g| + 2·(|m| + |v|) per param (see the module docstring; |v| = 0 where
+    the optimizer keeps no second moment, a FusedGate matrix at ω ≡ 1)."""
     total = 0
     for p in params:
         state = optimizer.state[p]
         if "exp_avg" not in state:
             raise RuntimeError("optimizer state is missing: bytes are read after the warm-up steps")
-        total += 2 * p.nbytes + p.grad.nbytes + 2 * (state["exp_avg"].nbytes + state["exp_avg_sq"].nbytes)
+        moments = sum(state[key].nbytes for key in ("exp_avg", "exp_avg_sq") if key in state)
+        total += 2 * p.nbytes + p.grad.nbytes + 2 * moments
     return total
 
 

@@ -58,22 +58,29 @@ def _contestants(depth: int, specs: list[str], weight_decay: float):
     return out
 
 
+def alternate(steps: dict, blocks: int, block: int, warmup: int) -> dict[str, float]:
+    """label → median over ``blocks`` alternating blocks of the per-step seconds of ``steps[label]()`` (each
+    called ``warmup`` times first, untimed)."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    samples: dict[str, list[float]] = {label: [] for label in steps}
+    for _ in range(blocks):
+        for label, step in steps.items():
+            t0 = time.perf_counter()
+            for _ in range(block):
+                step()
+            samples[label].append((time.perf_counter() - t0) / block)
+    return {label: statistics.median(s) for label, s in samples.items()}
+
+
 def measure(depth: int = 2, specs: tuple[str, ...] = ("nanochat", "default"), blocks: int = 30, block: int = 10,
             warmup: int = 5, weight_decay: float = 0.1) -> dict:
     """Median per-step seconds per contestant and the ratio to the baseline (see the module docstring)."""
     contestants = _contestants(depth, list(specs), weight_decay)
     loss = torch.tensor(3.0)
-    for _, opt in contestants.values():
-        for _ in range(warmup):
-            opt.step(loss=loss)
-    samples: dict[str, list[float]] = {label: [] for label in contestants}
-    for _ in range(blocks):
-        for label, (_, opt) in contestants.items():
-            t0 = time.perf_counter()
-            for _ in range(block):
-                opt.step(loss=loss)
-            samples[label].append((time.perf_counter() - t0) / block)
-    median = {label: statistics.median(s) for label, s in samples.items()}
+    median = alternate({label: (lambda opt=opt: opt.step(loss=loss)) for label, (_, opt) in contestants.items()},
+                       blocks, block, warmup)
     base = median["baseline"]
     return {"depth": depth, "threads": torch.get_num_threads(), "blocks": blocks, "block": block,
             "load_average": os.getloadavg()[0],

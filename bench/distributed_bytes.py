@@ -1,14 +1,16 @@
 """Per-rank optimizer state and communication per step of FusedGate's ZeRO-2 mode, next to nanochat's
 distributed MuonAdamW, on a nanochat GPT (CPU, gloo).
 
-For each world size N the script starts N gloo processes; each builds the same GPT and nanochat's param
-groups, runs one FusedGate step (``distributed='zero2'``, the gated default spec) on random gradients and
-reports the bytes of its optimizer state (measured: the tensors it holds) and the bytes it sends per step
+For each preset (``--presets``, default nanochat and default) and world size N the script starts N gloo
+processes; each builds the same GPT and nanochat's param groups, runs one FusedGate step
+(``distributed='zero2'``) on random gradients and reports the bytes of its optimizer state per parameter
+(measured: the tensors it holds) and the bytes it sends per step
 (by design, ``Zero2.traffic_bytes``: ring reduce-scatter and all-gather move (N−1)/N of their buffer). The
 nanochat columns are computed from its ``DistMuonAdamW`` design (karpathy/nanochat, nanochat/optim.py):
 Muon groups keep a momentum (4 B/element for fp32 params) and a factored second moment for their ⌈K/N⌉
 chunk and reduce-scatter + all-gather the padded stack; AdamW tensors of < 1024 elements are all-reduced
-and their 8 B/element state replicated, larger ones reduce-scattered along dim 0 (1/N of the state).
+and their 8 B/element state replicated, larger ones reduce-scattered along dim 0 (1/N of the state); at
+N = 1 the nanochat column is measured on the project's ``MuonAdamW`` (the same state as nanochat's).
 
     python -m fusedgate.bench.distributed_bytes --depth 4 --vocab 8192 --worlds 1 2 3 4
 """
@@ -60,20 +62,39 @@ def nanochat_bytes(groups: list[dict], world: int) -> tuple[int, int]:
     return int(state), int(traffic)
 
 
-def _worker(rank: int, world: int, store: str, depth: int, vocab: int, out: str) -> None:
-    torch.set_num_threads(1)
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+def _step(model, preset: str, mode: str, rank: int = 0):
+    """A FusedGate with ``preset`` over nanochat's groups after one step on random gradients."""
     from fusedgate import FusedGate, GateSpec
-    from fusedgate.distributed import state_bytes
 
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=300))
-    model = _model(depth, vocab)
-    opt = FusedGate(_groups(model), spec=GateSpec.default(), total_steps=100, distributed="zero2")
+    opt = FusedGate(_groups(model), spec=getattr(GateSpec, preset)(), total_steps=100, distributed=mode)
     torch.manual_seed(1 + rank)
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
     opt.step(loss=torch.tensor(3.0 + rank))
+    return opt
+
+
+def baseline_bytes(depth: int, vocab: int) -> int:
+    """Measured state bytes of the project's nanochat ``MuonAdamW`` after one step on the same groups."""
+    from fusedgate.distributed import state_bytes
+    from fusedgate.nanochat.muon import MuonAdamW
+
+    model = _model(depth, vocab)
+    opt = MuonAdamW(_groups(model))
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    opt.step()
+    return state_bytes(opt)
+
+
+def _worker(rank: int, world: int, store: str, depth: int, vocab: int, out: str, preset: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    from fusedgate.distributed import state_bytes
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=300))
+    opt = _step(_model(depth, vocab), preset, "zero2", rank)
     sent = opt._sync.traffic_bytes(opt)
     dist.all_gather_object(everyone := [None] * world, (state_bytes(opt), sent))
     if rank == 0:
@@ -81,30 +102,26 @@ def _worker(rank: int, world: int, store: str, depth: int, vocab: int, out: str)
     dist.destroy_process_group()
 
 
-def measure(depth: int, vocab: int, world: int) -> list[tuple[int, int]]:
+def measure(depth: int, vocab: int, world: int, preset: str = "default") -> list[tuple[int, int]]:
     """[(state bytes, bytes sent per step)] per rank of a ``world``-rank FusedGate zero2 step."""
     if world == 1:
-        from fusedgate import FusedGate, GateSpec
         from fusedgate.distributed import state_bytes
 
-        model = _model(depth, vocab)
-        opt = FusedGate(_groups(model), spec=GateSpec.default(), total_steps=100)
-        for p in model.parameters():
-            p.grad = torch.randn_like(p) * 1e-3
-        opt.step(loss=torch.tensor(3.0))
-        return [(state_bytes(opt), 0)]
+        return [(state_bytes(_step(_model(depth, vocab), preset, "auto")), 0)]
     with tempfile.TemporaryDirectory() as folder:
         out = os.path.join(folder, "bytes.pt")
-        mp.start_processes(_worker, args=(world, os.path.join(folder, "store"), depth, vocab, out),
+        mp.start_processes(_worker, args=(world, os.path.join(folder, "store"), depth, vocab, out, preset),
                            nprocs=world, start_method="spawn")
         return torch.load(out)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=8192)
-    parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 3, 4])
+    parser.add_argument("--depth", type=int, default=4, help="GPT depth (default 4)")
+    parser.add_argument("--vocab", type=int, default=8192, help="vocabulary size (default 8192)")
+    parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 3, 4], help="process counts (default 1-4)")
+    parser.add_argument("--presets", nargs="+", default=["nanochat", "default"],
+                        choices=["nanochat", "default", "muon", "adamw"], help="FusedGate presets")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     model = _model(args.depth, args.vocab)
@@ -112,14 +129,18 @@ def main(argv=None) -> None:
     print(f"nanochat GPT depth {args.depth}, vocab {args.vocab}: {n_params:,} parameters "
           f"({n_params * 4 / 2**20:.1f} MiB fp32)")
     rows, mib = [], 2**20
-    for world in args.worlds:
-        per_rank = measure(args.depth, args.vocab, world)
-        states = [s for s, _ in per_rank]
-        nano_state, nano_sent = nanochat_bytes(_groups(model), world)
-        rows.append([world, f"{min(states) / mib:.2f}–{max(states) / mib:.2f}", f"{nano_state / mib:.2f}",
-                     f"{max(s for _, s in per_rank) / mib:.2f}", f"{nano_sent / mib:.2f}"])
-    print(markdown_table(["N", "FusedGate state/rank MiB (min–max)", "nanochat state/rank MiB",
-                          "FusedGate sent/rank/step MiB", "nanochat sent/rank/step MiB"], rows))
+    for preset in args.presets:
+        for world in args.worlds:
+            per_rank = measure(args.depth, args.vocab, world, preset)
+            states = [s for s, _ in per_rank]
+            nano_state, nano_sent = nanochat_bytes(_groups(model), world)
+            if world == 1:
+                nano_state = baseline_bytes(args.depth, args.vocab)
+            rows.append([preset, world, f"{min(states) / n_params:.3f}–{max(states) / n_params:.3f}",
+                         f"{nano_state / n_params:.3f}", f"{max(states) / nano_state:.3f}",
+                         f"{max(s for _, s in per_rank) / mib:.2f}", f"{nano_sent / mib:.2f}"])
+    print(markdown_table(["preset", "N", "FusedGate state B/param/rank (min–max)", "nanochat state B/param/rank",
+                          "ratio (max)", "FusedGate sent/rank/step MiB", "nanochat sent/rank/step MiB"], rows))
 
 
 if __name__ == "__main__":

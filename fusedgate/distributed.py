@@ -3,10 +3,10 @@
 Modes (``FusedGate(..., distributed=...)``)
 -------------------------------------------
 ``"auto"`` (default): no process group, or a group of one rank → single-process FusedGate, nothing is
-    communicated. With an initialised group of more than one rank the constructor *refuses* and asks
-    for one of the two modes below. The optimizer cannot see whether the model is wrapped in DDP, and
-    each wrong guess is silent: trusting unsynchronised gradients lets the ranks drift apart, and
-    averaging DDP's already-averaged gradients again doubles the communication. So the user says which.
+    communicated. With an initialised group of more than one rank the first ``step()`` decides once, as
+    nanochat's optimizer is used (with DDP or without): it all-reduces a gradient fingerprint (one
+    all-reduce, one host sync, first step only); gradients identical on every rank mean DDP has averaged
+    them → ``"replicated"``, otherwise → ``"zero2"``. A multi-rank FusedGate therefore needs no new argument.
 ``"replicated"``: the model is wrapped in ``DistributedDataParallel``, which has averaged the gradients
     by the time ``step()`` runs. Every rank runs the whole step on identical gradients. The loss given
     to ``step(loss=...)`` is averaged over the ranks first, so every rank's loss sensors, gate and
@@ -33,22 +33,26 @@ slices such tensors along dim 0 and needs shape[0] divisible by N; the flat spli
 condition). Ownership depends only on ``param_groups``, never on the data, so every rank derives the
 same plan. One step:
 
-1. launch, asynchronously: the all-reduce of the loss (SUM, then /N) and the gradient reductions
-   (SUM), per run of K parameters
+One step, in three phases (as nanochat's ``MuonAdamW.step``):
+
+1. launch, asynchronously (``Sync.launch``): the all-reduce of the loss (SUM, then /N) and the gradient
+   reductions (SUM), per run of K parameters
    K ≥ N: one reduce-scatter of the gradient stack laid out as N slots of c matrices (zeros in the
         padding), so rank r receives the summed gradients of the chunk it owns;
    K < N: a reduce of each gradient to its owner (no padding traffic);
    sliced: a reduce-scatter of the flat gradient, padded to N·L;
-2. wait; each owner divides by N and writes the averaged gradient into ``p.grad`` of the parameters
-   it owns (the other parameters keep their local gradients); the sliced parameters get their AdamW
-   step on this rank's elements at once, and their all-gather is launched;
-3. the usual FusedGate step on the owned parameters only: the same code as a single process (the gate
-   and sensors, Polar Express / Newton–Schulz, NorMuon, AdamW, ``reference.gated_matrix_stack`` on the
-   owned part of each same-shape stack), so optimizer state exists only for owned parameters, and the
+2. wait and compute (``Sync.wait``, then the optimizer's step): each owner divides by N and writes the
+   averaged gradient into ``p.grad`` of the parameters it owns (the other parameters keep their local
+   gradients); the sliced parameters get their AdamW step on this rank's elements at once — through the
+   same ``fusedgate.functional.gated_step`` as everything else, on stacks of element views — and their
+   all-gather is launched; then the usual FusedGate step on the owned parameters only (the gate and
+   sensors, Polar Express / Newton–Schulz, NorMuon, AdamW; ``reference.gated_matrix_stack`` on the owned
+   part of each same-shape stack), so optimizer state exists only for owned parameters, and the
    per-parameter sensors are computed once, by the owner, from the full averaged gradient — while the
    sliced parameters' all-gathers are in flight;
-4. launch, per run, the all-gather of the updated chunks (K ≥ N) or the broadcast from the owner
-   (K < N), wait for every gather, copy into the parameters. Every rank then holds the same parameters.
+3. gather (``Sync.gather``): launch, per run, the all-gather of the updated chunks (K ≥ N) or the
+   broadcast from the owner (K < N), wait for every gather, copy into the parameters. Every rank then
+   holds the same parameters.
 The collectives of one phase are all in flight at once. Unlike nanochat, the gated compute of one
 group does not overlap the communication of the next (the gate of all groups is computed in one go,
 as in the single-process step).
@@ -59,19 +63,21 @@ skips the step of the slice that holds it only (a single process skips the whole
 global loss state is replicated (five floats, identical on every rank). ``p.grad`` after ``step()``:
 averaged for the parameters this rank owns, local elsewhere; gradient clipping by norm before
 ``step()`` (``clip_grad_norm_``) therefore sees local gradients — use the spec's clip, or DDP.
-Every rank must give gradients to the same parameters and pass a loss or not, as DDP requires (the
-first step checks this).
+Every rank must hold the same parameter list (shapes and dtypes in the same order), give gradients to the
+same parameters and pass a loss or not, as DDP requires: the first step checks this with a fixed-size
+fingerprint (so a disagreement cannot hang a collective) and refuses on every rank, naming the first
+mismatch.
 
 Bytes, by design (P parameters' elements, N ranks, fp32 state and gradients)
 ----------------------------------------------------------------------------
-Optimizer state per parameter element: 8 B for AdamW (exp_avg, exp_avg_sq) and 8 B for a gated
-matrix (exp_avg, exp_avg_sq — the second moment is allocated even when no pole uses the Adam
-direction) plus a NorMuon moment of one value per row or column and 48 B of sensors per matrix.
+Optimizer state per parameter element: 8 B for AdamW (exp_avg, exp_avg_sq); 4 B for a gated matrix
+(exp_avg) plus 4 B (exp_avg_sq) only when some pole gives the Adam direction weight (ω < 1), plus a
+NorMuon moment of one value per row or column and 68 B per matrix (sensors, step, decay products).
 nanochat's MuonAdamW keeps 4 B per Muon element (the momentum) plus its factored second moment,
-and 8 B per AdamW element.
-    replicated:  every rank holds the state of all P elements: ≈ 8·P B per rank.
+and 8 B per AdamW element: at ω ≡ 1 (``nanochat()``, the gated default) the two hold the same.
+    replicated:  every rank holds the state of all P elements: ≈ 4–8·P B per rank.
     zero2:       each rank holds the state of the parameters it owns and 1/N of the sliced ones:
-                 ≈ 8·P/N B, up to one matrix per run (a run of K < N gated matrices sits on K ranks).
+                 ≈ 4–8·P/N B, up to one matrix per run (a run of K < N gated matrices sits on K ranks).
                  nanochat: the same ⌈K/N⌉ chunks for Muon (4 B per element), 1/N of large AdamW
                  tensors, small ones (< 1024 elements) replicated.
 Communication per rank per step (ring algorithms; element size b: 4 for fp32):
@@ -89,14 +95,17 @@ including a single process; ``load_state_dict`` keeps only the state this rank o
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 
 from fusedgate import reference as R
+from fusedgate.stack import AdamWHyper, Stack
 
 MODES = ("auto", "replicated", "zero2")
 SLICE_MIN_NUMEL = 1024          # AdamW params at least this large in a run shorter than N are split element-wise
@@ -109,19 +118,13 @@ def world_size(group=None) -> int:
 
 
 def resolve_mode(mode: str, group=None) -> str | None:
-    """The effective mode: None for a single process, else "replicated" or "zero2"."""
+    """The effective mode: None for a single process, else "auto" (decided at the first step),
+    "replicated" or "zero2"."""
     if mode not in MODES:
         raise ValueError(f"distributed={mode!r} is not one of {MODES}")
     if group is not None and (not dist.is_initialized() or dist.get_rank(group) < 0):
         raise ValueError("process_group: this rank is not a member of the given process group")
-    world = world_size(group)
-    if world == 1:
-        return None
-    if mode == "auto":
-        raise ValueError(f"torch.distributed is initialised with {world} ranks: pass distributed='replicated' "
-                         "(model wrapped in DDP, gradients already averaged) or distributed='zero2' (no DDP: "
-                         "FusedGate averages the gradients and shards its state)")
-    return mode
+    return None if world_size(group) == 1 else mode
 
 
 def refuse_dtensor(p: torch.Tensor) -> None:
@@ -138,7 +141,7 @@ def setup(optimizer, mode: str, group=None):
     resolved = resolve_mode(mode, group)
     if resolved is None:
         return None
-    return Replicated(group) if resolved == "replicated" else Zero2(group)
+    return {"auto": Auto, "replicated": Replicated, "zero2": Zero2}[resolved](group)
 
 
 def _reduce_scatter(output, input, group):
@@ -151,8 +154,41 @@ def _all_gather(output, input, group):
     return fn(output, input, group=group, async_op=True)
 
 
+def _digest(text: str | bytes) -> float:
+    """A 52-bit digest of ``text`` as an exact float64 (the same on every process, unlike ``hash``)."""
+    data = text.encode() if isinstance(text, str) else text
+    return float(int.from_bytes(hashlib.sha1(data).digest()[:8], "little") >> 12)
+
+
+def _layout(optimizer) -> list[tuple[str, tuple, str, bool]]:
+    """(name, shape, dtype, has a gradient) of every parameter, in state_dict order."""
+    return [(optimizer.param_name(gi, group, i), tuple(p.shape), str(p.dtype), p.grad is not None)
+            for gi, group in enumerate(optimizer.param_groups) for i, p in enumerate(group["params"])]
+
+
+def _first_mismatch(layouts: list[tuple[bool, list]]) -> str:
+    """One line naming the first disagreement between the ranks' (has a loss, layout)."""
+    base_loss, base = layouts[0]
+    for rank, (has_loss, layout) in enumerate(layouts[1:], start=1):
+        if len(layout) != len(base):
+            return f"rank 0 has {len(base)} parameters, rank {rank} has {len(layout)}"
+        for index, (a, b) in enumerate(zip(base, layout)):
+            if a[:3] != b[:3]:
+                return (f"parameter #{index} is {a[0]} {a[1]} {a[2]} on rank 0 but {b[0]} {b[1]} {b[2]} "
+                        f"on rank {rank}")
+            if a[3] != b[3]:
+                return (f"parameter #{index} ({a[0]}) has a gradient on rank {0 if a[3] else rank} and none on "
+                        f"rank {rank if a[3] else 0}")
+        if has_loss != base_loss:
+            return f"step() gets a loss on rank {0 if base_loss else rank} and none on rank {rank if base_loss else 0}"
+    return "the ranks' parameter fingerprints differ"
+
+
 class Sync:
-    """One step's synchronisation, shared by both modes: the loss average and the first-step check."""
+    """One step's synchronisation, shared by the modes: the loss average and the first-step check.
+
+    The optimizer's step calls ``launch`` (phase 1), ``averaged_loss`` and ``wait`` (phase 2, before its own
+    compute), ``gather`` (phase 3); ``owns`` tells it which parameters to compute."""
 
     mode = ""
 
@@ -170,10 +206,10 @@ class Sync:
         return type(self)(self.group)
 
     # -------------------------------------------------------------- the step
-    def begin(self, optimizer, loss, device) -> None:
-        """Launch the loss all-reduce (async: no host sync) and whatever the mode needs before the update."""
+    def launch(self, optimizer, loss, device) -> None:
+        """Phase 1: launch the loss all-reduce (async: no host sync) and whatever the mode reduces."""
         if not self.checked:
-            self._first_step_check(optimizer, loss is not None, device)
+            self.first_step(optimizer, self.fingerprint(optimizer, loss is not None, device))
             self.checked = True
         self._loss, self._loss_work = None, None
         if loss is not None:
@@ -187,11 +223,15 @@ class Sync:
         self._loss, self._loss_work = None, None   # hold no Work between steps (deepcopy, pickling)
         return averaged
 
+    def wait(self, optimizer, compute: Callable) -> None:
+        """Phase 2: wait for the reductions; ``compute(stacks)`` runs the functional step on stacks the mode
+        computes itself (zero2's sliced parameters)."""
+
     def owns(self, p: torch.Tensor) -> bool:
         return True
 
-    def finish(self, optimizer) -> None:
-        pass
+    def gather(self, optimizer) -> None:
+        """Phase 3: bring every rank's updated parameters to every rank."""
 
     # -------------------------------------------------------------- checkpoints
     def gather_state(self, optimizer, state_dict: dict) -> dict:
@@ -201,29 +241,40 @@ class Sync:
         pass
 
     # -------------------------------------------------------------- checks
-    def _first_step_check(self, optimizer, has_loss: bool, device) -> bool:
-        """One all-reduce (MAX of x and of −x) of a fingerprint: which params have gradients, whether a loss
-        was given, and per gradient its sum and sum of squares. Raises when the ranks disagree on what
-        takes part in the collectives; returns whether the gradients are identical across ranks."""
-        presence, sums = [float(has_loss)], []
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                presence.append(float(p.grad is not None))
-                if p.grad is not None:
-                    g = p.grad.detach().double()
-                    sums += [g.sum(), g.square().sum()]
-        local = torch.cat([torch.tensor(presence, dtype=torch.float64),
-                           torch.stack(sums).cpu() if sums else torch.zeros(0, dtype=torch.float64)])
-        local = torch.nan_to_num(local, nan=1e300, posinf=1e301, neginf=-1e301)   # NaN ≠ NaN: give it a value
-        both = torch.cat([local, -local]).to(device)
+    def first_step(self, optimizer, identical: bool) -> None:
+        """What the mode does with the first step's verdict (``identical``: the gradients agree on every rank)."""
+
+    def fingerprint(self, optimizer, has_loss: bool, device) -> bool:
+        """One all-reduce (MAX of x and of −x) of six numbers and one host sync (reading its result): the
+        parameter count, digests of the parameter list (names, shapes, dtypes) and of which have gradients,
+        whether a loss was given, and two weighted sums over the gradients' sums and sums of squares (formed
+        on the device: identical gradients give identical bits). Raises on every rank, naming the first
+        mismatch, when the ranks disagree on what takes part in the collectives; returns whether the
+        gradients are identical."""
+        layout = _layout(optimizer)
+        header = torch.tensor([len(layout), _digest(repr([entry[:3] for entry in layout])),
+                               _digest(repr([entry[3] for entry in layout])), float(has_loss)], dtype=torch.float64)
+        sums = [t for group in optimizer.param_groups for p in group["params"] if p.grad is not None
+                for g in [p.grad.detach().to(device=device, dtype=torch.float64)] for t in (g.sum(), g.square().sum())]
+        if sums:
+            values = torch.stack(sums)
+            weights = torch.arange(1, len(sums) + 1, dtype=torch.float64, device=device).sqrt()
+            summary = torch.stack([values.sum(), (values * weights).sum()])
+            summary = torch.nan_to_num(summary, nan=1e300, posinf=1e301, neginf=-1e301)   # NaN ≠ NaN: a value
+        else:
+            summary = torch.zeros(2, dtype=torch.float64, device=device)
+        local = torch.cat([header.to(device), summary])
+        both = torch.cat([local, -local])
         dist.all_reduce(both, op=dist.ReduceOp.MAX, group=self.group)
-        high, low = both[:len(local)].cpu(), -both[len(local):].cpu()
-        n = len(presence)
-        if not torch.equal(high[:n], low[:n]):
-            raise RuntimeError(f"FusedGate distributed={self.mode!r}: the ranks disagree on which parameters "
-                               "have gradients or on whether step() gets a loss; every rank must pass the "
-                               "same (as DDP requires)")
-        return bool(torch.equal(high[n:], low[n:]))
+        both = both.cpu()   # the host sync
+        high, low = both[:6], -both[6:]
+        if not torch.equal(high[:4], low[:4]):
+            everyone = [None] * self.world   # every rank sees the same verdict, so every rank gathers
+            dist.all_gather_object(everyone, (has_loss, layout), group=self.group)
+            raise RuntimeError(f"FusedGate distributed={self.mode!r}: the ranks disagree on the parameters, on "
+                               "which have gradients or on whether step() gets a loss "
+                               f"({_first_mismatch(everyone)}); every rank must pass the same (as DDP requires)")
+        return torch.equal(high[4:], low[4:])
 
 
 class Replicated(Sync):
@@ -231,12 +282,11 @@ class Replicated(Sync):
 
     mode = "replicated"
 
-    def _first_step_check(self, optimizer, has_loss, device):
-        if not super()._first_step_check(optimizer, has_loss, device):
+    def first_step(self, optimizer, identical: bool) -> None:
+        if not identical:
             raise RuntimeError("FusedGate distributed='replicated': the gradients differ across ranks at the "
                                "first step; wrap the model in DistributedDataParallel, or use "
                                "distributed='zero2' to let FusedGate average them")
-        return True
 
 
 class Run:
@@ -291,7 +341,7 @@ class Zero2(Sync):
         self.runs: list[Run] = []
         self.slices: dict = {}   # parameter → Slice
         self.owned: set = set()
-        self._gathers = []
+        self._gathers, self._reduced, self._sliced = [], [], []
 
     def plan(self, optimizer) -> list[Run]:
         """The runs, the sliced AdamW parameters and this rank's owned parameters, rebuilt when
@@ -323,42 +373,31 @@ class Zero2(Sync):
     def _global_rank(self, rank: int) -> int:
         return rank if self.group is None else dist.get_global_rank(self.group, rank)
 
-    def _first_step_check(self, optimizer, has_loss, device):
-        if super()._first_step_check(optimizer, has_loss, device):
+    def first_step(self, optimizer, identical: bool) -> None:
+        if identical:
             warnings.warn("FusedGate distributed='zero2': the gradients are identical on every rank at the first "
                           "step. If the model is wrapped in DDP use distributed='replicated' (zero2 averages "
                           "them a second time).", stacklevel=4)
-        return True
 
-    def begin(self, optimizer, loss, device) -> None:
-        super().begin(optimizer, loss, device)
-        runs = self.plan(optimizer)
-        sliced = [self._reduce_slice(piece) for piece in self.slices.values()]
-        launched = []
-        for run in runs:
-            grads = [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in run.params]
-            if run.stacked:
-                stack = grads[0].new_zeros((self.world * run.chunk,) + tuple(grads[0].shape))
-                for g, slot in zip(grads, run.slot):
-                    stack[slot].copy_(g)
-                out = stack.new_empty((run.chunk,) + tuple(grads[0].shape))
-                launched.append((run, out, _reduce_scatter(out, stack, self.group)))
-            else:
-                bufs = [g.clone() for g in grads]
-                works = [dist.reduce(b, dst=self._global_rank(owner), op=dist.ReduceOp.SUM, group=self.group,
-                                     async_op=True) for b, owner in zip(bufs, run.owner)]
-                launched.append((run, bufs, works))
-        for run, out, work in launched:
-            for w in work if isinstance(work, list) else [work]:
-                w.wait()
-            for i, p in enumerate(run.params):
-                if run.owner[i] != self.rank or p.grad is None:
-                    continue
-                summed = out[run.local(i)] if run.stacked else out[i]
-                p.grad.copy_(summed.div_(self.world))
-        # the sliced AdamW parameters: update this rank's elements, launch their all-gather (it runs while
-        # the gated step computes)
-        self._gathers = [self._update_slice(optimizer, piece, out, work) for piece, out, work in sliced]
+    def launch(self, optimizer, loss, device) -> None:
+        """Phase 1: the loss all-reduce, the sliced parameters' reduce-scatters, each run's reductions."""
+        super().launch(optimizer, loss, device)
+        self.plan(optimizer)
+        self._sliced = [self._reduce_slice(piece) for piece in self.slices.values()]
+        self._reduced = [self._reduce_run(run) for run in self.runs]
+
+    def _reduce_run(self, run: Run):
+        grads = [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in run.params]
+        if run.stacked:
+            stack = grads[0].new_zeros((self.world * run.chunk,) + tuple(grads[0].shape))
+            for g, slot in zip(grads, run.slot):
+                stack[slot].copy_(g)
+            out = stack.new_empty((run.chunk,) + tuple(grads[0].shape))
+            return run, out, [_reduce_scatter(out, stack, self.group)]
+        bufs = [g.clone() for g in grads]
+        works = [dist.reduce(b, dst=self._global_rank(owner), op=dist.ReduceOp.SUM, group=self.group,
+                             async_op=True) for b, owner in zip(bufs, run.owner)]
+        return run, bufs, works
 
     def _reduce_slice(self, piece: Slice):
         p = piece.p
@@ -368,49 +407,70 @@ class Zero2(Sync):
         out = flat.new_empty(piece.length)
         return piece, out, _reduce_scatter(out, flat, self.group)
 
-    def _update_slice(self, optimizer, piece: Slice, out: torch.Tensor, work):
-        work.wait()
-        p, group = piece.p, piece.group
-        mine = piece.mine(p.detach())
-        if p.grad is not None and piece.hi > piece.lo:
-            state = optimizer.state[p]
-            if not state:
-                state.update(R.new_adamw_state(mine))
-            R.adamw_step(mine, out[:piece.hi - piece.lo].div_(self.world), state, float(group["lr"]),
-                         group["betas"], float(group["eps"]), float(group["weight_decay"]),
-                         host_checks=p.device.type == "cpu")
+    def wait(self, optimizer, compute: Callable) -> None:
+        """Phase 2: the owners' averaged gradients into ``p.grad``; the sliced parameters' AdamW step on this
+        rank's elements (``compute``: the optimizer's functional step) and the launch of their all-gathers,
+        which run while the optimizer computes the rest."""
+        for run, out, works in self._reduced:
+            for work in works:
+                work.wait()
+            for i, p in enumerate(run.params):
+                if run.owner[i] == self.rank and p.grad is not None:
+                    summed = out[run.local(i)] if run.stacked else out[i]
+                    p.grad.copy_(summed.div_(self.world))
+        stacks = []
+        for piece, out, work in self._sliced:
+            work.wait()
+            if piece.p.grad is not None and piece.hi > piece.lo:
+                stacks.append(self._slice_stack(optimizer, piece, out[:piece.hi - piece.lo].div_(self.world)))
+        if stacks:
+            compute(stacks)
+        self._gathers = [self._gather_slice(piece) for piece, _, _ in self._sliced]
+        self._reduced, self._sliced = [], []
+
+    def _slice_stack(self, optimizer, piece: Slice, grad: torch.Tensor) -> Stack:
+        """This rank's elements of a sliced AdamW parameter as a one-parameter stack of views."""
+        mine = piece.mine(piece.p.detach())
+        state = optimizer.state[piece.p]
+        if not state:
+            state.update(R.new_adamw_state(mine))
+        return Stack([mine], [grad], [state], AdamWHyper.of(piece.group))
+
+    def _gather_slice(self, piece: Slice):
+        p = piece.p
         padded = p.new_zeros(piece.length)
-        padded[:piece.hi - piece.lo].copy_(mine)
+        padded[:piece.hi - piece.lo].copy_(piece.mine(p.detach()))
         gathered = p.new_empty(self.world * piece.length)
         return piece, gathered, _all_gather(gathered, padded, self.group)
 
-    def finish(self, optimizer) -> None:
+    def gather(self, optimizer) -> None:
+        """Phase 3: wait for the slices' all-gathers; launch every run's all-gather (or broadcasts), wait,
+        copy back."""
         for piece, gathered, work in self._gathers:
             work.wait()
             piece.p.detach().reshape(-1).copy_(gathered[:piece.p.numel()])  # (the owner's own part: unchanged)
         self._gathers = []
-        launched = []
-        for run in self.runs:
-            shape = tuple(run.params[0].shape)
-            if run.stacked:
-                mine = run.params[0].new_zeros((run.chunk,) + shape)
-                for i, p in enumerate(run.params):
-                    if run.owner[i] == self.rank:
-                        mine[run.local(i)].copy_(p.detach())
-                out = mine.new_empty((self.world * run.chunk,) + shape)
-                launched.append((run, out, [_all_gather(out, mine, self.group)]))
-            else:
-                works = [dist.broadcast(p.detach(), src=self._global_rank(owner), group=self.group, async_op=True)
-                         for p, owner in zip(run.params, run.owner)]
-                launched.append((run, None, works))
+        launched = [self._gather_run(run) for run in self.runs]
         for run, out, works in launched:
-            for w in works:
-                w.wait()
+            for work in works:
+                work.wait()
             if out is None:
                 continue
             for i, p in enumerate(run.params):
                 if run.owner[i] != self.rank:
                     p.detach().copy_(out[run.slot[i]])
+
+    def _gather_run(self, run: Run):
+        if not run.stacked:
+            return run, None, [dist.broadcast(p.detach(), src=self._global_rank(owner), group=self.group,
+                                              async_op=True) for p, owner in zip(run.params, run.owner)]
+        shape = tuple(run.params[0].shape)
+        mine = run.params[0].new_zeros((run.chunk,) + shape)
+        for i, p in enumerate(run.params):
+            if run.owner[i] == self.rank:
+                mine[run.local(i)].copy_(p.detach())
+        out = mine.new_empty((self.world * run.chunk,) + shape)
+        return run, out, [_all_gather(out, mine, self.group)]
 
     def traffic_bytes(self, optimizer) -> int:
         """Bytes one rank sends per step by design (ring reduce-scatter / all-gather: (N−1)/N of the padded
@@ -460,6 +520,46 @@ class Zero2(Sync):
                     state[k] = piece.mine(state[k]).clone()
             elif p not in self.owned:
                 optimizer.state.pop(p, None)
+
+
+class Auto(Sync):
+    """``distributed="auto"`` on more than one rank: the first step's fingerprint picks the mode — identical
+    gradients on every rank (DDP has averaged them) → :class:`Replicated`, else → :class:`Zero2` — and every
+    call after goes to it. Before the first step nothing is sharded (a loaded state is complete on every
+    rank; zero2 then drops what this rank does not own)."""
+
+    mode = "auto"
+
+    def __init__(self, group=None):
+        super().__init__(group)
+        self.chosen: Sync | None = None
+
+    def launch(self, optimizer, loss, device) -> None:
+        if self.chosen is None:
+            identical = self.fingerprint(optimizer, loss is not None, device)
+            self.chosen = (Replicated if identical else Zero2)(self.group)
+            self.chosen.checked = True
+            self.chosen.drop_unowned(optimizer)
+        self.chosen.launch(optimizer, loss, device)
+
+    def averaged_loss(self) -> torch.Tensor:
+        return self.chosen.averaged_loss()
+
+    def wait(self, optimizer, compute: Callable) -> None:
+        self.chosen.wait(optimizer, compute)
+
+    def owns(self, p: torch.Tensor) -> bool:
+        return self.chosen.owns(p)
+
+    def gather(self, optimizer) -> None:
+        self.chosen.gather(optimizer)
+
+    def gather_state(self, optimizer, state_dict: dict) -> dict:
+        return state_dict if self.chosen is None else self.chosen.gather_state(optimizer, state_dict)
+
+    def drop_unowned(self, optimizer) -> None:
+        if self.chosen is not None:
+            self.chosen.drop_unowned(optimizer)
 
 
 def _all_params(optimizer) -> list[torch.Tensor]:

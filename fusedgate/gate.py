@@ -48,6 +48,7 @@ import math
 import torch
 
 from fusedgate.spec import SENSORS, GateSpec
+from fusedgate.stack import Gate, Modulation
 
 # global state slots
 G_STEP, G_LOSS_EMA, G_LOSS_REF, G_LOSS_IMPROVEMENT, G_LOSS_SEEN = range(5)
@@ -154,6 +155,46 @@ def actuators(spec: GateSpec, g: torch.Tensor, scale: float | torch.Tensor = 1.0
     if not (isinstance(clip, float) and clip == 1.0):
         out["clip_inv"] = out["clip_inv"] / clip
     return out
+
+
+def step_actuators(gate: Gate, sensors: torch.Tensor, steps: torch.Tensor | None,
+                   modulations: list[Modulation]) -> dict[str, torch.Tensor | float]:
+    """This step's gate and actuators for P parameters with sensors ``[P, N_SLOTS]``, applied-step counts
+    ``steps`` (None when unmeasured) and one OptBrain modulation each; recorded in the sensors.
+
+    (P,) float64 tensors — or Python floats when nothing is measured and every modulation is the same (the
+    poles are equal: the actuators are the pole's values whatever g is). Unmeasured, g is not evaluated
+    (recorded as 0)."""
+    if len(set(modulations)) == 1:
+        scale, clip, dampen = modulations[0].scale, modulations[0].clip, modulations[0].dampen
+        if not gate.measures:
+            return _constant_actuators(gate.spec, sensors, scale, clip)
+    else:
+        device = sensors.device
+        scale = torch.tensor([m.scale for m in modulations], dtype=torch.float64, device=device)
+        clip = torch.tensor([m.clip for m in modulations], dtype=torch.float64, device=device)
+        dampen = torch.tensor([m.dampen for m in modulations], dtype=torch.float32, device=device)
+    if gate.measures:
+        g = gate_value(gate.spec, normalised_sensors(gate.global_state, sensors, steps, gate.total_steps), dampen)
+    else:
+        g = torch.zeros(sensors.shape[0], dtype=torch.float32, device=sensors.device)
+    act = actuators(gate.spec, g, scale, clip)
+    sensors[:, S_GATE] = g
+    for name, slot in ACTUATOR_SLOTS.items():
+        sensors[:, slot] = act[name].float()
+    return act
+
+
+def _constant_actuators(spec: GateSpec, sensors: torch.Tensor, scale: float, clip: float) -> dict[str, float]:
+    """The actuators of an unmeasured spec (its poles are equal) with one modulation, as Python floats
+    (``actuators`` with any g); recorded in the sensors."""
+    act = {name: cons for name, (cons, _) in pole_values(spec).items()}
+    act["update_mult"] *= scale
+    act["clip_inv"] /= clip
+    slots = list(ACTUATOR_SLOTS.values())
+    sensors[:, slots] = torch.tensor([act[name] for name in ACTUATOR_SLOTS], dtype=torch.float32,
+                                     device=sensors.device)
+    return act
 
 
 SUMS = ("gg", "gm", "mm", "pp", "dd", "uu")   # the order of a step's reductions in a sums tensor

@@ -51,6 +51,7 @@ with the same non-finite skip.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +60,9 @@ import torch
 
 from fusedgate import gate as G
 from fusedgate.spec import GateSpec
+from fusedgate.stack import AdamWHyper, Gate, MatrixHyper, Stack
+
+__all__ = ["MatrixHyper", "AdamWHyper", "Stack", "Gate"]   # re-exported: the types every backend takes
 
 # Quintic Newton–Schulz coefficients (a, b, c) from Keller Jordan's Muon.
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -73,20 +77,6 @@ POLAR_EXPRESS = (
 # (norm scale c, norm eps ε) of the pre-normalisation X = u/(c·‖u‖_F + ε)
 NORMALISATION = {"quintic": (1.0, 1e-7), "polar_express": (1.01, 1e-6)}
 ADAM_UPDATE_RMS = 0.2
-
-
-@dataclass(frozen=True)
-class MatrixHyper:
-    """Group hyperparameters of one gated step (host floats: read from param_groups)."""
-
-    lr: float
-    weight_decay: float
-    momentum: float   # μ: decay of the first moment and the Nesterov blend
-    eps: float
-    nesterov: bool
-    ns_steps: int
-    units: str        # "adam" | "muon"
-    normuon_beta2: float = 0.0   # β_N: decay of the NorMuon second moment
 
 
 @dataclass(frozen=True)
@@ -171,7 +161,7 @@ def normuon(x: torch.Tensor, second_moment: torch.Tensor, beta2: float) -> tuple
     axis = normuon_axis(x.size(-2), x.size(-1))
     q = x.square().mean(dim=axis, keepdim=True)
     norm_before = (q.sum(dim=(-2, -1), keepdim=True) * x.size(axis)).sqrt()
-    second_moment = second_moment.lerp(q, 1 - beta2)
+    second_moment = second_moment.lerp(q, weight(1 - beta2, q))
     scale = second_moment.clamp_min(1e-10).rsqrt()
     norm_after = ((q * x.size(axis)) * scale.square()).sum(dim=(-2, -1), keepdim=True).sqrt()
     return x * (scale * norm_before / norm_after.clamp_min(1e-10)), second_moment
@@ -180,11 +170,13 @@ def normuon(x: torch.Tensor, second_moment: torch.Tensor, beta2: float) -> tuple
 def orthogonalise(u: torch.Tensor, engine: Engine, steps: int, second_moment: torch.Tensor | None = None,
                   beta2: float = 0.0, dtype: torch.dtype = torch.float32,
                   iterate: Callable = polar_iteration) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Step 4 of the module docstring on a stack u (k, rows, cols): (o in float32, the new NorMuon
-    second moment or None). ``iterate`` runs the polynomial iteration (the Triton backend may pass its own)."""
+    """Step 4 of the module docstring on a stack u (k, rows, cols): (o in float32 — float64 for a float64 u —,
+    the new NorMuon second moment or None). ``iterate`` runs the polynomial iteration (the Newton–Schulz
+    implementation: ``polar_iteration``, or the Triton kernels' ``polar_iteration_triton``)."""
+    work = torch.float64 if u.dtype == torch.float64 else torch.float32
     if engine.muon_eq:
-        u = muon_eq(u.float())
-    x = iterate(u, engine.coefficients(steps), *NORMALISATION[engine.orthogonaliser], dtype).float()
+        u = muon_eq(u.to(work))
+    x = iterate(u, engine.coefficients(steps), *NORMALISATION[engine.orthogonaliser], dtype).to(work)
     if engine.muon_plus:
         x = muon_plus(x)
     if engine.normuon:
@@ -211,31 +203,51 @@ def decay_scale(rows: int, cols: int, units: str) -> float:
     return shape_factor(rows, cols) if units == "muon" else 1.0
 
 
-def new_matrix_state(p: torch.Tensor, engine: Engine | None = None) -> dict:
+def weight(w: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+    """A lerp weight: a float as it is; a 0-D tensor (the compiled backend's hyperparameters, float64) in
+    ``like``'s dtype, which is how torch rounds a float weight."""
+    return w if isinstance(w, float) else w.to(like.dtype)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a parameter's update and state are computed in: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def new_matrix_state(p: torch.Tensor, engine: Engine | None = None, second_moment: bool = True) -> dict:
+    """A gated matrix's state; ``exp_avg_sq`` only with ``second_moment`` (some pole gives ω < 1)."""
+    work = compute_dtype(p.dtype)
     state = {
         "step": torch.zeros((), dtype=torch.float32, device=p.device),
-        "exp_avg": torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format),
-        "exp_avg_sq": torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format),
+        "exp_avg": torch.zeros_like(p, dtype=work, memory_format=torch.contiguous_format),
         "m_decay_prod": torch.ones((), dtype=torch.float64, device=p.device),
         "v_decay_prod": torch.ones((), dtype=torch.float64, device=p.device),
         "sensors": G.new_param_sensors(p.device),
     }
+    if second_moment:
+        state["exp_avg_sq"] = new_second_moment(p)
     if engine is not None and engine.normuon:
         state["normuon_sq"] = new_normuon_state(p)
     return state
 
 
+def new_second_moment(p: torch.Tensor) -> torch.Tensor:
+    """A zero ``exp_avg_sq`` for p (in its compute dtype)."""
+    return torch.zeros_like(p, dtype=compute_dtype(p.dtype), memory_format=torch.contiguous_format)
+
+
 def new_normuon_state(p: torch.Tensor) -> torch.Tensor:
-    """A zero NorMuon second moment for p: shape ``normuon_shape`` of its matrix view, float32."""
-    return torch.zeros(normuon_shape(*matrix_view_shape(p.shape)), dtype=torch.float32, device=p.device)
+    """A zero NorMuon second moment for p: shape ``normuon_shape`` of its matrix view, in its compute dtype."""
+    return torch.zeros(normuon_shape(*matrix_view_shape(p.shape)), dtype=compute_dtype(p.dtype), device=p.device)
 
 
 def new_adamw_state(p: torch.Tensor) -> dict:
+    work = compute_dtype(p.dtype)
     return {
         "step": torch.zeros((), dtype=torch.float32, device=p.device),
         "skipped": torch.zeros((), dtype=torch.float32, device=p.device),   # steps skipped for a non-finite gradient
-        "exp_avg": torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format),
-        "exp_avg_sq": torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format),
+        "exp_avg": torch.zeros_like(p, dtype=work, memory_format=torch.contiguous_format),
+        "exp_avg_sq": torch.zeros_like(p, dtype=work, memory_format=torch.contiguous_format),
         "m_decay_prod": torch.ones((), dtype=torch.float64, device=p.device),
         "v_decay_prod": torch.ones((), dtype=torch.float64, device=p.device),
     }
@@ -265,13 +277,20 @@ class StackFlags:
     """Host-side facts from the spec (False when every pole makes that work's weight exactly zero:
     ω = 0 for ``ortho``, k = ∞ for ``clip``, ω = 1 for ``adam``), so it is skipped without reading the
     device. ``host_checks``: the device is the host (CPU), so reading a flag costs nothing and the
-    masking of skipped steps can be left out when every gradient is finite."""
+    masking of skipped steps can be left out when every gradient is finite. ``engine``: the spec's
+    switches; ``ns_dtype`` the orthogonaliser's dtype (float64 stacks use float64) and ``iterate`` its
+    polynomial iteration (the Newton–Schulz implementation); ``decays``: the group's weight decay is not 0.
+    ``flags.engine``/``decays`` decide whether the cautious decay runs."""
 
     ortho: bool
     clip: bool
     adam: bool
     host_checks: bool = False
     sensors: bool = True   # False: nothing reads the sensors (see ``FusedGate.reads_sensors``), skip their sums
+    engine: Engine = Engine()
+    decays: bool = True    # the group's weight decay is not 0 (the cautious decay's mask is formed only then)
+    ns_dtype: torch.dtype = torch.float32
+    iterate: Callable = polar_iteration
 
 
 def _dots(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -285,11 +304,23 @@ def _squares(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x, dim=(-2, -1)).square()
 
 
-def gated_matrix_stack(params: list[torch.Tensor], states: list[dict], hp: MatrixHyper, engine: Engine,
-                       act: dict[str, torch.Tensor | float], sensors: torch.Tensor, steps: torch.Tensor | None,
-                       flags: StackFlags,
-                       ns_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """One gated step of k parameters of one shape (see the module docstring), in place.
+@dataclass
+class _Directions:
+    """Steps 3–6 of one stack: ``terms`` the update's terms lr·A·T·c·direction (one per direction used),
+    ``d`` the blended direction (``o`` alone without the Adam direction, whose c_o > 0 only scales it),
+    ``o``/``c_o`` the orthogonal direction and its weight, ``updates`` the (state tensor, new value)
+    pairs copied back where the step is applied."""
+
+    terms: list
+    d: torch.Tensor | None
+    o: torch.Tensor | None
+    c_o: torch.Tensor | float
+    updates: list
+
+
+def gated_matrix_stack(stack: Stack, act: dict[str, torch.Tensor | float], sensors: torch.Tensor,
+                       steps: torch.Tensor | None, flags: StackFlags) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """One gated step of a stack of k parameters of one shape and dtype (the module docstring), in place.
 
     ``act`` holds (k,) float64 actuators update_mult, trust_mix, clip_inv, beta2, ortho — or Python floats
     shared by the stack, when the sensors are not measured (then trust_mix = 0 and clip_inv = 0); ``sensors``
@@ -297,129 +328,256 @@ def gated_matrix_stack(params: list[torch.Tensor], states: list[dict], hp: Matri
     Returns (the step's reductions (k, 6) in ``gate.SUMS`` order or None without ``flags.sensors``, the
     (k,) bool ``applied``); the caller folds them into the sensors with ``gate.observe_param`` and advances
     the step counts. The state tensors are packed (``pack``) and updated in place."""
-    k, shape = len(params), params[0].shape
-    rows, cols = matrix_view_shape(shape)
-    view = (k, rows, cols)
-    # (k,) float64 scalars → float32 (k, 1, 1), as a 0-d tensor would round; a Python float rounds the same way
-    col = lambda t: t if isinstance(t, float) else t.float().view(k, 1, 1)
-    # (no .detach(): the optimizer steps under torch.no_grad, and each detach is one more dispatch)
-    P = torch.stack(params).view(view).float()
-    g = torch.stack([p.grad for p in params]).view(view).float()
-    m = pack(states, "exp_avg").view(view)
+    P, g, moments = stacked(stack, flags)
     # finite iff the sum is: NaN and ±inf propagate through a sum (a finite gradient whose elements sum
     # past ±3.4e38 would read as non-finite and be skipped: such a step could not be applied anyway)
     applied = torch.isfinite(g.sum(dim=(-2, -1)))
     masked = not (flags.host_checks and bool(applied.all()))
+    sums, P_new, updates = stack_update(P, g, moments, act, sensors, steps, stack.hyper, flags, in_place=not masked)
+    write_back(stack.params, applied if masked else None, P_new, P, updates)
+    return sums, applied
 
+
+def stacked(stack: Stack, flags: StackFlags) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(P, g, the state's packed moments) of a stack, each viewed (k, rows, cols) (NorMuon's (k, ·, ·),
+    the decay products (k,)); P and g are fresh copies in the compute dtype."""
+    k, shape = len(stack.params), stack.params[0].shape
+    view, work = (k, *matrix_view_shape(shape)), compute_dtype(stack.params[0].dtype)
+    # (no .detach(): the optimizer steps under torch.no_grad, and each detach is one more dispatch)
+    P = torch.stack(stack.params).view(view).to(work)
+    g = torch.stack(stack.grads).view(view).to(work)
+    moments = {"exp_avg": pack(stack.states, "exp_avg").view(view), "m_decay": pack(stack.states, "m_decay_prod")}
+    if flags.adam:
+        moments.update(exp_avg_sq=pack(stack.states, "exp_avg_sq").view(view),
+                       v_decay=pack(stack.states, "v_decay_prod"))
+    if flags.ortho and flags.engine.normuon:
+        moments["normuon"] = pack(stack.states, "normuon_sq")
+    return P, g, moments
+
+
+def stack_update(P: torch.Tensor, g: torch.Tensor, moments: dict, act: dict, sensors: torch.Tensor,
+                 steps: torch.Tensor | None, hp: MatrixHyper, flags: StackFlags, in_place: bool = False):
+    """Steps 1–8 on stacked tensors, reading nothing on the host: (the sums or None, the new P, the
+    (state tensor, new value) pairs). The scalars of ``hp`` and ``act`` are floats (eager) or 0-D / (k,)
+    float64 tensors (the compiled backend compiles this function); ``in_place`` advances m in place."""
+    k, rows, cols = g.shape
+    col = lambda t: t if isinstance(t, float) else t.to(g.dtype).view(k, 1, 1)   # (k,) → (k, 1, 1), rounded
     if flags.clip:
-        rms = sensors[:, G.S_GRAD_NORM] / math.sqrt(rows * cols)
-        active = (steps > 0) & (rms > 0) & (act["clip_inv"] > 0)
-        threshold = col(torch.where(active, rms / act["clip_inv"].clamp_min(1e-30), math.inf))
-        # clamp, in place (g is this step's own stacked copy): min/max are 3× faster than clamp with tensor
-        # bounds, and every large temporary avoided is an allocation (and its page faults) saved
-        torch.minimum(torch.maximum(g, -threshold, out=g), threshold, out=g)
-
-    mu = hp.momentum
-    # the sums that read the old m are taken first; then m advances in place unless a skipped step must undo it
+        _clip_(g, act["clip_inv"], sensors, steps, col)
+    # 2. the sums that read the old m are taken first; then m advances (in place when nothing can be undone)
+    m = moments["exp_avg"]
     old_m_sums = (_dots(g, m), _squares(m)) if flags.sensors else None
-    in_place = not masked
-    m_new = m.lerp_(g, 1.0 - mu) if in_place else torch.lerp(m, g, 1.0 - mu)
-    m_decay = pack(states, "m_decay_prod")
-    p1 = m_decay * mu
+    w = weight(1.0 - hp.momentum, m)
+    m_new = m.lerp_(g, w) if in_place else torch.lerp(m, g, w)
+    dirs = _directions(g, m_new, moments, act, sensors, hp, flags, col)
+    cautious = flags.engine.cautious_wd and flags.decays
+    P_new, decrement = _decayed_update(P, dirs, hp, cautious, rows, cols)
+    sums = _step_sums(g, old_m_sums, P, P_new, decrement, dirs, flags.adam) if flags.sensors else None
+    return sums, P_new, ([] if in_place else [(m, m_new)]) + dirs.updates
+
+
+def _clip_(g: torch.Tensor, clip_inv: torch.Tensor, sensors: torch.Tensor, steps: torch.Tensor, col) -> None:
+    """Step 1, in place on g (this step's own stacked copy): each element clamped to ±k·G/√N."""
+    rms = sensors[:, G.S_GRAD_NORM] / math.sqrt(g.size(-2) * g.size(-1))
+    active = (steps > 0) & (rms > 0) & (clip_inv > 0)
+    threshold = col(torch.where(active, rms / clip_inv.clamp_min(1e-30), math.inf))
+    # min/max are 3× faster than clamp with tensor bounds, and every large temporary avoided is an
+    # allocation (and its page faults) saved
+    torch.minimum(torch.maximum(g, -threshold, out=g), threshold, out=g)
+
+
+def _directions(g: torch.Tensor, m_new: torch.Tensor, moments: dict, act: dict, sensors: torch.Tensor,
+                hp: MatrixHyper, flags: StackFlags, col) -> _Directions:
+    """Steps 2–6 past the first moment: P₁, the Adam direction (v, P₂ advanced), the orthogonal direction
+    (NorMuon's moment advanced), the blend weights c_a, c_o and the trust-scaled step size."""
+    rows, cols = g.size(-2), g.size(-1)
+    m_decay = moments["m_decay"]
+    p1 = m_decay * hp.momentum
     c_a, c_o = direction_coefficients(rows, cols, act["ortho"], hp.units)
     tau = act["trust_mix"]
     trust = 1.0 if isinstance(tau, float) and tau == 0.0 else (1.0 - tau) + tau * sensors[:, G.S_TRUST_RATIO].double()
     step_size = hp.lr * act["update_mult"] * trust
-
-    step_terms, d = [], None   # at least one direction is used: ω < 1 or ω > 0 in some pole
-    if flags.adam:
-        v = pack(states, "exp_avg_sq").view(view)
-        beta2 = act["beta2"]
+    out = _Directions(terms=[], d=None, o=None, c_o=c_o, updates=[(m_decay, p1)])
+    if flags.adam:   # at least one direction is used: ω < 1 or ω > 0 in some pole
+        v, v_decay, beta2 = moments["exp_avg_sq"], moments["v_decay"], act["beta2"]
         v_new = v * col(beta2) + col(1.0 - beta2) * g * g
-        v_decay = pack(states, "v_decay_prod")
         p2 = v_decay * beta2
         c_a = c_a / (1.0 - p1)
         adam_raw = m_new / (v_new.sqrt() / col((1.0 - p2).sqrt()) + hp.eps)   # Adam direction times (1 − P₁)
-        step_terms.append(col(step_size * c_a) * adam_raw)
-        d = col(c_a) * adam_raw
+        out.terms.append(col(step_size * c_a) * adam_raw)
+        out.d = col(c_a) * adam_raw
+        out.updates += [(v, v_new), (v_decay, p2)]
     if flags.ortho:
-        source = torch.lerp(g, m_new, mu) if hp.nesterov else m_new
-        moment = pack(states, "normuon_sq") if engine.normuon else None
-        o, moment_new = orthogonalise(source, engine, hp.ns_steps, moment, hp.normuon_beta2, ns_dtype)
-        step_terms.append(col(step_size * c_o) * o)
+        source = torch.lerp(g, m_new, weight(hp.momentum, g)) if hp.nesterov else m_new
+        moment = moments.get("normuon")
+        ns_dtype = torch.float64 if g.dtype == torch.float64 else flags.ns_dtype
+        o, moment_new = orthogonalise(source, flags.engine, hp.ns_steps, moment, hp.normuon_beta2, ns_dtype,
+                                      flags.iterate)
+        out.terms.append(col(step_size * c_o) * o)
         # without the Adam direction d = c_o·o with c_o > 0 is never formed: the cautious mask reads the sign
         # of o·p, and ‖d‖² = c_o²·‖o‖²
-        d = o if d is None else d + col(c_o) * o
-    if engine.cautious_wd and hp.weight_decay != 0.0:
-        wd = hp.lr * decay_scale(rows, cols, hp.units) * hp.weight_decay
-        update = step_terms[0] if len(step_terms) == 1 else step_terms[0] + step_terms[1]
-        decrement = update + wd * P * (d * P >= 0).to(P.dtype)
-        P_new = P - decrement   # nanochat's op order: p − (lr·o + lr·wd·p·mask)
-    else:
-        decrement = None
-        P_new = P * (1.0 - hp.lr * hp.weight_decay)
-        for term in step_terms:
-            P_new = P_new - term
+        out.o, out.d = o, (o if out.d is None else out.d + col(c_o) * o)
+        if moment is not None:
+            out.updates.append((moment, moment_new))
+    return out
 
-    sums = None
-    if flags.sensors:
-        dd = _squares(d) if flags.adam else _squares(o) * torch.as_tensor(c_o, dtype=torch.float64).float() ** 2
-        step_norm = _squares(decrement if decrement is not None else P_new - P)   # ‖Δp‖² (up to rounding)
-        sums = torch.stack([_squares(g), *old_m_sums, _squares(P), dd.expand(k), step_norm], dim=1)
+
+def _decayed_update(P: torch.Tensor, dirs: _Directions, hp: MatrixHyper, cautious: bool, rows: int,
+                    cols: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Step 7: (the new parameters, the cautious decrement or None for the decoupled decay)."""
+    if cautious:
+        wd = hp.lr * decay_scale(rows, cols, hp.units) * hp.weight_decay
+        update = dirs.terms[0] if len(dirs.terms) == 1 else dirs.terms[0] + dirs.terms[1]
+        decrement = update + wd * P * (dirs.d * P >= 0).to(P.dtype)
+        return P - decrement, decrement   # nanochat's op order: p − (lr·o + lr·wd·p·mask)
+    P_new = P * (1.0 - hp.lr * hp.weight_decay)
+    for term in dirs.terms:
+        P_new = P_new - term
+    return P_new, None
+
+
+def _step_sums(g, old_m_sums, P, P_new, decrement, dirs: _Directions, adam: bool) -> torch.Tensor:
+    """Step 8: (k, 6) reductions ‖g̃‖², g̃·m₋, ‖m₋‖², ‖p₋‖², ‖d‖², ‖Δp‖² (the last up to rounding)."""
+    k = g.size(0)
+    dd = _squares(dirs.d) if adam else _squares(dirs.o) * torch.as_tensor(dirs.c_o, dtype=torch.float64).float() ** 2
+    step_norm = _squares(decrement if decrement is not None else P_new - P)
+    return torch.stack([_squares(g), *old_m_sums, _squares(P), dd.expand(k), step_norm], dim=1)
+
+
+def write_back(params: list[torch.Tensor], applied: torch.Tensor | None, P_new, P, updates: list) -> None:
+    """Copy the new parameters and state back where the step is applied (``applied`` None: every gradient
+    is known finite, nothing to mask)."""
+    k, shape = len(params), tuple(params[0].shape)
 
     def keep(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-        """new where the step is applied, else old (a no-op when every gradient is known finite)."""
-        return torch.where(applied.view((k,) + (1,) * (new.dim() - 1)), new, old) if masked else new
+        return new if applied is None else torch.where(applied.view((k,) + (1,) * (new.dim() - 1)), new, old)
 
-    torch._foreach_copy_(params, list(keep(P_new, P).view((k,) + tuple(shape)).unbind(0)))
-    if not in_place:
-        m.copy_(keep(m_new, m))
-    m_decay.copy_(keep(p1, m_decay))
-    if flags.adam:
-        v.copy_(keep(v_new, v))
-        v_decay.copy_(keep(p2, v_decay))
-    if flags.ortho and engine.normuon:
-        moment.copy_(keep(moment_new, moment))
-    return sums, applied
+    torch._foreach_copy_(params, list(keep(P_new, P).view((k,) + shape).unbind(0)))
+    for stored, new in updates:
+        stored.copy_(keep(new, stored))
 
 
-def adamw_step(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, betas: tuple[float, float],
-               eps: float, weight_decay: float, host_checks: bool = False) -> torch.Tensor:
+def adamw_step(p: torch.Tensor, grad: torch.Tensor, state: dict, hp: AdamWHyper,
+               host_checks: bool = False) -> torch.Tensor:
     """One AdamW step in nanochat's op order (the same math as torch's AdamW), in place; skipped when the
     gradient is not finite (counted in ``state['skipped']``). ``host_checks`` as in ``StackFlags``: on the host
     the finiteness is read first and the step runs in place or not at all. Returns the 0-d bool ``applied``."""
-    beta1, beta2 = betas
-    g = grad.detach().float()
+    work = compute_dtype(p.dtype)
+    g = grad.detach().to(work)
     applied = torch.isfinite(g.sum())   # as in gated_matrix_stack
-    m, v = state["exp_avg"], state["exp_avg_sq"]
-    if host_checks:
-        if bool(applied):
-            p1 = state["m_decay_prod"].mul_(beta1)
-            p2 = state["v_decay_prod"].mul_(beta2)
-            P = p.detach() if p.dtype == torch.float32 else p.detach().float()
-            P.mul_(1.0 - lr * weight_decay)
-            m.lerp_(g, 1.0 - beta1)
-            v.lerp_(g.square(), 1.0 - beta2)
-            denom = (v / (1.0 - p2)).sqrt_().add_(eps)
-            P.addcdiv_(m, denom, value=-lr / (1.0 - float(p1)))
-            if P is not p:
-                p.detach().copy_(P)
-            state["step"].add_(1.0)
-        else:
-            state["skipped"].add_(1.0)
-        return applied
-    m_new = torch.lerp(m, g, 1.0 - beta1)
-    v_new = torch.lerp(v, g.square(), 1.0 - beta2)
-    p1 = state["m_decay_prod"] * beta1
-    p2 = state["v_decay_prod"] * beta2
-    denom = (v_new / (1.0 - p2)).sqrt() + eps
-    P = p.detach().float()
-    P_new = P * (1.0 - lr * weight_decay) + (-lr / (1.0 - p1)) * m_new / denom
+    if not host_checks:
+        return adamw_masked(p.detach(), g, state["exp_avg"], state["exp_avg_sq"], state["m_decay_prod"],
+                            state["v_decay_prod"], state["step"], state["skipped"], hp, applied)
+    if bool(applied):
+        p1 = state["m_decay_prod"].mul_(hp.beta1)
+        p2 = state["v_decay_prod"].mul_(hp.beta2)
+        P = p.detach() if p.dtype == work else p.detach().to(work)
+        P.mul_(1.0 - hp.lr * hp.weight_decay)
+        state["exp_avg"].lerp_(g, 1.0 - hp.beta1)
+        state["exp_avg_sq"].lerp_(g.square(), 1.0 - hp.beta2)
+        denom = (state["exp_avg_sq"] / (1.0 - p2)).sqrt_().add_(hp.eps)
+        P.addcdiv_(state["exp_avg"], denom, value=-hp.lr / (1.0 - float(p1)))
+        if P is not p:
+            p.detach().copy_(P)
+        state["step"].add_(1.0)
+    else:
+        state["skipped"].add_(1.0)
+    return applied
+
+
+def adamw_masked(p, g, m, v, m_decay, v_decay, step, skipped, hp: AdamWHyper, applied: torch.Tensor) -> torch.Tensor:
+    """The AdamW step of ``adamw_step`` computed whatever ``applied`` says and kept only where it is true (no
+    host read; the compiled backend compiles it with 0-D tensor hyperparameters). Returns ``applied``."""
+    m_new = torch.lerp(m, g, weight(1.0 - hp.beta1, m))
+    v_new = torch.lerp(v, g.square(), weight(1.0 - hp.beta2, v))
+    p1 = m_decay * hp.beta1
+    p2 = v_decay * hp.beta2
+    denom = (v_new / (1.0 - p2)).sqrt() + hp.eps
+    P = p.to(m.dtype)
+    P_new = P * (1.0 - hp.lr * hp.weight_decay) + (-hp.lr / (1.0 - p1)) * m_new / denom
     m.copy_(torch.where(applied, m_new, m))
     v.copy_(torch.where(applied, v_new, v))
-    state["m_decay_prod"].copy_(torch.where(applied, p1, state["m_decay_prod"]))
-    state["v_decay_prod"].copy_(torch.where(applied, p2, state["v_decay_prod"]))
-    state["step"].add_(applied.float())
-    state["skipped"].add_((~applied).float())
-    p.detach().copy_(torch.where(applied, P_new, P))
+    m_decay.copy_(torch.where(applied, p1, m_decay))
+    v_decay.copy_(torch.where(applied, p2, v_decay))
+    step.add_(applied.float())
+    skipped.add_((~applied).float())
+    p.copy_(torch.where(applied, P_new, P))
     return applied
+
+
+# ---------------------------------------------------------------------------------------------- the backend
+def gated_step(stacks: list[Stack], gate: Gate, *, iterate: Callable = polar_iteration,
+               cache: dict | None = None) -> None:
+    """The reference backend of ``fusedgate.functional.gated_step``: every stack's step, in place.
+
+    The gated stacks' gate and sensor EMAs are computed for all their matrices at once (state packed,
+    see ``pack``), the update per run of same-shape, same-dtype matrices (``gated_matrix_stack``); the
+    AdamW stacks parameter by parameter (``adamw_step``). ``iterate``: the Newton–Schulz implementation.
+    ``cache`` is unused here (the Triton backend keeps its launch tables in it): every backend takes the
+    same arguments."""
+    step_stacks(stacks, gate, iterate, gated_matrix_stack, adamw_step)
+
+
+def step_stacks(stacks: list[Stack], gate: Gate, iterate: Callable, run_step: Callable, adamw: Callable) -> None:
+    """The reference backend's orchestration with its two per-tensor updates given: ``run_step`` (the
+    signature of ``gated_matrix_stack``) and ``adamw`` (that of ``adamw_step``); the compiled backend passes
+    compiled ones."""
+    gated = [stack for stack in stacks if stack.gated and stack.params]
+    if gated:
+        _gated_stacks(gated, gate, iterate, run_step)
+    for stack in stacks:
+        if not stack.gated:
+            host_checks = bool(stack.params) and stack.params[0].device.type == "cpu"
+            for p, grad, state in zip(stack.params, stack.grads, stack.states):
+                adamw(p, grad, state, stack.hyper, host_checks)
+
+
+def _gated_stacks(stacks: list[Stack], gate: Gate, iterate: Callable, run_step: Callable) -> None:
+    states = [state for stack in stacks for state in stack.states]
+    device = stacks[0].params[0].device
+    sensors = pack(states, "sensors")
+    # applied-step counts before this step (the update advances the packed counts); read by the gate only
+    steps = pack(states, "step").clone() if gate.measures else None
+    act = G.step_actuators(gate, sensors, steps, [stack.modulation for stack in stacks for _ in stack.params])
+    ortho, adam, clip = gate.uses
+    flags = StackFlags(ortho=ortho, clip=clip, adam=adam, host_checks=device.type == "cpu", sensors=gate.measures,
+                       engine=Engine.of(gate.spec), ns_dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+                       iterate=iterate)
+    sums = torch.empty(len(states), len(G.SUMS), dtype=torch.float32, device=device)
+    applied = torch.empty(len(states), dtype=torch.bool, device=device)
+    offset = 0
+    for stack in stacks:
+        stack_flags = dataclasses.replace(flags, decays=float(stack.hyper.weight_decay) != 0.0)
+        for run in same_shape_runs(stack.params):
+            at = slice(offset + run[0], offset + run[-1] + 1)
+            if len(run) != run[-1] - run[0] + 1:
+                at = torch.tensor([offset + i for i in run], device=device)
+            run_act = {k: v if isinstance(v, float) else v[at] for k, v in act.items()}
+            s, a = run_step(take(stack, run), run_act, sensors[at], None if steps is None else steps[at], stack_flags)
+            if gate.measures:
+                sums[at] = s
+            applied[at] = a
+        offset += len(stack.params)
+    if gate.measures:
+        G.observe_param(sensors, steps, gate.spec, sums, applied)
+    if flags.host_checks and bool(applied.all()):
+        pack(states, "step").add_(1.0)
+    else:
+        if not gate.measures:
+            sensors[:, G.S_SKIPPED] += (~applied).float()
+        pack(states, "step").add_(applied.float())
+
+
+def same_shape_runs(params: list[torch.Tensor]) -> list[list[int]]:
+    """Indices of ``params`` grouped by shape and dtype (first-seen order; consecutive when the group's
+    params of one shape are)."""
+    runs: dict[tuple, list[int]] = {}
+    for i, p in enumerate(params):
+        runs.setdefault((tuple(p.shape), p.dtype), []).append(i)
+    return list(runs.values())
+
+
+def take(stack: Stack, indices: list[int]) -> Stack:
+    """The sub-stack of ``stack`` at ``indices``."""
+    return Stack([stack.params[i] for i in indices], [stack.grads[i] for i in indices],
+                 [stack.states[i] for i in indices], stack.hyper, stack.modulation)

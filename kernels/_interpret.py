@@ -6,16 +6,16 @@ module is imported first by ``fusedgate.kernels``, before any kernel is defined,
 ``TRITON_INTERPRET=1`` when ``torch.cuda.is_available()`` is false, unless the variable is already set.
 On a CUDA machine nothing is changed: the kernels compile for the GPU and take CUDA tensors.
 
-Triton's own library functions (``tl.sum``, ``tl.max``, ...) are ``@triton.jit`` functions too, defined
-when ``triton.language`` is first imported — often earlier and by someone else (``torch.optim`` imports
-``torch._dynamo``, which imports Triton). When that happened before the variable was set, they were
-built for the compiler and cannot be called from interpreted kernels; ``_interpret_triton_library``
-rebuilds them for the interpreter in place (the same functions, wrapped as Triton's
-``InterpretedFunction``), which is what importing Triton with the variable set would have produced.
+Triton's own library functions (``tl.sum``, ``tl.max``, ``tl.zeros``) are ``@triton.jit`` functions too,
+defined when ``triton.language`` is first imported — often earlier and by someone else (``torch.optim``
+imports ``torch._dynamo``, which imports Triton). When that happened before the variable was set, they
+were built for the compiler and cannot be called from interpreted kernels. Nothing of Triton is
+rewritten for that: the kernels call the library functions they use through ``library``, which under
+the interpreter gives plain-Python equivalents built on the builtins (``tl.full``, ``tl.reduce``) that
+the interpreter patches while a kernel runs — and only then.
 """
 
 import os
-import sys
 
 import torch
 
@@ -23,39 +23,6 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def _interpret_triton_library() -> None:
-    import triton.language as tl
-    from triton.runtime.interpreter import InterpretedFunction
-    from triton.runtime.jit import JITFunction
-
-    rebuilt: dict[int, InterpretedFunction] = {}
-    namespaces = [module for name, module in list(sys.modules.items())
-                  if module is not None and (name == "triton.language" or name.startswith("triton.language."))]
-    for namespace in namespaces + [tl.core.tensor]:
-        for attr, value in list(vars(namespace).items()):
-            if isinstance(value, JITFunction):
-                if id(value) not in rebuilt:
-                    rebuilt[id(value)] = InterpretedFunction(value.fn)
-                setattr(namespace, attr, rebuilt[id(value)])
-    for attr, value in list(vars(tl.core.tensor).items()):   # tensor methods (x.sum()): bind self
-        if isinstance(value, InterpretedFunction):
-            setattr(tl.core.tensor, attr, _method(value))
-
-
-def _method(function):
-    def method(*args, **kwargs):
-        return function(*args, **kwargs)
-    return method
-
-
-if INTERPRET:
-    import triton.language as _tl
-    from triton.runtime.jit import JITFunction as _JITFunction
-
-    if isinstance(_tl.standard.sum, _JITFunction):
-        _interpret_triton_library()
 
 
 def helper(fn):
@@ -70,7 +37,34 @@ def helper(fn):
     return triton.jit(fn)
 
 
+def _zeros(shape, dtype):
+    import triton.language as tl
+
+    return tl.full(shape, 0, dtype)
+
+
+def _sum(x, axis=None):
+    import triton.language as tl
+
+    return tl.reduce(x, axis, tl.standard._sum_combine)   # the interpreter reduces this combine with numpy
+
+
+def _max(x, axis=None):
+    import triton.language as tl
+
+    return tl.reduce(x, axis, tl.standard._elementwise_max)   # (likewise; integer and float32 inputs only)
+
+
+_INTERPRETED = {"zeros": _zeros, "sum": _sum, "max": _max}
+
+
 def library(function):
-    """A Triton library function (``tl.sum``, ``tl.max``) to call inside kernels: itself when compiling,
-    its plain Python body under the interpreter (for the reason given in ``helper``)."""
-    return getattr(function, "fn", function) if INTERPRET else function
+    """A Triton library function (``tl.sum``, ``tl.max``, ``tl.zeros``) to call inside kernels: itself when
+    compiling; under the interpreter a plain-Python equivalent (for the reasons in the module docstring
+    and in ``helper``) — whichever mode ``triton.language`` was imported in."""
+    if not INTERPRET:
+        return function
+    name = getattr(function, "__name__", None) or function.fn.__name__
+    if name not in _INTERPRETED:
+        raise KeyError(f"fusedgate.kernels._interpret.library has no interpreter equivalent of tl.{name}")
+    return _INTERPRETED[name]

@@ -1,5 +1,8 @@
-"""The Triton backend of FusedGate: what ``FusedGate.step()`` calls for CUDA tensors (or, forced with
-``backend="triton"``, for CPU tensors under Triton's interpreter).
+"""The Triton backend of FusedGate: ``gated_step(stacks, gate, *, iterate, cache)``, what
+``fusedgate.functional.gated_step`` calls for CUDA tensors (or, forced with ``backend="triton"``, for CPU
+tensors under Triton's interpreter) — the reference backend's signature. float64 parameters are handed
+to the reference backend (computed in float64 there); ``cache`` (owned by the caller) keeps the launch
+tables between steps.
 
 Per bucket of a group (params sharing param dtype and grad dtype), a gated step is a constant number
 of launches, whatever the number of tensors:
@@ -10,8 +13,8 @@ of launches, whatever the number of tensors:
     finalize_kernel    (params)  sensor EMAs, trust ratio, step / skipped counts
 The orthogonaliser works on one flat buffer (the moments pass writes its input, the apply pass reads its
 output) with one batched call per run of equal shapes: MuonEq's row statistics and scaling, the
-polynomial iteration (quintic or Polar Express; torch matmuls, or the Triton kernels with
-``NS_IMPL = "triton"``), Muon+'s Frobenius rescale and NorMuon's factored second moment — the same
+polynomial iteration (quintic or Polar Express; ``iterate``: torch matmuls, or the Triton kernels'
+``polar_iteration_triton``), Muon+'s Frobenius rescale and NorMuon's factored second moment — the same
 ``fusedgate.reference.orthogonalise`` the reference runs, so the math is shared, not re-derived. The
 cautious weight decay is fused into the apply pass. AdamW params: nonfinite_kernel, adamw_kernel,
 adamw_step_kernel. Nothing reads a device value on the host.
@@ -30,7 +33,7 @@ were after the previous step.
 
 from __future__ import annotations
 
-import weakref
+from collections.abc import Callable
 
 import torch
 import triton.language as tl
@@ -42,13 +45,10 @@ from fusedgate.kernels import scalar_kernels as SK
 from fusedgate.kernels import slots as S
 from fusedgate.kernels import step_kernels as K
 from fusedgate.kernels._interpret import INTERPRET
+from fusedgate.stack import Gate, Stack
 
-TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16,
-             torch.float64: tl.float64}
-NS_IMPL = "torch"   # "torch" | "triton": which Newton–Schulz the gated step uses
-
-_layouts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-MAX_LAYOUTS = 64
+TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+MAX_LAYOUTS = 64   # launch tables kept in a cache before it is cleared
 
 
 def check_device(device: torch.device) -> None:
@@ -63,19 +63,38 @@ def check_device(device: torch.device) -> None:
         raise RuntimeError(f"the Triton backend does not support {device.type} tensors; use backend='reference'")
 
 
-def _buckets(items: list) -> list[list]:
-    """Items grouped by (param dtype, grad dtype), each sorted by shape so equal shapes are adjacent."""
+def gated_step(stacks: list[Stack], gate: Gate, *, iterate: Callable = R.polar_iteration,
+               cache: dict | None = None) -> None:
+    """Every stack's step with the kernels (float64 parameters: with ``reference.gated_step``), in place."""
+    wide = [R.take(stack, [i for i, p in enumerate(stack.params) if p.dtype == torch.float64]) for stack in stacks]
+    wide = [stack for stack in wide if stack.params]
+    if wide:
+        R.gated_step(wide, gate, iterate=iterate, cache=cache)
+    cache = {} if cache is None else cache
+    for stack in stacks:
+        narrow = R.take(stack, [i for i, p in enumerate(stack.params) if p.dtype != torch.float64])
+        if not narrow.params:
+            continue
+        check_device(narrow.params[0].device)
+        if narrow.gated:
+            _gated_stack(narrow, gate, iterate, cache)
+        else:
+            _adamw_stack(narrow, cache)
+
+
+def _buckets(stack: Stack) -> list[Stack]:
+    """The stack split by (param dtype, grad dtype), each sorted by shape so equal shapes are adjacent."""
     groups: dict = {}
-    for p, state in items:
-        if p.dtype not in TL_DTYPES or p.grad.dtype not in TL_DTYPES:
-            raise TypeError(f"the Triton backend supports float32/bfloat16/float16/float64 params and grads, "
-                            f"got {p.dtype} / {p.grad.dtype}")
-        groups.setdefault((p.dtype, p.grad.dtype), []).append((p, state))
-    return [sorted(bucket, key=lambda item: tuple(item[0].shape)) for bucket in groups.values()]
+    for i, (p, grad) in enumerate(zip(stack.params, stack.grads)):
+        if p.dtype not in TL_DTYPES or grad.dtype not in TL_DTYPES:
+            raise TypeError(f"the Triton backend supports float32/bfloat16/float16 params and grads, "
+                            f"got {p.dtype} / {grad.dtype}")
+        groups.setdefault((p.dtype, grad.dtype), []).append(i)
+    return [R.take(stack, sorted(indices, key=lambda i: tuple(stack.params[i].shape))) for indices in groups.values()]
 
 
-def _check_state(state: dict, p: torch.Tensor, gated: bool) -> None:
-    for key in ("exp_avg", "exp_avg_sq"):
+def _check_state(state: dict, p: torch.Tensor, gated: bool, adam: bool) -> None:
+    for key in ("exp_avg", "exp_avg_sq") if adam or not gated else ("exp_avg",):
         t = state[key]
         if t.dtype != torch.float32 or t.shape != p.shape or t.device != p.device:
             raise ValueError(f"state[{key!r}] must be a float32 tensor of the param's shape and device, "
@@ -94,49 +113,52 @@ def _check_state(state: dict, p: torch.Tensor, gated: bool) -> None:
 
 class _Operands:
     """Contiguous views of a bucket's tensors and their pointer-table rows; ``finish`` copies results
-    back into params that were not contiguous (their update ran on a contiguous copy)."""
+    back into params that were not contiguous (their update ran on a contiguous copy). Without the Adam
+    direction (``adam`` False) a gated matrix has no ``exp_avg_sq``: its pointer is 0, never dereferenced."""
 
-    def __init__(self, bucket: list, gated: bool):
+    def __init__(self, bucket: Stack, adam: bool = True):
         self.rows, self.keep, self.copy_back = [], [], []
-        for p, state in bucket:
-            _check_state(state, p, gated)
-            grad = p.grad if p.grad.is_contiguous() else p.grad.contiguous()
+        for p, grad, state in zip(bucket.params, bucket.grads, bucket.states):
+            _check_state(state, p, bucket.gated, adam)
+            grad = grad if grad.is_contiguous() else grad.contiguous()
             work = p.detach()
             if not work.is_contiguous():
                 work = work.contiguous()
                 self.copy_back.append((p, work))
             self.keep += [grad, work]
-            sensors = state["sensors"].data_ptr() if gated else state["skipped"].data_ptr()   # AdamW: the skip count
-            self.rows.append([work.data_ptr(), grad.data_ptr(), state["exp_avg"].data_ptr(),
-                              state["exp_avg_sq"].data_ptr(), sensors, state["step"].data_ptr(),
-                              state["m_decay_prod"].data_ptr(), state["v_decay_prod"].data_ptr()])
+            # AdamW: the skip count in the sensors' column
+            sensors = state["sensors"].data_ptr() if bucket.gated else state["skipped"].data_ptr()
+            second = state["exp_avg_sq"].data_ptr() if "exp_avg_sq" in state else 0
+            self.rows.append([work.data_ptr(), grad.data_ptr(), state["exp_avg"].data_ptr(), second, sensors,
+                              state["step"].data_ptr(), state["m_decay_prod"].data_ptr(),
+                              state["v_decay_prod"].data_ptr()])
 
     def finish(self) -> None:
         for p, work in self.copy_back:
             p.detach().copy_(work)
 
 
-def _layout(opt, kind: str, units: str | None, bucket: list) -> L.BucketLayout:
-    cache = _layouts.setdefault(opt, {})
-    key = (kind, units, tuple((id(p), tuple(p.shape), p.dtype, p.grad.dtype) for p, _ in bucket))
+def _layout(cache: dict, kind: str, units: str | None, bucket: Stack) -> L.BucketLayout:
+    """The bucket's launch tables from ``cache`` (keyed by the tensors' addresses, shapes and dtypes), built
+    on a miss."""
+    key = (kind, units, tuple((p.data_ptr(), tuple(p.shape), p.dtype, g.dtype)
+                              for p, g in zip(bucket.params, bucket.grads)))
     layout = cache.get(key)
     if layout is None:
         if len(cache) >= MAX_LAYOUTS:
             cache.clear()
-        layout = cache[key] = L.BucketLayout([p for p, _ in bucket], units, bucket[0][0].device)
+        layout = cache[key] = L.BucketLayout(bucket.params, units, bucket.params[0].device)
     return layout
 
 
-def _orthogonalise_runs(layout: L.BucketLayout, bucket: list, buffer: torch.Tensor, hp: R.MatrixHyper,
-                        engine: R.Engine, ns_dtype: torch.dtype) -> None:
+def _orthogonalise_runs(layout: L.BucketLayout, bucket: Stack, buffer: torch.Tensor, engine: R.Engine,
+                        ns_dtype: torch.dtype, iterate: Callable) -> None:
     """Orthogonalise every parameter's slice of ``buffer`` in place (``reference.orthogonalise``), one
     batched call per shape run; the NorMuon second moments advance where the step is applied."""
-    from fusedgate.kernels.newton_schulz import polar_iteration_triton
-
-    iterate = polar_iteration_triton if NS_IMPL == "triton" else R.polar_iteration
+    hp = bucket.hyper
     for index, (start, count, rows, cols) in layout.same_shape_runs():
         x = buffer[start:start + count * rows * cols].view(count, rows, cols)
-        states = [bucket[i][1] for i in range(index, index + count)]
+        states = bucket.states[index:index + count]
         moment = torch.stack([s["normuon_sq"] for s in states]) if engine.normuon else None
         # a fresh (aligned) copy: CPU kernels may round differently on a misaligned view
         o, moment_new = R.orthogonalise(x.float().clone(), engine, hp.ns_steps, moment, hp.normuon_beta2, ns_dtype,
@@ -148,32 +170,32 @@ def _orthogonalise_runs(layout: L.BucketLayout, bucket: list, buffer: torch.Tens
             torch._foreach_copy_([s["normuon_sq"] for s in states], list(moment_new.unbind(0)))
 
 
-def gated_group(opt, items: list, hp: R.MatrixHyper, engine: R.Engine, global_state: torch.Tensor, modulation,
-                use_ortho: bool, use_clip: bool, use_adam: bool) -> None:
-    """One gated step of a group's matrix params (``fusedgate.reference.gated_matrix_step`` for each)."""
-    spec = opt.spec
-    scale, clip, dampen = modulation
-    measures = opt.reads_sensors   # without: g = 0 (its value cannot matter) and the sensors are left as they are
+def _gated_stack(stack: Stack, gate: Gate, iterate: Callable, cache: dict) -> None:
+    """One gated step of a group's matrix params (``reference.gated_matrix_stack`` for each run)."""
+    spec, hp, mod = gate.spec, stack.hyper, stack.modulation
+    use_ortho, use_adam, use_clip = gate.uses
+    engine = R.Engine.of(spec)
     poles = G.pole_values(spec)
     pole_row = [cons for cons, _ in poles.values()] + [aggr - cons for cons, aggr in poles.values()]
-    weights = spec.gate_weights
-    total_steps = float(opt.total_steps or 0)
-    check_device(items[0][0].device)
-    for bucket in _buckets(items):
-        ops = _Operands(bucket, gated=True)
-        lay = _layout(opt, "gated", hp.units, bucket)
+    total_steps = float(gate.total_steps or 0)
+    for bucket in _buckets(stack):
+        ops = _Operands(bucket, adam=use_adam)
+        lay = _layout(cache, "gated", hp.units, bucket)
         ptrs = lay.pointers(ops.rows)
-        p_dtype, g_dtype = TL_DTYPES[bucket[0][0].dtype], TL_DTYPES[bucket[0][0].grad.dtype]
+        p_dtype, g_dtype = TL_DTYPES[bucket.params[0].dtype], TL_DTYPES[bucket.grads[0].dtype]
         chunks = (lay.chunk_param, lay.chunk_off, lay.numel_table)
         grid = (lay.n_chunks,)
         if lay.n_chunks:
             K.nonfinite_kernel[grid](ptrs, *chunks, lay.flags, G_DTYPE=g_dtype, BLOCK=L.BLOCK)
+        # without measures g = 0 (its value cannot matter) and the sensors are left as they are
         SK.gate_kernel[(lay.n,)](
-            ptrs, lay.chunk_start, lay.flags, lay.static64, lay.poles(pole_row), lay.coefs, global_state,
-            total_steps, spec.gate_bias, spec.sharpness, (1.0 - dampen) if measures else 0.0, *weights,
-            *L.split64(scale), *L.split64(clip), *L.split64(hp.lr), *L.split64(hp.momentum),
-            *L.split64(hp.lr * hp.weight_decay), USE_ADAM=use_adam, FBLOCK=L.FBLOCK, num_warps=1)
+            ptrs, lay.chunk_start, lay.flags, lay.static64, lay.poles(pole_row), lay.coefs, gate.global_state,
+            total_steps, spec.gate_bias, spec.sharpness, (1.0 - mod.dampen) if gate.measures else 0.0,
+            *spec.gate_weights, *L.split64(mod.scale), *L.split64(mod.clip), *L.split64(hp.lr),
+            *L.split64(hp.momentum), *L.split64(hp.lr * hp.weight_decay), USE_ADAM=use_adam, FBLOCK=L.FBLOCK,
+            num_warps=1)
         decay, one_minus_mu = 1.0 - hp.lr * hp.weight_decay, 1.0 - hp.momentum
+        cautious = engine.cautious_wd and hp.weight_decay != 0.0
         if lay.n_chunks and use_ortho:
             ns_dtype = torch.bfloat16 if lay.device.type == "cuda" else torch.float32
             buffer = lay.ns_buffer(ns_dtype)
@@ -181,38 +203,35 @@ def gated_group(opt, items: list, hp: R.MatrixHyper, engine: R.Engine, global_st
                                    *L.lerp_weight(one_minus_mu), *L.lerp_weight(hp.momentum), G_DTYPE=g_dtype,
                                    S_DTYPE=TL_DTYPES[ns_dtype], USE_CLIP=use_clip,
                                    NESTEROV=hp.nesterov, USE_ADAM=use_adam, BLOCK=L.BLOCK)
-            _orthogonalise_runs(lay, bucket, buffer, hp, engine, ns_dtype)
-            cautious = engine.cautious_wd and hp.weight_decay != 0.0
+            _orthogonalise_runs(lay, bucket, buffer, engine, ns_dtype, iterate)
             K.apply_kernel[grid](ptrs, *chunks, lay.coefs, lay.partials, buffer, lay.ns_base, decay, hp.eps,
                                  P_DTYPE=p_dtype, USE_ADAM=use_adam, CAUTIOUS=cautious, BLOCK=L.BLOCK)
         elif lay.n_chunks:
             K.step_kernel[grid](ptrs, *chunks, lay.coefs, lay.partials, *L.lerp_weight(one_minus_mu), decay, hp.eps,
-                                P_DTYPE=p_dtype, G_DTYPE=g_dtype, USE_CLIP=use_clip,
-                                CAUTIOUS=engine.cautious_wd and hp.weight_decay != 0.0, BLOCK=L.BLOCK)
+                                P_DTYPE=p_dtype, G_DTYPE=g_dtype, USE_CLIP=use_clip, CAUTIOUS=cautious, BLOCK=L.BLOCK)
         SK.finalize_kernel[(lay.n,)](ptrs, lay.chunk_start, lay.partials, lay.coefs, 1.0 - spec.ema_grad_norm,
                                      1.0 - spec.ema_update_ratio, 1.0 - spec.ema_grad_alignment,
-                                     1.0 if measures else 0.0, FBLOCK=L.FBLOCK)
+                                     1.0 if gate.measures else 0.0, FBLOCK=L.FBLOCK)
         ops.finish()
 
 
-def adamw_group(opt, items: list, lr: float, betas, eps: float, weight_decay: float) -> None:
-    """One AdamW step of a group's params (``fusedgate.reference.adamw_step`` for each)."""
-    beta1, beta2 = float(betas[0]), float(betas[1])
-    check_device(items[0][0].device)
-    for bucket in _buckets(items):
-        ops = _Operands(bucket, gated=False)
-        lay = _layout(opt, "adamw", None, bucket)
+def _adamw_stack(stack: Stack, cache: dict) -> None:
+    """One AdamW step of a group's params (``reference.adamw_step`` for each)."""
+    hp = stack.hyper
+    for bucket in _buckets(stack):
+        ops = _Operands(bucket)
+        lay = _layout(cache, "adamw", None, bucket)
         ptrs = lay.pointers(ops.rows)
-        p_dtype, g_dtype = TL_DTYPES[bucket[0][0].dtype], TL_DTYPES[bucket[0][0].grad.dtype]
+        p_dtype, g_dtype = TL_DTYPES[bucket.params[0].dtype], TL_DTYPES[bucket.grads[0].dtype]
         chunks = (lay.chunk_param, lay.chunk_off, lay.numel_table)
         grid = (lay.n_chunks,)
         if lay.n_chunks:
             K.nonfinite_kernel[grid](ptrs, *chunks, lay.flags, G_DTYPE=g_dtype, BLOCK=L.BLOCK)
-        SK.adamw_kernel[(lay.n,)](ptrs, lay.chunk_start, lay.flags, lay.coefs, beta2, 1.0 - beta2,
-                                  *L.split64(lr), *L.split64(beta1), *L.split64(beta2),
+        SK.adamw_kernel[(lay.n,)](ptrs, lay.chunk_start, lay.flags, lay.coefs, hp.beta2, 1.0 - hp.beta2,
+                                  *L.split64(hp.lr), *L.split64(hp.beta1), *L.split64(hp.beta2),
                                   FBLOCK=L.FBLOCK, num_warps=1)
         if lay.n_chunks:
-            K.adamw_step_kernel[grid](ptrs, *chunks, lay.coefs, *L.lerp_weight(1.0 - beta1),
-                                      *L.lerp_weight(1.0 - beta2), 1.0 - lr * weight_decay, eps,
+            K.adamw_step_kernel[grid](ptrs, *chunks, lay.coefs, *L.lerp_weight(1.0 - hp.beta1),
+                                      *L.lerp_weight(1.0 - hp.beta2), 1.0 - hp.lr * hp.weight_decay, hp.eps,
                                       P_DTYPE=p_dtype, G_DTYPE=g_dtype, BLOCK=L.BLOCK)
         ops.finish()

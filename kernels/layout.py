@@ -6,7 +6,8 @@ chunk_param[c]; it finds the tensors through the pointer table (int64 addresses 
 sensors, step, decay products, cast to typed pointers inside the kernel). Nothing is packed or copied:
 the state tensors keep the checkpoint layout of ``fusedgate.reference``.
 
-Tables are built on the host once and cached per optimizer: the static part (chunking, shapes,
+Tables are built on the host once and kept in the cache the caller passes (FusedGate owns one per
+optimizer, ``FusedGate._cache``; nothing is kept at module level): the static part (chunking, shapes,
 scratch buffers) while the shapes stay the same, the pointer table while no tensor moves. A rebuild
 copies a few small tables to the device from pinned memory without synchronising; on a cache hit
 ``step()`` launches kernels only, so it can be captured in a CUDA graph after a warm-up step.

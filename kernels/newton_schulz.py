@@ -18,6 +18,9 @@ import triton
 import triton.language as tl
 
 from fusedgate import reference as R
+from fusedgate.kernels._interpret import library
+
+_zeros = library(tl.zeros)
 
 
 def _normalise_wide(x: torch.Tensor, norm_scale: float = 1.0, norm_eps: float = 1e-7) -> tuple[torch.Tensor, bool]:
@@ -48,7 +51,7 @@ def _gram_kernel(X, A, n, k, sxb, sxr, sxc, PRECISION: tl.constexpr,
     rows_i = bi * BM + tl.arange(0, BM)
     rows_j = bj * BM + tl.arange(0, BM)
     x = X + bb * sxb
-    acc = tl.zeros((BM, BM), tl.float32)
+    acc = _zeros((BM, BM), tl.float32)
     for k0 in range(0, k, BK):
         cols = k0 + tl.arange(0, BK)
         xi = tl.load(x + rows_i[:, None] * sxr + cols[None, :] * sxc,
@@ -73,7 +76,7 @@ def _poly_kernel(A, B, n, coef_b, coef_c, PRECISION: tl.constexpr, BM: tl.conste
     rows_i = bi * BM + tl.arange(0, BM)
     cols_j = bj * BM + tl.arange(0, BM)
     a = A + bb * n * n
-    acc = tl.zeros((BM, BM), tl.float32)
+    acc = _zeros((BM, BM), tl.float32)
     for k0 in range(0, n, BK):
         kk = k0 + tl.arange(0, BK)
         left = tl.load(a + rows_i[:, None] * n + kk[None, :], mask=(rows_i[:, None] < n) & (kk[None, :] < n),
@@ -100,7 +103,7 @@ def _update_kernel(X, B, Y, n, k, coef_a, PRECISION: tl.constexpr,
     cols = bj * BN + tl.arange(0, BN)
     x = X + bb * n * k
     b = B + bb * n * n
-    acc = tl.zeros((BM, BN), tl.float32)
+    acc = _zeros((BM, BN), tl.float32)
     for k0 in range(0, n, BK):
         kk = k0 + tl.arange(0, BK)
         left = tl.load(b + rows[:, None] * n + kk[None, :], mask=(rows[:, None] < n) & (kk[None, :] < n), other=0.0)

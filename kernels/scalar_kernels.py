@@ -24,6 +24,7 @@ from fusedgate.kernels._interpret import helper, library
 
 _sum = library(tl.sum)
 _max = library(tl.max)
+_zeros = library(tl.zeros)
 
 T_SENSORS = tl.constexpr(S.T_SENSORS)
 T_STEP = tl.constexpr(S.T_STEP)
@@ -98,7 +99,7 @@ def _applied(chunk_start, flags, i, FBLOCK: tl.constexpr):
     """True when no chunk of parameter i flagged a non-finite gradient element."""
     c0 = tl.load(chunk_start + i)
     c1 = tl.load(chunk_start + i + 1)
-    bad = tl.zeros((FBLOCK,), tl.int32)
+    bad = _zeros((FBLOCK,), tl.int32)
     for c in range(c0, c1, FBLOCK):
         offs = c + tl.arange(0, FBLOCK)
         bad = tl.maximum(bad, tl.load(flags + offs, mask=offs < c1, other=0))
@@ -238,7 +239,7 @@ def finalize_kernel(ptrs, chunk_start, partials, coefs, w_grad_norm, w_update_ra
     c0 = tl.load(chunk_start + i)
     c1 = tl.load(chunk_start + i + 1)
     cols = tl.arange(0, N_PS)
-    acc = tl.zeros((FBLOCK, N_PS), tl.float32)
+    acc = _zeros((FBLOCK, N_PS), tl.float32)
     for c in range(c0, c1, FBLOCK):
         rows = c + tl.arange(0, FBLOCK)
         acc += tl.load(partials + rows[:, None] * N_PS + cols[None, :], mask=(rows < c1)[:, None], other=0.0)

@@ -277,6 +277,46 @@ def _prepare_out_dir(config: TrainConfig) -> Path | None:
 def train(config: TrainConfig) -> TrainResult:
     """Train one model; see the module docstring. Raises TrainError on bad input (nothing written)."""
     t_start = time.perf_counter()
+    run = _set_up(config)
+    step, diverged, message = _loop(run)
+    return _finish(run, step, diverged, message, t_start)
+
+
+@dataclass
+class _Run:
+    """What set-up builds for the loop: the inputs, the model and optimizer, and the run's progress (the
+    fields from ``start`` on advance as it trains)."""
+
+    config: TrainConfig
+    preset: Preset
+    rank: int
+    world: int
+    device: torch.device
+    data: Any
+    model: GPT
+    optimizer: Any
+    kinds: list[str]
+    schedule: Schedule
+    identity: dict
+    out_dir: Path | None
+    writer: Path | None
+    total_steps: int
+    eval_every: int
+    checkpoint_every: int
+    log: Any = None
+    start: int = 0
+    wall: float = 0.0
+    first_step_s: float = 0.0
+    val_curve: list = field(default_factory=list)
+    train_curve: list = field(default_factory=list)
+    gates: list = field(default_factory=list)
+    final: dict = field(default_factory=lambda: {"bpb": float("nan"), "se": float("nan"), "tokens": 0,
+                                                 "batches": []})
+
+
+# ---------------------------------------------------------------------------------------------- set-up
+def _set_up(config: TrainConfig) -> _Run:
+    """Check the inputs, load the data, build the model and optimizer, restore a checkpoint, open the log."""
     preset = _check_config(config)
     rank, world = data_parallel()
     if preset.batch_size % world:
@@ -288,11 +328,8 @@ def train(config: TrainConfig) -> TrainResult:
     if ckpt is not None and total_steps < ckpt["total_steps"]:
         raise TrainError(f"steps={total_steps} would shorten the run of checkpoint {config.resume} "
                          f"({ckpt['total_steps']} steps): a resumed run can only be extended")
-    eval_every = config.eval_every or preset.eval_every
-    checkpoint_every = preset.checkpoint_every if config.checkpoint_every is None else config.checkpoint_every
-    where = config.data or "(python stdlib)"
     data = load_data(config.data, config.tokenizer, preset.max_corpus_bytes)
-    check_size(data, preset.seq_len, where)
+    check_size(data, preset.seq_len, config.data or "(python stdlib)")
     model_config = GPTConfig.from_depth(preset.depth, data.vocab_size, preset.seq_len, preset.aspect_ratio,
                                         preset.head_dim)
     spec_json = config.spec.to_json(indent=None) if config.spec is not None else None
@@ -303,9 +340,21 @@ def train(config: TrainConfig) -> TrainResult:
         check_compatible(ckpt, config.resume, {k: v for k, v in identity.items() if k != "total_steps"})
     # rank 0 checks and writes the folder (the others would find its first files there)
     out_dir = _prepare_out_dir(config) if rank == 0 else (Path(config.out_dir) if config.out_dir else None)
-    writer = out_dir if rank == 0 else None
+    model, optimizer, kinds = _build(config, preset, model_config, device, total_steps)
+    run = _Run(config, preset, rank, world, device, data, model, optimizer, kinds,
+               Schedule(total_steps, preset.warmup_steps, preset.warmdown_ratio, preset.final_lr_frac,
+                        preset.momentum_warmup),
+               identity, out_dir, out_dir if rank == 0 else None, total_steps, config.eval_every or preset.eval_every,
+               preset.checkpoint_every if config.checkpoint_every is None else config.checkpoint_every)
+    if ckpt is not None:
+        _restore(run, ckpt)
+    _open_log(run, model_config, resumed=ckpt is not None)
+    return run
 
-    # model and optimizer: initialised on the CPU from the seed, so every device and optimizer starts equal
+
+def _build(config: TrainConfig, preset: Preset, model_config: GPTConfig, device: torch.device, total_steps: int):
+    """(model, optimizer, the groups' kinds): initialised on the CPU from the seed, so every device and
+    optimizer starts equal."""
     torch.manual_seed(config.seed)
     model = GPT(model_config)
     model.to(device)
@@ -313,137 +362,160 @@ def train(config: TrainConfig) -> TrainResult:
     groups = model.param_groups(preset.embedding_lr, preset.unembedding_lr, preset.matrix_lr, preset.weight_decay,
                                 matrix_kind=matrix_kind, adam_matrix_lr=preset.adam_matrix_lr)
     optimizer = build_optimizer(config.optimizer, groups, config.spec, total_steps)
-    trained = model
-    if world > 1 and config.optimizer != "fusedgate":   # FusedGate (zero2) averages the gradients itself
-        trained = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
     kinds = _group_kinds(optimizer, groups)
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"] * config.lr_scale
         group["initial_weight_decay"] = group["weight_decay"]
-    schedule = Schedule(total_steps, preset.warmup_steps, preset.warmdown_ratio, preset.final_lr_frac,
-                        preset.momentum_warmup)
+    return model, optimizer, kinds
 
-    start, wall, first_step_s = 0, 0.0, 0.0
-    val_curve: list[dict] = []
-    train_curve: list[dict] = []
-    gates: list[dict] = []
-    if ckpt is not None:
-        try:
-            model.load_state_dict(ckpt["model_state"])
-            optimizer.load_state_dict(ckpt["optimizer_state"])
-        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-            detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-            raise TrainError(f"checkpoint {config.resume} does not fit this model/optimizer: {detail}") from None
-        if hasattr(optimizer, "total_steps"):  # FusedGate's step-fraction sensor: the (possibly extended) horizon
-            optimizer.total_steps = total_steps
-        start, wall, first_step_s = ckpt["step"], ckpt["wall_s"], ckpt["first_step_s"]
-        val_curve, train_curve, gates = ckpt["val_curve"], ckpt["train_curve"], ckpt["gate_trajectory"]
 
-    if writer is not None:
-        writer.mkdir(parents=True, exist_ok=True)
-    log = MetricsLog(writer, data.fingerprint, resume_step=start if ckpt is not None else None)
-    log.write("config", step=start, config=config.to_dict(), model=model_config.to_dict(),
-              n_params=model.num_params(), tokenizer=data.tokenizer, train_tokens=len(data.train),
-              val_tokens=len(data.val), total_steps=total_steps, resumed=ckpt is not None)
+def _restore(run: _Run, ckpt: dict) -> None:
+    """The model, optimizer and progress of a checkpoint (already checked compatible)."""
+    try:
+        run.model.load_state_dict(ckpt["model_state"])
+        run.optimizer.load_state_dict(ckpt["optimizer_state"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise TrainError(f"checkpoint {run.config.resume} does not fit this model/optimizer: {detail}") from None
+    if hasattr(run.optimizer, "total_steps"):  # FusedGate's step-fraction sensor: the (possibly extended) horizon
+        run.optimizer.total_steps = run.total_steps
+    run.start, run.wall, run.first_step_s = ckpt["step"], ckpt["wall_s"], ckpt["first_step_s"]
+    run.val_curve, run.train_curve, run.gates = ckpt["val_curve"], ckpt["train_curve"], ckpt["gate_trajectory"]
 
+
+def _open_log(run: _Run, model_config: GPTConfig, resumed: bool) -> None:
+    if run.writer is not None:
+        run.writer.mkdir(parents=True, exist_ok=True)
+    run.log = MetricsLog(run.writer, run.data.fingerprint, resume_step=run.start if resumed else None)
+    run.log.write("config", step=run.start, config=run.config.to_dict(), model=model_config.to_dict(),
+                  n_params=run.model.num_params(), tokenizer=run.data.tokenizer, train_tokens=len(run.data.train),
+                  val_tokens=len(run.data.val), total_steps=run.total_steps, resumed=resumed)
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+def _loop(run: _Run) -> tuple[int, bool, str]:
+    """Evaluate, checkpoint and train from ``run.start`` to the stop step; (the last step, diverged, message)."""
+    config, preset = run.config, run.preset
+    trained = run.model
+    if run.world > 1 and config.optimizer != "fusedgate":   # FusedGate (zero2) averages the gradients itself
+        trained = torch.nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
     fwd = torch.compile(trained) if config.compile else trained
-    autocast = _autocast(device)
-    token_bytes = torch.from_numpy(data.token_bytes).to(device)
-    val_sets = val_batches(data, preset.batch_size, preset.seq_len, preset.eval_tokens)
+    autocast = _autocast(run.device)
+    token_bytes = torch.from_numpy(run.data.token_bytes).to(run.device)
+    val_sets = val_batches(run.data, preset.batch_size, preset.seq_len, preset.eval_tokens)
     final_sets = val_sets
     if config.final_eval_tokens is not None:
-        final_sets = val_batches_spread(data, preset.batch_size, preset.seq_len, config.final_eval_tokens)
-    final_bpb, final_se, final_tokens, final_batches = float("nan"), float("nan"), 0, []
-    tokens_per_step = preset.tokens_per_step
-    stop = total_steps if config.stop_at is None else min(config.stop_at, total_steps)
-    diverged, message = False, ""
-
-    def checkpoint(step: int) -> None:
-        if out_dir is None:
-            return
-        optimizer_state = optimizer.state_dict()   # zero2: a collective, every rank gathers the full state
-        if writer is None:
-            return
-        save_checkpoint(out_dir / CHECKPOINT_FILENAME, {
-            **identity, "step": step, "model_state": model.state_dict(), "optimizer_state": optimizer_state,
-            "data_position": {"sampler": "random-windows(seed, step)", "seed": config.seed, "step": step},
-            "wall_s": wall, "first_step_s": first_step_s, "val_curve": val_curve, "train_curve": train_curve,
-            "gate_trajectory": gates, "config": config.to_dict()})
-
-    bar = tqdm(total=stop, initial=start, disable=not config.progress or rank > 0, desc=config.name, unit="step",
-               dynamic_ncols=True, file=sys.stderr)
-    step = start
-    for step in range(start, stop + 1):
-        if (step % eval_every == 0 or step == stop) and not (val_curve and val_curve[-1]["step"] == step):
-            nats, nbytes = evaluate_batch_sums(model, val_sets, token_bytes, device, autocast)
-            bpb = bits_per_byte(nats, nbytes)
-            if step == stop:
-                if final_sets is not val_sets:
-                    nats, nbytes = evaluate_batch_sums(model, final_sets, token_bytes, device, autocast)
-                final_bpb, final_se = bits_per_byte(nats, nbytes), sampling_error(nats, nbytes)
-                final_tokens = sum(int(y.numel()) for _, y in final_sets)
-                final_batches = [[n, b] for n, b in zip(nats, nbytes)]
-            val_curve.append({"step": step, "val_bpb": bpb, "wall_s": wall, "tokens": step * tokens_per_step})
-            log.write("val", step=step, val_bpb=bpb, wall_s=wall, tokens=step * tokens_per_step)
-            bar.set_postfix(val_bpb=f"{bpb:.3f}", refresh=False)
-        if step > start and (step == stop or (checkpoint_every and step % checkpoint_every == 0)):
-            checkpoint(step)
+        final_sets = val_batches_spread(run.data, preset.batch_size, preset.seq_len, config.final_eval_tokens)
+    stop = run.total_steps if config.stop_at is None else min(config.stop_at, run.total_steps)
+    bar = tqdm(total=stop, initial=run.start, disable=not config.progress or run.rank > 0, desc=config.name,
+               unit="step", dynamic_ncols=True, file=sys.stderr)
+    step, diverged, message = run.start, False, ""
+    for step in range(run.start, stop + 1):
+        if (step % run.eval_every == 0 or step == stop) and not (run.val_curve and run.val_curve[-1]["step"] == step):
+            _evaluate(run, step, stop, val_sets, final_sets, token_bytes, autocast, bar)
+        if step > run.start and (step == stop or (run.checkpoint_every and step % run.checkpoint_every == 0)):
+            _checkpoint(run, step)
         if step == stop:
             break
-
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        x, y = train_batch(data, config.seed, step, preset.batch_size, preset.seq_len)
-        rows = slice(rank * preset.batch_size // world, (rank + 1) * preset.batch_size // world)
-        x, y = x[rows].to(device, non_blocking=True), y[rows].to(device, non_blocking=True)
-        with autocast():
-            loss = fwd(x, y)
-        loss_value = _mean_over_ranks(loss.detach(), world).item()   # every rank sees the same value
-        if not math.isfinite(loss_value):
+        message = _train_step(run, step, fwd, autocast, bar)
+        if message:
             diverged = True
-            message = (f"loss became {loss_value} at step {step}; stopped"
-                       + (f", last good checkpoint kept in {out_dir}" if out_dir is not None else ""))
             break
-        loss.backward()
-        lrm = schedule.apply(optimizer.param_groups, kinds, step)
-        if config.optimizer == "adamw":
-            optimizer.step()
-        else:
-            optimizer.step(loss=loss.detach())
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        wall += dt
-        if step == 0:
-            first_step_s = dt
-        train_curve.append({"step": step, "loss": loss_value, "wall_s": wall})
-        log.write("train", step=step, loss=loss_value, lr_mult=lrm, step_s=dt, tokens_per_s=tokens_per_step / dt,
-                  wall_s=wall)
-        # an inert, sensor-free spec (nanochat, muon, adamw) has no gate to log
-        if (config.optimizer == "fusedgate" and optimizer.reads_sensors
-                and (step % config.gate_log_every == 0 or step == total_steps - 1)):
-            state = optimizer.gate_state()
-            gates.append({"step": step, "params": state})
-            log.write("gate", step=step, params=state)
-        bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_step / dt:,.0f}", refresh=False)
-        bar.update(1)
     bar.close()
+    return step, diverged, message
 
-    if not diverged and math.isnan(final_bpb) and val_curve:  # resumed after the final evaluation
-        final_bpb = val_curve[-1]["val_bpb"]
-    steps_done = len(train_curve)
-    timed_steps, timed_wall = (steps_done - 1, wall - first_step_s) if steps_done > 1 else (steps_done, wall)
-    tokens_per_s = timed_steps * tokens_per_step / timed_wall if timed_wall > 0 else 0.0
-    finished = not diverged and step == total_steps
+
+def _evaluate(run: _Run, step: int, stop: int, val_sets, final_sets, token_bytes, autocast, bar) -> None:
+    """The validation bits per byte at ``step`` (and, at the stop step, the final evaluation)."""
+    nats, nbytes = evaluate_batch_sums(run.model, val_sets, token_bytes, run.device, autocast)
+    bpb = bits_per_byte(nats, nbytes)
+    if step == stop:
+        if final_sets is not val_sets:
+            nats, nbytes = evaluate_batch_sums(run.model, final_sets, token_bytes, run.device, autocast)
+        run.final = {"bpb": bits_per_byte(nats, nbytes), "se": sampling_error(nats, nbytes),
+                     "tokens": sum(int(y.numel()) for _, y in final_sets),
+                     "batches": [[n, b] for n, b in zip(nats, nbytes)]}
+    tokens = step * run.preset.tokens_per_step
+    run.val_curve.append({"step": step, "val_bpb": bpb, "wall_s": run.wall, "tokens": tokens})
+    run.log.write("val", step=step, val_bpb=bpb, wall_s=run.wall, tokens=tokens)
+    bar.set_postfix(val_bpb=f"{bpb:.3f}", refresh=False)
+
+
+def _checkpoint(run: _Run, step: int) -> None:
+    if run.out_dir is None:
+        return
+    optimizer_state = run.optimizer.state_dict()   # zero2: a collective, every rank gathers the full state
+    if run.writer is None:
+        return
+    save_checkpoint(run.out_dir / CHECKPOINT_FILENAME, {
+        **run.identity, "step": step, "model_state": run.model.state_dict(), "optimizer_state": optimizer_state,
+        "data_position": {"sampler": "random-windows(seed, step)", "seed": run.config.seed, "step": step},
+        "wall_s": run.wall, "first_step_s": run.first_step_s, "val_curve": run.val_curve,
+        "train_curve": run.train_curve, "gate_trajectory": run.gates, "config": run.config.to_dict()})
+
+
+def _train_step(run: _Run, step: int, fwd, autocast, bar) -> str:
+    """One training step (timed, logged); the divergence message, or "" when the loss is finite."""
+    config, preset, device, optimizer = run.config, run.preset, run.device, run.optimizer
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    x, y = train_batch(run.data, config.seed, step, preset.batch_size, preset.seq_len)
+    rows = slice(run.rank * preset.batch_size // run.world, (run.rank + 1) * preset.batch_size // run.world)
+    x, y = x[rows].to(device, non_blocking=True), y[rows].to(device, non_blocking=True)
+    with autocast():
+        loss = fwd(x, y)
+    loss_value = _mean_over_ranks(loss.detach(), run.world).item()   # every rank sees the same value
+    if not math.isfinite(loss_value):
+        return (f"loss became {loss_value} at step {step}; stopped"
+                + (f", last good checkpoint kept in {run.out_dir}" if run.out_dir is not None else ""))
+    loss.backward()
+    lrm = run.schedule.apply(optimizer.param_groups, run.kinds, step)
+    if config.optimizer == "adamw":
+        optimizer.step()
+    else:
+        optimizer.step(loss=loss.detach())
+    optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    run.wall += dt
+    if step == 0:
+        run.first_step_s = dt
+    run.train_curve.append({"step": step, "loss": loss_value, "wall_s": run.wall})
+    tokens_per_step = preset.tokens_per_step
+    run.log.write("train", step=step, loss=loss_value, lr_mult=lrm, step_s=dt, tokens_per_s=tokens_per_step / dt,
+                  wall_s=run.wall)
+    # an inert, sensor-free spec (nanochat, muon, adamw) has no gate to log
+    if (config.optimizer == "fusedgate" and optimizer.reads_sensors
+            and (step % config.gate_log_every == 0 or step == run.total_steps - 1)):
+        state = optimizer.gate_state()
+        run.gates.append({"step": step, "params": state})
+        run.log.write("gate", step=step, params=state)
+    bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_step / dt:,.0f}", refresh=False)
+    bar.update(1)
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------- finish
+def _finish(run: _Run, step: int, diverged: bool, message: str, t_start: float) -> TrainResult:
+    """The result (and its log record) of the run that stopped at ``step``."""
+    final_bpb = run.final["bpb"]
+    if not diverged and math.isnan(final_bpb) and run.val_curve:  # resumed after the final evaluation
+        final_bpb = run.val_curve[-1]["val_bpb"]
+    steps_done = len(run.train_curve)
+    wall = run.wall
+    timed_steps, timed_wall = (steps_done - 1, wall - run.first_step_s) if steps_done > 1 else (steps_done, wall)
+    tokens_per_s = timed_steps * run.preset.tokens_per_step / timed_wall if timed_wall > 0 else 0.0
+    finished = not diverged and step == run.total_steps
     result = TrainResult(
-        config=config, final_val_bpb=float("nan") if diverged else final_bpb, val_curve=val_curve,
-        train_curve=train_curve, tokens_per_s=tokens_per_s, wall_s=wall, diverged=diverged,
-        corpus_fingerprint=data.fingerprint, gate_trajectory=gates, steps_done=steps_done,
-        total_s=time.perf_counter() - t_start, n_params=model.num_params(), tokenizer=data.tokenizer,
-        final_val_se=final_se, final_val_tokens=final_tokens, final_val_batches=final_batches,
-        device=str(device), message=message or ("" if finished else f"stopped at step {step} of {total_steps}"))
-    log.write("result", step=step, **result.summary())
+        config=run.config, final_val_bpb=float("nan") if diverged else final_bpb, val_curve=run.val_curve,
+        train_curve=run.train_curve, tokens_per_s=tokens_per_s, wall_s=wall, diverged=diverged,
+        corpus_fingerprint=run.data.fingerprint, gate_trajectory=run.gates, steps_done=steps_done,
+        total_s=time.perf_counter() - t_start, n_params=run.model.num_params(), tokenizer=run.data.tokenizer,
+        final_val_se=run.final["se"], final_val_tokens=run.final["tokens"], final_val_batches=run.final["batches"],
+        device=str(run.device),
+        message=message or ("" if finished else f"stopped at step {step} of {run.total_steps}"))
+    run.log.write("result", step=step, **result.summary())
     return result

@@ -180,6 +180,11 @@ def _zero2_runs(rank: int, world: int, out: Path, load_from: list[Path]) -> dict
         result[f"state_bytes/{preset}"] = state_bytes(opt)
         result[f"state_elements/{preset}"] = state_elements(opt)
         result[f"deepcopy/{preset}"] = len(copy.deepcopy(opt).state) == len(opt.state)
+        model = Net()   # nanochat's loop with FusedGate swapped in, no argument added: the first step decides
+        opt = make_optimizer(model, preset, "auto")
+        train(model, opt, 0, STEPS, rank, world)
+        result[f"auto/{preset}"] = params_of(model)
+        result[f"auto_mode/{preset}"] = opt._sync.chosen.mode
     for path in [out / f"ckpt_world{world}.pt", *load_from]:
         result[f"resumed/{path.name}"] = load_and_continue(path, "default", rank, world, "zero2")
     if world == 3:
@@ -190,10 +195,11 @@ def _zero2_runs(rank: int, world: int, out: Path, load_from: list[Path]) -> dict
     return result
 
 
-def _ddp_run(rank: int, world: int, preset: str) -> dict[str, torch.Tensor]:
+def _ddp_run(rank: int, world: int, preset: str, mode: str = "replicated") -> tuple[dict, str]:
+    """(the parameters after a DDP run with FusedGate in ``mode``, the mode it ran in)."""
     model = Net()
     ddp = nn.parallel.DistributedDataParallel(model)
-    opt = make_optimizer(model, preset, "replicated")
+    opt = make_optimizer(model, preset, mode)
     share = GLOBAL_BATCH // world
     for step in range(STEPS):
         tokens, targets = global_batch(step)
@@ -201,16 +207,38 @@ def _ddp_run(rank: int, world: int, preset: str) -> dict[str, torch.Tensor]:
         loss.backward()
         opt.step(loss=loss.detach())   # each rank's own loss: FusedGate averages it
         opt.zero_grad(set_to_none=True)
-    return params_of(model)
+    return params_of(model), (opt._sync.chosen.mode if mode == "auto" else opt._sync.mode)
+
+
+def _mismatches(rank: int, world: int) -> dict[str, str]:
+    """Process groups whose ranks disagree on the parameter list, or on which parameters have gradients:
+    each refused, on every rank, at the first step (one line naming the first mismatch, never a hang)."""
+    out = {}
+    tokens, targets = global_batch(0)
+    for case, mode in (("extra_param", "zero2"), ("extra_param_auto", "auto"), ("other_shape", "replicated"),
+                       ("missing_grad", "zero2"), ("missing_grad_auto", "auto")):
+        model = Net()
+        params = list(model.named_parameters())
+        if case.startswith("extra_param") and rank == world - 1:
+            params.append(("extra", nn.Parameter(torch.zeros(3, 3))))
+        if case == "other_shape" and rank == 1:
+            params[3] = ("swapped", nn.Parameter(torch.zeros(2, 7)))
+        opt = FusedGate(params, spec=GateSpec.default(), distributed=mode)
+        F.cross_entropy(model(tokens[rank::world]), targets[rank::world]).backward()
+        if case.startswith("missing_grad") and rank == 1:
+            model.up_b.weight.grad = None
+        try:
+            opt.step(loss=torch.tensor(1.0))
+            out[case] = "accepted"
+        except RuntimeError as exc:
+            out[case] = str(exc)
+        out[f"{case}_state"] = str(len(opt.state))
+    return out
 
 
 def _refusals(rank: int, world: int) -> dict[str, str]:
     """The one-line errors a wrong setup gets, each before any optimizer state exists."""
-    out = {}
-    try:
-        FusedGate(Net().parameters())
-    except ValueError as exc:
-        out["auto"] = str(exc)
+    out = _mismatches(rank, world)
     model = Net()
     opt = make_optimizer(model, "default", "replicated")   # no DDP: the gradients differ
     F.cross_entropy(model(global_batch(0)[0][rank::world]), global_batch(0)[1][rank::world]).backward()
@@ -259,7 +287,8 @@ def worker(rank: int, world: int, store: str, out: str, load_from: list[str]) ->
     try:
         result = _zero2_runs(rank, world, out, [Path(p) for p in load_from])
         for preset in PRESETS:
-            result[f"ddp/{preset}"] = _ddp_run(rank, world, preset)
+            result[f"ddp/{preset}"], _ = _ddp_run(rank, world, preset)
+            result[f"ddp_auto/{preset}"], result[f"ddp_auto_mode/{preset}"] = _ddp_run(rank, world, preset, "auto")
         result["refusals"] = _refusals(rank, world)
         torch.save(result, out / f"rank{rank}_of_{world}.pt")
     except BaseException:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from fusedgate import GateSpec
 from fusedgate import reference as R
 from fusedgate.bench import contestants as C
 from fusedgate.bench import report, suite
@@ -263,13 +264,17 @@ def test_out_must_be_a_folder(tmp_path, capsys):
 
 
 def test_design_bytes_formula_is_independent_of_the_optimizer():
-    """step_bytes against a hand count for a bf16 param with fp32 state."""
+    """step_bytes against a hand count for a bf16 param with fp32 state (with a second moment: a spec whose
+    poles give the Adam direction weight; without one at ω ≡ 1, where FusedGate keeps none)."""
     p = torch.nn.Parameter(torch.randn(3, 5, dtype=torch.bfloat16))
     p.grad = torch.randn(3, 5, dtype=torch.bfloat16)
-    optimizer = C.FusedGate([p], backend="reference")
+    optimizer = C.FusedGate([p], spec=GateSpec.adamw(), backend="reference")
     optimizer.step()
     assert C.step_bytes([p], optimizer) == 15 * (2 + 2 + 2 + 2 * (4 + 4))
     assert math.isclose(C.step_bytes([p], optimizer) / 15, 22)
+    muon = C.FusedGate([p], spec=GateSpec.default(), backend="reference")
+    muon.step()
+    assert C.step_bytes([p], muon) == 15 * (2 + 2 + 2 + 2 * 4)
 
 
 def test_an_interrupted_run_never_replaces_a_complete_one(quick_run, tmp_path):
@@ -335,3 +340,26 @@ def test_training_targets_compare_each_fusedgate_run_with_the_baseline():
     assert nanochat["status"] == "met" and nanochat["worst"] == pytest.approx(0.995)
     assert default["status"] == "missed" and "900 vs 1,000 tokens/s" in default["detail"]
     assert all(t["status"] == "not measured" for t in training_targets(runs[1:]))
+
+
+def test_the_compiled_baseline_opponent_is_the_baseline():
+    """bench.compiled_step's fallback opponent (the baseline MuonAdamW with its updates compiled as nanochat
+    compiles its own) takes the eager baseline's steps (≤ 1e-6 relative: inductor fuses and rounds)."""
+    from fusedgate.bench.compiled_step import CompiledMuonAdamW
+    from fusedgate.nanochat.muon import MuonAdamW
+
+    results = []
+    for cls in (MuonAdamW, CompiledMuonAdamW):
+        gen = torch.Generator().manual_seed(0)
+        matrices = [torch.nn.Parameter(torch.randn(8, 8, generator=gen)) for _ in range(2)]
+        vector = torch.nn.Parameter(torch.randn(8, generator=gen))
+        opt = cls([dict(kind="muon", params=matrices, lr=0.02, momentum=0.95, ns_steps=5, beta2=0.95,
+                        weight_decay=0.1),
+                   dict(kind="adamw", params=[vector], lr=0.01, betas=(0.8, 0.95), eps=1e-10, weight_decay=0.01)])
+        for _ in range(3):
+            for p in (*matrices, vector):
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+        results.append([p.detach().clone() for p in (*matrices, vector)])
+    for a, b in zip(*results):
+        assert ((a - b).abs().max() / b.abs().max()).item() <= 1e-6

@@ -126,11 +126,41 @@ def test_wrong_setups_get_one_line_errors_before_any_state(runs):
         assert "whether step() gets a loss" in result["refusals"]["loss_on_some_ranks"]
         assert "use distributed='replicated'" in result["refusals"]["zero2_under_ddp"]
     refusals = runs[2][0]["refusals"]
-    assert "distributed='replicated'" in refusals["auto"] and "distributed='zero2'" in refusals["auto"]
     assert "wrap the model in DistributedDataParallel" in refusals["replicated_without_ddp"]
     assert refusals["replicated_without_ddp_state"] == "0"
     assert "DTensor" in refusals["fsdp2"] and "distributed='zero2'" in refusals["fsdp2"]
     assert all("\n" not in message for message in refusals.values())
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_auto_decides_at_the_first_step_and_matches_the_explicit_modes_bit_for_bit(runs, world):
+    """distributed='auto' (no argument added): without DDP it runs zero2, under DDP replicated, and gives
+    exactly the explicit mode's parameters."""
+    for result in runs[world]:
+        for preset in W.PRESETS:
+            assert result[f"auto_mode/{preset}"] == "zero2" and result[f"ddp_auto_mode/{preset}"] == "replicated"
+            for name, value in result[f"zero2/{preset}"].items():
+                assert torch.equal(result[f"auto/{preset}"][name], value), (preset, name)
+            for name, value in result[f"ddp/{preset}"].items():
+                assert torch.equal(result[f"ddp_auto/{preset}"][name], value), (preset, name)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_that_disagree_are_refused_on_every_rank_naming_the_first_mismatch(runs, world):
+    last = world - 1
+    expected = {
+        "extra_param": f"rank 0 has 15 parameters, rank {last} has 16",
+        "extra_param_auto": f"rank 0 has 15 parameters, rank {last} has 16",
+        "other_shape": "parameter #3 is layers.1.weight (8, 8) torch.float32 on rank 0 but swapped (2, 7) "
+                       "torch.float32 on rank 1",
+        "missing_grad": "parameter #12 (up_b.weight) has a gradient on rank 0 and none on rank 1",
+        "missing_grad_auto": "parameter #12 (up_b.weight) has a gradient on rank 0 and none on rank 1",
+    }
+    for result in runs[world]:
+        for case, fragment in expected.items():
+            message = result["refusals"][case]
+            assert fragment in message and "\n" not in message, (case, message)
+            assert result["refusals"][f"{case}_state"] == "0"
 
 
 def test_single_process_modes():

@@ -9,8 +9,7 @@ import math
 
 import pytest
 import torch
-from test_kernels_cases import busy_spec
-from test_kernels_step import run_and_compare
+from twins import busy_spec, run_and_compare
 
 from fusedgate import FusedGate, GateSpec
 from fusedgate import reference as R

@@ -8,7 +8,7 @@ paths ≤ 1e-5 (FMA contraction and GPU transcendental functions); paths with Ne
 
 import pytest
 import torch
-from test_kernels_cases import busy_spec, random_grads, rel
+from twins import busy_spec, random_grads, rel
 
 from fusedgate import FusedGate, GateSpec
 

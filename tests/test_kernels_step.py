@@ -1,34 +1,27 @@
-"""The Triton kernels (under TRITON_INTERPRET=1 without a GPU) against fusedgate.reference, step by step.
-
-Tolerances (max |a − b| / max |b| per tensor, fp32): params ≤ 1e-6, moments ≤ 1e-5, sensors ≤ 1e-5,
-decay products ≤ 1e-7. Sources of difference: summation order of the sensor reductions, tanh/log/sigmoid
-spelled out in the gate kernel (~1e-7), and Newton–Schulz batched over equal shapes.
-"""
+"""The Triton kernels (under TRITON_INTERPRET=1 without a GPU) against fusedgate.reference, step by step
+(tolerances: ``twins.TOL``)."""
 
 import math
 
 import pytest
 import torch
-from test_kernels_cases import busy_spec, make_params, random_grads, rel, step_both, twin_optimizers, worst_differences
+from twins import (
+    ODD_SHAPES,
+    TOL,
+    busy_spec,
+    make_params,
+    random_grads,
+    rel,
+    run_and_compare,
+    step_both,
+    twin_optimizers,
+    worst_differences,
+)
 
 from fusedgate import FusedGate, GateSpec
 from fusedgate import gate as G
 from fusedgate.kernels import backend
 from fusedgate.kernels import layout as L
-
-ODD_SHAPES = [(7, 13), (1, 5), (0, 4), (5, 3, 2), (7, 13), (3, L.BLOCK + 5)]
-TOL = {"param": 1e-6, "exp_avg": 1e-5, "exp_avg_sq": 1e-5, "sensors": 1e-5, "normuon_sq": 1e-5, "m_decay_prod": 1e-7,
-       "v_decay_prod": 1e-7, "step": 0.0}
-
-
-def run_and_compare(shapes, spec, dtype=torch.float32, steps=3, spike_at=1):
-    rp, ref, tp, tri = twin_optimizers(shapes, spec, dtype)
-    for s in range(steps):
-        step_both(rp, ref, tp, tri, random_grads(shapes, s, dtype, spike=(s == spike_at)), 2.0 - 0.1 * s)
-    worst = worst_differences(rp, ref, tp, tri)
-    for key, tol in TOL.items():
-        assert worst[key] <= tol, (key, worst[key])
-    return rp, ref, tp, tri
 
 
 @pytest.mark.parametrize("units,ortho,nesterov", [("adam", (0.0, 0.0), True), ("adam", (1.0, 0.5), True),
@@ -72,7 +65,7 @@ def test_sensor_sums_match_torch_reductions():
         for p, g in zip(params, grads):
             p.grad = g.clone()
         opt.step(loss=torch.tensor(1.0))
-    (layout,) = backend._layouts[opt].values()
+    (layout,) = opt._cache.values()
     start = layout.chunk_start.tolist()
     for i, (p, g) in enumerate(zip(params, grads)):
         row = layout.shapes.index(tuple(p.shape))   # the layout orders params by shape
@@ -111,7 +104,7 @@ def test_all_params_of_a_group_in_one_launch_table():
     """40 matrices of mixed shapes: one bucket, one table, every chunk mapped to the right tensor."""
     shapes = [(3 + i % 5, 2 + i % 7) for i in range(40)]
     rp, ref, tp, tri = run_and_compare(shapes, busy_spec("adam", (0.0, 0.0)), steps=2)
-    (layout,) = backend._layouts[tri].values()
+    (layout,) = tri._cache.values()
     assert layout.n == 40 and layout.n_chunks == 40
 
 
@@ -140,10 +133,10 @@ def test_split64_round_trips_float64():
         assert abs((hi + lo) - x) <= 1e-15 * abs(x)
 
 
-def test_gated_step_with_triton_newton_schulz(monkeypatch):
-    """backend.NS_IMPL = "triton": the symmetric Triton Newton–Schulz inside the optimizer (fp32 dots)."""
-    monkeypatch.setattr(backend, "NS_IMPL", "triton")
-    rp, ref, tp, tri = twin_optimizers([(6, 10), (6, 10), (12, 5)], busy_spec("muon", (1.0, 0.5)))
+def test_gated_step_with_triton_newton_schulz():
+    """newton_schulz="triton": the symmetric Triton Newton–Schulz inside the optimizer (fp32 dots)."""
+    rp, ref, tp, tri = twin_optimizers([(6, 10), (6, 10), (12, 5)], busy_spec("muon", (1.0, 0.5)),
+                                       newton_schulz="triton")
     for s in range(2):
         step_both(rp, ref, tp, tri, random_grads([(6, 10), (6, 10), (12, 5)], s), 1.0)
     assert worst_differences(rp, ref, tp, tri)["param"] <= 1e-5

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from test_optimizer_equivalence import newton_schulz5
+from references import newton_schulz5
 
 from fusedgate import FusedGate, GateSpec, Pole
 

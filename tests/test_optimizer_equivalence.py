@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from conftest import max_rel_diff
+from references import newton_schulz5
 
 from fusedgate import FusedGate, GateSpec
 
@@ -42,18 +43,6 @@ def test_adamw_preset_matches_torch_adamw(weight_decay, foreach):
     train(ours, FusedGate(ours.parameters(), spec=GateSpec.adamw(**kwargs)), 100, pass_loss=True)
     for a, b in zip(ours.parameters(), theirs.parameters()):
         assert max_rel_diff(a, b) <= 1e-6
-
-
-def newton_schulz5(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """The quintic iteration of Keller Jordan's Muon, written out independently of fusedgate."""
-    x = g / (g.norm() + 1e-7)
-    transposed = x.shape[0] > x.shape[1]
-    if transposed:
-        x = x.T
-    for _ in range(steps):
-        gram = x @ x.T
-        x = 3.4445 * x + (-4.7750 * gram + 2.0315 * gram @ gram) @ x
-    return x.T if transposed else x
 
 
 class PlainMuon(torch.optim.Optimizer):

@@ -1,10 +1,17 @@
-"""Shared helpers of the kernel tests: twin optimizers (reference vs Triton) fed identical gradients."""
+"""Shared helpers of the kernel tests: twin optimizers (reference vs Triton) fed identical gradients, and
+the step-by-step comparison with its tolerances.
+
+Tolerances (max |a − b| / max |b| per tensor, fp32): params ≤ 1e-6, moments ≤ 1e-5, sensors ≤ 1e-5,
+decay products ≤ 1e-7. Sources of difference: summation order of the sensor reductions, tanh/log/sigmoid
+spelled out in the gate kernel (~1e-7), and Newton–Schulz batched over equal shapes.
+"""
 
 import math
 
 import torch
 
 from fusedgate import FusedGate, GateSpec, Pole
+from fusedgate.kernels import layout as L
 
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "m_decay_prod", "v_decay_prod", "step", "sensors", "normuon_sq")
 
@@ -26,11 +33,12 @@ def make_params(shapes, dtype=torch.float32, seed=0) -> list[torch.nn.Parameter]
     return [torch.nn.Parameter((torch.randn(*s, generator=gen) * 0.5).to(dtype)) for s in shapes]
 
 
-def twin_optimizers(shapes, spec, dtype=torch.float32, total_steps=20):
-    """(reference params, reference optimizer, triton params, triton optimizer) on identical params."""
+def twin_optimizers(shapes, spec, dtype=torch.float32, total_steps=20, newton_schulz="torch"):
+    """(reference params, reference optimizer, triton params, triton optimizer) on identical params; the
+    Triton optimizer's orthogonaliser iterates with ``newton_schulz``."""
     ref_params, tri_params = make_params(shapes, dtype), make_params(shapes, dtype)
     ref = FusedGate(ref_params, spec=spec, total_steps=total_steps, backend="reference")
-    tri = FusedGate(tri_params, spec=spec, total_steps=total_steps, backend="triton")
+    tri = FusedGate(tri_params, spec=spec, total_steps=total_steps, backend="triton", newton_schulz=newton_schulz)
     return ref_params, ref, tri_params, tri
 
 
@@ -69,3 +77,18 @@ def worst_differences(ref_params, ref, tri_params, tri) -> dict[str, float]:
                 assert sa[key].dtype == sb[key].dtype and sa[key].shape == sb[key].shape, key
                 worst[key] = max(worst[key], rel(sa[key], sb[key]))
     return worst
+
+
+ODD_SHAPES = [(7, 13), (1, 5), (0, 4), (5, 3, 2), (7, 13), (3, L.BLOCK + 5)]
+TOL = {"param": 1e-6, "exp_avg": 1e-5, "exp_avg_sq": 1e-5, "sensors": 1e-5, "normuon_sq": 1e-5, "m_decay_prod": 1e-7,
+       "v_decay_prod": 1e-7, "step": 0.0}
+
+
+def run_and_compare(shapes, spec, dtype=torch.float32, steps=3, spike_at=1):
+    rp, ref, tp, tri = twin_optimizers(shapes, spec, dtype)
+    for s in range(steps):
+        step_both(rp, ref, tp, tri, random_grads(shapes, s, dtype, spike=(s == spike_at)), 2.0 - 0.1 * s)
+    worst = worst_differences(rp, ref, tp, tri)
+    for key, tol in TOL.items():
+        assert worst[key] <= tol, (key, worst[key])
+    return rp, ref, tp, tri
