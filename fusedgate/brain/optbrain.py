@@ -44,7 +44,8 @@ import math
 
 import numpy as np
 
-from fusedgate.brain.policy import KNOBS, BrainCore, BrainError
+from fusedgate.brain.config import BrainConfig, BrainError
+from fusedgate.brain.policy import KNOBS, BrainCore
 from fusedgate.brain.sensors import NumpySensors, clip_ratio
 from fusedgate.brain.state_io import read_npz, restore_arrays, snapshot_arrays, write_npz
 
@@ -62,15 +63,10 @@ def _is_fusedgate(optimizer) -> bool:
 class OptBrain:
     """Wrap ``base_optimizer`` (any torch optimizer), or ``None`` with ``n_groups`` for numpy mode."""
 
-    def __init__(self, base_optimizer=None, n_groups: int | None = None, *, window: int = 10,
-                 explore: float = 1.0, policy_lr: float = 0.3, decay: float = 0.02, warmup_windows: int = 3,
-                 alpha_min: float = 0.05, sketch_size: int = 64, seed: int = 0, total_steps: int | None = None,
-                 horizon: float = 0.0, exploit: float = 0.0, mean_control: bool = True,
-                 hypergrad: float = 0.5, overshoot_target: float = 0.1):
-        if not isinstance(sketch_size, int) or isinstance(sketch_size, bool) or not 1 <= sketch_size <= 4096:
-            raise BrainError(f"sketch_size={sketch_size!r}: expected an integer in [1, 4096]")
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise BrainError(f"seed={seed!r}: expected a non-negative integer")
+    def __init__(self, base_optimizer=None, n_groups: int | None = None, *, config: BrainConfig | None = None,
+                 **knobs):
+        config = BrainConfig.from_kwargs(config, **knobs)
+        sketch_size, seed = config.sketch_size, config.seed
         self.base = base_optimizer
         self.sketch_size, self.seed = sketch_size, seed
         if base_optimizer is None:
@@ -86,13 +82,11 @@ class OptBrain:
                                  f"{len(base_optimizer.param_groups)} param groups")
             n_groups = len(base_optimizer.param_groups)
             self.mode = "fusedgate" if _is_fusedgate(base_optimizer) else "torch"
-        if total_steps is None and self.mode == "fusedgate":
-            total_steps = base_optimizer.total_steps
-        self.core = BrainCore(n_groups, window=window, explore=explore, policy_lr=policy_lr, decay=decay,
-                              warmup_windows=warmup_windows, alpha_min=alpha_min, seed=seed,
-                              total_steps=total_steps, horizon=horizon, exploit=exploit,
-                              mean_control=mean_control, hypergrad=hypergrad,
-                              overshoot_target=overshoot_target)
+        if not config.total_steps and self.mode == "fusedgate":
+            config = BrainConfig.from_kwargs(config, total_steps=base_optimizer.total_steps)
+        self.config = config
+        self.core = BrainCore(n_groups, config)
+        window = config.window
         self.n_groups, self.window = n_groups, window
         self.step_count = 0
         self.frozen = False

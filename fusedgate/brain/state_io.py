@@ -14,16 +14,16 @@ import zipfile
 
 import numpy as np
 
-from fusedgate.brain.policy import BrainError, RunningNorm
+from fusedgate.brain.config import FIELDS, BrainConfig, BrainError
+from fusedgate.brain.policy import RunningNorm
 from fusedgate.files import WriteError, write_atomic
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 STRUCTURE = ("n_groups", "window", "sketch_size", "seed")
-HYPER = ("explore", "policy_lr", "decay", "warmup_windows", "alpha_min", "total_steps", "horizon", "exploit",
-         "mean_control", "hypergrad", "overshoot_target")
+HYPER = tuple(f for f in FIELDS if f not in STRUCTURE)
 CORE_ARRAYS = ("W", "b", "sigma", "cycle_order", "cycle_r", "eps", "mu", "obs", "z", "decisions")
-CORE_SCALARS = ("alpha", "e_sq", "ema_d", "n_windows", "n_cycles", "n_shrinks", "n_bad_windows", "sum_d", "n_d",
-                "prev_mean", "first_mean", "slow_mean", "prev_level", "last_r0", "last_rmu", "cycle_pos")
+CORE_SCALARS = ("e_sq", "n_windows", "n_cycles", "n_bad_windows", "n_skipped", "noise_sq", "prev_mean", "first_mean",
+                "slow_mean", "prev_level", "cycle_pos")
 MASK64 = (1 << 64) - 1
 MODES = ("numpy", "torch", "fusedgate")  # stored as an index: state dicts hold only numeric tensors
 
@@ -52,7 +52,9 @@ def snapshot_arrays(brain) -> dict[str, np.ndarray]:
     for name in STRUCTURE:
         out[name] = np.array(getattr(brain, name))
     for name in HYPER:
-        out[f"core.{name}"] = np.array(getattr(core, name))
+        out[f"config.{name}"] = np.array(getattr(core.config, name))
+    for name, value in core.gate.state().items():
+        out[f"gate.{name}"] = np.array(value)
     for name in CORE_ARRAYS:
         out[f"core.{name}"] = np.array(getattr(core, name))
     for name in CORE_SCALARS:
@@ -107,7 +109,7 @@ def _check(arrays: dict[str, np.ndarray], template: dict[str, np.ndarray], sourc
         if got.shape != want.shape or got.dtype.kind != want.dtype.kind:
             raise BrainError(f"{source}: array {key!r} has shape {got.shape} {got.dtype}, expected "
                              f"{want.shape} {want.dtype}")
-    for key in ("core.W", "core.b", "core.alpha", "core.sigma"):
+    for key in ("core.W", "core.b", "gate.alpha", "core.sigma"):
         if not np.all(np.isfinite(arrays[key])):
             raise BrainError(f"{source}: array {key!r} is not finite")
     if brain.mode != "numpy":
@@ -125,7 +127,11 @@ def restore_arrays(brain, arrays: dict[str, np.ndarray], source: str) -> None:
     """Validate ``arrays`` against ``brain``, then load them into it."""
     _check(arrays, snapshot_arrays(brain), source, brain)
     core = brain.core
-    for name in HYPER + CORE_SCALARS:
+    values = {name: arrays[f"config.{name}"] for name in HYPER}
+    values = {name: (tuple(float(x) for x in v) if v.ndim else v.item()) for name, v in values.items()}
+    core.config = brain.config = BrainConfig.from_kwargs(core.config, **values)
+    core.gate.load({name: arrays[f"gate.{name}"] for name in core.gate.ARRAYS})
+    for name in CORE_SCALARS:
         setattr(core, name, type(getattr(core, name))(arrays[f"core.{name}"]))
     for name in CORE_ARRAYS:
         setattr(core, name, np.array(arrays[f"core.{name}"]))
