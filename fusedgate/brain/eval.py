@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import math
 import os
@@ -129,8 +128,9 @@ def read_init(path: str | None) -> dict:
     if not isinstance(kwargs, dict):
         raise UsageError(f"--init {path}: expected a JSON object of OptBrain arguments, got {type(kwargs).__name__}")
     from fusedgate.brain import BrainError, OptBrain
+    from fusedgate.brain.config import FIELDS
 
-    allowed = [p for p in inspect.signature(OptBrain).parameters if p not in ("base_optimizer", "n_groups", "seed")]
+    allowed = [p for p in FIELDS if p != "seed"]
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise UsageError(f"--init {path}: unknown OptBrain argument(s) {', '.join(unknown)}; "

@@ -2,46 +2,42 @@
 
 Every cycle of the learner (``fusedgate.brain.policy``) holds, in a random order, one window at the
 policy mean (knobs z = α·μ) and one exactly neutral window (z = 0), of the same length K, plus the two
-exploration windows. Their rewards R (minus the change of the late log-loss level, ``window_reward``)
-give one paired difference per cycle,
+exploration windows z = α·(μ ± σ⊙ε). Their rewards R (minus the change of the late log-loss level,
+``window_reward``) give one paired difference per cycle,
 
     d = R_mean − R_neutral        (> 0: the policy's knobs made more progress than the base's own)
 
 and the random order makes the loss's drift over time a zero-mean noise term in d. At the current
-trust level the gate keeps n (pairs at this level) and Σd; the noise scale s is the running RMS of d
-over every pair so far (s² = EMA of d², weight max(1/N, 0.1)), floored by the ES advantage scale.
-After each cycle, with t = Σd / (s·√n) the one-sided statistic:
+trust level the gate keeps n (pairs at this level) and Σd; the noise scale is s = max(RMS of every d
+so far, the pair noise the windows' own loss residuals predict). After each cycle, with the one-sided
+statistic t = Σd / (s·√n):
 
-    grow    if n ≥ 2 and t ≥ z_grow:   α ← min(2α, 1)                   (the policy beat neutral)
-    shrink  if Σd < 0:                 α ← max(α/4, α_min)              (it tested worse: at once)
-    hold    otherwise                                                     (not yet decided)
+    grow    if n ≥ 2 and t ≥ z_grow (1):            α ← min(2α, 1)
+    shrink  if Σd < 0 and t ≤ −z_shrink (0.5):      α ← α/4, and α ← 0 once below α_min (1/16)
+    hold    otherwise
 
 and on a grow or shrink the level's n and Σd restart (a level is judged on its own windows only).
-A brain window whose loss is not finite, or whose late level is 2× the previous window's (a blow-up),
-sets α ← α_min at once, mid-cycle. The brain starts at α = ``alpha_start`` (¼) after its neutral
-warm-up; α_min = 1/16.
+α = 0 is exactly neutral and final: every window of the rest of the run is the base optimizer's own
+(bit-identical steps from there on). A brain window without a usable loss, or whose late level is 2×
+the previous window's (a blow-up), shrinks α at once. The brain starts at α = ``alpha_start`` (½)
+after its neutral warm-up windows.
 
-**The bound.** Knobs are z = α·(μ ± σ⊙ε) with μ and z clamped to the knob ranges, so at trust α every
-knob is within a factor exp(α·ln 10) ≤ 10^α of neutral in scale and clip, and dampen ≤ α.
+**The bound.** Deterministic: at trust α every knob is within a factor 10^α of neutral in scale and
+clip (z is clamped to the knob ranges) and dampen ≤ α; α never exceeds ½ before a test has passed;
+from any α the brain is exactly neutral after ⌈log₄(α·16)⌉ + 1 ≤ 3 worse-testing cycles (12K steps).
+Measured (``tests/test_brain_safety.py`` reproduces it; 5000 simulated runs of 100 cycles, d drawn
+N(δ·s, s²), s known): a policy worse than neutral by δ = 0.5 noise scales per pair keeps α > 0 for
+4.9 cycles on average (95 % within 15), a total trust Σα of 1.4 cycle-equivalents, and reaches full
+trust in 6 % of runs; worse by δ = 1: 2.3 cycles (95 % within 6), Σα = 0.5, full trust 0.8 %. So the
+expected excess of a harmful policy over the base is at most Σα × (its per-cycle excess at full
+trust, if the harm grows at most linearly in α): ≈ 1.4 cycles' worth at δ = 0.5, 0.5 at δ = 1, then
+nothing. A policy better by δ = 1 reaches full trust in 99.5 % of runs and keeps it.
 
-1. *Growth needs evidence.* α only doubles after ≥ 2 pairs at the current level whose sum is z_grow
-   (= 1) noise scales above zero; under the null hypothesis that the policy is no better than
-   neutral each growth is a false positive of probability ≈ Φ(−z_grow) ≈ 0.16, and full trust from
-   α = ¼ needs two in a row (≈ 0.03).
-2. *Shrinking is immediate.* A level whose paired sum is negative at any cycle's end is left at that
-   cycle's end: no level runs more than one cycle (4 windows, 4K steps) past a measurement that it is
-   worse than neutral, and from α = 1 the brain is back at α_min after ⌈log₄(1/α_min)⌉ = 2 such cycles
-   (8K steps); after a non-finite or blow-up window at once (the next window).
-3. *Excess over the base.* Let δ(α) be the per-step excess log-loss of the brain's knobs at trust α
-   over the neutral knobs. Over a run of T steps the brain's excess is at most
-   T·δ(α_min) + Σ_grows 8K·δ(2α) — the near-neutral floor everywhere, plus at most two cycles at each
-   level it grew into before a worse measurement sends it back. With ≤ log₂(1/α_start) + 1 = 3 grows
-   from α_min to 1 before a shrink, that is ≤ 24K steps at an unproven level per shrink.
-
-What the bound does *not* cover, stated because it is measured rather than assumed: the reward is the
-progress over one window (a short horizon), so a knob whose cost appears only later (a smaller lr that
-wins now and loses at the end) can pass the test; ``brain-eval``'s tuned-lr scenario measures the
-resulting final-loss ratio on both task families.
+What the bound does *not* cover, stated because it is measured rather than assumed: the test's d is
+the progress over one window (a short horizon), so a knob whose cost appears only later (a smaller lr
+that wins now and loses at the end) measures *better*, and the bound's δ is the measured δ, not the
+final-loss one. ``fusedgate brain-eval``'s tuned-lr scenario measures the resulting final-loss ratio
+on both task families, beside the pair's perturbation floor (the base at 1.01× lr).
 """
 
 from __future__ import annotations
