@@ -1,4 +1,4 @@
-"""OptBrain numpy mode, the learner on simulated losses, and torch sensors vs the numpy reference."""
+"""OptBrain numpy mode, the learner on simulated losses, and torch features vs the numpy reference."""
 
 import math
 
@@ -49,7 +49,7 @@ def test_the_brain_learns_to_raise_a_scale_that_helps():
 
 
 def drive_core(windows=300, seed=0, **knobs):
-    """BrainCore on a synthetic loss where any scale but 1 slows progress, while its overshoot sensor
+    """BrainCore on a synthetic loss where any scale but 1 slows progress, while its overshoot feature
     insists on a larger lr (o = −0.5): the policy mean itself is wrong, only the trust gate can tell."""
     core = BrainCore(1, window=5, warmup_windows=1, seed=seed, **knobs)
     feats = np.zeros((1, 7))
@@ -142,7 +142,7 @@ def test_numpy_mode_api_and_errors():
     assert brain.clip_threshold(0) == pytest.approx(2.0)   # running norm of ‖ones(4)‖ = 2, ratio 1
 
 
-def test_torch_sensors_match_the_numpy_reference():
+def test_torch_features_match_the_numpy_reference():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
     groups = [list(model[0].parameters()), list(model[2].parameters())]

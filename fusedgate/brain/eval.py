@@ -163,7 +163,7 @@ def measure_overhead(blocks: int = 7, steps: int = 20) -> dict:
     with AdamW, one thread. Full training steps (forward, backward, step) in alternating blocks, medians;
     and — the precise number, since 0.1 % is below the full step's noise — the optimizer step alone on the
     same gradients, base vs brain interleaved step by step, median difference. Brain arms: ``neutral``
-    (frozen at (1, 1, 0): the sensors and bookkeeping only) and ``learning`` (exploring as in a run)."""
+    (frozen at (1, 1, 0): the features and bookkeeping only) and ``learning`` (exploring as in a run)."""
     import statistics
 
     import torch

@@ -26,7 +26,7 @@ default: the level reached). Per cycle, with s² a running mean of e²:
 and d goes to the trust gate (``TrustGate.after_cycle``), which doubles α only when a one-sided test
 over the pairs at the current level passes and quarters it as soon as their sum is negative.
 
-Every window, the scale bias also follows the overshoot sensor o_g (the cosine between the window-end
+Every window, the scale bias also follows the overshoot feature o_g (the cosine between the window-end
 gradient and the window's net update): b_g,scale ← b_g,scale − κ·r_g·(o_g − o*), the sign of the
 one-step hypergradient (``BrainCore._hypergradient``). It moves the *proposal* μ; what is applied is
 α·μ, so it acts only as far as the gate trusts it.
