@@ -142,3 +142,30 @@ def test_brain_eval_default_out_is_under_the_current_folder(tmp_path, monkeypatc
     assert main(["brain-eval", *TINY, "--scenarios", "tuned", "--seeds", "1"]) == 0
     assert (tmp_path / "fusedgate-results" / "brain_eval" / "brain_eval.md").is_file()
     capsys.readouterr()
+
+
+def test_tasks_take_family_names_and_the_help_names_every_task(capsys):
+    from fusedgate.brain.eval import _tasks
+    from fusedgate.brain.tasks import FAMILIES, TASKS
+
+    assert _tasks("heldout") == list(FAMILIES["heldout"]) and _tasks("all") == list(TASKS)
+    assert _tasks("tuning,logreg") == [*FAMILIES["tuning"], "logreg"]
+    with pytest.raises(SystemExit):
+        main(["brain-eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for task in TASKS:
+        assert task in text
+    assert "heldout" in text and "tuning" in text
+
+
+def test_brain_eval_reports_the_heldout_family_beside_the_tuning_one(tmp_path, capsys):
+    code = main(["brain-eval", "--tasks", "regression,logreg", "--optimizers", "adamw", "--seeds", "2", "--steps",
+                 "24", "--window", "3", "--scenarios", "tuned,nudge", "--no-overhead", "--no-progress",
+                 "--out", str(tmp_path)])
+    assert code == 0
+    record = json.loads((tmp_path / "brain_eval.json").read_text())
+    assert {(r["family"], r["task"]) for r in record["rows"]} == {("tuning", "regression"), ("heldout", "logreg")}
+    assert {t["family"] for t in record["targets"]} == {"tuning", "heldout"}
+    nudge = next(r for r in record["rows"] if r["scenario"] == "nudge" and r["task"] == "logreg")
+    assert all(math.isfinite(x) and x != 1.0 for x in nudge["ratios"])   # 1.01× lr: a real, different run
+    capsys.readouterr()

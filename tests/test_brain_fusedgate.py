@@ -58,7 +58,7 @@ def test_brain_writes_gate_keys_for_gated_groups_and_acts_generically_on_adamw_g
     model, opt, x, y = make()
     brain = OptBrain(opt, window=4, warmup_windows=1, seed=1)
     assert brain._gate_group.tolist() == [True, True, False]
-    train(model, brain, x, y, 4 * 4, True)          # warm-up + 3 windows: a full cycle
+    train(model, brain, x, y, 4 * 5, True)          # warm-up + 4 windows: a full cycle
     assert brain.core.n_cycles == 1
     for g, group in enumerate(opt.param_groups[:2]):
         assert (group["gate_scale"], group["gate_clip"], group["gate_dampen"]) == brain.decisions[g]

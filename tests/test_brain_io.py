@@ -2,6 +2,7 @@
 
 import copy
 import io
+import os
 
 import numpy as np
 import pytest
@@ -149,3 +150,63 @@ def test_bad_files_give_one_line_errors_and_change_nothing(tmp_path):
         brain.save(tmp_path)                      # a directory: the rename fails, nothing is lost
     assert good.read_bytes() == good_bytes
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".optbrain")) == []
+
+
+def saved_arrays(tmp_path):
+    """A trained brain, its .npz and the arrays in it."""
+    model, base, x, y = make()
+    brain = OptBrain(base, **BRAIN)
+    train(model, brain, x, y, 0, 14)
+    brain.save(tmp_path / "good.npz")
+    return brain, dict(np.load(tmp_path / "good.npz"))
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("core.mu", np.inf, "'core.mu' is not finite"),
+    ("core.rng", 0, r"core.rng is not a PCG64 generator state"),
+    ("step_count", -5, r"step_count=-5 is out of range: expected an integer in \[0, 1e\+15\]"),
+    ("config.total_steps", -100, r"config.total_steps=-100: expected an integer in \[0, 1000000000000\]"),
+    ("core.cycle_pos", 1_000_000, r"core.cycle_pos=1000000 is out of range: expected an integer in \[0, 4\]"),
+    ("gate.alpha", 3.0, r"gate.alpha=3.0 is out of range"),
+    ("config.explore", -1.0, r"config.explore=-1.0: expected a finite number in \[0, 10\]"),
+    ("core.decisions", 50.0, r"core.decisions: scale outside \[0.01, 10\]"),
+])
+def test_a_loaded_state_is_range_checked_like_the_constructor(tmp_path, key, value, match):
+    brain, arrays = saved_arrays(tmp_path)
+    before = snapshot_arrays(brain)
+    bad = dict(arrays)
+    bad[key] = np.full_like(arrays[key], value)
+    np.savez(tmp_path / "bad.npz", **bad)
+    with pytest.raises(BrainError, match=match) as info:
+        brain.load(tmp_path / "bad.npz")
+    assert "\n" not in str(info.value) and str(tmp_path / "bad.npz") in str(info.value)
+    after = snapshot_arrays(brain)
+    assert all(np.array_equal(before[k], after[k], equal_nan=True) for k in before)   # nothing changed
+
+
+def test_a_file_of_another_version_or_other_groups_is_refused_in_one_line(tmp_path):
+    brain, arrays = saved_arrays(tmp_path)
+    np.savez(tmp_path / "v2.npz", **{**arrays, "format_version": np.array(2)})
+    with pytest.raises(BrainError, match=r"not an OptBrain file of format version 3 \(found 2\)") as info:
+        brain.load(tmp_path / "v2.npz")
+    assert "\n" not in str(info.value)
+    torch.manual_seed(0)
+    three = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.Tanh(), torch.nn.Linear(12, 2))
+    other = OptBrain(torch.optim.SGD([{"params": [three[0].weight]}, {"params": [three[0].bias]},
+                                      {"params": list(three[2].parameters())}], lr=0.1), **BRAIN)
+    other.save(tmp_path / "three.npz")
+    with pytest.raises(BrainError, match="n_groups=3 does not match this brain's n_groups=2"):
+        brain.load(tmp_path / "three.npz")
+
+
+def test_load_names_what_a_path_is_when_it_is_not_a_file(tmp_path):
+    brain, _ = saved_arrays(tmp_path)
+    with pytest.raises(BrainError, match="is a directory; expected a regular .npz file"):
+        brain.load(tmp_path)
+    if os.path.exists("/dev/zero"):
+        with pytest.raises(BrainError, match="is a character device; expected a regular .npz file"):
+            brain.load("/dev/zero")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(BrainError, match=r"is a FIFO \(named pipe\)"):   # refused by stat: no open, no hang
+        brain.load(fifo)

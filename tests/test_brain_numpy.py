@@ -1,4 +1,4 @@
-"""OptBrain numpy mode, the learner on simulated losses, and torch sensors vs the numpy reference."""
+"""OptBrain numpy mode, the learner on simulated losses, and torch features vs the numpy reference."""
 
 import math
 
@@ -8,9 +8,9 @@ import torch
 
 from fusedgate import OptBrain
 from fusedgate.brain import BrainError
+from fusedgate.brain.features import NumpyFeatures, clip_ratio
 from fusedgate.brain.policy import BrainCore, knobs_from_z, window_progress
-from fusedgate.brain.sensors import NumpySensors, clip_ratio
-from fusedgate.brain.torch_sensors import TorchSensors
+from fusedgate.brain.torch_features import TorchFeatures
 
 
 def simulate(rate, steps, window=5, seed=0, noise=0.002, loss0=5.0, **kwargs):
@@ -48,10 +48,10 @@ def test_the_brain_learns_to_raise_a_scale_that_helps():
     assert report["alpha"] == 1.0
 
 
-def drive_core(alpha_min, windows=300, seed=0):
-    """BrainCore on a synthetic loss where any scale but 1 slows progress, while its overshoot sensor
-    insists on a larger lr (o = −0.5): the policy mean itself is wrong, only the guardrail can tell."""
-    core = BrainCore(1, window=5, warmup_windows=1, alpha_min=alpha_min, seed=seed)
+def drive_core(windows=300, seed=0, **knobs):
+    """BrainCore on a synthetic loss where any scale but 1 slows progress, while its overshoot feature
+    insists on a larger lr (o = −0.5): the policy mean itself is wrong, only the trust gate can tell."""
+    core = BrainCore(1, window=5, warmup_windows=1, seed=seed, **knobs)
     feats = np.zeros((1, 7))
     feats[0, 5] = -0.5
     rng = np.random.default_rng(seed + 100)
@@ -67,21 +67,34 @@ def drive_core(alpha_min, windows=300, seed=0):
     return core, np.array(scales), loss
 
 
-def test_the_guardrail_shrinks_toward_neutral_when_the_policy_hurts():
-    guarded, scales, loss = drive_core(alpha_min=0.05)
+def test_the_gate_returns_to_neutral_when_the_policy_hurts():
+    guarded, scales, loss = drive_core()
     report = guarded.report()
-    assert report["mean_advantage_vs_neutral"] < -0.1           # its mean windows measured worse than neutral
-    assert report["shrinks"] > 10 and report["alpha"] < 0.35     # ...so it backed off
-    unguarded, free_scales, free_loss = drive_core(alpha_min=1.0)   # α pinned at 1
+    assert report["mean_advantage_vs_neutral"] < 0.0            # its mean windows measured worse than neutral
+    assert report["shrinks"] >= 1 and report["alpha"] == 0.0     # ...so it went back to exactly neutral
+    assert np.all(scales[-100:] == 1.0)                          # and stayed there
+    pinned, free_scales, free_loss = drive_core(alpha_start=1.0, z_shrink=10.0)   # α held at 1
+    assert pinned.alpha == 1.0
     assert np.abs(np.log(scales[-100:])).mean() < 0.5 * np.abs(np.log(free_scales[-100:])).mean()
     assert loss < free_loss
 
 
-def test_nonfinite_loss_halves_the_trust_at_once():
+def test_nonfinite_losses_are_skipped_and_counted():
     core = BrainCore(1, window=4, warmup_windows=1)
     core.end_window(np.array([3.0, 2.9, 2.8, 2.7]), np.zeros((1, 7)))
-    core.end_window(np.array([2.6, np.nan, 2.5, 2.4]), np.zeros((1, 7)))
-    assert core.alpha == 0.5 and core.n_bad_windows == 1
+    core.end_window(np.array([2.6, np.nan, 2.5, np.inf]), np.zeros((1, 7)))
+    assert core.n_skipped == 2 and core.n_bad_windows == 0 and core.alpha == 0.5   # nothing else changed
+    assert np.all(np.isfinite(core.decisions))
+
+
+def test_a_bad_brain_window_cuts_the_trust_at_once():
+    core = BrainCore(1, window=4, warmup_windows=1, seed=1)
+    core.end_window(np.array([3.0, 2.9, 2.8, 2.7]), np.zeros((1, 7)))
+    core.b[:] = 0.5                                   # a policy away from neutral: its windows are brain windows
+    while int(core.cycle_order[core.cycle_pos]) == 0:  # skip to the cycle's next non-neutral window
+        core.end_window(np.array([2.6, 2.5, 2.4, 2.3]), np.zeros((1, 7)))
+    core.end_window(np.full(4, np.nan), np.zeros((1, 7)))   # no usable loss at all
+    assert core.n_bad_windows == 1 and core.alpha == 0.5 * 0.25 and core.gate.n_shrinks == 1
 
 
 def test_knob_mapping_and_progress():
@@ -122,19 +135,19 @@ def test_numpy_mode_api_and_errors():
         OptBrain(None, n_groups=0)
     assert brain.clip_threshold(0) == math.inf        # neutral clip: no threshold
     assert not brain.needs_grads                      # step 0 of 3, clip off: grads are not read
-    assert math.isnan(brain.sensors.running_norm(0))  # ... so nothing was measured
+    assert math.isnan(brain.features.running_norm(0))  # ... so nothing was measured
     brain.freeze({0: (1.0, 0.5, 0.0)})
     assert brain.needs_grads                          # clip on: the norm is measured every step
     brain.record_grads(0, np.ones(4))
     assert brain.clip_threshold(0) == pytest.approx(2.0)   # running norm of ‖ones(4)‖ = 2, ratio 1
 
 
-def test_torch_sensors_match_the_numpy_reference():
+def test_torch_features_match_the_numpy_reference():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
     groups = [list(model[0].parameters()), list(model[2].parameters())]
-    ts = TorchSensors(groups, window=4, sketch_size=16, seed=5)
-    ns = NumpySensors(2, sketch_size=16, seed=5)
+    ts = TorchFeatures(groups, window=4, sketch_size=16, seed=5)
+    ns = NumpyFeatures(2, sketch_size=16, seed=5)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     x, y = torch.randn(32, 6), torch.randn(32, 3)
     for step in range(12):

@@ -9,6 +9,9 @@ FusedGate) with the same init and batches, and writes into ``--out`` (default
     brain_eval.json  every run's final loss and the brain's report, the rows, the overhead timings
     brain_eval.png   one panel per scenario: ratio per task × optimizer, dots per seed
 
+``--tasks heldout`` runs the held-out family (``fusedgate.brain.heldout``) only; the default runs both
+families and reports them side by side.
+
 Usage errors (bad counts, an unreadable ``--init`` file, an output folder that cannot be written)
 are one line on stderr and exit code 2, before any training.
 """
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import math
 import os
@@ -25,8 +27,8 @@ import platform
 import sys
 import time
 
-from fusedgate.brain.scenarios import ARMS, SCENARIOS, applies, arms_for, summarise, targets
-from fusedgate.brain.tasks import OPTIMIZERS, TASKS
+from fusedgate.brain.scenarios import ARMS, SCENARIOS, applies, arms_for, family, summarise, targets
+from fusedgate.brain.tasks import FAMILIES, OPTIMIZERS, TASKS
 from fusedgate.files import WriteError, check_writable_folder
 
 DEFAULT_OUT = os.path.join("fusedgate-results", "brain_eval")
@@ -45,6 +47,18 @@ def _csv(choices):
             raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(choices)}, got {text!r}")
         return list(dict.fromkeys(items))
     return parse
+
+
+def _tasks(text: str) -> list[str]:
+    """Task names and family names (``tuning``, ``heldout``, ``all``), expanded in the registry's order."""
+    families = {**FAMILIES, "all": TASKS}
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in TASKS and t not in families]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(f"expected a comma list of tasks ({', '.join(TASKS)}) or families "
+                                         f"({', '.join(families)}), got {text!r}")
+    chosen = {task for t in items for task in families.get(t, (t,))}
+    return [t for t in TASKS if t in chosen]
 
 
 def _count(flag: str, minimum: int = 1):
@@ -69,7 +83,10 @@ def _one_line_error(parser: argparse.ArgumentParser):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.error = _one_line_error(parser)
-    parser.add_argument("--tasks", type=_csv(TASKS), default=list(TASKS), help="comma list (default: all)")
+    parser.add_argument("--tasks", type=_tasks, default=list(TASKS),
+                        help="comma list of tasks or families: tuning = " + ",".join(FAMILIES["tuning"])
+                             + " (the defaults were tuned on these); heldout = " + ",".join(FAMILIES["heldout"])
+                             + " (never tuned on); all (default: all)")
     parser.add_argument("--optimizers", type=_csv(OPTIMIZERS), default=list(OPTIMIZERS),
                         help="comma list (default: sgd,adamw,fusedgate)")
     parser.add_argument("--scenarios", type=_csv(SCENARIOS), default=list(SCENARIOS),
@@ -111,8 +128,9 @@ def read_init(path: str | None) -> dict:
     if not isinstance(kwargs, dict):
         raise UsageError(f"--init {path}: expected a JSON object of OptBrain arguments, got {type(kwargs).__name__}")
     from fusedgate.brain import BrainError, OptBrain
+    from fusedgate.brain.config import FIELDS
 
-    allowed = [p for p in inspect.signature(OptBrain).parameters if p not in ("base_optimizer", "n_groups", "seed")]
+    allowed = [p for p in FIELDS if p != "seed"]
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise UsageError(f"--init {path}: unknown OptBrain argument(s) {', '.join(unknown)}; "
@@ -145,7 +163,7 @@ def measure_overhead(blocks: int = 7, steps: int = 20) -> dict:
     with AdamW, one thread. Full training steps (forward, backward, step) in alternating blocks, medians;
     and — the precise number, since 0.1 % is below the full step's noise — the optimizer step alone on the
     same gradients, base vs brain interleaved step by step, median difference. Brain arms: ``neutral``
-    (frozen at (1, 1, 0): the sensors and bookkeeping only) and ``learning`` (exploring as in a run)."""
+    (frozen at (1, 1, 0): the features and bookkeeping only) and ``learning`` (exploring as in a run)."""
     import statistics
 
     import torch
@@ -272,14 +290,16 @@ def run_grid(args, brain_kwargs: dict) -> tuple[list[dict], list[dict]]:
                 per_arm = {name: {s: finals[(task, opt, arm, s)] for s in range(args.seeds)}
                            for name, arm in ARMS[scenario].items()}
                 row = summarise(scenario, task, opt, per_arm)
+                row["family"] = family(row)
+                brain_arm = ARMS[scenario].get(_brain_arm(scenario))
                 row["alpha"] = [r["report"]["alpha"] for r in runs if r["task"] == task and r["optimizer"] == opt
-                                and r["arm"] == ARMS[scenario][_brain_arm(scenario)]]
+                                and brain_arm is not None and r["arm"] == brain_arm]
                 rows.append(row)
     return runs, rows
 
 
 def _brain_arm(scenario: str) -> str:
-    return {"lr_x3": "brain@m", "lr_div3": "brain@m", "schedule": "const+brain"}.get(scenario, "brain")
+    return {"lr_x3": "brain@m", "lr_div3": "brain@m", "schedule": "const+brain", "nudge": None}.get(scenario, "brain")
 
 
 def _plain(x):

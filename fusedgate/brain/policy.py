@@ -1,17 +1,17 @@
 """The OptBrain's learner: observations -> a Gaussian policy over three knobs, trained by antithetic ES,
-with the scale knob also following a measured hypergradient.
+with the scale knob also following a measured hypergradient, and its trust set by a paired test.
 
-Pure numpy (no torch), shared by the torch wrapper and numpy mode. Time is cut into *windows* of K
-steps; the knobs are held fixed over a window. After a few neutral warm-up windows (evidence for the
+Pure numpy (no torch), shared by every mode of ``OptBrain``. Time is cut into *windows* of K steps;
+the knobs are held fixed over a window. After a few neutral warm-up windows (evidence for the
 normalisers; the run is bit-identical to the base optimizer until then) the brain runs *cycles* of
-three windows in a random order:
+four windows in a random order:
 
-    +  z = α·(μ + σ⊙ε)      −  z = α·(μ − σ⊙ε)      c  the control: z = 0 (exactly neutral) in every
-                                                       other cycle, z = α·μ (the policy mean) in the rest
+    +  z = α·(μ + σ⊙ε)      −  z = α·(μ − σ⊙ε)      μ  z = α·μ (the policy mean)      0  z = 0 (neutral)
 
 with ε ~ N(0, I) per group and knob, μ_g = b_g + W·o_g a linear policy of the normalised
-observation o_g (6 loss features + 7 features of group g), σ the exploration scale and α ∈ [α_min, 1]
-the trust. A knob vector z is mapped to (scale, clip, dampen) by
+observation o_g (N_OBS = 13: 6 loss features + 7 features of group g), σ the exploration scale and
+α ∈ [α_min, 1] the trust (``fusedgate.brain.safety``). A knob vector z is mapped to (scale, clip,
+dampen) by
 
     scale = exp(clamp(z₀, ln 0.01, ln 10))    clip = exp(clamp(z₁, ln 0.1, ln 5))    dampen = clamp(z₂, 0, 1)
 
@@ -21,21 +21,22 @@ default: the level reached). Per cycle, with s² a running mean of e²:
 
     e = (R₊ − R₋)/2            A = clamp(e/s, −3, 3)          (antithetic ES advantage)
     b_g ← (1−λ)·b_g + η·A·σ⊙ε_g        W ← (1−λ)·W + (η/13)·A·mean_g (σ⊙ε_g) o_gᵀ
-    D = (R_μ − R₀)/s      (the latest policy-mean window against the latest neutral one)
+    d = R_μ − R₀               (the cycle's paired difference: policy mean against neutral)
 
-Every window, the scale bias also follows the overshoot sensor o_g (the cosine between the window-end
-gradient and the window's net update): b_g,scale ← b_g,scale − α·κ·r_g·(o_g − o*), the sign of the
-one-step hypergradient, a much less noisy estimate of which way the lr should go than loss differences
-of minibatch losses (``BrainCore._hypergradient``).
+and d goes to the trust gate (``TrustGate.after_cycle``), which doubles α only when a one-sided test
+over the pairs at the current level passes and quarters it as soon as their sum is negative.
 
-D is the guardrail's measurement: an EMA of D below zero (the policy's mean windows did worse than the
-interleaved neutral ones) multiplies α by 0.8 (toward neutral); otherwise α grows by 1.25 up to 1. It
-compares the policy *mean*, not the ± windows' average, so the brain is not charged for the cost of
-its own exploration (which at a too-large lr can be a blow-up of the + window) — and the neutral
-windows, which undo a learnt decay or repeat a mis-set lr, are half as frequent. A window whose loss
-is not finite counts as 3·s worse than the worst finite window of its cycle and halves α at once, as
-does a brain window whose late loss level is twice the previous window's (a blow-up). The random order
-of the windows makes the loss's natural decay over time an unbiased noise term in e and D.
+Every window, the scale bias also follows the overshoot feature o_g (the cosine between the window-end
+gradient and the window's net update): b_g,scale ← b_g,scale − κ·r_g·(o_g − o*), the sign of the
+one-step hypergradient (``BrainCore._hypergradient``). It moves the *proposal* μ; what is applied is
+α·μ, so it acts only as far as the gate trusts it.
+
+Non-finite losses (a NaN or inf ``loss=``) are skipped: a window's reward and loss features use its
+finite, positive losses only, and the skipped ones are counted (``skipped_losses``). A window with
+fewer than two usable losses, or a brain window whose late level is twice the previous window's (a
+blow-up), is a bad window: it counts as 3·s worse than the worst finite window of its cycle, and if
+the brain's knobs were on, α drops to α_min at once. The random order of the windows makes the
+loss's natural decay over time an unbiased noise term in e and d.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from fusedgate.brain.config import BrainConfig, BrainError
+from fusedgate.brain.safety import TrustGate
+
+__all__ = ["BrainConfig", "BrainCore", "BrainError", "KNOBS", "knobs_from_z", "window_progress", "window_reward"]
 
 KNOBS = ("scale", "clip", "dampen")
 N_LOSS_FEATURES = 6
@@ -54,13 +60,9 @@ GROUP_FEATURES = ("log_grad_norm", "grad_spike", "alignment", "oscillation", "lo
 SCALE_RANGE = (0.01, 10.0)
 CLIP_RANGE = (0.1, 5.0)
 DAMPEN_RANGE = (0.0, 1.0)
-ROLES = (1, -1, 0)  # +ε, −ε, neutral control
-MEAN = 2            # the role of a window at the policy mean α·μ (no noise)
+MEAN = 2                 # the role of a window at the policy mean α·μ (no noise)
+ROLES = (1, -1, MEAN, 0)  # +ε, −ε, the policy mean, the neutral control: one cycle
 BLOWUP = math.log(2.0)  # a brain window whose late loss level is 2× the previous window's: a blow-up
-
-
-class BrainError(ValueError):
-    """Bad input to the OptBrain, or a brain file that is corrupt or does not match."""
 
 
 def knobs_from_z(z: np.ndarray) -> np.ndarray:
@@ -143,117 +145,89 @@ def window_progress(losses: np.ndarray) -> tuple[float, float]:
 class BrainCore:
     """The learner. ``end_window(losses, group_features)`` -> the (G, 3) knobs for the next window."""
 
-    def __init__(self, n_groups: int, window: int = 10, explore: float = 1.0, policy_lr: float = 0.3,
-                 decay: float = 0.02, warmup_windows: int = 3, alpha_min: float = 0.05, seed: int = 0,
-                 sigma: tuple[float, float, float] = (0.25, 0.25, 0.1), total_steps: int | None = None,
-                 horizon: float = 0.0, exploit: float = 0.0, mean_control: bool = True,
-                 hypergrad: float = 0.5, overshoot_target: float = 0.1):
+    def __init__(self, n_groups: int, config: BrainConfig | None = None, **knobs):
         if not isinstance(n_groups, int) or isinstance(n_groups, bool) or not 1 <= n_groups <= 1024:
             raise BrainError(f"n_groups={n_groups!r}: expected an integer in [1, 1024]")
-        if not isinstance(window, int) or isinstance(window, bool) or not 3 <= window <= 100_000:
-            raise BrainError(f"window={window!r}: expected an integer >= 3")
-        for name, v, lo, hi in (("explore", explore, 0.0, 10.0), ("policy_lr", policy_lr, 0.0, 10.0),
-                                ("decay", decay, 0.0, 1.0), ("alpha_min", alpha_min, 0.0, 1.0)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-                raise BrainError(f"{name}={v!r}: expected a number in [{lo}, {hi}]")
-        if not isinstance(warmup_windows, int) or warmup_windows < 1:
-            raise BrainError(f"warmup_windows={warmup_windows!r}: expected an integer >= 1")
-        if total_steps is not None and (not isinstance(total_steps, int) or isinstance(total_steps, bool)
-                                        or total_steps < 1):
-            raise BrainError(f"total_steps={total_steps!r}: expected a positive integer or None")
-        for name, v, lo, hi in (("horizon", horizon, 0.0, 1e9), ("exploit", exploit, 0.0, 1.0)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-                raise BrainError(f"{name}={v!r}: expected a number in [{lo}, {hi:g}]")
-        self.n_groups, self.window, self.seed = n_groups, window, int(seed)
-        self.explore, self.policy_lr, self.decay = float(explore), float(policy_lr), float(decay)
-        self.warmup_windows, self.alpha_min = warmup_windows, float(alpha_min)
-        self.total_steps = int(total_steps or 0)     # 0: unknown
-        self.horizon, self.exploit = float(horizon), float(exploit)
-        self.mean_control = bool(mean_control)
-        for name, v, lo, hi in (("hypergrad", hypergrad, 0.0, 10.0), ("overshoot_target", overshoot_target, -1.0, 1.0)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-                raise BrainError(f"{name}={v!r}: expected a number in [{lo}, {hi}]")
-        self.hypergrad, self.overshoot_target = float(hypergrad), float(overshoot_target)
+        self.config = config = BrainConfig.from_kwargs(config, **knobs)
+        self.n_groups, self.window = n_groups, config.window
+        self.gate = TrustGate(config.alpha_start, config.alpha_min, config.z_grow, config.z_shrink)
+        self.noise_sq = math.nan                    # EMA of the windows' squared log-loss residual noise
         self.reliability = np.ones(n_groups)        # per group: min(elements, sketch size)/sketch size
-        self.last_r0 = math.nan                     # reward of the latest neutral control window
-        self.last_rmu = math.nan                    # reward of the latest policy-mean window
         self.prev_level = math.nan                  # the previous window's late log-loss level
-        self.sigma = np.asarray(sigma, dtype=np.float64) * self.explore
-        self.rng = np.random.Generator(np.random.PCG64(self.seed))
+        self.sigma = np.asarray(config.sigma, dtype=np.float64) * config.explore
+        self.rng = np.random.Generator(np.random.PCG64(config.seed))
         g = n_groups
         self.W = np.zeros((3, N_OBS))               # shared policy weights
         self.b = np.zeros((g, 3))                   # per-group policy bias
         self.loss_norm = RunningNorm(N_LOSS_FEATURES)
         self.group_norm = RunningNorm((g, N_GROUP_FEATURES))
-        self.alpha = 1.0                            # trust, shrunk toward neutral by the guardrail
         self.e_sq = 0.0                             # running mean of e² (advantage scale)
-        self.ema_d = 0.0                            # EMA of D, the brain-vs-neutral advantage
         self.n_windows = 0
         self.n_cycles = 0
-        self.n_shrinks = 0
         self.n_bad_windows = 0
-        self.sum_d = 0.0
-        self.n_d = 0                                # guardrail measurements so far
+        self.n_skipped = 0                          # non-finite / non-positive losses skipped
         self.prev_mean = math.nan                   # log mean loss of the previous window
         self.first_mean = math.nan                  # log mean loss of the first window
         self.slow_mean = math.nan                   # slow EMA of log mean loss
-        self.cycle_order = np.zeros(3, dtype=np.int64)
+        self.cycle_order = np.zeros(len(ROLES), dtype=np.int64)
         self.cycle_pos = 0
-        self.cycle_r = np.zeros(3)
+        self.cycle_r = np.zeros(len(ROLES))
         self.eps = np.zeros((g, 3))
         self.mu = np.zeros((g, 3))
         self.obs = np.zeros((g, N_OBS))
         self.z = np.zeros((g, 3))                   # current policy-space decision
         self.decisions = knobs_from_z(self.z)       # current knobs, exactly (1, 1, 0) at start
 
+    @property
+    def alpha(self) -> float:
+        """The trust α (``fusedgate.brain.safety.TrustGate``)."""
+        return self.gate.alpha
+
     # ---- observations -------------------------------------------------------------------------
     def _loss_features(self, losses: np.ndarray) -> np.ndarray:
         progress, noise = window_progress(losses)
-        finite = losses[np.isfinite(losses) & (losses > 0)]
-        log_mean = float(np.log(np.mean(finite))) if finite.size else math.nan
+        log_mean = float(np.log(np.mean(losses))) if losses.size else math.nan
         if math.isnan(self.first_mean):
             self.first_mean = log_mean
         if math.isnan(self.slow_mean):
             self.slow_mean = log_mean
-        time = ((self.n_windows + 1) * self.window / self.total_steps if self.total_steps
-                else math.log1p(self.n_windows))
+        total = self.config.total_steps
+        time = (self.n_windows + 1) * self.window / total if total else math.log1p(self.n_windows)
         feats = np.array([progress, math.log(noise + 1e-8), log_mean - self.prev_mean,
                           log_mean - self.first_mean, log_mean - self.slow_mean, time])
+        if math.isfinite(noise):
+            self.noise_sq = noise * noise if math.isnan(self.noise_sq) else 0.9 * self.noise_sq + 0.1 * noise * noise
         if math.isfinite(log_mean):
             self.prev_mean = log_mean
             self.slow_mean = 0.9 * self.slow_mean + 0.1 * log_mean
         return feats
 
-    # ---- the window / cycle machine -----------------------------------------------------------
-    def end_window(self, losses: np.ndarray, group_features: np.ndarray) -> np.ndarray:
-        """Consume one finished window: its K losses in time order and the (G, 6) group features
-        averaged over it. Learns when a cycle completes and returns the knobs for the next window."""
-        losses = np.asarray(losses, dtype=np.float64).reshape(-1)
-        feats = np.asarray(group_features, dtype=np.float64)
+    def _check(self, losses: np.ndarray, feats: np.ndarray) -> np.ndarray:
+        """The window's usable losses (finite, positive; the rest counted as skipped)."""
         if losses.shape != (self.window,):
             raise BrainError(f"end_window: expected {self.window} losses, got {losses.shape[0]}")
         if feats.shape != (self.n_groups, N_GROUP_FEATURES):
             raise BrainError(f"end_window: expected group features of shape "
                              f"{(self.n_groups, N_GROUP_FEATURES)}, got {feats.shape}")
-        lf = self._loss_features(losses)
+        usable = np.isfinite(losses) & (losses > 0)
+        self.n_skipped += int(self.window - usable.sum())
+        return losses[usable]
+
+    # ---- the window / cycle machine -----------------------------------------------------------
+    def end_window(self, losses: np.ndarray, group_features: np.ndarray) -> np.ndarray:
+        """Consume one finished window: its K losses in time order and the (G, 7) group features
+        of its sensed step. Learns when a cycle completes and returns the knobs for the next window."""
+        feats = np.asarray(group_features, dtype=np.float64)
+        usable = self._check(np.asarray(losses, dtype=np.float64).reshape(-1), feats)
+        lf = self._loss_features(usable)
         self.loss_norm.update(lf)
         self.group_norm.update(feats)
         self.n_windows += 1
-        done = self.n_windows * self.window
-        horizon = min(self.horizon, max(self.total_steps - done, 0)) if self.total_steps else self.horizon
-        reward, level = window_reward(losses, self.prev_level, horizon)
-        in_cycle = self.n_windows > self.warmup_windows and self.cycle_pos < 3
-        brain_window = in_cycle and int(self.cycle_order[self.cycle_pos]) != 0 and np.any(self.z != 0)
-        blowup = brain_window and math.isfinite(level) and level - self.prev_level > BLOWUP
-        if math.isfinite(level):
-            self.prev_level = level
-        if not math.isfinite(reward) or blowup:
-            self.n_bad_windows += 1
-            self.alpha = max(self.alpha * 0.5, self.alpha_min)
-        if self.n_windows < self.warmup_windows:
+        reward = self._judge_window(usable)
+        if self.n_windows < self.config.warmup_windows:
             return self.decisions
         self._hypergradient(feats)
-        if self.total_steps and done >= (1.0 - self.exploit) * self.total_steps and self.exploit > 0:
+        if self._exploiting():
             # the last ``exploit`` fraction of the run: no more exploration or control windows, the
             # trusted policy mean α·μ of the current observation is applied (nothing is learnt)
             self._observe(lf, feats)
@@ -261,15 +235,36 @@ class BrainCore:
             self.decisions = knobs_from_z(self.z)
             self.cycle_pos = 0
             return self.decisions
-        if self.n_windows > self.warmup_windows:
+        if self.n_windows > self.config.warmup_windows:
             self.cycle_r[self.cycle_pos] = reward
             self.cycle_pos += 1
-            if self.cycle_pos == 3:
+            if self.cycle_pos == len(ROLES):
                 self._learn()
-        if self.n_windows == self.warmup_windows or self.cycle_pos == 3:
+        if self.n_windows == self.config.warmup_windows or self.cycle_pos == len(ROLES):
             self._start_cycle(lf, feats)
         self._set_decision()
         return self.decisions
+
+    def _judge_window(self, usable: np.ndarray) -> float:
+        """The finished window's reward; a bad brain window (no reward, or a blow-up) drops the trust."""
+        done = self.n_windows * self.window
+        total, horizon = self.config.total_steps, self.config.horizon
+        horizon = min(horizon, max(total - done, 0)) if total else horizon
+        reward, level = window_reward(usable, self.prev_level, horizon)
+        in_cycle = self.n_windows > self.config.warmup_windows and self.cycle_pos < len(ROLES)
+        brain_window = in_cycle and int(self.cycle_order[self.cycle_pos]) != 0 and bool(np.any(self.z != 0))
+        blowup = brain_window and math.isfinite(level) and level - self.prev_level > BLOWUP
+        if math.isfinite(level):
+            self.prev_level = level
+        if not math.isfinite(reward) or blowup:
+            self.n_bad_windows += 1
+            if brain_window:
+                self.gate.bad_window()
+        return reward
+
+    def _exploiting(self) -> bool:
+        c = self.config
+        return c.exploit > 0 and c.total_steps > 0 and self.n_windows * self.window >= (1.0 - c.exploit) * c.total_steps
 
     def _hypergradient(self, feats: np.ndarray) -> None:
         """The scale bias follows the measured overshoot: b_scale ← b_scale − κ·(o − o*), with o the
@@ -279,14 +274,15 @@ class BrainCore:
         ``reliability`` (set by the wrapper from the group sizes) — the sign of the one-step
         hypergradient d loss / d log lr, measured with far less noise than a loss difference. o* > 0
         is the overshoot tolerated (a greedy o* = 0 would shrink the lr for the next step's sake only:
-        the short-horizon bias). The guardrail's α scales this bias like any other part of μ."""
+        the short-horizon bias). This moves the proposal μ; the gate's α scales what is applied."""
         o = feats[:, GROUP_FEATURES.index("overshoot")]
-        if self.hypergrad == 0.0 or self.n_windows < 2 or not np.all(np.isfinite(o)):
+        kappa = self.config.hypergrad
+        if kappa == 0.0 or self.n_windows < 2 or not np.all(np.isfinite(o)):
             return
         lo, hi = math.log(SCALE_RANGE[0]), math.log(SCALE_RANGE[1])
-        # distrusted (α < 1): it drifts slower; a group with fewer elements than the sketch measures o on
-        # fewer coordinates (a bias of 1 element: a coin flip), so it drifts by that fraction
-        step = self.alpha * self.hypergrad * self.reliability * (o - self.overshoot_target)
+        # a group with fewer elements than the sketch measures o on fewer coordinates (a bias of
+        # 1 element: a coin flip), so it drifts by that fraction
+        step = kappa * self.reliability * (o - self.config.overshoot_target)
         self.b[:, 0] = np.clip(self.b[:, 0] - step, lo, hi)
 
     def _observe(self, lf: np.ndarray, feats: np.ndarray) -> None:
@@ -298,10 +294,7 @@ class BrainCore:
         self._observe(lf, feats)
         self.mu = self.b + self.obs @ self.W.T
         self.eps = self.rng.standard_normal((self.n_groups, 3))
-        roles = list(ROLES)
-        if self.mean_control and self.n_cycles % 2 == 1:
-            roles[2] = MEAN            # every other cycle the third window tests the policy mean
-        self.cycle_order = self.rng.permutation(np.array(roles, dtype=np.int64))
+        self.cycle_order = self.rng.permutation(np.array(ROLES, dtype=np.int64))
         self.cycle_pos = 0
         self.cycle_r[:] = 0.0
 
@@ -316,55 +309,43 @@ class BrainCore:
         self.decisions = knobs_from_z(self.z)
 
     def _learn(self) -> None:
+        """One cycle's ES step on the ± windows, then the paired difference d to the trust gate."""
         r = {int(role): float(self.cycle_r[i]) for i, role in enumerate(self.cycle_order)}
+        self.n_cycles += 1
         finite = [v for v in r.values() if math.isfinite(v)]
         if not finite:
-            self.n_cycles += 1
             return
         s = math.sqrt(self.e_sq) if self.e_sq > 0 else 0.0
         worst = min(finite) - 3.0 * s
-        control = MEAN if MEAN in r else 0
-        rp, rm, r0 = (v if math.isfinite(v) else worst for v in (r[1], r[-1], r[control]))
+        rp, rm = (v if math.isfinite(v) else worst for v in (r[1], r[-1]))
         e = 0.5 * (rp - rm)
-        self.n_cycles += 1
         w = max(1.0 / self.n_cycles, 0.05)
         self.e_sq = (1.0 - w) * self.e_sq + w * e * e
         s = math.sqrt(self.e_sq) + 1e-12
         adv = float(np.clip(e / s, -3.0, 3.0))
-        step = self.policy_lr * adv * (self.sigma * self.eps)          # (G, 3) in policy units
-        self.b = (1.0 - self.decay) * self.b + step
+        step = self.config.policy_lr * adv * (self.sigma * self.eps)    # (G, 3) in policy units
+        decay = self.config.decay
+        self.b = (1.0 - decay) * self.b + step
         # W sees N_OBS inputs of unit scale: its step is divided by N_OBS so that W·o moves μ no more
         # than b does (otherwise 12 random-walking weights make the policy wander on reward noise)
-        self.W = (1.0 - self.decay) * self.W + step.T @ self.obs / (self.n_groups * N_OBS)
-        if not self.mean_control:
-            d = float(np.clip((0.5 * (rp + rm) - r0) / s, -3.0, 3.0))
-        else:
-            # the guardrail's D: the latest policy-mean window against the latest neutral one (one of
-            # each every two cycles); the ± windows' mean would charge the policy for its exploration
-            if control == MEAN:
-                self.last_rmu = r0
-            else:
-                self.last_r0 = r0
-            if not (math.isfinite(self.last_rmu) and math.isfinite(self.last_r0)):
-                return
-            d = float(np.clip((self.last_rmu - self.last_r0) / s, -3.0, 3.0))
-        self.sum_d += d
-        self.n_d += 1
-        self.ema_d = d if self.n_d == 1 else 0.8 * self.ema_d + 0.2 * d
-        if self.ema_d < 0.0:
-            self.alpha = max(self.alpha * 0.8, self.alpha_min)
-            self.n_shrinks += 1
-        else:
-            self.alpha = min(self.alpha * 1.25, 1.0)
+        self.W = (1.0 - decay) * self.W + step.T @ self.obs / (self.n_groups * N_OBS)
+        if math.isfinite(r[0]):
+            d = r[MEAN] - r[0] if math.isfinite(r[MEAN]) else worst - r[0]
+            self.gate.after_cycle(d, self.pair_noise())
+
+    def pair_noise(self) -> float:
+        """The standard deviation of d = R_μ − R₀ under the null: d is a difference of four late-half
+        level means of K/2 log-losses each with residual noise ν, so sd = 2ν/√(K/2) = 2√2·ν/√K."""
+        return 2.0 * math.sqrt(2.0 * self.noise_sq / self.window)
 
     # ---- reporting ----------------------------------------------------------------------------
     def report(self) -> dict:
-        """Plain-number summary of what the brain has measured (mean D > 0: brain beat neutral)."""
+        """Plain-number summary of what the brain has measured (mean advantage > 0: brain beat neutral)."""
         return {
             "windows": self.n_windows, "cycles": self.n_cycles, "alpha": self.alpha,
-            "mean_advantage_vs_neutral": self.sum_d / self.n_d if self.n_d else 0.0,
-            "ema_advantage_vs_neutral": self.ema_d, "shrinks": self.n_shrinks,
-            "bad_windows": self.n_bad_windows, "policy_norm": float(np.sqrt(np.sum(self.W ** 2) +
-                                                                              np.sum(self.b ** 2))),
+            "mean_advantage_vs_neutral": self.gate.mean_advantage(), "pairs": self.gate.n_pairs,
+            "grows": self.gate.n_grows, "shrinks": self.gate.n_shrinks,
+            "bad_windows": self.n_bad_windows, "skipped_losses": self.n_skipped,
+            "policy_norm": float(np.sqrt(np.sum(self.W ** 2) + np.sum(self.b ** 2))),
             "mean_decisions": {k: float(np.mean(self.decisions[:, i])) for i, k in enumerate(KNOBS)},
         }

@@ -12,6 +12,7 @@ from fusedgate.files import markdown_table
 
 TITLES = {
     "tuned": "Tuned lr: brain vs base (promise: never > 1 % worse)",
+    "nudge": "Perturbation floor (no brain): the base at 1.01× its tuned lr vs the base",
     "lr_x3": "Mis-set lr, 3× the tuned lr (promise: brain/base ≤ 0.9)",
     "lr_div3": "Mis-set lr, ⅓ of the tuned lr",
     "schedule": "Constant lr + brain vs constant lr vs warmup + warmdown schedule",
@@ -39,8 +40,9 @@ def _div(row: dict) -> str:
 
 def scenario_table(scenario: str, rows: list[dict]) -> list[str]:
     arms = list(ARMS[scenario])
-    head = ["task", "optimizer"] + [f"{a} (mean)" for a in arms] + {
+    head = ["family", "task", "optimizer"] + [f"{a} (mean)" for a in arms] + {
         "tuned": ["ratio brain/base", "min–max", "brain better", "α"],
+        "nudge": ["ratio base×1.01/base", "min–max", "lower"],
         "fusedgate": ["ratio brain/base", "min–max", "brain better", "α"],
         "lr_x3": ["cost of the mis-set lr", "ratio brain/base", "min–max", "brain better", "gap closed", "α"],
         "lr_div3": ["cost of the mis-set lr", "ratio brain/base", "min–max", "brain better", "gap closed", "α"],
@@ -49,10 +51,12 @@ def scenario_table(scenario: str, rows: list[dict]) -> list[str]:
     }.get(scenario, []) + ["diverged"]
     table = []
     for row in rows:
-        cells = [row["task"], row["optimizer"]] + [_f(row["mean"][a]) for a in arms]
+        cells = [row.get("family", ""), row["task"], row["optimizer"]] + [_f(row["mean"][a]) for a in arms]
         alpha = _f(statistics.fmean(row["alpha"]), 2) if row["alpha"] else "–"
         if scenario in ("tuned", "fusedgate"):
             cells += [f"**{_f(row['ratio'])}**", _spread(row["ratios"]), f"{row['wins']}/{len(row['seeds'])}", alpha]
+        elif scenario == "nudge":
+            cells += [f"**{_f(row['ratio'])}**", _spread(row["ratios"]), f"{row['wins']}/{len(row['seeds'])}"]
         elif scenario in ("lr_x3", "lr_div3"):
             cells += [f"×{_f(row['mis_set_cost'], 3)}", f"**{_f(row['ratio'])}**", _spread(row["ratios"]),
                       f"{row['wins']}/{len(row['seeds'])}", _pct(row["gap_closed"]), alpha]
@@ -76,23 +80,26 @@ def markdown(rows: list[dict], targets: list[dict], meta: dict, overhead: dict |
         f"(steps: {', '.join(f'{t} {s}' for t, s in meta['steps'].items())}). "
         f"OptBrain arguments: {meta['brain_kwargs'] or 'defaults'}.",
         "",
-        "Every number is a final loss (regression: MSE; mlp: held-out cross-entropy; nanochat: validation "
-        "bits per byte) or a ratio of two, paired by seed (same init, batches and spikes); ratios are "
-        "geometric means over seeds, < 1 = the brain helped. Fractions (gap closed, gain recovered) use the "
-        "seed-mean losses. `α` = the brain's final trust (1 = full policy, 0.05 = shrunk to neutral by "
-        "its guardrail).",
+        "Two task families: **tuning** (regression, mlp, nanochat — OptBrain's defaults were chosen on "
+        "these, on seeds 10–14) and **heldout** (logreg, cnn, charrnn — `fusedgate/brain/heldout.py`, "
+        "committed before any tuning and never used for a choice). Every number is a final loss (regression: "
+        "MSE; mlp, logreg, cnn: cross-entropy; nanochat, charrnn: validation bits per byte) or a ratio of "
+        "two, paired by seed (same init, batches and spikes; seeds 0…n−1); ratios are geometric means over "
+        "seeds, < 1 = the brain helped. Fractions (gap closed, gain recovered) use the seed-mean losses. "
+        "`α` = the brain's final trust (1 = full policy, 0 = exactly neutral: its safety gate, "
+        "`fusedgate/brain/safety.py`).",
         "",
     ]
     if targets:
-        table = [[t["target"], t["measured"], "yes" if t["met"] else "**no**"] for t in targets]
+        table = [[t.get("family", ""), t["target"], t["measured"], "yes" if t["met"] else "**no**"] for t in targets]
         if overhead:
             lo, ne = overhead["learning"]["overhead"], overhead["neutral"]["overhead"]
-            table.append(["overhead ≤ 0.1 % of a NanoChat tiny step",
+            table.append(["", "overhead ≤ 0.1 % of a NanoChat tiny step",
                           f"neutral {100 * ne:.3f} %, learning {100 * lo:.3f} %",
                           "yes" if max(lo, ne) <= 0.001 else "**no**"])
-        table.append(["state ≤ 50 KB (8 groups)", f"{state[0]:,} B (torch), {state[1]:,} B (numpy)",
+        table.append(["", "state ≤ 50 KB (8 groups)", f"{state[0]:,} B (torch), {state[1]:,} B (numpy)",
                       "yes" if max(state) <= 51200 else "**no**"])
-        lines += ["## Targets", "", markdown_table(["target", "measured", "met"], table), ""]
+        lines += ["## Targets", "", markdown_table(["family", "target", "measured", "met"], table), ""]
     lines += ["## Scenarios", ""]
     for scenario in SCENARIOS:
         chosen = [r for r in rows if r["scenario"] == scenario]
@@ -100,10 +107,10 @@ def markdown(rows: list[dict], targets: list[dict], meta: dict, overhead: dict |
             lines += scenario_table(scenario, chosen)
     lines += ["![ratios per scenario](brain_eval.png)", "", "## Per-seed final losses", ""]
     if rows:
-        per_seed = [[row["scenario"], row["task"], row["optimizer"], arm] + [_f(v) for v in values]
-                    for row in rows for arm, values in row["finals"].items()]
-        lines.append(markdown_table(["scenario", "task", "optimizer", "arm"] + [f"seed {s}" for s in rows[0]["seeds"]],
-                                    per_seed))
+        per_seed = [[row["scenario"], row.get("family", ""), row["task"], row["optimizer"], arm]
+                    + [_f(v) for v in values] for row in rows for arm, values in row["finals"].items()]
+        head = ["scenario", "family", "task", "optimizer", "arm"] + [f"seed {s}" for s in rows[0]["seeds"]]
+        lines.append(markdown_table(head, per_seed))
     lines += ["", "## Overhead and size", ""]
     if overhead:
         n, le = overhead["neutral"], overhead["learning"]
@@ -163,7 +170,7 @@ def plot(rows: list[dict], path: str) -> None:
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xticks(range(len(chosen)), [f"{r['task']}\n{r['optimizer']}" for r in chosen], fontsize=8)
-        ax.set_ylabel("brain / base")
+        ax.set_ylabel("base×1.01 / base" if scenario == "nudge" else "brain / base")
         ax.set_title(TITLES[scenario], fontsize=10)
         ax.grid(axis="y", which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

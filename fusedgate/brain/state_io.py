@@ -2,29 +2,33 @@
 
 The snapshot holds everything a restarted run needs to continue exactly: the policy, the normalisers,
 the reward statistics, the random generator's state, the position inside the current window and cycle,
-the sensors' running state and — only while a group's dampen knob is on — its smoothing buffers.
+the features' running state and — only while a group's dampen knob is on — its smoothing buffers.
 Loading validates every array against the brain it is loaded into *before* changing anything, so a
 corrupt or mismatched file raises one ``BrainError`` line and leaves the brain as it was.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import stat
 import zipfile
 
 import numpy as np
 
-from fusedgate.brain.policy import BrainError, RunningNorm
+from fusedgate.brain.config import BOUNDS, FIELDS, BrainConfig, BrainError, check_field
+from fusedgate.brain.policy import CLIP_RANGE, DAMPEN_RANGE, KNOBS, ROLES, SCALE_RANGE, RunningNorm
+from fusedgate.brain.safety import TrustGate
 from fusedgate.files import WriteError, write_atomic
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 STRUCTURE = ("n_groups", "window", "sketch_size", "seed")
-HYPER = ("explore", "policy_lr", "decay", "warmup_windows", "alpha_min", "total_steps", "horizon", "exploit",
-         "mean_control", "hypergrad", "overshoot_target")
+HYPER = tuple(f for f in FIELDS if f not in STRUCTURE)
 CORE_ARRAYS = ("W", "b", "sigma", "cycle_order", "cycle_r", "eps", "mu", "obs", "z", "decisions")
-CORE_SCALARS = ("alpha", "e_sq", "ema_d", "n_windows", "n_cycles", "n_shrinks", "n_bad_windows", "sum_d", "n_d",
-                "prev_mean", "first_mean", "slow_mean", "prev_level", "last_r0", "last_rmu", "cycle_pos")
+CORE_SCALARS = ("e_sq", "n_windows", "n_cycles", "n_bad_windows", "n_skipped", "noise_sq", "prev_mean", "first_mean",
+                "slow_mean", "prev_level", "cycle_pos")
 MASK64 = (1 << 64) - 1
+MAX_COUNT = 10 ** 15       # steps, windows, pairs: far beyond any run
 MODES = ("numpy", "torch", "fusedgate")  # stored as an index: state dicts hold only numeric tensors
 
 
@@ -52,10 +56,10 @@ def snapshot_arrays(brain) -> dict[str, np.ndarray]:
     for name in STRUCTURE:
         out[name] = np.array(getattr(brain, name))
     for name in HYPER:
-        out[f"core.{name}"] = np.array(getattr(core, name))
-    for name in CORE_ARRAYS:
-        out[f"core.{name}"] = np.array(getattr(core, name))
-    for name in CORE_SCALARS:
+        out[f"config.{name}"] = np.array(getattr(core.config, name))
+    for name, value in core.gate.state().items():
+        out[f"gate.{name}"] = np.array(value)
+    for name in CORE_ARRAYS + CORE_SCALARS:
         out[f"core.{name}"] = np.array(getattr(core, name))
     for norm_name in ("loss_norm", "group_norm"):
         norm = getattr(core, norm_name)
@@ -64,31 +68,18 @@ def snapshot_arrays(brain) -> dict[str, np.ndarray]:
     out["core.rng"] = _rng_to_array(core.rng)
     out["step_count"] = np.array(brain.step_count)
     out["frozen"] = np.array(brain.frozen)
-    for name, value in brain.sensors.state_arrays().items():
-        out[f"sens.{name}"] = value
-    if brain.mode == "numpy":
-        out["losses"] = brain._losses.copy()
-        out["have_loss"] = np.array(brain._have_loss)
-    else:
-        out["dampen_valid"] = brain._dampen_valid.copy()
-        for g, buf in brain._dampen_buf.items():
-            if brain._dampen_valid[g]:
-                for i, t in enumerate(buf):
-                    t = t.detach().cpu()
-                    out[f"dampen_buf.{g}.{i}"] = (t if t.dtype in _NUMPY_SAFE() else t.float()).numpy().copy()
+    for name, value in brain.features.state_arrays().items():
+        out[f"feat.{name}"] = value
+    out.update(brain.mode_arrays())
     return out
 
 
-def _NUMPY_SAFE():
-    import torch
-
-    return (torch.float64, torch.float32)
-
-
-def _check(arrays: dict[str, np.ndarray], template: dict[str, np.ndarray], source: str, brain) -> None:
+def _check_header(arrays: dict[str, np.ndarray], source: str, brain) -> None:
     version = arrays.get("format_version")
-    if version is None or version.shape != () or int(version) != FORMAT_VERSION:
-        raise BrainError(f"{source}: not an OptBrain file of format version {FORMAT_VERSION}")
+    if version is None or version.shape != () or version.dtype.kind not in "iu" or int(version) != FORMAT_VERSION:
+        found = "none" if version is None or version.shape != () else version.item()
+        raise BrainError(f"{source}: not an OptBrain file of format version {FORMAT_VERSION} (found {found}); "
+                         "save it again with this version")
     mode = arrays.get("mode")
     if mode is None or mode.shape != () or mode.dtype.kind not in "iu" or not 0 <= int(mode) < len(MODES):
         raise BrainError(f"{source}: missing or unknown brain mode")
@@ -98,6 +89,9 @@ def _check(arrays: dict[str, np.ndarray], template: dict[str, np.ndarray], sourc
         if name not in arrays or arrays[name].shape != () or int(arrays[name]) != int(getattr(brain, name)):
             raise BrainError(f"{source}: {name}={arrays.get(name)} does not match this brain's "
                              f"{name}={getattr(brain, name)}")
+
+
+def _check_shapes(arrays: dict[str, np.ndarray], template: dict[str, np.ndarray], source: str) -> None:
     for key, want in template.items():
         if key.startswith("dampen_buf."):
             continue
@@ -107,25 +101,74 @@ def _check(arrays: dict[str, np.ndarray], template: dict[str, np.ndarray], sourc
         if got.shape != want.shape or got.dtype.kind != want.dtype.kind:
             raise BrainError(f"{source}: array {key!r} has shape {got.shape} {got.dtype}, expected "
                              f"{want.shape} {want.dtype}")
-    for key in ("core.W", "core.b", "core.alpha", "core.sigma"):
+
+
+def _bound(source: str, key: str, value, lo, hi, integer: bool = False) -> None:
+    value = np.asarray(value).item()
+    v = float(value)
+    if not (math.isfinite(v) and lo <= v <= hi) or (integer and v != int(v)):
+        kind = "an integer" if integer else "a finite value"
+        raise BrainError(f"{source}: {key}={value!r} is out of range: expected {kind} in [{lo:g}, {hi:g}]")
+
+
+def _check_ranges(arrays: dict[str, np.ndarray], source: str, brain) -> None:
+    """Every loaded number against the range the constructor and the learner keep it in."""
+    for name in HYPER:
+        value = arrays[f"config.{name}"]
+        if name in BOUNDS:
+            try:
+                check_field(name, value.item())
+            except BrainError as exc:
+                raise BrainError(f"{source}: config.{exc}") from None
+    for key in ("core.W", "core.b", "core.sigma", "core.mu", "core.eps", "core.obs", "core.z", "core.cycle_r",
+                "core.loss_norm.mean", "core.group_norm.mean"):
         if not np.all(np.isfinite(arrays[key])):
             raise BrainError(f"{source}: array {key!r} is not finite")
-    if brain.mode != "numpy":
-        if not np.array_equal(arrays["sens.numel"], template["sens.numel"]):
-            raise BrainError(f"{source}: group sizes {arrays['sens.numel'].tolist()} do not match this "
-                             f"optimizer's {template['sens.numel'].tolist()}")
-        for g in np.nonzero(arrays["dampen_valid"])[0]:
-            for i, p in enumerate(brain.sensors.params_of_group[g]):
-                buf = arrays.get(f"dampen_buf.{g}.{i}")
-                if buf is None or buf.shape != tuple(p.shape):
-                    raise BrainError(f"{source}: dampen buffer {g}.{i} is missing or has the wrong shape")
+    for key in ("core.e_sq", "gate.d_sq", "core.loss_norm.var", "core.group_norm.var", "core.loss_norm.count",
+                "core.group_norm.count"):
+        _bound(source, key, np.min(arrays[key]), 0.0, 1e300)
+    decisions = arrays["core.decisions"]
+    for i, (lo, hi) in enumerate((SCALE_RANGE, CLIP_RANGE, DAMPEN_RANGE)):
+        if decisions.size and not (np.all(decisions[:, i] >= lo) and np.all(decisions[:, i] <= hi)):
+            raise BrainError(f"{source}: core.decisions: {KNOBS[i]} outside [{lo:g}, {hi:g}]")
+    alpha = float(arrays["gate.alpha"])
+    if not (alpha == 0.0 or brain.core.config.alpha_min <= alpha <= 1.0) or not math.isfinite(alpha):
+        raise BrainError(f"{source}: gate.alpha={alpha!r} is out of range: expected 0 or a value in "
+                         f"[alpha_min={brain.core.config.alpha_min:g}, 1]")
+    _bound(source, "core.cycle_pos", arrays["core.cycle_pos"], 0, len(ROLES), integer=True)
+    if not set(arrays["core.cycle_order"].tolist()) <= set(ROLES) | {0}:
+        raise BrainError(f"{source}: core.cycle_order={arrays['core.cycle_order'].tolist()}: expected roles "
+                         f"from {list(ROLES)}")
+    for key in ("step_count", "core.n_windows", "core.n_cycles", "core.n_bad_windows", "core.n_skipped",
+                "gate.level_n", "gate.n_pairs", "gate.n_grows", "gate.n_shrinks"):
+        _bound(source, key, arrays[key], 0, MAX_COUNT, integer=True)
+    if int(arrays["core.n_windows"]) * brain.window > int(arrays["step_count"]) + brain.window:
+        raise BrainError(f"{source}: core.n_windows={int(arrays['core.n_windows'])} windows of {brain.window} "
+                         f"steps do not fit in step_count={int(arrays['step_count'])}")
+    rng = arrays["core.rng"]
+    if rng.shape != (6,) or int(rng[3]) % 2 == 0 or int(rng[4]) not in (0, 1):
+        raise BrainError(f"{source}: core.rng is not a PCG64 generator state (its increment must be odd; "
+                         f"a zeroed state is refused)")
+
+
+def _check(arrays: dict[str, np.ndarray], template: dict[str, np.ndarray], source: str, brain) -> None:
+    _check_header(arrays, source, brain)
+    _check_shapes(arrays, template, source)
+    _check_ranges(arrays, source, brain)
+    brain.check_mode_arrays(arrays, source)
 
 
 def restore_arrays(brain, arrays: dict[str, np.ndarray], source: str) -> None:
     """Validate ``arrays`` against ``brain``, then load them into it."""
     _check(arrays, snapshot_arrays(brain), source, brain)
     core = brain.core
-    for name in HYPER + CORE_SCALARS:
+    values = {name: arrays[f"config.{name}"] for name in HYPER}
+    values = {name: (tuple(float(x) for x in v) if v.ndim else v.item()) for name, v in values.items()}
+    core.config = brain.config = BrainConfig.from_kwargs(core.config, **values)
+    core.sigma = np.asarray(core.config.sigma, dtype=np.float64) * core.config.explore
+    core.gate = TrustGate(core.config.alpha_start, core.config.alpha_min, core.config.z_grow, core.config.z_shrink)
+    core.gate.load({name: arrays[f"gate.{name}"] for name in core.gate.ARRAYS})
+    for name in CORE_SCALARS:
         setattr(core, name, type(getattr(core, name))(arrays[f"core.{name}"]))
     for name in CORE_ARRAYS:
         setattr(core, name, np.array(arrays[f"core.{name}"]))
@@ -136,21 +179,8 @@ def restore_arrays(brain, arrays: dict[str, np.ndarray], source: str) -> None:
     core.rng = _rng_from_array(arrays["core.rng"])
     brain.step_count = int(arrays["step_count"])
     brain.frozen = bool(arrays["frozen"])
-    brain.sensors.load_arrays({k[5:]: v for k, v in arrays.items() if k.startswith("sens.")})
-    if brain.mode == "numpy":
-        brain._losses = np.array(arrays["losses"], dtype=np.float64)
-        brain._have_loss = bool(arrays["have_loss"])
-        return
-    import torch
-
-    brain._write_gate_keys()
-    brain._dampen_valid = np.array(arrays["dampen_valid"], dtype=bool)
-    brain._dampen_buf = {}
-    for g in np.nonzero(brain._dampen_valid)[0]:
-        params = brain.sensors.params_of_group[g]
-        brain._dampen_buf[int(g)] = [torch.from_numpy(np.array(arrays[f"dampen_buf.{g}.{i}"])).to(
-            device=p.device, dtype=p.dtype) for i, p in enumerate(params)]
-    brain._make_plan()
+    brain.features.load_arrays({k[5:]: v for k, v in arrays.items() if k.startswith("feat.")})
+    brain.restore_mode_arrays(arrays)
 
 
 def write_npz(path, arrays: dict[str, np.ndarray]) -> None:
@@ -165,11 +195,27 @@ def write_npz(path, arrays: dict[str, np.ndarray]) -> None:
         raise BrainError(f"cannot save brain to {path}: {exc}") from None
 
 
+def _not_a_file(path: str) -> str:
+    """What a path that is not a regular file is, from ``stat`` (nothing is opened)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be examined ({exc.strerror or exc})"
+    kinds = ((stat.S_ISDIR, "is a directory"), (stat.S_ISCHR, "is a character device"),
+             (stat.S_ISBLK, "is a block device"), (stat.S_ISFIFO, "is a FIFO (named pipe)"),
+             (stat.S_ISSOCK, "is a socket"))
+    return next((text for test, text in kinds if test(mode)), "is of an unknown kind")
+
+
 def read_npz(path) -> dict[str, np.ndarray]:
     """Read every array of an .npz with pickle disabled; any failure -> one-line BrainError."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise BrainError(f"brain file {path} does not exist")
+        what = _not_a_file(path)
+        raise BrainError(f"brain file {path} {what}" + ("" if what == "does not exist" else
+                                                          "; expected a regular .npz file"))
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: np.array(data[k]) for k in data.files}

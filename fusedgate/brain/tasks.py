@@ -17,6 +17,8 @@ steps) before any brain run; the brain has to improve on a reasonably tuned base
   depth 1, context 64, batch 16 (smaller than ``tiny`` so that the evaluation grid fits in minutes on
   one CPU thread); final loss = validation bits per byte on 8192 tokens.
 
+The held-out family (``logreg``, ``cnn``, ``charrnn``) is in ``fusedgate.brain.heldout``.
+
 Optimizers: ``sgd`` (momentum 0.9), ``adamw`` and ``fusedgate`` (``FusedGate`` with
 ``GateSpec.default()``; on nanochat with nanochat's own groups: Muon-units matrices, AdamW embeddings).
 
@@ -43,7 +45,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-TASKS = ("regression", "mlp", "nanochat")
+from fusedgate.brain.heldout import HELDOUT_BUILDERS, HELDOUT_TASKS, PEAK
+
+TUNING_TASKS = ("regression", "mlp", "nanochat")
+TASKS = TUNING_TASKS + HELDOUT_TASKS
+# the two families: the tasks OptBrain's defaults were tuned on, and the held-out ones (``heldout.py``)
+FAMILIES = {"tuning": TUNING_TASKS, "heldout": HELDOUT_TASKS}
 OPTIMIZERS = ("sgd", "adamw", "fusedgate")
 # FusedGate (GateSpec.default(), Adam units) on the small tasks: the best of a ×3 sweep for the base
 FUSEDGATE_LR = {"regression": 0.09, "mlp": 9e-3}
@@ -51,7 +58,7 @@ FUSEDGATE_LR = {"regression": 0.09, "mlp": 9e-3}
 # (a decaying schedule tolerates a larger peak; on nanochat SGD none beat ×1)
 SCHEDULE_PEAK = {("regression", "sgd"): 2.0, ("regression", "adamw"): 3.0, ("regression", "fusedgate"): 2.0,
                  ("mlp", "sgd"): 3.0, ("mlp", "adamw"): 3.0, ("mlp", "fusedgate"): 2.0,
-                 ("nanochat", "sgd"): 1.0, ("nanochat", "adamw"): 2.0, ("nanochat", "fusedgate"): 2.0}
+                 ("nanochat", "sgd"): 1.0, ("nanochat", "adamw"): 2.0, ("nanochat", "fusedgate"): 2.0, **PEAK}
 SPIKE_FROM, SPIKE_PROB, SPIKE_FACTOR = 10, 0.03, 30.0
 CLIP_CALIBRATION_STEPS, CLIP_MULTIPLE = 10, 2.0
 
@@ -155,7 +162,12 @@ def _nanochat(seed: int) -> Problem:
     return Problem(model, {"sgd": sgd, "adamw": adamw, "fusedgate": fused}, loss_at, evaluate, steps=300)
 
 
-BUILDERS = {"regression": _regression, "mlp": _mlp, "nanochat": _nanochat}
+BUILDERS = {"regression": _regression, "mlp": _mlp, "nanochat": _nanochat, **HELDOUT_BUILDERS}
+
+
+def family_of(task: str) -> str:
+    """``"tuning"`` or ``"heldout"``."""
+    return next(name for name, tasks in FAMILIES.items() if task in tasks)
 
 
 def make_optimizer(name: str, groups: list[dict], total_steps: int) -> torch.optim.Optimizer:

@@ -1,4 +1,6 @@
-"""Per-step sensors of the OptBrain: the six features of each parameter group.
+"""The OptBrain's per-group features: the seven numbers it observes of each parameter group.
+
+(Called *features* here and in OptBrain's API; FusedGate's own per-matrix state is its *sensors*.)
 
 The features are measured on one step per window of K steps, the window's last (t = K−1, 2K−1, …),
 so that the brain costs almost nothing on the other steps. For group g at such a step t, with ‖·‖ the
@@ -15,9 +17,9 @@ steps on which it was measured before (the sensed steps, plus every step while t
     overshoot         cos(ŝ(g_t), ŝ(p_t) − ŝ(p_{t−K}))  — > 0: the window's update overshot
     log_param_norm    log ‖p_t‖
 
-Logs are of max(x, 1e-30); a feature without history is 0. ``TorchSensors`` computes these on the
+Logs are of max(x, 1e-30); a feature without history is 0. ``TorchFeatures`` computes these on the
 parameters' device and reads them back once per window;
-``NumpySensors`` computes the same numbers in numpy for numpy mode and is the reference the tests
+``NumpyFeatures`` computes the same numbers in numpy for numpy mode and is the reference the tests
 compare the torch path against.
 """
 
@@ -25,7 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fusedgate.brain.policy import N_GROUP_FEATURES, BrainError
+from fusedgate.brain.config import BrainError
+from fusedgate.brain.policy import N_GROUP_FEATURES
 
 NORM_BETA = 0.9
 TINY = 1e-30
@@ -46,8 +49,8 @@ def sketch_indices(numel: int, size: int, seed: int, group: int) -> np.ndarray:
     return np.sort(rng.integers(0, numel, size=size))
 
 
-class NumpySensors:
-    """Numpy-mode sensors: ``record(group, grad_flat, param_flat, sense, measure_norm)`` per group and step;
+class NumpyFeatures:
+    """Numpy-mode features: ``record(group, grad_flat, param_flat, sense, measure_norm)`` per group and step;
     ``sense``: the window's last step (all features), ``measure_norm``: fold ‖g‖ into m̂ (clip on)."""
 
     def __init__(self, n_groups: int, sketch_size: int, seed: int):
@@ -120,7 +123,7 @@ class NumpySensors:
         self.norm_count[group] += 1
 
     def read_window(self) -> np.ndarray:
-        """(G, 6) features of the window's sensed step."""
+        """(G, 7) features of the window's sensed step."""
         return self.feat.copy()
 
     ARRAYS = ("numel", "prev_grad", "prev_param", "has_prev_grad", "has_prev_param", "norm_ema",

@@ -1,8 +1,8 @@
-"""The torch side of the OptBrain's sensors: the features of ``fusedgate.brain.sensors`` computed on the
+"""The torch side of the OptBrain's features: the seven of ``fusedgate.brain.features`` computed on the
 parameters' device once per window, and read back with one host sync per window.
 
 Cost model (why it is built this way): a step of the base optimizer is a few passes over the
-parameters; anything the brain adds *per step* is paid on every step. So per step the sensors only
+parameters; anything the brain adds *per step* is paid on every step. So per step it only
 copy the loss into a K-slot buffer on the device (one tiny kernel, no sync); the features are measured on one step per
 window (the window's last), and the group gradient norms on every step only while the clip knob is
 on (the clip needs them). Every read here is a read: gradients and parameters are only gathered,
@@ -15,12 +15,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fusedgate.brain.policy import N_GROUP_FEATURES, BrainError
-from fusedgate.brain.sensors import NORM_BETA, TINY, sketch_indices
+from fusedgate.brain.config import BrainError
+from fusedgate.brain.features import NORM_BETA, TINY, sketch_indices
+from fusedgate.brain.policy import N_GROUP_FEATURES
 
 
-class TorchSensors:
-    """Sensors over torch param groups. Per step: ``record_loss``; on the window's last step
+class TorchFeatures:
+    """The features of torch param groups. Per step: ``record_loss``; on the window's last step
     ``sense`` (before the update); ``clip_`` while clipping; ``read_window`` every K steps."""
 
     def __init__(self, groups: list[list[torch.Tensor]], window: int, sketch_size: int, seed: int):
@@ -112,7 +113,7 @@ class TorchSensors:
         return self._gnorm
 
     def sense(self) -> None:
-        """Measure the six features on this step (the window's last), before the update."""
+        """Measure the seven features on this step (the window's last), before the update."""
         gnorm = self.grad_norms()
         pnorm = self._group_norms(list(self.params))
         gs = self._sketch([p.grad for p in self.params])
@@ -159,7 +160,7 @@ class TorchSensors:
             self._gnorm = None
 
     def read_window(self) -> tuple[np.ndarray, np.ndarray]:
-        """(losses (K,), features (G, 6)) of the finished window — the one host sync — and reset."""
+        """(losses (K,), features (G, 7)) of the finished window — the one host sync — and reset."""
         host = torch.cat([self.loss_buf, self.feat.double().flatten()]).cpu().numpy()
         return host[: self.window].copy(), host[self.window:].reshape(self.n_groups, N_GROUP_FEATURES)
 
