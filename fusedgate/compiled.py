@@ -41,8 +41,19 @@ def _adamw(p, g, m, v, m_decay, v_decay, step, skipped, hp, applied):
     return R.adamw_masked(p, g, m, v, m_decay, v_decay, step, skipped, hp, applied)
 
 
+# One graph per static configuration: a model with more distinct stack or parameter shapes than dynamo's
+# default recompile limit (8 per function) would otherwise fail hard in the middle of a step. The limits are
+# raised only around this backend's own calls (``_graphs``), not for the process.
+RECOMPILE_LIMIT = 1024
+
+
 def _compile(fn: Callable) -> Callable:
     return torch.compile(fn, fullgraph=True, dynamic=False)
+
+
+def _graphs():
+    """The dynamo limits this backend's calls run under: every shape its own graph, compiled once."""
+    return torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, accumulated_recompile_limit=RECOMPILE_LIMIT)
 
 
 _compiled_stack_step = _compile(_stack_step)
@@ -114,6 +125,7 @@ def gated_step(stacks: list[Stack], gate: Gate, *, iterate: Callable = R.polar_i
     cache = {} if cache is None else cache
     device = next((stack.params[0].device for stack in stacks if stack.params), torch.device("cpu"))
     if available(cache, device):
-        R.step_stacks(stacks, gate, iterate, _run_step, _adamw_step)
+        with _graphs():
+            R.step_stacks(stacks, gate, iterate, _run_step, _adamw_step)
     else:
         R.gated_step(stacks, gate, iterate=iterate, cache=cache)

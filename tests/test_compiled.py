@@ -139,3 +139,22 @@ def test_a_user_compiled_training_step_with_the_compiled_backend():
         results.append([p.detach().clone() for p in model.parameters()])
         assert all(float(opt.state[p]["step"]) == 4 for p in model.parameters())
     assert max(max_rel_diff(a, b) for a, b in zip(results[1], results[0])) <= 1e-5
+
+
+def test_more_shapes_than_dynamos_recompile_limit():
+    """Nine AdamW parameters of nine shapes: nine graphs of one compiled function (dynamo's default limit is 8)
+    step like the eager reference instead of failing mid-step."""
+    gen = torch.Generator().manual_seed(3)
+    runs = []
+    for backend in ("compiled", "reference"):
+        params = [torch.nn.Parameter(torch.randn(n, generator=torch.Generator().manual_seed(n))) for n in range(3, 12)]
+        opt = FusedGate([dict(kind="adamw", params=params, lr=1e-2, betas=(0.8, 0.95), eps=1e-10, weight_decay=0.0)],
+                        spec=GateSpec.nanochat(), backend=backend)
+        gen.manual_seed(3)
+        for _ in range(2):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+        runs.append(params)
+    for a, b in zip(*runs):
+        assert max_rel_diff(a.detach(), b.detach()) <= 1e-6
