@@ -22,7 +22,7 @@ from fusedgate.bench import report, suite
 from fusedgate.bench.targets import evaluate
 from fusedgate.bench.workloads import CASES, DTYPES, workloads
 from fusedgate.cli import integer, shorten
-from fusedgate.files import WriteError, check_writable_folder
+from fusedgate.files import ReadError, WriteError, check_regular_file, check_writable_folder
 
 DEFAULT_OUT = Path("bench-results")  # relative: under the current directory when the command runs
 MAX_SIZE = 65536  # n of an n×n matrix: 2^32 elements, beyond any single GPU's memory for a step's state
@@ -129,9 +129,10 @@ def _interrupt(signum, frame):
 
 def _rerender(path: Path) -> int:
     try:
+        check_regular_file(path, "results JSON", report.MAX_RESULTS_BYTES)
         check_writable_folder(path.parent)
         written = report.rerender(path)
-    except WriteError as exc:
+    except (ReadError, WriteError) as exc:
         print(f"fusedgate bench: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from fusedgate.files import WriteError, check_writable_folder
 from fusedgate.nanochat.checkpoint import FILENAME as CHECKPOINT_FILENAME
-from fusedgate.nanochat.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from fusedgate.nanochat.checkpoint import check_compatible, load_checkpoint, one_line_reason, save_checkpoint
 from fusedgate.nanochat.data import check_size, load_data, train_batch, val_batches, val_batches_spread
 from fusedgate.nanochat.errors import TrainError
 from fusedgate.nanochat.metrics import FILENAME as METRICS_FILENAME
@@ -333,8 +333,8 @@ def train(config: TrainConfig) -> TrainResult:
             model.load_state_dict(ckpt["model_state"])
             optimizer.load_state_dict(ckpt["optimizer_state"])
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-            detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-            raise TrainError(f"checkpoint {config.resume} does not fit this model/optimizer: {detail}") from None
+            raise TrainError(f"checkpoint {config.resume} does not fit this model/optimizer: "
+                             f"{one_line_reason(exc)}") from None
         if hasattr(optimizer, "total_steps"):  # FusedGate's step-fraction sensor: the (possibly extended) horizon
             optimizer.total_steps = total_steps
         start, wall, first_step_s = ckpt["step"], ckpt["wall_s"], ckpt["first_step_s"]

@@ -27,9 +27,10 @@ import time
 
 from fusedgate.brain.scenarios import ARMS, SCENARIOS, applies, arms_for, summarise, targets
 from fusedgate.brain.tasks import OPTIMIZERS, TASKS
-from fusedgate.files import WriteError, check_writable_folder
+from fusedgate.files import ReadError, WriteError, check_writable_folder, read_text
 
 DEFAULT_OUT = os.path.join("fusedgate-results", "brain_eval")
+MAX_INIT_BYTES = 1_000_000  # OptBrain arguments are a few hundred bytes
 MAX = {"--seeds": 1000, "--steps": 1_000_000, "--window": 100_000, "--threads": 1024}
 
 
@@ -94,16 +95,9 @@ def read_init(path: str | None) -> dict:
     if path is None:
         return {}
     try:
-        with open(path, "rb") as f:
-            raw = f.read(1_000_001)
-    except OSError as exc:
-        raise UsageError(f"--init {path}: cannot read it ({exc.strerror or exc})") from None
-    if len(raw) > 1_000_000:
-        raise UsageError(f"--init {path}: larger than 1 MB, not an OptBrain argument file")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"--init {path}: not UTF-8 text (byte {exc.start}); expected a JSON object") from None
+        text = read_text(path, "--init file", MAX_INIT_BYTES)
+    except ReadError as exc:
+        raise UsageError(f"--init {path}: {exc}; expected a JSON object of OptBrain arguments") from None
     try:
         kwargs = json.loads(text)
     except (json.JSONDecodeError, RecursionError, ValueError) as exc:

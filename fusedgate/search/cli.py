@@ -64,20 +64,9 @@ class UsageError(ValueError):
 
 
 def load_spec_file(path: str) -> GateSpec:
-    """A spec file, with one clear line for a missing, binary or non-UTF-8 file."""
+    """A spec file (``GateSpec.load``: a regular UTF-8 file, size-capped), errors as one UsageError line."""
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        raise UsageError(f"cannot read spec file {path}: {exc.strerror}") from None
-    if b"\0" in raw[:8192]:
-        raise UsageError(f"spec file {path} is a binary file, not spec JSON")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"spec file {path} is not UTF-8 text (byte {exc.start}); expected spec JSON") from None
-    try:
-        return GateSpec.from_json(text)
+        return GateSpec.load(path)
     except SpecError as exc:
         raise UsageError(f"spec file {path}: {exc}") from None
 
