@@ -17,17 +17,19 @@ from pathlib import Path
 
 import torch
 
+from fusedgate.argtypes import integer, number_in
 from fusedgate.bench import contestants as C
 from fusedgate.bench import report, suite
 from fusedgate.bench.targets import evaluate
 from fusedgate.bench.workloads import CASES, DTYPES, workloads
-from fusedgate.cli import integer, shorten
+from fusedgate.cli import shorten
 from fusedgate.files import ReadError, WriteError, check_regular_file, check_writable_folder
 
 DEFAULT_OUT = Path("bench-results")  # relative: under the current directory when the command runs
 MAX_SIZE = 65536  # n of an n×n matrix: 2^32 elements, beyond any single GPU's memory for a step's state
 MAX_DEPTH = 64
 MAX_THREADS = 1024
+MAX_BUDGET_S = 3600.0
 
 
 def _csv(kind=str):
@@ -66,7 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", type=_csv(integer), default=None, help="matrix sizes n (n×n), e.g. 1024,4096")
     parser.add_argument("--depths", type=_csv(integer), default=None, help="NanoChat depths, e.g. 12,20,26")
     parser.add_argument("--ns-sizes", type=_csv(integer), default=None, help="Newton–Schulz sizes n (n×n)")
-    parser.add_argument("--budget", type=float, default=None, help="seconds of repetitions per measurement")
+    parser.add_argument("--budget", type=number_in(0, MAX_BUDGET_S, lo_open=True), default=None,
+                        help=f"seconds of repetitions per measurement, at most {MAX_BUDGET_S:g} (default: the "
+                             "plan's)")
     parser.add_argument(
         "--threads",
         type=integer,

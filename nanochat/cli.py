@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from fusedgate.cli import integer
+from fusedgate.argtypes import integer, number_in
 from fusedgate.files import WriteError
 from fusedgate.nanochat.errors import TrainError
 from fusedgate.nanochat.presets import PRESETS
@@ -30,6 +30,7 @@ from fusedgate.spec import GateSpec, SpecError
 
 MAX_THREADS = 1024
 MAX_PROCESSES = 1024
+MAX_LR_SCALE = 1000.0
 DEFAULT_SPEC = "default"
 # the main job: nanochat's optimizer, FusedGate as that same optimizer, and the gated default on top of it
 DEFAULT_COMPARE = "baseline,fusedgate:nanochat,fusedgate:default"
@@ -65,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "otherwise); --steps may extend the run; --device, --out, --compile and the "
                              "--*-every flags apply to the rest of the run")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--lr-scale", type=float, help="multiply every learning rate (default 1)")
+    parser.add_argument("--lr-scale", type=number_in(0, MAX_LR_SCALE, lo_open=True),
+                        help=f"multiply every learning rate: a number above 0, at most {MAX_LR_SCALE:g} (default 1)")
     parser.add_argument("--threads", type=integer,
                         help="torch CPU threads (default on CPU: half the cores, 1 to 4; small models gain little "
                              "from more, and oversubscribed OpenMP threads are many times slower)")
