@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default ./{DEFAULT_OUT})"
     )
-    parser.add_argument("--cases", type=_csv(), default=list(CASES), help=f"subset of {','.join(CASES)}")
+    parser.add_argument("--cases", type=_csv(), default=list(CASES), help=f"subset of {','.join(CASES)} (default: all)")
     parser.add_argument(
         "--contestants",
         type=_csv(),
@@ -63,11 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="subset of " + ",".join(c.name for c in C.CONTESTANTS),
     )
     parser.add_argument(
-        "--dtypes", type=_csv(), default=list(DTYPES), help="subset of fp32,bf16 (step cases)"
+        "--dtypes", type=_csv(), default=list(DTYPES), help="subset of fp32,bf16 (step cases; default: both)"
     )
-    parser.add_argument("--sizes", type=_csv(integer), default=None, help="matrix sizes n (n×n), e.g. 1024,4096")
-    parser.add_argument("--depths", type=_csv(integer), default=None, help="NanoChat depths, e.g. 12,20,26")
-    parser.add_argument("--ns-sizes", type=_csv(integer), default=None, help="Newton–Schulz sizes n (n×n)")
+    parser.add_argument("--sizes", type=_csv(integer), default=None,
+                        help=f"matrix sizes n (n×n), e.g. 1024,4096, at most {MAX_SIZE} (default: the device's list)")
+    parser.add_argument("--depths", type=_csv(integer), default=None,
+                        help=f"NanoChat depths, e.g. 12,20,26, at most {MAX_DEPTH} (default: the device's list)")
+    parser.add_argument("--ns-sizes", type=_csv(integer), default=None,
+                        help=f"Newton–Schulz sizes n (n×n), at most {MAX_SIZE} (default: the device's list)")
     parser.add_argument("--budget", type=number_in(0, MAX_BUDGET_S, lo_open=True), default=None,
                         help=f"seconds of repetitions per measurement, at most {MAX_BUDGET_S:g} (default: the "
                              "plan's)")
@@ -88,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="JSON",
-        help="only rewrite the .md and .png beside this results JSON (nothing is measured)",
+        help="only rewrite the .md and .png beside this results JSON (nothing is measured; default: measure)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

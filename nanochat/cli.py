@@ -51,20 +51,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=integer, help="training steps (default: the preset's; with --resume: "
                                                       "extend the checkpoint's run to this many steps)")
     parser.add_argument("--seed", type=integer, help="seed of the init and the batches (default 0)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ...")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ... (default cpu)")
     parser.add_argument("--data", metavar="PATH",
                         help="text folder, parquet shard folder or file, or text file (default: python stdlib "
                              "sources)")
     parser.add_argument("--tokenizer", help="byte (default) or bpe:N (rustbpe-trained, N tokens)")
     parser.add_argument("--out", metavar="DIR", help="output directory (default runs/<preset>-<what>-<time>)")
     parser.add_argument("--eval-every", type=integer, help="steps between validations (default: the preset's)")
-    parser.add_argument("--checkpoint-every", type=integer, help="steps between checkpoints (0: only at the end)")
+    parser.add_argument("--checkpoint-every", type=integer,
+                        help="steps between checkpoints (0: only at the end; default: the preset's)")
     parser.add_argument("--gate-log-every", type=integer, help="steps between FusedGate gate records (default 10)")
     parser.add_argument("--resume", metavar="CKPT",
                         help="checkpoint file or run directory to continue. --preset, --optimizer, --spec, "
                              "--seed, --data, --tokenizer and --lr-scale must match the checkpoint (refused "
                              "otherwise); --steps may extend the run; --device, --out, --compile and the "
-                             "--*-every flags apply to the rest of the run")
+                             "--*-every flags apply to the rest of the run (default: a fresh run)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--lr-scale", type=number_in(0, MAX_LR_SCALE, lo_open=True),
                         help=f"multiply every learning rate: a number above 0, at most {MAX_LR_SCALE:g} (default 1)")
@@ -75,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproc", type=integer,
                         help="data-parallel processes on this machine (gloo on CPU; NCCL on CUDA, one GPU each): "
                              "each takes 1/N of every batch; FusedGate shards its state (ZeRO-2), the baseline and "
-                             "AdamW run under DDP. Under torchrun leave it out")
+                             "AdamW run under DDP. Under torchrun leave it out (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
 
@@ -151,10 +152,18 @@ def _resumed_config(args: argparse.Namespace) -> TrainConfig:
                                progress=not args.no_progress, stop_at=None)
 
 
+def wall_text(result) -> str:
+    """The run's train wall time and this call's total; after a resume the run's train wall includes the calls
+    before this one, so this call's own share is named (else "train wall 26.3s (total 24.5s)" reads wrong)."""
+    if not result.resumed_wall_s:
+        return f"train wall {result.wall_s:.1f}s (total {result.total_s:.1f}s)"
+    return (f"train wall {result.wall_s:.1f}s over the whole run, {result.wall_s - result.resumed_wall_s:.1f}s of "
+            f"it in this call (this call's total {result.total_s:.1f}s)")
+
+
 def _print_run(result) -> None:
     print(f"{result.config.optimizer}: final val bpb {result.final_val_bpb:.4f} after {result.steps_done} steps, "
-          f"train wall {result.wall_s:.1f}s (total {result.total_s:.1f}s), {result.tokens_per_s:,.0f} tokens/s, "
-          f"corpus {result.corpus_fingerprint}")
+          f"{wall_text(result)}, {result.tokens_per_s:,.0f} tokens/s, corpus {result.corpus_fingerprint}")
 
 
 def _launch(args: argparse.Namespace) -> int:

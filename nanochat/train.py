@@ -108,6 +108,7 @@ class TrainResult:
     gate_trajectory: list[dict] = field(default_factory=list)  # [{"step", "params": opt.gate_state()}]
     steps_done: int = 0
     total_s: float = 0.0            # wall time of the whole call, evaluation and setup included
+    resumed_wall_s: float = 0.0     # the part of wall_s trained before this call (from the checkpoint)
     n_params: int = 0
     tokenizer: str = "byte"
     device: str = "cpu"
@@ -442,7 +443,8 @@ def train(config: TrainConfig) -> TrainResult:
         config=config, final_val_bpb=float("nan") if diverged else final_bpb, val_curve=val_curve,
         train_curve=train_curve, tokens_per_s=tokens_per_s, wall_s=wall, diverged=diverged,
         corpus_fingerprint=data.fingerprint, gate_trajectory=gates, steps_done=steps_done,
-        total_s=time.perf_counter() - t_start, n_params=model.num_params(), tokenizer=data.tokenizer,
+        total_s=time.perf_counter() - t_start, resumed_wall_s=ckpt["wall_s"] if ckpt is not None else 0.0,
+        n_params=model.num_params(), tokenizer=data.tokenizer,
         final_val_se=final_se, final_val_tokens=final_tokens, final_val_batches=final_batches,
         device=str(device), message=message or ("" if finished else f"stopped at step {step} of {total_steps}"))
     log.write("result", step=step, **result.summary())

@@ -70,7 +70,8 @@ def _one_line_error(parser: argparse.ArgumentParser):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.error = _one_line_error(parser)
-    parser.add_argument("--tasks", type=_csv(TASKS), default=list(TASKS), help="comma list (default: all)")
+    parser.add_argument("--tasks", type=_csv(TASKS), default=list(TASKS),
+                        help=f"comma list of {', '.join(TASKS)} (default: all)")
     parser.add_argument("--optimizers", type=_csv(OPTIMIZERS), default=list(OPTIMIZERS),
                         help="comma list (default: sgd,adamw,fusedgate)")
     parser.add_argument("--scenarios", type=_csv(SCENARIOS), default=list(SCENARIOS),
@@ -81,7 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=_count("--window", 3), default=None,
                         help="OptBrain window K (default: OptBrain's own)")
     parser.add_argument("--init", metavar="FILE", default=None,
-                        help="JSON object of OptBrain constructor arguments, e.g. {\"explore\": 0.5}")
+                        help="JSON object of OptBrain constructor arguments, e.g. {\"explore\": 0.5} "
+                             "(default: OptBrain's defaults)")
     parser.add_argument("--threads", type=_count("--threads"), default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--out", default=DEFAULT_OUT,
                         help=f"folder for brain_eval.md/.json/.png (default ./{DEFAULT_OUT})")
