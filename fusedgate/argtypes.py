@@ -37,10 +37,14 @@ def integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{_shown(text)} is not an integer") from None
 
 
+def _num(x: float) -> str:
+    return f"{int(x):,}" if float(x).is_integer() and abs(x) < 1e18 else f"{x:g}"
+
+
 def _range_text(lo: float, hi: float, lo_open: bool = False) -> str:
     if lo_open:
-        return f"above {lo:,} and at most {hi:,}"
-    return f"from {lo:,} to {hi:,}"
+        return f"above {_num(lo)} and at most {_num(hi)}"
+    return f"from {_num(lo)} to {_num(hi)}"
 
 
 def int_in(lo: int, hi: int) -> Callable[[str], int]:
