@@ -15,7 +15,6 @@ and their 8 B/element state replicated, larger ones reduce-scattered along dim 0
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import math
 import os
@@ -25,6 +24,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from fusedgate.argtypes import int_in
+from fusedgate.cli import OneLineErrorParser
 from fusedgate.files import markdown_table
 
 
@@ -101,10 +102,12 @@ def measure(depth: int, vocab: int, world: int) -> list[tuple[int, int]]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=8192)
-    parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 3, 4])
+    parser = OneLineErrorParser(prog="python -m fusedgate.bench.distributed_bytes",
+                                description=__doc__.splitlines()[0])
+    parser.add_argument("--depth", type=int_in(1, 64), default=4, help="GPT depth, 1 to 64 (default 4)")
+    parser.add_argument("--vocab", type=int_in(2, 1 << 20), default=8192, help="vocabulary size (default 8192)")
+    parser.add_argument("--worlds", type=int_in(1, 64), nargs="+", default=[1, 2, 3, 4],
+                        help="process counts to measure, 1 to 64 each (default 1 2 3 4)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     model = _model(args.depth, args.vocab)
