@@ -18,12 +18,14 @@ import copy
 import json
 import os
 import statistics
+import sys
 import time
 
 import torch
 
 from fusedgate.argtypes import int_in, number_in
 from fusedgate.cli import OneLineErrorParser
+from fusedgate.spec import SpecError
 
 
 def _model(depth: int, seed: int = 0):
@@ -97,8 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = measure(args.depth, tuple(s for s in args.specs.split(",") if s), args.blocks, args.block,
-                     weight_decay=args.weight_decay)
+    try:
+        result = measure(args.depth, tuple(s for s in args.specs.split(",") if s), args.blocks, args.block,
+                         weight_decay=args.weight_decay)
+    except SpecError as exc:
+        print(f"{parser.prog}: error: --specs: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(result, indent=2))
     else:
