@@ -108,6 +108,11 @@ def _checkpoints(root: Path) -> None:
     fifo_run.mkdir(exist_ok=True)
     if not (fifo_run / "checkpoint.pt").exists():
         os.mkfifo(fifo_run / "checkpoint.pt")
+    fifo_log = root / "fifo_metrics_run"  # a good checkpoint beside a metrics log that is a FIFO
+    fifo_log.mkdir(exist_ok=True)
+    shutil.copy(good, fifo_log / "checkpoint.pt")
+    if not (fifo_log / "metrics.jsonl").exists():
+        os.mkfifo(fifo_log / "metrics.jsonl")
 
 
 def _archives(root: Path) -> None:

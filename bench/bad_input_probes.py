@@ -81,7 +81,9 @@ def train_probes() -> list[Probe]:
     out += [cli("train", "--resume a checkpoint with wrong shapes", "train", "--resume", "$ckpt_shapes", "--steps", "4",
                 "--no-progress", "--out", "resumed"),
             cli("train", "--resume a run folder whose checkpoint.pt is a FIFO", "train", "--resume", "$fifo_run",
-                "--no-progress")]
+                "--no-progress"),
+            cli("train", "--resume a run folder whose metrics.jsonl is a FIFO", "train", "--resume",
+                "$fifo_metrics_run", "--steps", "3", "--no-progress")]
     numbers = [("--steps", "-1"), ("--steps", "0"), ("--steps", "1e9"), ("--steps", "99999999999"), ("--steps", "nan"),
                ("--steps", "True"), ("--steps", "9" * 5000), ("--seed", "-1"), ("--seed", "1.5"),
                ("--lr-scale", "nan"), ("--lr-scale", "inf"), ("--lr-scale", "-1"), ("--lr-scale", "0"),

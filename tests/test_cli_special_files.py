@@ -4,6 +4,7 @@ never ends) and a real folder. The FIFO cases run in a subprocess with a timeout
 FIFO fails the test instead of hanging the suite."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -67,3 +68,14 @@ def test_a_device_or_a_folder_is_refused(command, path, kind, tmp_path, capsys):
     except SystemExit as exc:
         code = exc.code
     _check(command, code, capsys.readouterr().err, path, kind, tmp_path)
+
+
+def test_a_resume_beside_a_fifo_metrics_log_is_refused_without_blocking(finished_test_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(finished_test_run / "checkpoint.pt", run / "checkpoint.pt")
+    os.mkfifo(run / "metrics.jsonl")
+    done = subprocess.run([sys.executable, "-m", "fusedgate", "train", "--resume", str(run), "--steps", "4",
+                           "--no-progress"], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-800:]
+    assert f"cannot read metrics log {run / 'metrics.jsonl'}: it is a FIFO (named pipe)" in done.stderr

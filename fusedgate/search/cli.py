@@ -407,11 +407,13 @@ def main(args) -> int:
 
 
 def _open_archive(path: str, flag: str) -> Archive:
-    """``Archive.open`` of a regular file: a FIFO, a device or a folder is named as such (stat, not opened)."""
-    try:
-        check_regular_file(path, f"{flag} archive")
-    except ReadError as exc:
-        raise UsageError(str(exc)) from None
+    """``Archive.open`` of a regular file: a FIFO, a device or a folder is named as such (stat, not opened);
+    a missing one is Archive.open's "no such archive"."""
+    if os.path.lexists(path):
+        try:
+            check_regular_file(path, f"{flag} archive")
+        except ReadError as exc:
+            raise UsageError(str(exc)) from None
     return Archive.open(path)
 
 
