@@ -73,7 +73,9 @@ def spec_probes() -> list[Probe]:
 def train_probes() -> list[Probe]:
     out = [cli("train", f"--spec {what}", *TRAIN, "--spec", path) for what, path in SPECIAL[:5] + BAD_TEXT[:4]]
     out += [cli("train", f"--data {what}", *TRAIN, "--data", path) for what, path in SPECIAL if what != "a folder"]
-    out += [cli("train", f"--data {what}", *TRAIN, "--data", path) for what, path in BAD_TEXT[:3]]
+    out += [cli("train", f"--data {what}", *TRAIN, "--data", path) for what, path in (BAD_TEXT[0], BAD_TEXT[2])]
+    out.append(cli("train", "--data 2 MiB of spaces (text)", *TRAIN, "--data", "$big", expect="ok",
+                   output="final val bpb"))
     out += [cli("train", f"--resume {what}", "train", "--resume", path, "--no-progress") for what, path in SPECIAL]
     out += [cli("train", f"--resume {name}", "train", "--resume", f"${name}", "--no-progress")
             for name in ("ckpt_truncated", "ckpt_raw", "ckpt_evil", "ckpt_foreign", "ckpt_negstep", "ckpt_boolsteps",
@@ -93,7 +95,9 @@ def train_probes() -> list[Probe]:
                ("--tokenizer", "bpe:-5"), ("--tokenizer", "bpe:99999999999"), ("--tokenizer", "bpe:abc"),
                ("--compare", "bogus"), ("--compare", ",")]
     out += [cli("train", f"{flag} {value[:20]}", *TRAIN, flag, value) for flag, value in numbers]
-    out += [cli("train", "--out a read-only location", *TRAIN[:-1], "$read_only"),
+    out += [cli("train", "--compare fusedgate:A_FIFO", *TRAIN, "--compare", "baseline,fusedgate:$fifo"),
+            cli("train", "--compare fusedgate:/dev/zero", *TRAIN, "--compare", "fusedgate:$zero"),
+            cli("train", "--out a read-only location", *TRAIN[:-1], "$read_only"),
             cli("train", "--out an existing file", *TRAIN[:-1], "$empty"),
             cli("train", "--data latin-1 text (bytes are fine)", *TRAIN, "--data", "$latin1_corpus", expect="ok",
                 output="final val bpb"),

@@ -99,7 +99,8 @@ def read_init(path: str | None) -> dict:
     try:
         text = read_text(path, "--init file", MAX_INIT_BYTES)
     except ReadError as exc:
-        raise UsageError(f"--init {path}: {exc}; expected a JSON object of OptBrain arguments") from None
+        raise UsageError(f"--init {path}: cannot read it: {exc.reason} (expected a JSON object of OptBrain "
+                         "arguments)") from None
     try:
         kwargs = json.loads(text)
     except (json.JSONDecodeError, RecursionError, ValueError) as exc:
