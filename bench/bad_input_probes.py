@@ -154,7 +154,9 @@ def search_probes() -> list[Probe]:
 def brain_probes() -> list[Probe]:
     out = [cli("brain-eval", f"--init {what}", *BRAIN, "--init", path) for what, path in SPECIAL + BAD_TEXT[:5]]
     out += [cli("brain-eval", f"--init {name}", *BRAIN, "--init", f"${name}")
-            for name in ("init_nan", "init_bool", "init_list", "init_unknown", "init_neg", "init_huge")]
+            for name in ("init_nan", "init_bool", "init_list", "init_unknown", "init_neg")]
+    out.append(cli("brain-eval", "--init init_huge (warmup_windows=1e50)", *BRAIN, "--init", "$init_huge",
+                   owner="OptBrain (constructor ranges)"))
     numbers = [("--seeds", "0"), ("--seeds", "-1"), ("--seeds", "1e9"), ("--seeds", "nan"), ("--steps", "0"),
                ("--window", "2"), ("--threads", "0"), ("--tasks", "bogus"), ("--scenarios", "bogus"),
                ("--optimizers", ",")]
@@ -168,7 +170,7 @@ def brain_probes() -> list[Probe]:
         out.append(api("OptBrain", f"load {name}.npz", load.format(path=f"${name}"), owner=OPTBRAIN))
     for what, path in (("a pickled object array", "$brain_pickle"), ("a truncated .npz", "$brain_truncated"),
                        ("/dev/zero", "$zero"), ("a folder", "$folder"), ("a FIFO", "$fifo")):
-        out.append(api("OptBrain", f"load {what}", load.format(path=path)))
+        out.append(api("OptBrain", f"load {what}", load.format(path=path), owner=OPTBRAIN))
     for kwargs in ("window=0", "explore=float('nan')", "seed=True", "sketch_size=10**9", "policy_lr=-1"):
         out.append(api("OptBrain", f"OptBrain({kwargs})", f"from fusedgate.brain import OptBrain\n"
                                                           f"OptBrain(None, n_groups=1, {kwargs})"))

@@ -86,7 +86,10 @@ def _optimizers(args: argparse.Namespace) -> list[str]:
         if args.optimizer is not None:
             raise TrainError("--optimizer does nothing with --compare: list the optimizers in --compare, "
                              "e.g. --compare baseline,fusedgate")
-        return [o.strip() for o in args.compare.split(",") if o.strip()]
+        entries = [o.strip() for o in args.compare.split(",") if o.strip()]
+        if len(entries) < 2 or len(set(entries)) != len(entries):
+            raise TrainError(f"--compare takes two or more distinct entries, got {args.compare!r}")
+        return entries
     return [args.optimizer or ("fusedgate" if args.spec is not None else "baseline")]
 
 
