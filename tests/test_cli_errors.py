@@ -93,6 +93,8 @@ def test_spec_json_nested_too_deeply_is_a_spec_error():
     (["--seed", "9" * 25], "seed must be an integer from 0 to 18446744073709551615"),
     (["--device", "mps"], "device 'mps' is not available on this machine"),
     (["--device", "cuda:7"], "device 'cuda:7' is not available on this machine"),
+    (["--compare", ","], "--compare takes two or more distinct entries, got ','"),
+    (["--lr-scale", "nan"], "argument --lr-scale: expected a finite number above 0"),
 ])
 def test_train_bad_flag_is_one_line_and_trains_nothing(argv, message, tmp_path, capsys):
     if "mps" in argv and torch.backends.mps.is_available():
