@@ -199,11 +199,12 @@ def bench_probes() -> list[Probe]:
 def api_probes() -> list[Probe]:
     make = ("import torch\nfrom fusedgate import FusedGate, GateSpec\np = torch.nn.Parameter(torch.ones(4, 4))\n")
     step = "\np.grad = torch.ones(4, 4)\nopt.step()\nassert torch.isfinite(p).all(), 'parameters became NaN'"
-    groups = [("lr=-1", "lr=-1.0"), ("lr=nan", "lr=float('nan')"), ("ns_steps=0", "ns_steps=0"),
-              ("ns_steps=-3", "ns_steps=-3"), ("momentum=1.5", "momentum=1.5"), ("eps=0", "eps=0.0"),
-              ("betas=(1.0, 0.9)", "betas=(1.0, 0.9)"), ("weight_decay=nan", "weight_decay=float('nan')")]
-    out = [api("FusedGate", f"param group {name}", make + f"opt = FusedGate([dict(params=[p], kind='muon', {kw})])"
-               + step, owner=OPTIMIZER) for name, kw in groups]
+    muon, adamw = "kind='muon', beta2=0.95", "kind='adamw'"
+    groups = [(muon, "lr=-1.0"), (muon, "lr=float('nan')"), (muon, "ns_steps=0"), (muon, "ns_steps=-3"),
+              (muon, "momentum=1.5"), (adamw, "lr=-1.0"), (adamw, "eps=0.0"), (adamw, "betas=(1.0, 0.9)"),
+              (adamw, "weight_decay=float('nan')")]
+    out = [api("FusedGate", f"param group {kind.split(',')[0]} {kw}", make
+               + f"opt = FusedGate([dict(params=[p], {kind}, {kw})])" + step, owner=OPTIMIZER) for kind, kw in groups]
     out += [api("FusedGate", "total_steps=True", make + "FusedGate([p], total_steps=True)", owner=OPTIMIZER),
             api("FusedGate", "total_steps=1e30", make + "FusedGate([p], total_steps=10**30)", owner=OPTIMIZER),
             api("FusedGate", "a complex loss", make + "opt = FusedGate([p])\np.grad = torch.ones(4, 4)\n"

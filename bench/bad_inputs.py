@@ -87,7 +87,7 @@ def run_probe(probe: Probe, fixtures: Fixtures, cwd: Path, settings: Settings) -
     """Run one probe in its own session under the timeout and the memory cap, and classify it."""
     cwd.mkdir(parents=True, exist_ok=True)
     probe = probe.substituted(fixtures.names())
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "default"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # Python's default warning filters: what a user sees
     proc = subprocess.Popen(_argv(probe), cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, errors="replace", env=env, start_new_session=True,
                             preexec_fn=_limit_memory(settings.memory_bytes))
