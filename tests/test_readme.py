@@ -67,6 +67,7 @@ RUNS: dict[str, list[tuple[str, tuple[dict, list]]]] = {
                                   "fp32", "--threads", "1", "--budget", "0.01", "--no-progress", "--out", "out"])),
         ("python -m fusedgate.bench.cpu_step", ({}, ["--blocks", "2", "--block", "1"])),
         ("python -m fusedgate.bench.distributed_bytes", ({}, ["--depth", "1", "--vocab", "64", "--worlds", "1", "2"])),
+        ("python -m fusedgate.bench.bad_inputs --out DIR", ({"--out": "probe"}, ["--only", "show bogus"])),
     ],
 }
 NEEDS_CUDA = {
