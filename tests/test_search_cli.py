@@ -102,3 +102,10 @@ def test_noise_and_calibrate_check_their_report_folder_before_any_run(command, t
     db = tmp_path / "archive.sqlite"
     code, err = run_cli(["search", command, "--preset", "test", "--db", str(db), "--out", str(out)], capsys)
     assert code == 2 and "exists and is not a folder" in err and not db.exists()
+
+
+def test_the_search_bounds_are_the_trainer_s():
+    from fusedgate.nanochat.train import MAX_SEED, MAX_STEPS
+    from fusedgate.search import cli
+
+    assert cli.MAX_STEPS == MAX_STEPS and cli.MAX_SEED <= MAX_SEED  # the parser never passes what train refuses
