@@ -39,15 +39,23 @@ from fusedgate.files import check_writable_folder, markdown_table, write_atomic
 
 VERDICTS = ("clean error", "handled", "hang", "runaway", "traceback", "messy error", "silent acceptance")
 MEMORY_SIGNS = ("MemoryError", "bad_alloc", "Cannot allocate memory", "out of memory", "std::bad_alloc")
-# runs each API probe's code; an exception is one stderr line "Type: message" and exit code 2
+# runs each API probe's code. A validation error (ValueError, TypeError, OSError or one of fusedgate's own errors)
+# is one stderr line "Type: message" and exit code 2; the probe's own assert failing means the bad value was
+# accepted (exit 0); any other exception (ZeroDivisionError, IndexError, ...) is a crash: its traceback
 API_RUNNER = """
 import sys
 code = sys.argv[1]
 try:
     exec(compile(code, "<probe>", "exec"), {"__name__": "probe"})
-except MemoryError:
-    raise
+except AssertionError as exc:
+    print(f"accepted, and then: {exc}")
+    sys.exit(0)
+except (ValueError, TypeError, OSError) as exc:
+    print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+    sys.exit(2)
 except Exception as exc:
+    if not type(exc).__module__.startswith("fusedgate"):
+        raise
     print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
     sys.exit(2)
 print("accepted")
@@ -147,7 +155,8 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser.add_argument("--timeout", type=int_in(1, 3600), default=60, help="seconds per probe (default 60)")
     parser.add_argument("--memory-mib", type=int_in(512, 1 << 20), default=4000,
                         help="address-space cap per probe in MiB (default 4000)")
-    parser.add_argument("--only", default=None, help="run the probes whose area or name contains this (default all)")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated texts: run the probes whose area or name contains one (default all)")
     args = parser.parse_args(argv)
     return Settings(args.out, float(args.timeout), args.memory_mib << 20, args.only)
 
@@ -161,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     work = settings.out.resolve() / "work"
     fixtures = make_fixtures(work / "fixtures")
-    probes = [p for p in all_probes() if not settings.only or settings.only in f"{p.area} {p.name}"]
+    wanted = [w for w in (settings.only or "").split(",") if w]
+    probes = [p for p in all_probes() if not wanted or any(w in f"{p.area} {p.name}" for w in wanted)]
     outcomes = []
     for i, probe in enumerate(probes):
         outcome = run_probe(probe, fixtures, work / f"probe-{i + 1:03d}", settings)

@@ -29,8 +29,8 @@ def test_the_probe_list_is_large_and_unique():
 
 def test_a_run_writes_its_table(tmp_path):
     done = subprocess.run([sys.executable, "-m", "fusedgate.bench.bad_inputs", "--out", str(tmp_path), "--only",
-                           "show bogus", "--timeout", "120"], capture_output=True, text=True, timeout=600)
+                           "show bogus,from_dict of a list", "--timeout", "120"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-1500:]
-    assert "1 bad inputs tried: 1 clean error, 0 handled, 0 hang" in done.stdout
+    assert "2 bad inputs tried: 2 clean error, 0 handled, 0 hang" in done.stdout  # a CLI and an API probe
     table = (tmp_path / "bad_inputs.md").read_text()
     assert "| show bogus (not a file, not a preset)" in table and "clean error" in table
