@@ -28,8 +28,9 @@ def test_the_probe_list_is_large_and_unique():
 
 
 def test_a_run_writes_its_table(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "fusedgate.bench.bad_inputs", "--out", str(tmp_path), "--only",
-                           "show bogus,from_dict of a list", "--timeout", "120"], capture_output=True, text=True, timeout=600)
+    argv = ["--out", str(tmp_path), "--only", "show bogus,from_dict of a list", "--timeout", "120"]
+    done = subprocess.run([sys.executable, "-m", "fusedgate.bench.bad_inputs", *argv], capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-1500:]
     assert "2 bad inputs tried: 2 clean error, 0 handled, 0 hang" in done.stdout  # a CLI and an API probe
     table = (tmp_path / "bad_inputs.md").read_text()
