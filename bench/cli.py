@@ -17,17 +17,19 @@ from pathlib import Path
 
 import torch
 
+from fusedgate.argtypes import integer, number_in
 from fusedgate.bench import contestants as C
 from fusedgate.bench import report, suite
 from fusedgate.bench.targets import evaluate
 from fusedgate.bench.workloads import CASES, DTYPES, EXTRA_CASES, workloads
-from fusedgate.cli import integer, shorten
-from fusedgate.files import WriteError, check_writable_folder
+from fusedgate.cli import shorten
+from fusedgate.files import ReadError, WriteError, check_regular_file, check_writable_folder
 
 DEFAULT_OUT = Path("bench-results")  # relative: under the current directory when the command runs
 MAX_SIZE = 65536  # n of an n×n matrix: 2^32 elements, beyond any single GPU's memory for a step's state
 MAX_DEPTH = 64
 MAX_THREADS = 1024
+MAX_BUDGET_S = 3600.0
 
 
 def _csv(kind=str):
@@ -66,12 +68,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="subset of " + ",".join(c.name for c in C.CONTESTANTS),
     )
     parser.add_argument(
-        "--dtypes", type=_csv(), default=list(DTYPES), help="subset of fp32,bf16 (step cases)"
+        "--dtypes", type=_csv(), default=list(DTYPES), help="subset of fp32,bf16 (step cases; default: both)"
     )
-    parser.add_argument("--sizes", type=_csv(integer), default=None, help="matrix sizes n (n×n), e.g. 1024,4096")
-    parser.add_argument("--depths", type=_csv(integer), default=None, help="NanoChat depths, e.g. 12,20,26")
-    parser.add_argument("--ns-sizes", type=_csv(integer), default=None, help="Newton–Schulz sizes n (n×n)")
-    parser.add_argument("--budget", type=float, default=None, help="seconds of repetitions per measurement")
+    parser.add_argument("--sizes", type=_csv(integer), default=None,
+                        help=f"matrix sizes n (n×n), e.g. 1024,4096, at most {MAX_SIZE} (default: the device's list)")
+    parser.add_argument("--depths", type=_csv(integer), default=None,
+                        help=f"NanoChat depths, e.g. 12,20,26, at most {MAX_DEPTH} (default: the device's list)")
+    parser.add_argument("--ns-sizes", type=_csv(integer), default=None,
+                        help=f"Newton–Schulz sizes n (n×n), at most {MAX_SIZE} (default: the device's list)")
+    parser.add_argument("--budget", type=number_in(0, MAX_BUDGET_S, lo_open=True), default=None,
+                        help=f"seconds of repetitions per measurement, at most {MAX_BUDGET_S:g} (default: the "
+                             "plan's)")
     parser.add_argument(
         "--threads",
         type=integer,
@@ -89,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="JSON",
-        help="only rewrite the .md and .png beside this results JSON (nothing is measured)",
+        help="only rewrite the .md and .png beside this results JSON (nothing is measured; default: measure)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -134,9 +141,10 @@ def _interrupt(signum, frame):
 
 def _rerender(path: Path) -> int:
     try:
+        check_regular_file(path, "results JSON", report.MAX_RESULTS_BYTES)
         check_writable_folder(path.parent)
         written = report.rerender(path)
-    except WriteError as exc:
+    except (ReadError, WriteError) as exc:
         print(f"fusedgate bench: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -14,14 +14,18 @@ timed test.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
 import statistics
+import sys
 import time
 
 import torch
+
+from fusedgate.argtypes import int_in, number_in
+from fusedgate.cli import OneLineErrorParser
+from fusedgate.spec import SpecError
 
 
 def _model(depth: int, seed: int = 0):
@@ -89,20 +93,25 @@ def measure(depth: int = 2, specs: tuple[str, ...] = ("nanochat", "default"), bl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depth", type=int, default=2)
-    parser.add_argument("--specs", default="nanochat,default", help="comma-separated preset names or spec files")
-    parser.add_argument("--blocks", type=int, default=30)
-    parser.add_argument("--block", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--weight-decay", type=float, default=0.1)
-    parser.add_argument("--json", action="store_true")
+    parser = OneLineErrorParser(prog="python -m fusedgate.bench.cpu_step", description=__doc__.splitlines()[0])
+    parser.add_argument("--depth", type=int_in(1, 64), default=2, help="GPT depth, 1 to 64 (default 2)")
+    parser.add_argument("--specs", default="nanochat,default",
+                        help="comma-separated preset names or spec files (default nanochat,default)")
+    parser.add_argument("--blocks", type=int_in(1, 10_000), default=30, help="timed blocks, 1 to 10,000 (default 30)")
+    parser.add_argument("--block", type=int_in(1, 10_000), default=10,
+                        help="steps per block, 1 to 10,000 (default 10)")
+    parser.add_argument("--threads", type=int_in(1, 1024), default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--weight-decay", type=number_in(0, 10), default=0.1,
+                        help="weight decay of the groups, 0 to 10 (default 0.1)")
+    parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     args = parser.parse_args(argv)
-    if min(args.depth, args.blocks, args.block, args.threads) < 1:
-        parser.error("--depth, --blocks, --block and --threads must be >= 1")
     torch.set_num_threads(args.threads)
-    result = measure(args.depth, tuple(s for s in args.specs.split(",") if s), args.blocks, args.block,
-                     weight_decay=args.weight_decay)
+    try:
+        result = measure(args.depth, tuple(s for s in args.specs.split(",") if s), args.blocks, args.block,
+                         weight_decay=args.weight_decay)
+    except SpecError as exc:
+        print(f"{parser.prog}: error: --specs: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -17,7 +17,6 @@ N = 1 the nanochat column is measured on the project's ``MuonAdamW`` (the same s
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import math
 import os
@@ -27,6 +26,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from fusedgate.argtypes import int_in
+from fusedgate.cli import OneLineErrorParser
 from fusedgate.files import markdown_table
 
 
@@ -116,10 +117,12 @@ def measure(depth: int, vocab: int, world: int, preset: str = "default") -> list
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depth", type=int, default=4, help="GPT depth (default 4)")
-    parser.add_argument("--vocab", type=int, default=8192, help="vocabulary size (default 8192)")
-    parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 3, 4], help="process counts (default 1-4)")
+    parser = OneLineErrorParser(prog="python -m fusedgate.bench.distributed_bytes",
+                                description=__doc__.splitlines()[0])
+    parser.add_argument("--depth", type=int_in(1, 64), default=4, help="GPT depth, 1 to 64 (default 4)")
+    parser.add_argument("--vocab", type=int_in(2, 1 << 20), default=8192, help="vocabulary size (default 8192)")
+    parser.add_argument("--worlds", type=int_in(1, 64), nargs="+", default=[1, 2, 3, 4],
+                        help="process counts to measure, 1 to 64 each (default 1 2 3 4)")
     parser.add_argument("--presets", nargs="+", default=["nanochat", "default"],
                         choices=["nanochat", "default", "muon", "adamw"], help="FusedGate presets")
     args = parser.parse_args(argv)

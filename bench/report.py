@@ -10,14 +10,15 @@ import json
 from pathlib import Path
 
 from fusedgate.bench.targets import evaluate
-from fusedgate.files import markdown_table, write_atomic
+from fusedgate.files import markdown_table, read_text, write_atomic
 
 STEP_CASES = ("matrix", "nanochat")
+MAX_RESULTS_BYTES = 64 << 20  # a results JSON is a few hundred KiB
 
 
 def rerender(json_path: Path) -> list[Path]:
     """Rewrite the markdown and PNG beside a results JSON from its numbers (nothing is re-measured)."""
-    run = json.loads(json_path.read_text())
+    run = json.loads(read_text(json_path, "results JSON", MAX_RESULTS_BYTES))
     stem = json_path.name.removesuffix(".json")
     payloads = {
         json_path.with_name(f"{stem}.md"): markdown(run).encode(),

@@ -27,9 +27,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-MAX_INT_DIGITS = 30  # far beyond any step count, seed or size; longer numbers are refused before conversion
-
-
 class OneLineErrorParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (``prog: error: message (see prog --help)``), exit code 2."""
 
@@ -41,18 +38,6 @@ def shorten(text: str, limit: int = 200) -> str:
     """``text`` on one line, cut to ``limit`` characters."""
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def integer(text: str) -> int:
-    """argparse type for an integer flag: refuses a number of more than ``MAX_INT_DIGITS`` digits before
-    converting it (Python refuses over 4300, and a huge value only fails later, deep in torch)."""
-    digits = text.strip().lstrip("+-")
-    if digits.isdigit() and len(digits) > MAX_INT_DIGITS:
-        raise argparse.ArgumentTypeError(f"a {len(digits)}-digit number is too large")
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{shorten(text, 40)!r} is not an integer") from None
 
 
 def _chosen_subcommand(argv: list[str]) -> str | None:

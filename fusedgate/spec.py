@@ -37,6 +37,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from fusedgate.files import ReadError, read_text
+
 SPEC_VERSION = 2
 READABLE_VERSIONS = (1, 2)   # a version-1 spec is a version-2 spec with the engine switches off
 MAX_SPEC_FILE_BYTES = 1 << 20  # a spec is a few hundred bytes; anything this big is another file
@@ -320,28 +322,25 @@ class GateSpec:
 
     @classmethod
     def load(cls, path) -> GateSpec:
+        """A spec JSON file, read with ``fusedgate.files.read_text``: a regular UTF-8 file of at most
+        ``MAX_SPEC_FILE_BYTES`` (a FIFO, a device or a folder is refused before it is opened)."""
         try:
-            with open(path, "rb") as fh:
-                raw = fh.read(MAX_SPEC_FILE_BYTES + 1)
-        except OSError as exc:
-            raise SpecError(f"cannot read spec file {path}: {exc.strerror}") from None
-        if len(raw) > MAX_SPEC_FILE_BYTES:
-            raise SpecError(f"larger than {MAX_SPEC_FILE_BYTES} bytes: not a spec file")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise SpecError(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): a spec is a "
-                            "JSON file") from None
+            text = read_text(path, "spec file", MAX_SPEC_FILE_BYTES)
+        except ReadError as exc:
+            raise SpecError(f"cannot read the spec file: {exc.reason}") from None
         return cls.from_json(text)
 
     @classmethod
     def from_name_or_file(cls, name_or_path) -> GateSpec:
         """A preset by name (``PRESET_NAMES``: default, adamw, muon, nanochat, with their default arguments) or a
         spec JSON file; an existing file of that name wins over the preset (a folder does not: the repository
-        has a folder called nanochat)."""
+        has a folder called nanochat). A name that is neither is refused with the preset names."""
         name = str(name_or_path)
         if name in PRESET_NAMES and not os.path.isfile(name):
             return getattr(cls, name)()
+        if not os.path.lexists(name):
+            raise SpecError(f"cannot read the spec file: it does not exist, and {name!r} is not a preset name "
+                            f"either (presets: {', '.join(PRESET_NAMES)})")
         return cls.load(name_or_path)
 
     def save(self, path) -> None:

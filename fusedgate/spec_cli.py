@@ -16,7 +16,7 @@ def add_arguments(parser) -> None:
     show = sub.add_parser("show", help="print a spec file (or a preset) as canonical JSON")
     show.add_argument("file", help=f"a spec JSON file, or a preset name: {', '.join(PRESET_NAMES)}")
     validate = sub.add_parser("validate", help="check a spec file against the DSL bounds")
-    validate.add_argument("file")
+    validate.add_argument("file", help="a spec JSON file (exit code 1 when it is not a valid spec)")
 
 
 def main(args) -> int:

@@ -1,12 +1,16 @@
 """Compile every Triton kernel of fusedgate.kernels for CUDA without a GPU (ahead of time, to cubin).
 
-    TRITON_INTERPRET=0 python -m fusedgate.kernels.compile_check 90     # sm_90; prints one JSON line
+    python -m fusedgate.kernels.compile_check 90     # sm_90; prints one JSON line
 
 prints {kernel variant: "ok" | error}. The interpreter accepts code the compiler rejects (e.g.
-non-constexpr globals), so CI runs this to check that the kernels build for the GPU.
+non-constexpr globals), so CI runs this to check that the kernels build for the GPU. The kernels must be
+defined for the compiler, not the interpreter (``fusedgate.kernels`` picks the interpreter on a machine
+without CUDA, before this module runs), so when they were not, the command runs itself again with
+``TRITON_INTERPRET=0``.
 """
 
 import json
+import os
 import sys
 
 import triton
@@ -92,9 +96,19 @@ def main(arch: int) -> dict[str, str]:
     return results
 
 
+def _arch(argv: list[str]) -> int:
+    if len(argv) > 1 or (argv and not argv[0].isdigit()):
+        print(f"compile_check: error: expected one CUDA architecture number such as 90, got {' '.join(argv)!r}",
+              file=sys.stderr)
+        sys.exit(2)
+    return int(argv[0]) if argv else 90
+
+
 if __name__ == "__main__":
     from fusedgate.kernels._interpret import INTERPRET
 
-    if INTERPRET:
-        sys.exit("compile_check needs TRITON_INTERPRET=0 (the kernels are defined for the interpreter)")
-    print(json.dumps(main(int(sys.argv[1]) if len(sys.argv) > 1 else 90)))
+    arch = _arch(sys.argv[1:])
+    if INTERPRET:  # the kernels were defined for the interpreter: define them again for the compiler
+        env = {**os.environ, "TRITON_INTERPRET": "0"}
+        os.execve(sys.executable, [sys.executable, "-m", "fusedgate.kernels.compile_check", str(arch)], env)
+    print(json.dumps(main(arch)))

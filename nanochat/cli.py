@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from fusedgate.cli import integer
+from fusedgate.argtypes import integer, number_in
 from fusedgate.files import WriteError
 from fusedgate.nanochat.errors import TrainError
 from fusedgate.nanochat.presets import PRESETS
@@ -31,6 +31,7 @@ from fusedgate.spec import GateSpec, SpecError
 
 MAX_THREADS = 1024
 MAX_PROCESSES = 1024
+MAX_LR_SCALE = 1000.0
 DEFAULT_SPEC = "default"
 # the main job: nanochat's optimizer, FusedGate as that same optimizer, and the gated default on top of it
 DEFAULT_COMPARE = "baseline,fusedgate:nanochat,fusedgate:default"
@@ -86,22 +87,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ladder", type=ratio_list, metavar="RATIOS",
                         help="with --compare: also train the first entry at H/r steps for each ratio r (e.g. "
                              "0.8,0.9,1,1.15) and report each entry's steps-equivalent ratio")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ...")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ... (default cpu)")
     parser.add_argument("--data", metavar="PATH",
                         help="text folder, parquet shard folder or file, or text file (default: python stdlib "
                              "sources)")
     parser.add_argument("--tokenizer", help="byte (default) or bpe:N (rustbpe-trained, N tokens)")
     parser.add_argument("--out", metavar="DIR", help="output directory (default runs/<preset>-<what>-<time>)")
     parser.add_argument("--eval-every", type=integer, help="steps between validations (default: the preset's)")
-    parser.add_argument("--checkpoint-every", type=integer, help="steps between checkpoints (0: only at the end)")
+    parser.add_argument("--checkpoint-every", type=integer,
+                        help="steps between checkpoints (0: only at the end; default: the preset's)")
     parser.add_argument("--gate-log-every", type=integer, help="steps between FusedGate gate records (default 10)")
     parser.add_argument("--resume", metavar="CKPT",
                         help="checkpoint file or run directory to continue. --preset, --optimizer, --spec, "
                              "--seed, --data, --tokenizer and --lr-scale must match the checkpoint (refused "
                              "otherwise); --steps may extend the run; --device, --out, --compile and the "
-                             "--*-every flags apply to the rest of the run")
+                             "--*-every flags apply to the rest of the run (default: a fresh run)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--lr-scale", type=float, help="multiply every learning rate (default 1)")
+    parser.add_argument("--lr-scale", type=number_in(0, MAX_LR_SCALE, lo_open=True),
+                        help=f"multiply every learning rate: a number above 0, at most {MAX_LR_SCALE:g} (default 1)")
     parser.add_argument("--threads", type=integer,
                         help="torch CPU threads (default on CPU: half the cores, 1 to 4; small models gain little "
                              "from more, and oversubscribed OpenMP threads are many times slower)")
@@ -109,7 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproc", type=integer,
                         help="data-parallel processes on this machine (gloo on CPU; NCCL on CUDA, one GPU each): "
                              "each takes 1/N of every batch; FusedGate shards its state (ZeRO-2), the baseline and "
-                             "AdamW run under DDP. Under torchrun leave it out")
+                             "AdamW run under DDP. Under torchrun leave it out (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
 
@@ -119,7 +122,10 @@ def _optimizers(args: argparse.Namespace) -> list[str]:
         if args.optimizer is not None:
             raise TrainError("--optimizer does nothing with --compare: list the optimizers in --compare, "
                              "e.g. --compare baseline,fusedgate")
-        return [o.strip() for o in args.compare.split(",") if o.strip()]
+        entries = [o.strip() for o in args.compare.split(",") if o.strip()]
+        if len(entries) < 2 or len(set(entries)) != len(entries):
+            raise TrainError(f"--compare takes two or more distinct entries, got {args.compare!r}")
+        return entries
     return [args.optimizer or ("fusedgate" if args.spec is not None else "baseline")]
 
 
@@ -185,10 +191,18 @@ def _resumed_config(args: argparse.Namespace) -> TrainConfig:
                                progress=not args.no_progress, stop_at=None)
 
 
+def wall_text(result) -> str:
+    """The run's train wall time and this call's total; after a resume the run's train wall includes the calls
+    before this one, so this call's own share is named (else "train wall 26.3s (total 24.5s)" reads wrong)."""
+    if not result.resumed_wall_s:
+        return f"train wall {result.wall_s:.1f}s (total {result.total_s:.1f}s)"
+    return (f"train wall {result.wall_s:.1f}s over the whole run, {result.wall_s - result.resumed_wall_s:.1f}s of "
+            f"it in this call (this call's total {result.total_s:.1f}s)")
+
+
 def _print_run(result) -> None:
     print(f"{result.config.optimizer}: final val bpb {result.final_val_bpb:.4f} after {result.steps_done} steps, "
-          f"train wall {result.wall_s:.1f}s (total {result.total_s:.1f}s), {result.tokens_per_s:,.0f} tokens/s, "
-          f"corpus {result.corpus_fingerprint}")
+          f"{wall_text(result)}, {result.tokens_per_s:,.0f} tokens/s, corpus {result.corpus_fingerprint}")
 
 
 def _launch(args: argparse.Namespace) -> int:

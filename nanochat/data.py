@@ -7,7 +7,8 @@ A corpus is a list of documents ``(key, bytes)``:
   (nanochat/FineWeb shards), key ``file#row``;
 * ``--data DIR`` otherwise: every non-binary file below DIR, key = relative path;
 * ``--data FILE``: a ``.parquet`` shard as above; any other file cut into 16 KiB pieces, key ``name#i``.
-  A binary file (a NUL byte in its first 8 KiB, the test that skips binary files in a folder) is refused.
+  A binary file (a NUL byte in its first 8 KiB, the test that skips binary files in a folder) is refused,
+  and so is a FIFO, a device or a socket, by ``os.stat`` before it is opened (``fusedgate.files``).
 
 Split: a document is in val iff ``int(sha256(key)[:8 hex]) % 1000 < VAL_PERMILLE``, so the split
 depends on the key only (stable when files are added) and train/val never share a document.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import stat
 import sys
 import sysconfig
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fusedgate.files import ReadError, check_regular_file, read_bytes
 from fusedgate.nanochat.errors import TrainError
 from fusedgate.nanochat.tokenizer import make_tokenizer
 
@@ -92,7 +95,7 @@ def _folder_documents(root: Path, max_bytes: int) -> list[tuple[str, bytes]]:
         return _parquet_documents(parquet, root, max_bytes)
     docs, total = [], 0
     for path in files:
-        data = path.read_bytes()
+        data = _read_file(path, max_bytes - total)
         if not data or _is_binary(data):
             continue
         docs.append((path.relative_to(root).as_posix(), data))
@@ -102,17 +105,39 @@ def _folder_documents(root: Path, max_bytes: int) -> list[tuple[str, bytes]]:
     return docs
 
 
+def _read_file(path: Path, max_bytes: int) -> bytes:
+    """The first ``max_bytes`` of a regular file (a FIFO or a device is refused unopened: it could block)."""
+    try:
+        return read_bytes(path, "data file", max_bytes, truncate=True)
+    except ReadError as exc:
+        raise TrainError(str(exc)) from None
+
+
+def _check_data_path(path: str, p: Path) -> None:
+    """A data path is a regular file or a folder: a FIFO, a device or a socket is refused before it is opened."""
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise TrainError(f"data path {path} does not exist") from None
+    except OSError as exc:
+        raise TrainError(f"cannot read data path {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        try:
+            check_regular_file(p, "data path")
+        except ReadError as exc:
+            raise TrainError(f"{exc} (a text file, a parquet file or a folder)") from None
+
+
 def load_documents(path: str | None, max_bytes: int) -> tuple[str, list[tuple[str, bytes]]]:
     """(label, documents) for the default corpus (path None) or a user path."""
     if path is None:
         return stdlib_documents()
     p = Path(path).expanduser()
-    if not p.exists():
-        raise TrainError(f"data path {path} does not exist")
+    _check_data_path(path, p)
     if p.is_file() and p.suffix == ".parquet":
         docs = _parquet_documents([p], p.parent, max_bytes)
     elif p.is_file():
-        data = p.read_bytes()[:max_bytes]
+        data = _read_file(p, max_bytes)
         if _is_binary(data):
             raise TrainError(f"data file {path} is binary (a NUL byte in its first 8 KiB): pass a text file, "
                              "a folder (binary files in it are skipped) or a folder of parquet shards")

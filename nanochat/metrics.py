@@ -12,9 +12,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fusedgate.files import WriteError, write_atomic
+from fusedgate.files import ReadError, WriteError, read_text, write_atomic
+from fusedgate.nanochat.errors import TrainError
 
 FILENAME = "metrics.jsonl"
+MAX_METRICS_BYTES = 16 << 30  # a long d20 run with gate records logs a few hundred MiB
 
 
 def _clean(value: Any) -> Any:
@@ -36,9 +38,14 @@ class MetricsLog:
             self._truncate_after(resume_step)
 
     def _truncate_after(self, step: int) -> None:
-        """On resume, drop records logged after the checkpoint's step (they will be redone)."""
+        """On resume, drop records logged after the checkpoint's step (they will be redone). The log is read with
+        ``fusedgate.files.read_text``: a FIFO or a device in its place is a TrainError, not a hang."""
+        try:
+            text = read_text(self.path, "metrics log", MAX_METRICS_BYTES)
+        except ReadError as exc:
+            raise TrainError(f"{exc} (move it away to resume with a fresh log)") from None
         kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in text.splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:

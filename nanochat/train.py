@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from fusedgate.files import WriteError, check_writable_folder
 from fusedgate.nanochat.checkpoint import FILENAME as CHECKPOINT_FILENAME
-from fusedgate.nanochat.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from fusedgate.nanochat.checkpoint import check_compatible, load_checkpoint, one_line_reason, save_checkpoint
 from fusedgate.nanochat.data import check_size, load_data, train_batch, val_batches, val_batches_spread
 from fusedgate.nanochat.errors import TrainError
 from fusedgate.nanochat.metrics import FILENAME as METRICS_FILENAME
@@ -108,6 +108,7 @@ class TrainResult:
     gate_trajectory: list[dict] = field(default_factory=list)  # [{"step", "params": opt.gate_state()}]
     steps_done: int = 0
     total_s: float = 0.0            # wall time of the whole call, evaluation and setup included
+    resumed_wall_s: float = 0.0     # the part of wall_s trained before this call (from the checkpoint)
     n_params: int = 0
     tokenizer: str = "byte"
     device: str = "cpu"
@@ -307,6 +308,7 @@ class _Run:
     start: int = 0
     wall: float = 0.0
     first_step_s: float = 0.0
+    resumed_wall: float = 0.0    # the wall time trained before this call (a resumed run's checkpoint)
     val_curve: list = field(default_factory=list)
     train_curve: list = field(default_factory=list)
     gates: list = field(default_factory=list)
@@ -375,11 +377,12 @@ def _restore(run: _Run, ckpt: dict) -> None:
         run.model.load_state_dict(ckpt["model_state"])
         run.optimizer.load_state_dict(ckpt["optimizer_state"])
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise TrainError(f"checkpoint {run.config.resume} does not fit this model/optimizer: {detail}") from None
+        raise TrainError(f"checkpoint {run.config.resume} does not fit this model/optimizer: "
+                         f"{one_line_reason(exc)}") from None
     if hasattr(run.optimizer, "total_steps"):  # FusedGate's step-fraction sensor: the (possibly extended) horizon
         run.optimizer.total_steps = run.total_steps
     run.start, run.wall, run.first_step_s = ckpt["step"], ckpt["wall_s"], ckpt["first_step_s"]
+    run.resumed_wall = ckpt["wall_s"]
     run.val_curve, run.train_curve, run.gates = ckpt["val_curve"], ckpt["train_curve"], ckpt["gate_trajectory"]
 
 
@@ -513,9 +516,9 @@ def _finish(run: _Run, step: int, diverged: bool, message: str, t_start: float) 
         config=run.config, final_val_bpb=float("nan") if diverged else final_bpb, val_curve=run.val_curve,
         train_curve=run.train_curve, tokens_per_s=tokens_per_s, wall_s=wall, diverged=diverged,
         corpus_fingerprint=run.data.fingerprint, gate_trajectory=run.gates, steps_done=steps_done,
-        total_s=time.perf_counter() - t_start, n_params=run.model.num_params(), tokenizer=run.data.tokenizer,
-        final_val_se=run.final["se"], final_val_tokens=run.final["tokens"], final_val_batches=run.final["batches"],
-        device=str(run.device),
+        total_s=time.perf_counter() - t_start, resumed_wall_s=run.resumed_wall, n_params=run.model.num_params(),
+        tokenizer=run.data.tokenizer, final_val_se=run.final["se"], final_val_tokens=run.final["tokens"],
+        final_val_batches=run.final["batches"], device=str(run.device),
         message=message or ("" if finished else f"stopped at step {step} of {run.total_steps}"))
     run.log.write("result", step=step, **result.summary())
     return result

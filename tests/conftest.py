@@ -52,3 +52,13 @@ def read_only_folder(tmp_path):
             pytest.skip("no read-only folder available to this user")
     finally:
         folder.chmod(0o755)
+
+
+@pytest.fixture(scope="session")
+def finished_test_run(tmp_path_factory) -> Path:
+    """The run folder of a finished 3-step baseline run of the ``test`` preset (a real checkpoint)."""
+    from fusedgate.cli import main
+
+    out = tmp_path_factory.mktemp("finished-test-run") / "run"
+    assert main(["train", "--preset", "test", "--steps", "3", "--out", str(out), "--no-progress"]) == 0
+    return out

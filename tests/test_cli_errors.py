@@ -93,6 +93,8 @@ def test_spec_json_nested_too_deeply_is_a_spec_error():
     (["--seed", "9" * 25], "seed must be an integer from 0 to 18446744073709551615"),
     (["--device", "mps"], "device 'mps' is not available on this machine"),
     (["--device", "cuda:7"], "device 'cuda:7' is not available on this machine"),
+    (["--compare", ","], "--compare takes two or more distinct entries, got ','"),
+    (["--lr-scale", "nan"], "argument --lr-scale: expected a finite number above 0"),
 ])
 def test_train_bad_flag_is_one_line_and_trains_nothing(argv, message, tmp_path, capsys):
     if "mps" in argv and torch.backends.mps.is_available():
@@ -230,7 +232,8 @@ def test_bench_infinite_budget_is_refused(tmp_path):
     # a subprocess with a timeout, in case an accepted infinite budget measures until the repetition cap
     done = subprocess.run([sys.executable, "-m", "fusedgate", *BENCH_TINY, "--budget", "inf", "--out",
                            str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "--budget must be a positive number of seconds" in done.stderr
+    assert done.returncode == 2 and "argument --budget: expected a finite number above 0 and at most 3,600" \
+        in done.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -244,7 +247,7 @@ def test_bench_rerender_of_a_binary_file_is_a_usage_error(tmp_path, capsys):
     path = tmp_path / "cpu.json"
     path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
     code, err = run_cli(["bench", "--rerender", str(path)], capsys)
-    assert code == 2 and "is not a fusedgate bench results JSON (UnicodeDecodeError" in err
+    assert code == 2 and f"cannot read results JSON {path}: it is not UTF-8 text (byte 0x89 at offset 0)" in err
 
 
 def test_bench_writes_under_the_current_directory_by_default(tmp_path, monkeypatch, capsys):

@@ -1,4 +1,5 @@
-"""fusedgate.files: the atomic writer, the writable-folder check and markdown tables, on the real file system."""
+"""fusedgate.files: the input-file reader, the atomic writer, the writable-folder check and markdown tables, on the
+real file system (real FIFOs, /dev/zero, folders)."""
 
 import os
 import stat
@@ -6,7 +7,16 @@ import stat
 import pytest
 import torch
 
-from fusedgate.files import WriteError, check_writable_folder, markdown_table, write_atomic
+from fusedgate.files import (
+    ReadError,
+    WriteError,
+    check_regular_file,
+    check_writable_folder,
+    markdown_table,
+    read_bytes,
+    read_text,
+    write_atomic,
+)
 
 
 def test_write_atomic_writes_text_bytes_and_streams(tmp_path):
@@ -82,3 +92,51 @@ def test_markdown_table_round_trips_its_cells():
 
     assert cells(lines[0]) == ["optimizer", "bpb", "steps", "status"]
     assert [cells(line) for line in lines[2:]] == [[str(c) for c in row] for row in rows]
+
+
+# ------------------------------------------------------------------------------------------------ the reader
+def test_read_text_and_bytes_of_a_regular_file(tmp_path):
+    path = tmp_path / "spec.json"
+    path.write_text('{"é": 1}', encoding="utf-8")
+    assert read_text(path, "spec file", 100) == '{"é": 1}'
+    assert read_bytes(path, "spec file", 100) == '{"é": 1}'.encode()
+    assert read_bytes(path, "data file", 3, truncate=True) == b'{"\xc3'
+    link = tmp_path / "link.json"
+    link.symlink_to(path)
+    assert read_text(link, "spec file", 100) == '{"é": 1}'  # a link to a regular file is that file
+
+
+@pytest.fixture
+def special_files(tmp_path):
+    """A real FIFO (nobody writes to it: opening it for reading would block), a link to it, /dev/zero (never
+    ends), a folder."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link-to-fifo"
+    link.symlink_to(fifo)
+    return [(fifo, "a FIFO (named pipe)"), (link, "a FIFO (named pipe)"), ("/dev/zero", "a character device"),
+            (tmp_path, "a folder")]
+
+
+def test_special_files_are_refused_before_they_are_opened(special_files):
+    for path, kind in special_files:
+        for read in (lambda p: read_text(p, "spec file", 1000), lambda p: read_bytes(p, "data file", 10, True),
+                     lambda p: check_regular_file(p, "checkpoint")):
+            with pytest.raises(ReadError) as caught:
+                read(path)
+            message = str(caught.value)
+            assert message.startswith("cannot read ") and f"{path}: it is {kind}, not a regular file" in message
+
+
+def test_size_cap_encoding_and_missing_file_are_one_line(tmp_path):
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * (2 << 20))
+    with pytest.raises(ReadError, match=r"big.json: it is 2 MiB, over the 1 MiB limit for a spec file$"):
+        read_text(big, "spec file", 1 << 20)
+    latin = tmp_path / "latin.json"
+    latin.write_bytes('{"x": "d\xe9j\xe0"}'.encode("latin-1"))
+    with pytest.raises(ReadError, match=r"it is not UTF-8 text \(byte 0xe9 at offset 8\)"):
+        read_text(latin, "spec file", 100)
+    with pytest.raises(ReadError, match="missing.json: it does not exist") as caught:
+        read_text(tmp_path / "missing.json", "spec file", 100)
+    assert caught.value.reason == "it does not exist" and "\n" not in str(caught.value)

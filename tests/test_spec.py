@@ -185,5 +185,7 @@ def test_a_preset_name_or_a_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     GateSpec.adamw(lr=7e-4).save(tmp_path / "default")
     assert GateSpec.from_name_or_file("default") == GateSpec.adamw(lr=7e-4)  # an existing file wins
-    with pytest.raises(SpecError, match="cannot read"):
+    with pytest.raises(SpecError, match="cannot read") as caught:
         GateSpec.from_name_or_file("no-such-preset")
+    assert "'no-such-preset' is not a preset name either (presets: default, adamw, muon, nanochat)" \
+        in str(caught.value)

@@ -29,9 +29,10 @@ import time
 
 from fusedgate.brain.scenarios import ARMS, SCENARIOS, applies, arms_for, family, summarise, targets
 from fusedgate.brain.tasks import FAMILIES, OPTIMIZERS, TASKS
-from fusedgate.files import WriteError, check_writable_folder
+from fusedgate.files import ReadError, WriteError, check_writable_folder, read_text
 
 DEFAULT_OUT = os.path.join("fusedgate-results", "brain_eval")
+MAX_INIT_BYTES = 1_000_000  # OptBrain arguments are a few hundred bytes
 MAX = {"--seeds": 1000, "--steps": 1_000_000, "--window": 100_000, "--threads": 1024}
 
 
@@ -97,7 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=_count("--window", 3), default=None,
                         help="OptBrain window K (default: OptBrain's own)")
     parser.add_argument("--init", metavar="FILE", default=None,
-                        help="JSON object of OptBrain constructor arguments, e.g. {\"explore\": 0.5}")
+                        help="JSON object of OptBrain constructor arguments, e.g. {\"explore\": 0.5} "
+                             "(default: OptBrain's defaults)")
     parser.add_argument("--threads", type=_count("--threads"), default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--out", default=DEFAULT_OUT,
                         help=f"folder for brain_eval.md/.json/.png (default ./{DEFAULT_OUT})")
@@ -111,16 +113,10 @@ def read_init(path: str | None) -> dict:
     if path is None:
         return {}
     try:
-        with open(path, "rb") as f:
-            raw = f.read(1_000_001)
-    except OSError as exc:
-        raise UsageError(f"--init {path}: cannot read it ({exc.strerror or exc})") from None
-    if len(raw) > 1_000_000:
-        raise UsageError(f"--init {path}: larger than 1 MB, not an OptBrain argument file")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"--init {path}: not UTF-8 text (byte {exc.start}); expected a JSON object") from None
+        text = read_text(path, "--init file", MAX_INIT_BYTES)
+    except ReadError as exc:
+        raise UsageError(f"--init {path}: cannot read it: {exc.reason} (expected a JSON object of OptBrain "
+                         "arguments)") from None
     try:
         kwargs = json.loads(text)
     except (json.JSONDecodeError, RecursionError, ValueError) as exc:

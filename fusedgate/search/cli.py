@@ -14,13 +14,14 @@ must be given again with ``--mutator-cmd`` on the resuming command line.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sqlite3
 import sys
 import time
 
+from fusedgate.argtypes import int_in, int_list, number_in, number_list
+from fusedgate.files import ReadError, WriteError, check_regular_file, check_writable_folder
 from fusedgate.search.archive import Archive, ArchiveError
 from fusedgate.search.mutations import OPERATORS
 from fusedgate.spec import GateSpec, SpecError
@@ -30,201 +31,165 @@ from fusedgate.spec import GateSpec, SpecError
 FINAL_EVAL_TOKENS = 524_288
 
 
-MAX_LIST = 256   # values of one --seeds/--horizons list (SearchConfig's MAX_SEEDS)
-
-
-def _ints(text: str) -> list[int]:
-    """Comma-separated integers and ranges: "0,1,2", "0-4", "0-4,10"."""
-    values = []
-    try:
-        for part in (x.strip() for x in text.split(",")):
-            if not part:
-                continue
-            lo, sep, hi = part.partition("-") if not part.startswith("-") else (part, "", "")
-            lo, hi = int(lo), int(hi) if sep else int(lo)
-            if hi - lo + 1 + len(values) > MAX_LIST:   # checked before the range is built
-                raise argparse.ArgumentTypeError(f"{text!r} names more than {MAX_LIST} values")
-            values += list(range(lo, hi + 1))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers or ranges (0-4), got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    if len(set(values)) != len(values):
-        raise argparse.ArgumentTypeError(f"repeated values in {text!r}")
-    return values
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or not all(math.isfinite(v) and v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
-    return values
-
-
 class UsageError(ValueError):
     """Bad input from the user: one line on stderr, exit code 2."""
 
 
 def load_spec_file(path: str) -> GateSpec:
-    """A spec file, with one clear line for a missing, binary or non-UTF-8 file."""
+    """A spec file (``GateSpec.load``: a regular UTF-8 file, size-capped), errors as one UsageError line."""
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        raise UsageError(f"cannot read spec file {path}: {exc.strerror}") from None
-    if b"\0" in raw[:8192]:
-        raise UsageError(f"spec file {path} is a binary file, not spec JSON")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"spec file {path} is not UTF-8 text (byte {exc.start}); expected spec JSON") from None
-    try:
-        return GateSpec.from_json(text)
+        return GateSpec.load(path)
     except SpecError as exc:
         raise UsageError(f"spec file {path}: {exc}") from None
 
 
+# bounds on what a user types (issue 22): checked by the parser, before anything is allocated or created
+MAX_SEED = 2**32 - 1
+MAX_SEEDS = 1000           # per seed list; a range is sized before it is expanded
+MAX_STEPS = 10**9          # the trainer's own bound
+MAX_GENERATIONS = 1000
+MAX_POPULATION = 1000
+MAX_EVAL_TOKENS = 10**12   # the trainer's bound on final_eval_tokens
+MAX_WORKERS = 1024
+MAX_LR_SCALE = 100.0
+MAX_TIMEOUT_S = 86_400.0
+
+
+def _seeds(most: int = MAX_SEEDS):
+    return int_list(0, MAX_SEED, most)
+
+
+def _steps_flag(p, name: str, default: int | None, what: str) -> None:
+    shown = "" if default is None else f" (default {default})"
+    p.add_argument(name, type=int_in(1, MAX_STEPS), default=default, help=f"{what}, 1 to {MAX_STEPS:,}{shown}")
+
+
 def _add_executor_args(p) -> None:
     p.add_argument("--executor", choices=("local", "ray"), default="local", help="local process pool (default) or Ray")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="local workers (default: --jobs-per-gpu per GPU, else one single-threaded worker per CPU core)",
-    )
-    p.add_argument("--jobs-per-gpu", type=int, default=1, help="local workers sharing each GPU (default 1)")
-    p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto, ray://host:10001)")
-    p.add_argument(
-        "--connect-timeout", type=float, default=10.0, help="Ray: seconds to wait for --address (default 10)"
-    )
-    p.add_argument("--gpus-per-job", type=float, default=0.0, help="Ray: GPUs per job (default 0)")
-    p.add_argument("--cpus-per-job", type=int, default=1, help="Ray: CPUs per job (default 1)")
+    p.add_argument("--workers", type=int_in(1, MAX_WORKERS), default=None,
+                   help=f"local workers, 1 to {MAX_WORKERS} (default: --jobs-per-gpu per GPU, else one "
+                        "single-threaded worker per CPU core)")
+    p.add_argument("--jobs-per-gpu", type=int_in(1, 64), default=1,
+                   help="local workers sharing each GPU, 1 to 64 (default 1)")
+    p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto, ray://host:10001; default: none)")
+    p.add_argument("--connect-timeout", type=number_in(0, 3600, lo_open=True), default=10.0,
+                   help="Ray: seconds to wait for --address, at most 3600 (default 10)")
+    p.add_argument("--gpus-per-job", type=number_in(0, 64), default=0.0, help="Ray: GPUs per job, 0 to 64 (default 0)")
+    p.add_argument("--cpus-per-job", type=int_in(1, MAX_WORKERS), default=1,
+                   help=f"Ray: CPUs per job, 1 to {MAX_WORKERS} (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_corpus_args(p, db: str, out: str | None) -> None:
+    """--db, --out, --preset and --data, shared by run, calibrate and noise."""
+    p.add_argument("--db", default=db, metavar="ARCHIVE", help=f"archive file (default {db})")
+    if out is not None:
+        p.add_argument("--out", default=out, metavar="DIR", help=f"report folder (default {out})")
+    p.add_argument("--preset", default="tiny", help="NanoChat preset: test, tiny, small, d12, d20 (default tiny)")
+    p.add_argument("--data", default=None, metavar="PATH", help="corpus path (default: the python stdlib)")
+
+
+def _add_run_args(run) -> None:
+    _add_corpus_args(run, "search.sqlite", None)
+    run.add_argument("--generations", type=int_in(1, MAX_GENERATIONS), default=3,
+                     help=f"generations, 1 to {MAX_GENERATIONS} (default 3)")
+    run.add_argument("--population", type=int_in(1, MAX_POPULATION), default=6,
+                     help=f"candidates per generation, elites included, 1 to {MAX_POPULATION} (default 6)")
+    run.add_argument("--survivors", type=int_in(1, MAX_POPULATION), default=2,
+                     help="confirmed per generation, and elites kept; at most --population (default 2)")
+    _steps_flag(run, "--screen-steps", 100, "screening horizon, the early prune")
+    run.add_argument("--screen-seeds", type=_seeds(), default=[0, 1],
+                     help=f"screening seeds, comma-separated or ranges, at most {MAX_SEEDS} (default 0,1)")
+    run.add_argument("--horizons", type=int_list(1, MAX_STEPS, 8), default=[300, 600],
+                     help="confirmation horizons: a win must hold at every one, at most 8 (default 300,600)")
+    run.add_argument("--seeds", type=_seeds(), default=list(range(10, 18)),
+                     help=f"confirmation seeds, e.g. 10-17, from 0 to {MAX_SEED} (default 10-17)")
+    run.add_argument("--lr-scales", type=number_list(0, MAX_LR_SCALE, 16, lo_open=True), default=[0.7, 1.0, 1.4],
+                     help="reference lr scales swept at each horizon (the best is the tuned reference), including "
+                          "1; a winner must not be significantly worse at the others (default 0.7,1,1.4)")
+    run.add_argument("--holdout-seeds", type=_seeds(), default=list(range(30, 38)),
+                     help="held-out seeds of the steps-to-target stage (default 30-37)")
+    run.add_argument("--ladder", type=number_list(0.1, 10, 16), default=[0.8, 0.9, 1.0, 1.15],
+                     help="steps-to-target ratios r, including 1: the reference also runs H/r steps "
+                          "(default 0.8,0.9,1,1.15)")
+    run.add_argument("--final-eval-tokens", type=int_in(1, MAX_EVAL_TOKENS), default=FINAL_EVAL_TOKENS,
+                     help=f"val tokens of the final evaluation after screening (default {FINAL_EVAL_TOKENS})")
+    run.add_argument("--transfer-preset", default="tiny-d4",
+                     help="held-out transfer configuration (default tiny-d4: the tiny preset at depth 4)")
+    _steps_flag(run, "--transfer-steps", None, "transfer horizon (default: the first of --horizons)")
+    run.add_argument("--transfer-seeds", type=_seeds(), default=list(range(50, 58)),
+                     help="held-out transfer seeds (default 50-57)")
+    run.add_argument("--min-effect", type=number_in(0, 10), default=None,
+                     help="minimal mean gain in bpb for a win, 0 to 10 (default: from the noise floor)")
+    run.add_argument("--seed", type=int_in(0, MAX_SEED), default=0, help="seed of the mutation RNG (default 0)")
+    run.add_argument("--init", action="append", default=None, metavar="SPEC.json",
+                     help="initial spec file (repeatable; default: nanochat(), GateSpec.default() and a gated "
+                          "Muon spec)")
+    run.add_argument("--operators", default=None,
+                     help=f"comma-separated operators, or 'all' (default: all except those the trainer "
+                          f"overrides). Known: {', '.join(OPERATORS)}")
+    run.add_argument("--reuse", action="append", default=None, metavar="ARCHIVE",
+                     help="copy finished runs with the same job keys from another archive (e.g. a noise "
+                          "measurement; repeatable; default: none)")
+    run.add_argument("--mutator-cmd", default=None,
+                     help="external mutator, run without a shell: spec JSON on stdin -> child on stdout "
+                          "(default: none, the built-in operators)")
+    run.add_argument("--mutator-timeout", type=number_in(0, MAX_TIMEOUT_S, lo_open=True), default=300.0,
+                     help="seconds the external mutator may take per child (default 300)")
+    run.add_argument("--mutator-retries", type=int_in(0, 100), default=2,
+                     help="attempts after a rejected or failed child, 0 to 100 (default 2)")
+    _add_executor_args(run)
+
+
+def _add_resume_args(resume) -> None:
+    resume.add_argument("--db", default="search.sqlite", metavar="ARCHIVE",
+                        help="the archive to continue (default search.sqlite)")
+    resume.add_argument("--mutator-cmd", default=None,
+                        help="the external mutator, again: a command stored in an archive is never run "
+                             "(default: none)")
+    _add_executor_args(resume)
+
+
+def _add_report_args(report) -> None:
+    report.add_argument("--db", default="search.sqlite", metavar="ARCHIVE",
+                        help="archive to report on (default search.sqlite)")
+    report.add_argument("--out", default="search_report", metavar="DIR",
+                        help="output directory (default search_report)")
+
+
+def _add_calibrate_args(cal) -> None:
+    _add_corpus_args(cal, "calibrate.sqlite", "calibrate_report")
+    cal.add_argument("--n", type=int_in(2, 10_000), default=8, help="number of random specs, 2 to 10,000 (default 8)")
+    _steps_flag(cal, "--screen-steps", 100, "screening horizon")
+    _steps_flag(cal, "--confirm-steps", 300, "confirmation horizon")
+    cal.add_argument("--seeds", type=_seeds(), default=[0], help="confirmation seeds (default 0)")
+    cal.add_argument("--seed", type=int_in(0, MAX_SEED), default=0, help="seed of the random specs (default 0)")
+    cal.add_argument("--final-eval-tokens", type=int_in(1, MAX_EVAL_TOKENS), default=None,
+                     help="val tokens of the final evaluation (default: the preset's eval set)")
+    _add_executor_args(cal)
+
+
+def _add_noise_args(noise) -> None:
+    _add_corpus_args(noise, "noise.sqlite", "noise_report")
+    noise.add_argument("--seeds", type=_seeds(), default=list(range(8)), help="seeds, at least 2 (default 0-7)")
+    noise.add_argument("--horizons", type=int_list(1, MAX_STEPS, 100), default=[100, 300],
+                       help="training steps, comma-separated, at most 100 (default 100,300)")
+    noise.add_argument("--second-lr-scale", type=number_in(0, MAX_LR_SCALE, lo_open=True), default=0.7,
+                       help="lr scale of the second baseline configuration (paired differences; default 0.7)")
+    noise.add_argument("--final-eval-tokens", type=int_in(1, MAX_EVAL_TOKENS), default=FINAL_EVAL_TOKENS,
+                       help=f"val tokens of the final evaluation (default {FINAL_EVAL_TOKENS})")
+    _add_executor_args(noise)
 
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="search_command", metavar="ACTION", required=True)
-    run = sub.add_parser("run", help="start a new search")
-    run.add_argument("--db", default="search.sqlite", help="archive file to create (default search.sqlite)")
-    run.add_argument("--preset", default="tiny", help="NanoChat preset (test, tiny, small, d12, d20)")
-    run.add_argument("--data", default=None, help="corpus path (default: the python stdlib)")
-    run.add_argument("--generations", type=int, default=3, help="generations (default 3)")
-    run.add_argument("--population", type=int, default=6, help="candidates per generation, elites included (default 6)")
-    run.add_argument("--survivors", type=int, default=2, help="confirmed per generation, and elites kept (default 2)")
-    run.add_argument("--screen-steps", type=int, default=100, help="screening horizon, the early prune (default 100)")
-    run.add_argument("--screen-seeds", type=_ints, default=[0, 1], help="screening seeds (default 0,1)")
-    run.add_argument(
-        "--horizons", type=_ints, default=[300, 600],
-        help="confirmation horizons: a win must hold at every one (default 300,600)",
-    )
-    run.add_argument("--seeds", type=_ints, default=list(range(10, 18)), help="confirmation seeds (default 10-17)")
-    run.add_argument(
-        "--lr-scales",
-        type=_floats,
-        default=[0.7, 1.0, 1.4],
-        help="reference lr scales swept at each horizon (the best is the tuned reference); a winner must not be "
-        "significantly worse at the others (default 0.7,1,1.4)",
-    )
-    run.add_argument(
-        "--holdout-seeds", type=_ints, default=list(range(30, 38)),
-        help="held-out seeds of the steps-to-target stage (default 30-37)",
-    )
-    run.add_argument(
-        "--ladder", type=_floats, default=[0.8, 0.9, 1.0, 1.15],
-        help="steps-to-target ratios: the reference also runs H/r steps for each r (default 0.8,0.9,1,1.15)",
-    )
-    run.add_argument(
-        "--final-eval-tokens",
-        type=int,
-        default=FINAL_EVAL_TOKENS,
-        help=f"val tokens of the final evaluation after screening (default {FINAL_EVAL_TOKENS})",
-    )
-    run.add_argument(
-        "--transfer-preset", default="tiny-d4", help="held-out transfer configuration (default tiny-d4: depth 4)"
-    )
-    run.add_argument(
-        "--transfer-steps", type=int, default=None, help="transfer horizon (default: the first of --horizons)"
-    )
-    run.add_argument(
-        "--transfer-seeds", type=_ints, default=list(range(50, 58)), help="held-out transfer seeds (default 50-57)"
-    )
-    run.add_argument(
-        "--min-effect", type=float, default=None, help="minimal mean gain for a win (default: from the noise floor)"
-    )
-    run.add_argument("--seed", type=int, default=0, help="seed of the mutation RNG")
-    run.add_argument(
-        "--init",
-        action="append",
-        default=None,
-        metavar="SPEC.json",
-        help="initial spec file (repeatable; default: a gated Muon spec and GateSpec.default())",
-    )
-    run.add_argument(
-        "--operators",
-        default=None,
-        help=f"comma-separated operators, or 'all' (default: all except those the trainer "
-        f"overrides). Known: {', '.join(OPERATORS)}",
-    )
-    run.add_argument(
-        "--reuse",
-        action="append",
-        default=None,
-        metavar="ARCHIVE",
-        help="copy finished runs with the same job keys from another archive (e.g. a noise measurement)",
-    )
-    run.add_argument(
-        "--mutator-cmd",
-        default=None,
-        help="external mutator, run without a shell: spec JSON on stdin -> child on stdout",
-    )
-    run.add_argument("--mutator-timeout", type=float, default=300.0)
-    run.add_argument("--mutator-retries", type=int, default=2)
-    _add_executor_args(run)
-
-    resume = sub.add_parser("resume", help="continue a search from its archive")
-    resume.add_argument("--db", default="search.sqlite")
-    resume.add_argument(
-        "--mutator-cmd",
-        default=None,
-        help="the external mutator, again: a command stored in an archive is never run",
-    )
-    _add_executor_args(resume)
-
-    report = sub.add_parser("report", help="write report.md and plots from an archive")
-    report.add_argument("--db", default="search.sqlite")
-    report.add_argument("--out", default="search_report", help="output directory (default search_report)")
-
-    cal = sub.add_parser("calibrate", help="rank correlation of screening vs confirmation on random specs")
-    cal.add_argument("--db", default="calibrate.sqlite", help="archive (resumed if it exists)")
-    cal.add_argument("--out", default="calibrate_report")
-    cal.add_argument("--preset", default="tiny")
-    cal.add_argument("--data", default=None)
-    cal.add_argument("--n", type=int, default=8, help="number of random specs (default 8)")
-    cal.add_argument("--screen-steps", type=int, default=100)
-    cal.add_argument("--confirm-steps", type=int, default=300)
-    cal.add_argument("--seeds", type=_ints, default=[0])
-    cal.add_argument("--seed", type=int, default=0)
-    cal.add_argument("--final-eval-tokens", type=int, default=None, help="val tokens of the final evaluation")
-    _add_executor_args(cal)
-
-    noise = sub.add_parser("noise", help="the noise floor: baseline seed spread and paired differences per horizon")
-    noise.add_argument("--db", default="noise.sqlite", help="archive (resumed if it exists)")
-    noise.add_argument("--out", default="noise_report")
-    noise.add_argument("--preset", default="tiny")
-    noise.add_argument("--data", default=None)
-    noise.add_argument("--seeds", type=_ints, default=list(range(8)), help="seeds (default 0-7)")
-    noise.add_argument("--horizons", type=_ints, default=[100, 300], help="training steps (default 100,300)")
-    noise.add_argument(
-        "--second-lr-scale",
-        type=float,
-        default=0.7,
-        help="lr scale of the second baseline configuration (paired differences; default 0.7)",
-    )
-    noise.add_argument("--final-eval-tokens", type=int, default=FINAL_EVAL_TOKENS)
-    _add_executor_args(noise)
+    _add_run_args(sub.add_parser("run", help="start a new search"))
+    _add_resume_args(sub.add_parser("resume", help="continue a search from its archive"))
+    _add_report_args(sub.add_parser("report", help="write report.md and plots from an archive"))
+    _add_calibrate_args(sub.add_parser("calibrate", help="rank correlation of screening vs confirmation on random "
+                                                         "specs; resumed when --db exists"))
+    _add_noise_args(sub.add_parser("noise", help="the noise floor: baseline seed spread and paired differences per "
+                                                 "horizon; resumed when --db exists"))
 
 
 def make_executor(args, cfg: dict | None = None):
@@ -374,13 +339,13 @@ def main(args) -> int:
         if args.search_command == "run":
             cfg = _config(args)
             for path in args.reuse or ():
-                Archive.open(path).close()  # a bad --reuse fails before the archive is created
+                _open_archive(path, "--reuse").close()  # a bad --reuse fails before the archive is created
             archive = Archive.create(args.db, cfg)
             for path in args.reuse or ():
                 print(f"reused {archive.import_evaluations(path)} finished runs from {path}", file=sys.stderr)
             return _search(archive, args)
         if args.search_command == "resume":
-            archive = Archive.open(args.db)
+            archive = _open_archive(args.db, "--db")
             if archive.config().get("mode") == "calibrate":
                 raise ValueError(
                     f"{args.db} is a calibration archive: rerun `fusedgate search calibrate --db {args.db}`"
@@ -389,7 +354,8 @@ def main(args) -> int:
         if args.search_command == "report":
             from fusedgate.search.report import write_report
 
-            archive = Archive.open(args.db)
+            _check_out(args.out)
+            archive = _open_archive(args.db, "--db")
             if archive.config().get("mode") == "calibrate":
                 from fusedgate.search.calibrate import summarize
                 from fusedgate.search.calibrate import write_report as write_calibration
@@ -403,6 +369,10 @@ def main(args) -> int:
             return _calibrate(args)
         if args.search_command == "noise":
             return _noise(args)
+    except OSError as exc:  # a report folder that turned unwritable during the run
+        reason = str(exc) if isinstance(exc, WriteError) else f"{exc.filename or ''}: {exc.strerror or exc}"
+        print(f"fusedgate search: error: {reason}", file=sys.stderr)
+        return 2
     except sqlite3.DatabaseError as exc:
         print(f"fusedgate search: error: {args.db}: {exc} (the archive is damaged; restore it from a backup)",
               file=sys.stderr)
@@ -424,21 +394,42 @@ def main(args) -> int:
     return 2
 
 
+def _open_archive(path: str, flag: str) -> Archive:
+    """``Archive.open`` of a regular file: a FIFO, a device or a folder is named as such (stat, not opened);
+    a missing one is Archive.open's "no such archive"."""
+    if os.path.lexists(path):
+        try:
+            check_regular_file(path, f"{flag} archive")
+        except ReadError as exc:
+            raise UsageError(str(exc)) from None
+    return Archive.open(path)
+
+
+def _check_out(out: str) -> None:
+    """A report folder that can be written (created if missing), checked before any work: one UsageError line."""
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out} exists and is not a folder")
+    try:
+        check_writable_folder(out)
+    except WriteError as exc:
+        raise UsageError(f"--out {out}: {exc}") from None
+
 
 def _resume_archive(db: str, mode: str, what: str):
     """The existing archive at ``db`` when it holds ``mode`` runs (to resume them), None when there is none;
     a UsageError when it holds something else."""
-    if not os.path.exists(db):
+    if not os.path.lexists(db):
         return None
-    archive = Archive.open(db)
+    archive = _open_archive(db, "--db")
     if archive.config().get("mode") != mode:
         archive.close()
         raise UsageError(f"{db} is not {what} archive; choose another --db")
     print(f"resuming {what} in {db} (its stored settings apply)", file=sys.stderr)
     return archive
 
-def _calibrate(args) -> int:
 
+def _calibrate(args) -> int:
+    _check_out(args.out)
     from fusedgate.nanochat.presets import get_preset
     from fusedgate.search.calibrate import calibration_config, run_calibration, write_report
 
@@ -482,7 +473,7 @@ def _calibrate(args) -> int:
 
 
 def _noise(args) -> int:
-
+    _check_out(args.out)
     from fusedgate.nanochat.presets import get_preset
     from fusedgate.search.evaluate import corpus_fingerprint
     from fusedgate.search.noise import noise_config, run_noise, write_report
