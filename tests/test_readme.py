@@ -29,7 +29,8 @@ BRAIN = ({"--seeds": "1", "--tasks": "nanochat", "--optimizers": "adamw"},
 SEARCH = {"--preset": "test", "--seeds": "0-1", "--horizons": "2,3", "--generations": "1", "--population": "2",
           "--survivors": "1", "--screen-steps": "2", "--confirm-steps": "3", "--n": "2"}
 SEARCH_EXTRA = ["--final-eval-tokens", "256", "--workers", "1", "--no-progress"]
-RUN_EXTRA = ["--lr-scales", "1,2", "--transfer-steps", "3", *SEARCH_EXTRA]
+RUN_EXTRA = ["--lr-scales", "1,2", "--transfer-preset", "test", "--transfer-steps", "3", "--holdout-seeds", "5,6",
+             "--ladder", "0.8,1", *SEARCH_EXTRA]
 
 # folder -> [(README command, (flag values replaced, flags added))], run in this order in that folder
 RUNS: dict[str, list[tuple[str, tuple[dict, list]]]] = {
@@ -38,18 +39,23 @@ RUNS: dict[str, list[tuple[str, tuple[dict, list]]]] = {
         ("fusedgate train --preset tiny --compare --seed S", train("run-seed")),
         ("fusedgate train --preset tiny --compare --nproc 2", train("run-nproc")),
         ("fusedgate train", ({}, ["--help"])),
+        ("fusedgate train --compare baseline,fusedgate:default --seeds 0-4 --ladder 0.8,0.9,1,1.15",
+         ({"--seeds": "0-1", "--ladder": "0.8,1"}, ["--preset", "test", "--steps", "4", "--no-progress", "--out",
+                                                    "run-ladder"])),
         ("fusedgate spec show default", ({}, [])),
     ],
     "brain": [
         ("fusedgate brain-eval --seeds 5", BRAIN),
         ("fusedgate brain-eval --tasks nanochat --optimizers adamw --scenarios schedule --seeds 3", BRAIN),
         ("fusedgate brain-eval --init my_brain.json ...", BRAIN),
+        ("fusedgate brain-eval --tasks heldout --seeds 5", BRAIN),
+        ("fusedgate brain-eval --tasks regression,mlp,heldout --seeds 5", BRAIN),
     ],
     "search": [
         ("fusedgate search", ({}, ["--help"])),
         ("fusedgate search noise --seeds 0-7 --horizons 100,300", (SEARCH, ["--preset", "test", *SEARCH_EXTRA])),
-        ("fusedgate search run --generations 4 --population 4 --survivors 1 --seeds 0-4 --reuse noise.sqlite",
-         (SEARCH, ["--preset", "test", *RUN_EXTRA])),
+        ("fusedgate search run --preset tiny --generations 4 --population 6 --survivors 2 --screen-steps 100 "
+         "--horizons 300,600 --seeds 10-17", (SEARCH, RUN_EXTRA)),
         ("fusedgate search report", ({}, [])),
         ("fusedgate search resume", ({}, ["--workers", "1", "--no-progress"])),
         ("fusedgate search calibrate --n 8", (SEARCH, ["--preset", "test", *SEARCH_EXTRA])),
@@ -57,8 +63,6 @@ RUNS: dict[str, list[tuple[str, tuple[dict, list]]]] = {
     "search-measured": [
         ("fusedgate search noise --preset tiny --seeds 0-7 --horizons 100,300 --workers 1",
          (SEARCH, SEARCH_EXTRA[:2] + SEARCH_EXTRA[4:])),
-        ("fusedgate search run --preset tiny --generations 4 --population 4 --survivors 1 --screen-steps 100 "
-         "--confirm-steps 300 --seeds 0-4 --reuse noise.sqlite", (SEARCH, RUN_EXTRA)),
         ("fusedgate search calibrate --preset tiny --n 8 --screen-steps 100 --confirm-steps 300 --seeds 0",
          ({**SEARCH, "--seeds": "0"}, SEARCH_EXTRA)),
     ],
