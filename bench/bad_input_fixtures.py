@@ -126,9 +126,12 @@ def _archives(root: Path) -> None:
     for name, overrides in (("archive_badconfig", {"population": -3, "generations": 10**9}),
                             ("archive_mutator", {"mutator_cmd": "touch pwned.txt"})):
         path = root / f"{name}.sqlite"
-        if not path.exists():
+        if not path.exists():   # a valid archive, then its stored config overwritten as a hand edit would
             Archive.create(str(path), default_config(preset="test", confirm_seeds=[0], lr_scales=[1.0],
-                                                     screen_steps=2, confirm_steps=2, **overrides)).close()
+                                                     screen_steps=2, horizons=[2])).close()
+            with sqlite3.connect(path) as conn:
+                stored = json.loads(conn.execute("SELECT value FROM meta WHERE key='config'").fetchone()[0])
+                conn.execute("UPDATE meta SET value=? WHERE key='config'", (json.dumps({**stored, **overrides}),))
     with sqlite3.connect(root / "archive_nometa.sqlite") as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS other (x)")
 

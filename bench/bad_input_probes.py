@@ -213,7 +213,7 @@ def api_probes() -> list[Probe]:
             api("FusedGate", "backend='cuda-magic'", make + "FusedGate([p], backend='cuda-magic')")]
     spec = "from fusedgate import GateSpec\n"
     out += [api("GateSpec", f"load {what}", spec + f"GateSpec.load({path!r})") for what, path in SPECIAL + BAD_TEXT]
-    out += [api("GateSpec", "lr=nan", spec + "GateSpec.default().replace(lr=float('nan'))"),
+    out += [api("GateSpec", "lr=nan", spec + "GateSpec.gated().replace(lr=float('nan'))"),
             api("GateSpec", "ns_steps=True", spec + "GateSpec.from_dict({'version': 2, 'ns_steps': True})"),
             api("GateSpec", "from_json of 200,000 brackets", spec + "GateSpec.from_json('[' * 200000)"),
             api("GateSpec", "from_dict of a list", spec + "GateSpec.from_dict([1, 2])")]

@@ -125,7 +125,8 @@ def contestants(depth: int, specs: list[str], weight_decay: float) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depth", type=int, default=2, help="GPT depth (default 2)")
-    parser.add_argument("--specs", default="nanochat,default", help="comma-separated preset names or spec files")
+    parser.add_argument("--specs", default="nanochat,gated",
+                        help="comma-separated preset names or spec files (default nanochat,gated)")
     parser.add_argument("--blocks", type=int, default=30, help="alternating blocks (default 30)")
     parser.add_argument("--block", type=int, default=10, help="steps per block (default 10)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per contestant, compiling (default 5)")

@@ -84,8 +84,8 @@ class Contestant:
 
 # ---------------------------------------------------------------------------------------------- helpers
 def gated_spec_without_ortho() -> GateSpec:
-    """GateSpec.default() with ω = 0 at both poles: sensors + gate + clip + update, no Newton–Schulz."""
-    spec = GateSpec.default()
+    """GateSpec.gated() with ω = 0 at both poles: sensors + gate + clip + update, no Newton–Schulz."""
+    spec = GateSpec.gated()
     return spec.replace(
         aggressive=dataclasses.replace(spec.aggressive, ortho=0.0),
         conservative=dataclasses.replace(spec.conservative, ortho=0.0),
@@ -271,7 +271,7 @@ CORE_CONTESTANTS: tuple[Contestant, ...] = (
     ),
     Contestant(
         "fg_default_triton",
-        "FusedGate, GateSpec.default() (gate + Newton–Schulz blend), Triton backend",
+        "FusedGate, GateSpec.gated() (gate + Newton–Schulz blend), Triton backend",
         STEP_CASES,
         fusedgate(GateSpec.default, "triton"),
         uses_triton=True,

@@ -78,7 +78,7 @@ def alternate(steps: dict, blocks: int, block: int, warmup: int) -> dict[str, fl
     return {label: statistics.median(s) for label, s in samples.items()}
 
 
-def measure(depth: int = 2, specs: tuple[str, ...] = ("nanochat", "default"), blocks: int = 30, block: int = 10,
+def measure(depth: int = 2, specs: tuple[str, ...] = ("nanochat", "gated"), blocks: int = 30, block: int = 10,
             warmup: int = 5, weight_decay: float = 0.1) -> dict:
     """Median per-step seconds per contestant and the ratio to the baseline (see the module docstring)."""
     contestants = _contestants(depth, list(specs), weight_decay)
@@ -95,8 +95,8 @@ def measure(depth: int = 2, specs: tuple[str, ...] = ("nanochat", "default"), bl
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineErrorParser(prog="python -m fusedgate.bench.cpu_step", description=__doc__.splitlines()[0])
     parser.add_argument("--depth", type=int_in(1, 64), default=2, help="GPT depth, 1 to 64 (default 2)")
-    parser.add_argument("--specs", default="nanochat,default",
-                        help="comma-separated preset names or spec files (default nanochat,default)")
+    parser.add_argument("--specs", default="nanochat,gated",
+                        help="comma-separated preset names or spec files (default nanochat,gated)")
     parser.add_argument("--blocks", type=int_in(1, 10_000), default=30, help="timed blocks, 1 to 10,000 (default 30)")
     parser.add_argument("--block", type=int_in(1, 10_000), default=10,
                         help="steps per block, 1 to 10,000 (default 10)")

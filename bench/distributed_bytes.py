@@ -103,7 +103,7 @@ def _worker(rank: int, world: int, store: str, depth: int, vocab: int, out: str,
     dist.destroy_process_group()
 
 
-def measure(depth: int, vocab: int, world: int, preset: str = "default") -> list[tuple[int, int]]:
+def measure(depth: int, vocab: int, world: int, preset: str = "gated") -> list[tuple[int, int]]:
     """[(state bytes, bytes sent per step)] per rank of a ``world``-rank FusedGate zero2 step."""
     if world == 1:
         from fusedgate.distributed import state_bytes
@@ -123,8 +123,8 @@ def main(argv=None) -> None:
     parser.add_argument("--vocab", type=int_in(2, 1 << 20), default=8192, help="vocabulary size (default 8192)")
     parser.add_argument("--worlds", type=int_in(1, 64), nargs="+", default=[1, 2, 3, 4],
                         help="process counts to measure, 1 to 64 each (default 1 2 3 4)")
-    parser.add_argument("--presets", nargs="+", default=["nanochat", "default"],
-                        choices=["nanochat", "default", "muon", "adamw"], help="FusedGate presets")
+    parser.add_argument("--presets", nargs="+", default=["nanochat", "gated"],
+                        choices=["nanochat", "default", "gated", "muon", "adamw"], help="FusedGate presets")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     model = _model(args.depth, args.vocab)

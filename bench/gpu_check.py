@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="the folder of the check's files ($OUT)")
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU, Triton's interpreter")
     parser.add_argument("--runs", type=Path, help="report: the training stage's run folders")
-    parser.add_argument("--entries", default="baseline,fusedgate:nanochat,fusedgate:default",
+    parser.add_argument("--entries", default="baseline,fusedgate:nanochat,fusedgate:gated",
                         help="report: the training entries, in order")
     args = parser.parse_args(argv)
     plan = DRY_PLAN if args.dry_run else GPU_PLAN

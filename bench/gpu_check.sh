@@ -11,7 +11,7 @@
 #   2 pytest    pytest -m gpu on the test files that carry the gpu marker
 #   3 bench     python -m fusedgate.bench.gpu_check bench (the rows that answer the targets)
 #   4 train     fusedgate train --preset small --device cuda, one process per --compare entry
-#               (baseline, fusedgate:nanochat, fusedgate:default), shortened to fit
+#               (baseline, fusedgate:nanochat, fusedgate:gated), shortened to fit
 #   5 profile   a torch.profiler table of one FusedGate step at d20, if time is left
 # then a report (train.json, train.md, bench.md with the targets, bench.png). All of it goes flat into $OUT,
 # 8 files: env.txt (versions, nvidia-smi, each stage's log and exit status), pytest.log, bench.json,
@@ -38,7 +38,7 @@ RESERVE=20                       # seconds kept for the report
 WORK=${GPU_CHECK_WORK:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
 mkdir -p "$WORK/logs"
 STAGES=${GPU_CHECK_STAGES:-"1 2 3 4 5"}
-ENTRIES="baseline fusedgate:nanochat fusedgate:default"
+ENTRIES="baseline fusedgate:nanochat fusedgate:gated"
 ENV_TXT="$OUT/env.txt"
 LOG_CAP=2000000                  # bytes of one stage's log copied into env.txt (head and tail)
 export PYTHONUNBUFFERED=1

@@ -21,7 +21,7 @@ from fusedgate.bench.workloads import nanochat_workload
 from fusedgate.optimizer import FusedGate
 from fusedgate.spec import GateSpec
 
-SPECS = ("default", "nanochat")
+SPECS = ("gated", "nanochat")
 ROW_LIMIT = 30
 
 

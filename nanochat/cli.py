@@ -34,7 +34,7 @@ MAX_PROCESSES = 1024
 MAX_LR_SCALE = 1000.0
 DEFAULT_SPEC = "default"
 # the main job: nanochat's optimizer, FusedGate as that same optimizer, and the gated default on top of it
-DEFAULT_COMPARE = "baseline,fusedgate:nanochat,fusedgate:default"
+DEFAULT_COMPARE = "baseline,fusedgate:nanochat,fusedgate:gated"
 
 
 def seed_list(text: str) -> list[int]:
@@ -75,18 +75,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train several optimizers back to back and write a table and plot; entries are "
                              "optimizers or fusedgate:SPEC (default " + DEFAULT_COMPARE + ")")
     parser.add_argument("--spec", metavar="FILE",
-                        help="GateSpec JSON file for FusedGate, or a preset name: default (the gated default on "
-                             "nanochat's engine; the default), nanochat (neutral: exactly nanochat's MuonAdamW), "
-                             "muon (neutral: classic Muon), adamw. Implies --optimizer "
-                             "fusedgate; refused for a run that trains no FusedGate")
+                        help="GateSpec JSON file for FusedGate, or a preset name: default (nanochat's engine, "
+                             "ungated; the default), gated (that engine with the gated policy), nanochat (the same "
+                             "as default: exactly nanochat's MuonAdamW), muon (neutral: classic Muon), adamw. "
+                             "Implies --optimizer fusedgate; refused for a run that trains no FusedGate")
     parser.add_argument("--steps", type=integer, help="training steps (default: the preset's; with --resume: "
                                                       "extend the checkpoint's run to this many steps)")
     parser.add_argument("--seed", type=integer, help="seed of the init and the batches (default 0)")
     parser.add_argument("--seeds", type=seed_list, metavar="LIST",
-                        help="with --compare: compare on each of these seeds (e.g. 0-4), paired; writes summary.md")
+                        help="with --compare: compare on each of these seeds (e.g. 0-4), paired; writes summary.md "
+                             "(default: the one --seed)")
     parser.add_argument("--ladder", type=ratio_list, metavar="RATIOS",
                         help="with --compare: also train the first entry at H/r steps for each ratio r (e.g. "
-                             "0.8,0.9,1,1.15) and report each entry's steps-equivalent ratio")
+                             "0.8,0.9,1,1.15) and report each entry's steps-equivalent ratio (default: no ladder)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ... (default cpu)")
     parser.add_argument("--data", metavar="PATH",
                         help="text folder, parquet shard folder or file, or text file (default: python stdlib "

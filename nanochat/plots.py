@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 COLORS = {"baseline": "tab:blue", "fusedgate": "tab:red", "adamw": "tab:green", "fusedgate:nanochat": "tab:orange",
-          "fusedgate:default": "tab:red"}
+          "fusedgate:default": "tab:purple", "fusedgate:gated": "tab:red"}
 
 
 def _label(result) -> str:

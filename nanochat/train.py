@@ -65,7 +65,7 @@ MAX_SEED = 2**64 - 1  # torch.manual_seed's range (numpy's default_rng takes any
 class TrainConfig:
     preset: str = "tiny"            # "test", "tiny" (CPU), "small", "d12", "d20" (GPU)
     optimizer: str = "baseline"     # "baseline" (nanochat Muon+AdamW) | "fusedgate" | "adamw"
-    spec: GateSpec | None = None    # fusedgate only; None -> GateSpec.default() (the gated default, as the CLI)
+    spec: GateSpec | None = None    # fusedgate only; None -> GateSpec.default() (as the CLI)
     steps: int | None = None        # None -> the preset's default
     seed: int = 0
     device: str = "cpu"

@@ -74,7 +74,7 @@ def global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens, torch.randint(0, CLASSES, (GLOBAL_BATCH,), generator=g)
 
 
-PRESETS = ("adamw", "nanochat", "default")
+PRESETS = ("adamw", "nanochat", "gated")
 # Muon's orthogonaliser maps a gradient's small singular values to ~1, so a 1-ulp difference in the averaged
 # gradient (a sum over ranks rounds differently from one big batch) moves its direction by far more than
 # 1 ulp: after 20 steps at lr 4e-3 the rank-count runs differ from the single process by ~3e-6 (max rel),
@@ -91,7 +91,7 @@ def make_optimizer(model: Net, preset: str, mode: str, group=None) -> FusedGate:
                          process_group=group)
     if preset == "nanochat":
         return FusedGate(model.nanochat_groups(), spec=GateSpec.nanochat(), distributed=mode, process_group=group)
-    spec = GateSpec.default().replace(lr=MUON_LR, weight_decay=0.01)
+    spec = GateSpec.gated().replace(lr=MUON_LR, weight_decay=0.01)
     return FusedGate(model.named_parameters(), spec=spec, total_steps=STEPS, distributed=mode, process_group=group)
 
 
@@ -168,7 +168,7 @@ def _zero2_runs(rank: int, world: int, out: Path, load_from: list[Path]) -> dict
         model = Net()
         opt = make_optimizer(model, preset, "zero2")
         saver = None
-        if preset == "default":
+        if preset == "gated":
             def saver(step, model=model, opt=opt):
                 if step == SAVE_AT:
                     sd = opt.state_dict()     # a collective: every rank gathers the full state
@@ -186,11 +186,11 @@ def _zero2_runs(rank: int, world: int, out: Path, load_from: list[Path]) -> dict
         result[f"auto/{preset}"] = params_of(model)
         result[f"auto_mode/{preset}"] = opt._sync.chosen.mode
     for path in [out / f"ckpt_world{world}.pt", *load_from]:
-        result[f"resumed/{path.name}"] = load_and_continue(path, "default", rank, world, "zero2")
+        result[f"resumed/{path.name}"] = load_and_continue(path, "gated", rank, world, "zero2")
     if world == 3:
         pair = dist.new_group([0, 1])   # every rank takes part in creating it
         if rank < 2:
-            result["resumed on 2 of 3"] = load_and_continue(out / "ckpt_world3.pt", "default", rank, 2, "zero2", pair)
+            result["resumed on 2 of 3"] = load_and_continue(out / "ckpt_world3.pt", "gated", rank, 2, "zero2", pair)
         dist.barrier()
     return result
 
@@ -223,7 +223,7 @@ def _mismatches(rank: int, world: int) -> dict[str, str]:
             params.append(("extra", nn.Parameter(torch.zeros(3, 3))))
         if case == "other_shape" and rank == 1:
             params[3] = ("swapped", nn.Parameter(torch.zeros(2, 7)))
-        opt = FusedGate(params, spec=GateSpec.default(), distributed=mode)
+        opt = FusedGate(params, spec=GateSpec.gated(), distributed=mode)
         F.cross_entropy(model(tokens[rank::world]), targets[rank::world]).backward()
         if case.startswith("missing_grad") and rank == 1:
             model.up_b.weight.grad = None

@@ -277,7 +277,7 @@ def test_design_bytes_formula_is_independent_of_the_optimizer():
     optimizer.step()
     assert C.step_bytes([p], optimizer) == 15 * (2 + 2 + 2 + 2 * (4 + 4))
     assert math.isclose(C.step_bytes([p], optimizer) / 15, 22)
-    muon = C.FusedGate([p], spec=GateSpec.default(), backend="reference")
+    muon = C.FusedGate([p], spec=GateSpec.gated(), backend="reference")
     muon.step()
     assert C.step_bytes([p], muon) == 15 * (2 + 2 + 2 + 2 * 4)
 
@@ -313,8 +313,8 @@ def test_cpu_step_benchmark_runs_and_reports_ratios():
     """The CPU step-cost benchmark (a smoke run: its numbers are measured by hand, never asserted)."""
     from fusedgate.bench import cpu_step
 
-    result = cpu_step.measure(depth=1, specs=("nanochat", "default"), blocks=2, block=1, warmup=1)
-    assert set(result["median_ms"]) == {"baseline", "fusedgate:nanochat", "fusedgate:default"}
+    result = cpu_step.measure(depth=1, specs=("nanochat", "gated"), blocks=2, block=1, warmup=1)
+    assert set(result["median_ms"]) == {"baseline", "fusedgate:nanochat", "fusedgate:gated"}
     assert result["ratio"]["baseline"] == 1.0 and all(v > 0 for v in result["median_ms"].values())
 
 

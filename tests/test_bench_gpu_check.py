@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 FILES = {"env.txt", "pytest.log", "bench.json", "bench.md", "bench.png", "train.json", "train.md", "profile.txt"}
 STAGES = ("install", "versions", "pytest", "bench", "train:baseline", "train:fusedgate:nanochat",
-          "train:fusedgate:default", "profile", "report")
+          "train:fusedgate:gated", "profile", "report")
 
 
 def run_script(out: Path, work: Path, **env) -> subprocess.CompletedProcess:
@@ -78,19 +78,19 @@ def test_bench_md_has_every_target_of_the_issue(dry_run):
     for fragment in ("GateSpec.adamw Triton step ≤ 1.0× fused AdamW", "≥ 90% of copy bandwidth",
                      "gated Triton step (no ortho) ≤ 1.1×", "Newton–Schulz ≥ 1.3×",
                      "nanochat() Triton step ≤ 1.0× nanochat's compiled step", "fusedgate:nanochat training tokens/s",
-                     "fusedgate:default training tokens/s", "## nanochat's Muon step", "End-to-end training"):
+                     "fusedgate:gated training tokens/s", "## nanochat's Muon step", "End-to-end training"):
         assert fragment in md, fragment
 
 
 def test_training_stage_reports_three_finished_runs(dry_run):
     _, out, _ = dry_run
     runs = json.loads((out / "train.json").read_text())["runs"]
-    assert [r["label"] for r in runs] == ["baseline", "fusedgate:nanochat", "fusedgate:default"]
+    assert [r["label"] for r in runs] == ["baseline", "fusedgate:nanochat", "fusedgate:gated"]
     for r in runs:
         assert r["status"] == "ok" and r["steps"] == 3 and r["tokens_per_s"] > 0
         assert math.isfinite(r["final_val_bpb"]) and r["val_curve"][-1]["step"] == 3
     assert all(t["status"] in ("met", "missed") for t in training_targets(runs))
-    assert "| fusedgate:default" in (out / "train.md").read_text()
+    assert "| fusedgate:gated" in (out / "train.md").read_text()
 
 
 def test_profile_has_a_table_per_spec(dry_run):

@@ -5,7 +5,7 @@ import torch
 
 from fusedgate import FusedGate, GateSpec, OptBrain, Pole
 
-CLIPPING = GateSpec.default().replace(aggressive=Pole(1.0, 0.0, 2.0, 0.95, 1.0),
+CLIPPING = GateSpec.gated().replace(aggressive=Pole(1.0, 0.0, 2.0, 0.95, 1.0),
                                       conservative=Pole(0.5, 0.0, 2.0, 0.99, 0.5))
 
 
@@ -20,7 +20,7 @@ def make(seed=0, spec=None):
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(64, 8, generator=gen)
     y = torch.tanh(x[:, :1] - x[:, 1:2])
-    return model, FusedGate(groups, spec=spec or GateSpec.default(), total_steps=60), x, y
+    return model, FusedGate(groups, spec=spec or GateSpec.gated(), total_steps=60), x, y
 
 
 def train(model, opt, x, y, steps, wrapped):

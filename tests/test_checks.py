@@ -23,9 +23,9 @@ def matrix() -> torch.nn.Parameter:
 ])
 def test_bad_group_hyperparameters_are_refused_at_construction_and_add_param_group(key, value, fragment):
     with pytest.raises(ValueError, match=f"param group 0: {fragment.replace('[', '.').replace(']', '.')}") as info:
-        FusedGate([{"params": [matrix()], key: value}], spec=GateSpec.default())
+        FusedGate([{"params": [matrix()], key: value}], spec=GateSpec.gated())
     assert "\n" not in str(info.value)
-    opt = FusedGate([matrix()], spec=GateSpec.default())
+    opt = FusedGate([matrix()], spec=GateSpec.gated())
     with pytest.raises(ValueError, match="param group 1: "):
         opt.add_param_group({"params": [matrix()], key: value})
     assert len(opt.param_groups) == 1
@@ -33,12 +33,12 @@ def test_bad_group_hyperparameters_are_refused_at_construction_and_add_param_gro
 
 def test_ns_steps_matters_only_where_the_orthogonaliser_runs():
     FusedGate([{"params": [matrix()], "ns_steps": 0}], spec=GateSpec.adamw())   # ω ≡ 0: never used
-    FusedGate([{"params": [torch.nn.Parameter(torch.randn(5))], "ns_steps": 0}], spec=GateSpec.default())
+    FusedGate([{"params": [torch.nn.Parameter(torch.randn(5))], "ns_steps": 0}], spec=GateSpec.gated())
 
 
 def test_what_a_scheduler_writes_is_checked_before_the_step_changes_anything():
     p = matrix()
-    opt = FusedGate([p], spec=GateSpec.default())
+    opt = FusedGate([p], spec=GateSpec.gated())
     p.grad = torch.randn(4, 3)
     opt.step(loss=torch.tensor(1.0))
     before = p.detach().clone()
@@ -64,7 +64,7 @@ def test_a_numpy_int_total_steps_is_an_int():
 @pytest.mark.parametrize("loss", [torch.tensor(1.0 + 2.0j), 1.0 + 2.0j, torch.tensor(True), "1.0"])
 def test_a_loss_must_be_real(loss):
     p = matrix()
-    opt = FusedGate([p], spec=GateSpec.default())
+    opt = FusedGate([p], spec=GateSpec.gated())
     p.grad = torch.randn(4, 3)
     with pytest.raises(ValueError, match="step\\(loss=...\\) takes a real"):
         opt.step(loss=loss)

@@ -42,7 +42,7 @@ def schedule(opt: FusedGate, step: int) -> None:
             group["momentum"] = 0.85 + 0.01 * step
 
 
-@pytest.mark.parametrize("preset", ["nanochat", "default"])
+@pytest.mark.parametrize("preset", ["nanochat", "gated"])
 def test_compiled_matches_the_eager_reference_step_by_step(preset):
     torch._dynamo.reset()
     spec = getattr(GateSpec, preset)()
@@ -95,7 +95,7 @@ FALLBACK = textwrap.dedent("""
         for backend in ("reference", "compiled"):
             torch.manual_seed(0)
             params = [torch.nn.Parameter(torch.randn(6, 5)), torch.nn.Parameter(torch.randn(7))]
-            opt = FusedGate(params, spec=GateSpec.default(), backend=backend, total_steps=5)
+            opt = FusedGate(params, spec=GateSpec.gated(), backend=backend, total_steps=5)
             for step in range(3):
                 for p in params:
                     p.grad = torch.ones_like(p) * (step + 1)
@@ -123,7 +123,7 @@ def test_a_user_compiled_training_step_with_the_compiled_backend():
     for compile_it in (False, True):
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
-        opt = FusedGate(model.parameters(), spec=GateSpec.default(), total_steps=5, backend="compiled")
+        opt = FusedGate(model.parameters(), spec=GateSpec.gated(), total_steps=5, backend="compiled")
 
         def train_step(x, y, model=model, opt=opt):
             loss = torch.nn.functional.mse_loss(model(x), y)

@@ -98,7 +98,7 @@ def test_checkpoint_resumes_at_another_world_size(runs, saved, loaded):
     uninterrupted = runs[saved][0]["zero2/default"]
     path = runs["out"] / f"ckpt_world{saved}.pt"
     if loaded == 1:
-        resumed = [W.load_and_continue(path, "default")]
+        resumed = [W.load_and_continue(path, "gated")]
     elif saved == 2:
         assert_ranks_identical(runs[3], f"resumed/{path.name}")
         resumed = [result[f"resumed/{path.name}"] for result in runs[3]]

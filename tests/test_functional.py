@@ -85,7 +85,7 @@ def test_every_backend_has_one_signature_and_no_module_state():
     with pytest.raises(ValueError, match="newton_schulz='cubic' is not one of"):
         F.newton_schulz("cubic")
     with pytest.raises(ValueError, match="backend='cuda' is not one of"):
-        F.gated_step([], Gate(GateSpec.default(), G.new_global_state("cpu"), None, True), backend="cuda")
+        F.gated_step([], Gate(GateSpec.gated(), G.new_global_state("cpu"), None, True), backend="cuda")
 
 
 def test_optimizers_keep_their_own_launch_tables():

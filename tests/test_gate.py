@@ -11,7 +11,7 @@ from fusedgate.spec import GateSpec, Pole
 
 
 def test_loss_sensors_follow_their_emas():
-    spec = GateSpec.default().replace(ema_loss=0.8, ema_loss_improvement=0.5)
+    spec = GateSpec.gated().replace(ema_loss=0.8, ema_loss_improvement=0.5)
     state = G.new_global_state("cpu")
     losses = [4.0, 3.0, float("nan"), 2.5, 2.0]
     ema = ref = None
@@ -60,7 +60,7 @@ def test_sensors_without_data_read_zero_and_clamp():
 
 
 def test_gate_and_actuator_blend():
-    spec = GateSpec.default().replace(gate_bias=0.5, w_loss=1.0, w_grad_alignment=-2.0, sharpness=2.0,
+    spec = GateSpec.gated().replace(gate_bias=0.5, w_loss=1.0, w_grad_alignment=-2.0, sharpness=2.0,
                                       aggressive=Pole(update_mult=2.0, clip=4.0, beta2=0.9, ortho=1.0),
                                       conservative=Pole(update_mult=0.5, clip=math.inf, beta2=0.99, ortho=0.0))
     normalised = torch.tensor([[0.3, 0.0, 0.0, 0.0, 0.25, 0.0], [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0]])
@@ -82,7 +82,7 @@ def test_inert_poles_pass_exact_values_whatever_the_gate():
 
 
 def test_observe_param_emas_and_lagged_trust_ratio():
-    spec = GateSpec.default().replace(ema_grad_norm=0.5, ema_update_ratio=0.5, ema_grad_alignment=0.5)
+    spec = GateSpec.gated().replace(ema_grad_norm=0.5, ema_update_ratio=0.5, ema_grad_alignment=0.5)
     s = G.new_param_sensors("cpu")
     sums = torch.tensor([4.0, 0.0, 0.0, 9.0, 36.0, 0.01])  # gg, gm, mm, pp, dd, uu
     G.observe_param(s, torch.tensor(0.0), spec, sums, torch.tensor(True))
@@ -101,7 +101,7 @@ def test_observe_param_emas_and_lagged_trust_ratio():
 
 
 def test_observe_param_on_a_stack_equals_one_at_a_time():
-    spec = GateSpec.default()
+    spec = GateSpec.gated()
     gen = torch.Generator().manual_seed(0)
     stack = torch.rand(5, G.N_SLOTS, generator=gen)
     steps = torch.tensor([0.0, 1.0, 4.0, 2.0, 0.0])

@@ -24,7 +24,7 @@ PROBE = textwrap.dedent("""
     for backend in ("reference", "triton"):
         torch.manual_seed(0)
         params = [torch.nn.Parameter(torch.randn(6, 5)) for _ in range(2)] + [torch.nn.Parameter(torch.randn(7))]
-        opt = FusedGate(params, spec=GateSpec.default(), backend=backend, total_steps=5)
+        opt = FusedGate(params, spec=GateSpec.gated(), backend=backend, total_steps=5)
         for step in range(2):
             gen = torch.Generator().manual_seed(step)
             for p in params:

@@ -35,7 +35,7 @@ def max_rel(a, b):
 
 
 SPECS = {
-    "gated-default": GateSpec.default(),
+    "gated-default": GateSpec.gated(),
     "adamw-preset": GateSpec.adamw(lr=3e-3, betas=(0.9, 0.99), weight_decay=0.1),
     "muon-preset": GateSpec.muon(lr=0.02, momentum=0.95, weight_decay=0.05),
 }
@@ -63,7 +63,7 @@ def test_fifty_step_trajectory_matches_reference(name):
 @pytest.mark.parametrize("first,second", [("triton", "reference"), ("reference", "triton")])
 def test_checkpoint_moves_between_backends(first, second):
     """10 reference steps == 5 steps on one backend, state_dict, 5 steps on the other."""
-    spec = GateSpec.default()
+    spec = GateSpec.gated()
     straight_model = small_model()
     straight = FusedGate(straight_model.parameters(), spec=spec, total_steps=10, backend="reference")
     train(straight_model, straight, 10)
@@ -81,9 +81,9 @@ def test_checkpoint_moves_between_backends(first, second):
 
 def test_auto_backend_takes_the_reference_for_cpu_tensors():
     model = small_model()
-    opt = FusedGate(model.parameters(), spec=GateSpec.default(), backend="auto")
+    opt = FusedGate(model.parameters(), spec=GateSpec.gated(), backend="auto")
     train(model, opt, 1)
     assert not opt._cache   # no launch table: the reference path
-    forced = FusedGate(model.parameters(), spec=GateSpec.default(), backend="triton")
+    forced = FusedGate(model.parameters(), spec=GateSpec.gated(), backend="triton")
     train(model, forced, 1)
     assert forced._cache

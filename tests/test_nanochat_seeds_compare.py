@@ -12,7 +12,7 @@ from fusedgate.search import steps_to_target as stt
 def test_seeds_and_ladder_summary(tmp_path, corpus, capsys):
     out = tmp_path / "cmp"
     assert cli_main(["train", "--preset", "test", "--data", corpus, "--compare", "baseline,fusedgate:nanochat,"
-                     "fusedgate:default", "--seeds", "3,4", "--ladder", "0.8,1", "--out", str(out),
+                     "fusedgate:gated", "--seeds", "3,4", "--ladder", "0.8,1", "--out", str(out),
                      "--no-progress"]) == 0
     assert "steps-equivalent ratio" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
@@ -21,10 +21,10 @@ def test_seeds_and_ladder_summary(tmp_path, corpus, capsys):
     for i, seed in enumerate((3, 4)):
         runs = {r["label"]: r["final_val_bpb"] for r in json.loads((out / f"seed-{seed}" / "compare.json").read_text())}
         assert base["final_val_bpb"][i] == runs["baseline"]
-        assert gated["gains"][i] == pytest.approx(runs["baseline"] - runs["fusedgate:default"])
+        assert gated["gains"][i] == pytest.approx(runs["baseline"] - runs["fusedgate:gated"])
         rung = json.loads((out / f"seed-{seed}" / "ladder-15" / "metrics.jsonl").read_text().splitlines()[-1])
         ladder = {12: runs["baseline"], 15: rung["final_val_bpb"]}
-        assert gated["steps"]["ratios"][i] == pytest.approx(stt.steps_ratio(ladder, 12, runs["fusedgate:default"])[0])
+        assert gated["steps"]["ratios"][i] == pytest.approx(stt.steps_ratio(ladder, 12, runs["fusedgate:gated"])[0])
     assert (out / "summary.md").read_text().startswith("12 steps, seeds [3, 4]")
 
 

@@ -62,7 +62,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, optimizer):
 
 
 def test_metrics_log_and_gate_records(tmp_path):
-    r = run(optimizer="fusedgate", out_dir=str(tmp_path), gate_log_every=4, spec=GateSpec.default())
+    r = run(optimizer="fusedgate", out_dir=str(tmp_path), gate_log_every=4, spec=GateSpec.gated())
     records = read_metrics(tmp_path)
     kinds = {rec["type"] for rec in records}
     assert kinds == {"config", "train", "val", "gate", "result"}
@@ -132,7 +132,7 @@ def test_cli_compare_writes_table_and_plot(tmp_path, capsys):
     rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in printed.splitlines()
             if line.startswith("|")]
     assert rows[0][:2] == ["optimizer", "final val bpb"] and set(rows[1][0]) <= {"-", ":"}
-    entries = ["baseline", "fusedgate:nanochat", "fusedgate:default"]
+    entries = ["baseline", "fusedgate:nanochat", "fusedgate:gated"]
     assert [row[0] for row in rows[2:]] == entries and "corpus stdlib-py" in printed
     assert (out / "compare.png").stat().st_size > 10_000
     summary = json.loads((out / "compare.json").read_text())

@@ -52,7 +52,7 @@ def test_the_production_engine_runs_in_float64():
     results = {}
     for dtype in (torch.float64, torch.float32):
         model = model64().to(dtype)
-        opt = FusedGate(model.parameters(), spec=GateSpec.default())
+        opt = FusedGate(model.parameters(), spec=GateSpec.gated())
         train(model, opt, steps=1)
         results[dtype] = [p.detach() for p in model.parameters()]
         assert all(v.dtype in (dtype, torch.float32) or k in ("m_decay_prod", "v_decay_prod")

@@ -35,7 +35,7 @@ def with_adam_pole(spec: GateSpec) -> GateSpec:
     return spec.replace(conservative=Pole(**{**spec.conservative.__dict__, "ortho": 0.5}))
 
 
-@pytest.mark.parametrize("preset", ["nanochat", "default", "muon"])
+@pytest.mark.parametrize("preset", ["nanochat", "default", "gated", "muon"])
 def test_omega_one_presets_hold_what_nanochat_holds(preset):
     model = gpt()
     baseline = MuonAdamW(groups(model))

@@ -12,7 +12,7 @@ import torch
 from fusedgate import FusedGate, GateSpec
 from fusedgate import gate as G
 
-PRESETS = ["default", "nanochat", "muon", "adamw"]
+PRESETS = ["gated", "nanochat", "muon", "adamw"]
 
 
 def mlp(seed=0):
@@ -54,7 +54,7 @@ def test_compiled_step_is_the_eager_step(preset):
         assert compiled.state[p]["m_decay_prod"].item() < 1.0 and compiled.state[p]["step"].item() == 5
 
 
-@pytest.mark.parametrize("preset", ["default", "nanochat"])
+@pytest.mark.parametrize("preset", ["gated", "nanochat"])
 def test_compiled_training_step_matches_eager(preset):
     """A whole compiled training step (model, backward, opt.step): the only differences are the compiled
     model's own gradients (~1e-7), as with torch's AdamW under the same compile."""
@@ -95,7 +95,7 @@ def test_non_float_params_are_refused_clearly():
 # ------------------------------------------------------------------ load_state_dict
 def _trained():
     model = mlp()
-    opt = FusedGate(model.named_parameters(), spec=GateSpec.default(), total_steps=10)
+    opt = FusedGate(model.named_parameters(), spec=GateSpec.gated(), total_steps=10)
     train(model, opt, 2)
     return model, opt
 
@@ -123,7 +123,7 @@ def test_malformed_state_dicts_are_refused_before_anything_changes(corrupt, matc
     sd = opt.state_dict()
     corrupt(sd)
     fresh_model = mlp(1)
-    fresh = FusedGate(fresh_model.named_parameters(), spec=GateSpec.default(), total_steps=10)
+    fresh = FusedGate(fresh_model.named_parameters(), spec=GateSpec.gated(), total_steps=10)
     before = copy.deepcopy(fresh.state_dict())
     with pytest.raises(ValueError, match=match):
         fresh.load_state_dict(sd)
@@ -137,7 +137,7 @@ def test_step_saved_as_a_python_number_loads_and_steps():
     sd = opt.state_dict()
     for pstate in sd["state"].values():
         pstate["step"] = float(pstate["step"])
-    again = FusedGate(model.named_parameters(), spec=GateSpec.default(), total_steps=10)
+    again = FusedGate(model.named_parameters(), spec=GateSpec.gated(), total_steps=10)
     again.load_state_dict(sd)
     train(model, again, 1)
     assert all(torch.is_tensor(s["step"]) and s["step"].item() == 3 for s in again.state.values())
@@ -178,7 +178,7 @@ def test_a_rejected_param_group_leaves_no_trace():
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_non_finite_adamw_steps_are_counted(backend):
     model = mlp()
-    opt = FusedGate(model.named_parameters(), spec=GateSpec.default(), backend=backend)
+    opt = FusedGate(model.named_parameters(), spec=GateSpec.gated(), backend=backend)
     train(model, opt, 1)
     bias = model[0].bias
     before = bias.detach().clone()
@@ -192,7 +192,7 @@ def test_non_finite_adamw_steps_are_counted(backend):
 
 def test_a_non_scalar_loss_is_refused():
     model = mlp()
-    opt = FusedGate(model.parameters(), spec=GateSpec.default())
+    opt = FusedGate(model.parameters(), spec=GateSpec.gated())
     loss = torch.nn.functional.mse_loss(model(torch.randn(4, 8)), torch.zeros(4, 4), reduction="none")
     loss.sum().backward()
     with pytest.raises(ValueError, match="scalar"):

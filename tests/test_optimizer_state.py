@@ -43,7 +43,7 @@ def run(model, opt, start, n, sched=None):
 
 def make(seed=0, spec=None):
     model = TinyLM(seed)
-    return model, FusedGate(model.named_parameters(), spec=spec or GateSpec.default(), total_steps=30)
+    return model, FusedGate(model.named_parameters(), spec=spec or GateSpec.gated(), total_steps=30)
 
 
 def roundtrip(obj):
@@ -79,11 +79,11 @@ def test_resume_is_bit_identical():
 
 def test_bf16_params_keep_fp32_state_through_a_checkpoint():
     w = torch.nn.Parameter(torch.randn(8, 4, dtype=torch.bfloat16))
-    opt = FusedGate([w], spec=GateSpec.default())
+    opt = FusedGate([w], spec=GateSpec.gated())
     w.grad = torch.randn(8, 4, dtype=torch.bfloat16)
     opt.step()
     assert opt.state[w]["exp_avg"].dtype == torch.float32
-    opt2 = FusedGate([w], spec=GateSpec.default())
+    opt2 = FusedGate([w], spec=GateSpec.gated())
     opt2.load_state_dict(roundtrip(opt.state_dict()))
     assert opt2.state[w]["exp_avg"].dtype == torch.float32
     assert opt2.state[w]["m_decay_prod"].dtype == torch.float64
@@ -94,7 +94,7 @@ def test_state_dict_from_another_layout_is_refused_whole():
     model, opt = make()
     run(model, opt, 0, 3)
     other = torch.nn.Linear(16, 16)
-    other_opt = FusedGate(other.parameters(), spec=GateSpec.default())
+    other_opt = FusedGate(other.parameters(), spec=GateSpec.gated())
     before = {k: v.clone() for k, v in other.state_dict().items()}
     with pytest.raises(ValueError, match="param"):
         other_opt.load_state_dict(opt.state_dict())
@@ -103,7 +103,7 @@ def test_state_dict_from_another_layout_is_refused_whole():
     twin = TinyLM()
     twin.mix = torch.nn.Linear(16, 16, bias=True)
     twin.lm_head = torch.nn.Linear(16, 21, bias=False)
-    twin_opt = FusedGate(twin.named_parameters(), spec=GateSpec.default())
+    twin_opt = FusedGate(twin.named_parameters(), spec=GateSpec.gated())
     with pytest.raises(ValueError, match="shape"):
         twin_opt.load_state_dict(opt.state_dict())
     assert len(twin_opt.state) == 0
@@ -148,7 +148,7 @@ def test_non_finite_loss_leaves_loss_sensors_alone():
 
 def test_sparse_gradients_and_complex_params_are_refused():
     emb = torch.nn.Embedding(10, 4, sparse=True)
-    opt = FusedGate(emb.parameters(), spec=GateSpec.default())
+    opt = FusedGate(emb.parameters(), spec=GateSpec.gated())
     emb(torch.tensor([1, 2])).sum().backward()
     with pytest.raises(TypeError, match="sparse"):
         opt.step()

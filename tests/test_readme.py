@@ -39,7 +39,7 @@ RUNS: dict[str, list[tuple[str, tuple[dict, list]]]] = {
         ("fusedgate train --preset tiny --compare --seed S", train("run-seed")),
         ("fusedgate train --preset tiny --compare --nproc 2", train("run-nproc")),
         ("fusedgate train", ({}, ["--help"])),
-        ("fusedgate train --compare baseline,fusedgate:default --seeds 0-4 --ladder 0.8,0.9,1,1.15",
+        ("fusedgate train --compare baseline,fusedgate:gated --seeds 0-4 --ladder 0.8,0.9,1,1.15",
          ({"--seeds": "0-1", "--ladder": "0.8,1"}, ["--preset", "test", "--steps", "4", "--no-progress", "--out",
                                                     "run-ladder"])),
         ("fusedgate spec show default", ({}, [])),

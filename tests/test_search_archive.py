@@ -53,8 +53,8 @@ def test_generation_insert_is_atomic(tmp_path):
     }
     ids = archive.add_generation(0, [seed, child], [])
     assert archive.parents(ids[1]) == [ids[0]]
-    orphan = {"spec": GateSpec.default().replace(gate_bias=3.0), "operator": "x", "parents": ["0" * 16]}
-    fresh = {"spec": GateSpec.default(), "operator": "seed", "parents": []}
+    orphan = {"spec": GateSpec.gated().replace(gate_bias=3.0), "operator": "x", "parents": ["0" * 16]}
+    fresh = {"spec": GateSpec.gated(), "operator": "seed", "parents": []}
     with pytest.raises(ArchiveError, match="not in the archive"):
         archive.add_generation(1, [fresh, orphan], [ids[0]])
     assert len(archive.candidates()) == 2 and archive.population(1) == []  # nothing of generation 1 kept

@@ -71,5 +71,6 @@ def test_cli_refuses_huge_seed_ranges_before_allocating(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:   # argparse's usage error, before any list is built
         cli_main(["search", "run", "--db", db, "--preset", "test", "--seeds", "0-1000000000"])
     assert exc.value.code == 2 and "at most 1,000 values" in capsys.readouterr().err
-    assert cli_main(["search", "run", "--db", db, "--preset", "test", "--min-effect", "nan"]) == 2
-    assert "min_effect=nan" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["search", "run", "--db", db, "--preset", "test", "--min-effect", "nan"])
+    assert exc.value.code == 2 and "--min-effect: expected a finite number" in capsys.readouterr().err

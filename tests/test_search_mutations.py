@@ -23,7 +23,7 @@ from fusedgate.spec import BOUNDS, POLE_BOUNDS, GateSpec, Pole
 
 def parents():
     """Presets, a gated spec and specs sitting on their bounds (clipping must keep them in)."""
-    edge = GateSpec.default().replace(
+    edge = GateSpec.gated().replace(
         orthogonaliser="quintic",
         gate_bias=8.0,
         w_loss=-8.0,
@@ -37,8 +37,8 @@ def parents():
     )
     low = GateSpec.muon().replace(sharpness=0.1, ema_grad_norm=0.0, ns_steps=1, beta1=0.0, momentum=0.0)
     rng = random.Random(7)
-    randoms = [random_spec(GateSpec.default(), rng, 8)[0] for _ in range(6)]
-    return [GateSpec.default(), GateSpec.muon(), GateSpec.adamw(), edge, low, *randoms]
+    randoms = [random_spec(GateSpec.gated(), rng, 8)[0] for _ in range(6)]
+    return [GateSpec.gated(), GateSpec.muon(), GateSpec.adamw(), edge, low, *randoms]
 
 
 def check_bounds(spec: GateSpec) -> None:
@@ -81,7 +81,7 @@ def test_operator_changes_exactly_its_aspect_and_stays_in_bounds(name):
 
 
 def test_swap_poles_swaps():
-    spec = GateSpec.default()
+    spec = GateSpec.gated()
     child = OPERATORS["swap_poles"](spec, random.Random(0))
     assert child.aggressive == spec.conservative and child.conservative == spec.aggressive
 
@@ -94,20 +94,20 @@ def test_not_applicable_returns_none():
 
 
 def test_mutation_is_reproducible_from_the_seed():
-    a = [mutate(GateSpec.default(), random.Random(f"s{i}")) for i in range(20)]
-    b = [mutate(GateSpec.default(), random.Random(f"s{i}")) for i in range(20)]
+    a = [mutate(GateSpec.gated(), random.Random(f"s{i}")) for i in range(20)]
+    b = [mutate(GateSpec.gated(), random.Random(f"s{i}")) for i in range(20)]
     assert a == b
     assert len({child.content_hash() for child, _ in a}) > 10  # and actually random
 
 
 def test_perturb_field_reaches_every_searched_field():
     fields = set(searched_fields())
-    assert fields == set(flatten(GateSpec.default())) - set(NOT_SEARCHED)
+    assert fields == set(flatten(GateSpec.gated())) - set(NOT_SEARCHED)
     seen = set()
     for i in range(600):
-        child = OPERATORS["perturb_field"](GateSpec.default(), random.Random(i))
+        child = OPERATORS["perturb_field"](GateSpec.gated(), random.Random(i))
         if child is not None:
-            seen |= aspect_of(GateSpec.default(), child)
+            seen |= aspect_of(GateSpec.gated(), child)
     assert seen == fields
 
 

@@ -54,11 +54,11 @@ def test_json_round_trip_is_exact(spec):
 
 
 def test_field_order_is_stable_and_versioned():
-    keys = list(json.loads(GateSpec.default().to_json()))
+    keys = list(json.loads(GateSpec.gated().to_json()))
     assert keys[0] == "version" and keys[-2:] == ["aggressive", "conservative"]
     assert keys == list(GateSpec().to_dict())
     assert [f"w_{s}" for s in SENSORS] == [k for k in keys if k.startswith("w_")]
-    assert list(json.loads(GateSpec.default().to_json())["aggressive"]) == list(ACTUATORS)
+    assert list(json.loads(GateSpec.gated().to_json())["aggressive"]) == list(ACTUATORS)
 
 
 @pytest.mark.parametrize("name", NUMBERS)
@@ -80,7 +80,7 @@ def test_every_actuator_is_bounded(name):
     bound = POLE_BOUNDS[name]
     with pytest.raises(SpecError, match=name):
         Pole(**{name: bound.lo - 0.5})
-    data = GateSpec.default().to_dict()
+    data = GateSpec.gated().to_dict()
     data["aggressive"][name] = bound.lo - 0.5
     with pytest.raises(SpecError, match=f"aggressive.{name}"):
         GateSpec.from_dict(data)
@@ -104,7 +104,7 @@ def test_every_actuator_is_bounded(name):
     (lambda d: d.update(aggressive=[1, 2]), "aggressive"),
 ])
 def test_malformed_specs_are_refused_with_the_reason(mutate, match):
-    data = GateSpec.default().to_dict()
+    data = GateSpec.gated().to_dict()
     mutate(data)
     with pytest.raises(SpecError, match=match):
         GateSpec.from_dict(data)
@@ -123,7 +123,7 @@ def test_presets():
     assert adamw.is_inert and adamw.aggressive.ortho == 0 and adamw.aggressive.beta2 == 0.95
     muon = GateSpec.muon(lr=0.03, momentum=0.9)
     assert muon.is_inert and muon.units == "muon" and muon.aggressive.ortho == 1 and muon.momentum == 0.9
-    default = GateSpec.default()
+    default = GateSpec.gated()
     assert not default.is_inert and default.w_step_fraction < 0 < default.w_loss_improvement
     nanochat = GateSpec.nanochat()
     assert nanochat.is_inert and nanochat.units == "muon" and nanochat.orthogonaliser == "polar_express"
@@ -132,6 +132,8 @@ def test_presets():
     assert all(getattr(default, f) == getattr(nanochat, f) for f in ENGINE_FIELDS + ("lr", "momentum", "units"))
     # both poles keep the production direction; the conservative one is the production step (plus a clip)
     assert default.aggressive.ortho == default.conservative.ortho == 1.0 and default.conservative.update_mult == 1.0
+    # the default, re-chosen on the multi-horizon evidence, is the production engine itself
+    assert GateSpec.default() == nanochat and GateSpec.from_name_or_file("default") == nanochat
     # the engine switches are off in the plain presets, so they stay exactly AdamW and Muon
     for plain in (GateSpec.adamw(), GateSpec.muon()):
         assert plain.orthogonaliser == "quintic" and not any(getattr(plain, f) for f in SWITCHES if f != "nesterov")
@@ -165,13 +167,13 @@ def test_version_1_specs_still_load_with_the_engine_off():
 
 def test_replace_rechecks_bounds():
     with pytest.raises(SpecError, match="sharpness"):
-        GateSpec.default().replace(sharpness=100.0)
+        GateSpec.gated().replace(sharpness=100.0)
 
 
 def test_files(tmp_path):
     path = tmp_path / "spec.json"
-    GateSpec.default().save(path)
-    assert GateSpec.load(path) == GateSpec.default()
+    GateSpec.gated().save(path)
+    assert GateSpec.load(path) == GateSpec.gated()
     with pytest.raises(SpecError, match="cannot read"):
         GateSpec.load(tmp_path / "missing.json")
 
@@ -187,5 +189,5 @@ def test_a_preset_name_or_a_file(tmp_path, monkeypatch):
     assert GateSpec.from_name_or_file("default") == GateSpec.adamw(lr=7e-4)  # an existing file wins
     with pytest.raises(SpecError, match="cannot read") as caught:
         GateSpec.from_name_or_file("no-such-preset")
-    assert "'no-such-preset' is not a preset name either (presets: default, adamw, muon, nanochat)" \
+    assert "'no-such-preset' is not a preset name either (presets: default, gated, adamw, muon, nanochat)" \
         in str(caught.value)

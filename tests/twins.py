@@ -19,7 +19,7 @@ STATE_KEYS = ("exp_avg", "exp_avg_sq", "m_decay_prod", "v_decay_prod", "step", "
 def busy_spec(units: str = "adam", ortho: tuple[float, float] = (0.0, 0.0), clip: float = 2.0,
               nesterov: bool = True) -> GateSpec:
     """A gated spec in which every sensor, actuator and pole matters (aggressive, conservative ortho given)."""
-    base = GateSpec.default()
+    base = GateSpec.gated()
     return base.replace(
         units=units, lr=2e-2 if units == "muon" else 1e-2, weight_decay=0.1, nesterov=nesterov, ns_steps=5,
         gate_bias=0.5, w_loss=-0.5, w_loss_improvement=1.0, w_grad_norm=0.5, w_update_ratio=0.3,

@@ -20,7 +20,7 @@ steps) before any brain run; the brain has to improve on a reasonably tuned base
 The held-out family (``logreg``, ``cnn``, ``charrnn``) is in ``fusedgate.brain.heldout``.
 
 Optimizers: ``sgd`` (momentum 0.9), ``adamw`` and ``fusedgate`` (``FusedGate`` with
-``GateSpec.default()``; on nanochat with nanochat's own groups: Muon-units matrices, AdamW embeddings).
+``GateSpec.gated()``; on nanochat with nanochat's own groups: Muon-units matrices, AdamW embeddings).
 
 An arm (``Arm``) is the base optimizer, optionally wrapped in an ``OptBrain``, under one condition:
 every group's lr times ``lr_mult``; ``schedule``: nanochat's warmup + linear warmdown
@@ -52,7 +52,7 @@ TASKS = TUNING_TASKS + HELDOUT_TASKS
 # the two families: the tasks OptBrain's defaults were tuned on, and the held-out ones (``heldout.py``)
 FAMILIES = {"tuning": TUNING_TASKS, "heldout": HELDOUT_TASKS}
 OPTIMIZERS = ("sgd", "adamw", "fusedgate")
-# FusedGate (GateSpec.default(), Adam units) on the small tasks: the best of a ×3 sweep for the base
+# FusedGate (GateSpec.gated(), Adam units) on the small tasks: the best of a ×3 sweep for the base
 FUSEDGATE_LR = {"regression": 0.09, "mlp": 9e-3}
 # the schedule's peak lr as a multiple of the tuned constant lr: the best of ×1, ×2, ×3 on seeds 0 and 1
 # (a decaying schedule tolerates a larger peak; on nanochat SGD none beat ×1)
@@ -179,7 +179,7 @@ def make_optimizer(name: str, groups: list[dict], total_steps: int) -> torch.opt
         from fusedgate.optimizer import FusedGate
         from fusedgate.spec import GateSpec
 
-        return FusedGate(groups, spec=GateSpec.default(), total_steps=total_steps)
+        return FusedGate(groups, spec=GateSpec.gated(), total_steps=total_steps)
     raise ValueError(f"unknown optimizer {name!r}")
 
 

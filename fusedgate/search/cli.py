@@ -123,7 +123,7 @@ def _add_run_args(run) -> None:
                      help="minimal mean gain in bpb for a win, 0 to 10 (default: from the noise floor)")
     run.add_argument("--seed", type=int_in(0, MAX_SEED), default=0, help="seed of the mutation RNG (default 0)")
     run.add_argument("--init", action="append", default=None, metavar="SPEC.json",
-                     help="initial spec file (repeatable; default: nanochat(), GateSpec.default() and a gated "
+                     help="initial spec file (repeatable; default: nanochat(), GateSpec.gated() and a gated "
                           "Muon spec)")
     run.add_argument("--operators", default=None,
                      help=f"comma-separated operators, or 'all' (default: all except those the trainer "

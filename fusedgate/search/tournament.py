@@ -84,7 +84,7 @@ DEFAULT_OPERATORS = tuple(name for name in OPERATORS if name not in TRAINER_OVER
 def seed_specs() -> list[GateSpec]:
     """The starting points: the neutral engine itself (its mutations explore gates from neutral), the
     gated default and the gated Muon start."""
-    return [neutral_spec(), GateSpec.default(), gated_muon()]
+    return [neutral_spec(), GateSpec.gated(), gated_muon()]
 
 
 def default_config(**overrides) -> SearchConfig:
