@@ -156,7 +156,7 @@ def _brains(root: Path) -> None:
     OptBrain(None, n_groups=1).save(root / "brain_ok.npz")
     good = read_npz(root / "brain_ok.npz")
     for name, key, value in (("brain_mu_inf", "core.mu", np.inf), ("brain_rng_zero", "core.rng", 0),
-                             ("brain_steps_neg", "step_count", -5), ("brain_total_neg", "core.total_steps", -100),
+                             ("brain_steps_neg", "step_count", -5), ("brain_total_neg", "config.total_steps", -100),
                              ("brain_cycle", "core.cycle_pos", 10**6)):
         arrays = dict(good)
         arrays[key] = np.full_like(arrays[key], value) if arrays[key].ndim else np.array(value)
