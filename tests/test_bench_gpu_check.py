@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import fusedgate.optimizer as O
+from fusedgate.bench import contestants as C
 from fusedgate.bench import gpu_check, gpu_report, report
 from fusedgate.bench.targets import training_targets
 
@@ -63,6 +64,7 @@ def test_bench_rows_cover_every_planned_contestant(dry_run):
     records = run["results"]
     assert run["planned"] == len(records) > 0 and run["copy"]["gbps"] > 0
     names = {name for _, _, contestants in gpu_check.ROWS for name in contestants}
+    names |= {c.name for c in C.extra_backend_contestants()}   # FusedGate backends beyond reference/triton join
     assert {r["contestant"] for r in records} == names
     for r in records:  # CPU contestants are timed, Triton ones run under the interpreter
         assert r["status"] in ("ok", "interpreted"), r
@@ -96,7 +98,7 @@ def test_training_stage_reports_three_finished_runs(dry_run):
 def test_profile_has_a_table_per_spec(dry_run):
     _, out, _ = dry_run
     text = (out / "profile.txt").read_text()
-    assert "## FusedGate default()" in text and "## FusedGate nanochat()" in text
+    assert "## FusedGate gated()" in text and "## FusedGate nanochat()" in text
     assert "failed" not in text and text.count("Self CPU") >= 2
 
 

@@ -71,6 +71,11 @@ RUNS: dict[str, list[tuple[str, tuple[dict, list]]]] = {
                                   "fp32", "--threads", "1", "--budget", "0.01", "--no-progress", "--out", "out"])),
         ("python -m fusedgate.bench.cpu_step", ({}, ["--blocks", "2", "--block", "1"])),
         ("python -m fusedgate.bench.distributed_bytes", ({}, ["--depth", "1", "--vocab", "64", "--worlds", "1", "2"])),
+        ("python -m fusedgate.bench.distributed_bytes --depth 4 --worlds 1 2 --presets nanochat default gated muon "
+         "adamw",
+         ({"--depth": "1", "--worlds": "1"}, ["--vocab", "64"])),
+        ("python -m fusedgate.bench.compiled_step --depth 2 --blocks 30 --block 10",
+         ({"--depth": "1", "--blocks": "2", "--block": "1"}, ["--warmup", "1"])),
         ("python -m fusedgate.bench.bad_inputs --out DIR", ({"--out": "probe"}, ["--only", "show bogus"])),
     ],
 }
