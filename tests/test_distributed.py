@@ -90,12 +90,12 @@ def test_checkpoint_resumes_at_the_same_world_size_exactly(runs):
     for world in (2, 3):
         for rank in range(world):
             resumed = runs[world][rank][f"resumed/ckpt_world{world}.pt"]
-            assert worst(resumed, runs[world][rank]["zero2/default"]) == 0.0
+            assert worst(resumed, runs[world][rank]["zero2/gated"]) == 0.0
 
 
 @pytest.mark.parametrize("saved, loaded", [(2, 1), (3, 1), (2, 3), (3, 2)])
 def test_checkpoint_resumes_at_another_world_size(runs, saved, loaded):
-    uninterrupted = runs[saved][0]["zero2/default"]
+    uninterrupted = runs[saved][0]["zero2/gated"]
     path = runs["out"] / f"ckpt_world{saved}.pt"
     if loaded == 1:
         resumed = [W.load_and_continue(path, "gated")]
@@ -111,7 +111,7 @@ def test_checkpoint_resumes_at_another_world_size(runs, saved, loaded):
 def test_checkpoint_saved_by_zero2_is_the_single_process_format(runs):
     ckpt = torch.load(runs["out"] / "ckpt_world3.pt", weights_only=False)
     model = W.Net()
-    opt = W.make_optimizer(model, "default", "auto")
+    opt = W.make_optimizer(model, "gated", "auto")
     W.train(model, opt, 0, W.SAVE_AT)
     ours, theirs = ckpt["optimizer"], opt.state_dict()
     assert ours["state"].keys() == theirs["state"].keys()
@@ -170,7 +170,7 @@ def test_single_process_modes():
     results = []
     for mode in ("auto", "replicated", "zero2"):
         model = W.Net()
-        opt = W.make_optimizer(model, "default", mode)
+        opt = W.make_optimizer(model, "gated", mode)
         W.train(model, opt, 0, 3)
         results.append(W.params_of(model))
     assert worst(results[1], results[0]) == 0.0 and worst(results[2], results[0]) == 0.0

@@ -28,7 +28,7 @@ def runs(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("optimizer", ["baseline", "fusedgate-nanochat", "fusedgate-default"])
+@pytest.mark.parametrize("optimizer", ["baseline", "fusedgate-nanochat", "fusedgate-gated"])
 def test_two_processes_equal_one(runs, optimizer):
     one_loss, one_bpb = curves(runs / "one" / optimizer)
     two_loss, two_bpb = curves(runs / "two" / optimizer)
