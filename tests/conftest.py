@@ -62,3 +62,17 @@ def finished_test_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("finished-test-run") / "run"
     assert main(["train", "--preset", "test", "--steps", "3", "--out", str(out), "--no-progress"]) == 0
     return out
+
+
+def count_evaluations(db: str) -> int:
+    """Finished evaluations in a search archive another process is writing (0 while it cannot be read)."""
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0

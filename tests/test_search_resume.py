@@ -3,12 +3,12 @@
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 
 import pytest
+from conftest import count_evaluations
 
 from fusedgate.cli import main as cli_main
 from fusedgate.search.archive import Archive
@@ -21,17 +21,6 @@ def search_args(db: str, corpus: str) -> list[str]:
             "--seeds", "0,1", "--lr-scales", "0.7,1", "--holdout-seeds", "20,21", "--ladder", "0.8,1",
             "--transfer-preset", "test", "--transfer-seeds", "40,41", "--final-eval-tokens", "512",
             "--workers", "1", "--no-progress"]
-
-
-def finished(db: str) -> int:
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            return conn.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return 0
 
 
 def snapshot(db: str) -> dict:
@@ -65,7 +54,7 @@ def test_killed_and_resumed_equals_the_uninterrupted_search(tmp_path, corpus, un
     proc = subprocess.Popen([sys.executable, "-m", "fusedgate", *search_args(db, corpus)], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
-    while finished(db) < kill_after and time.time() < deadline and proc.poll() is None:
+    while count_evaluations(db) < kill_after and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
     assert proc.poll() is None, "the search ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)

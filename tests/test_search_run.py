@@ -3,25 +3,15 @@ no finished evaluation is lost or re-run; then the report is written."""
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 
+from conftest import count_evaluations
+
 from fusedgate.cli import main as cli_main
 from fusedgate.search.archive import Archive
 from fusedgate.search.tournament import neutral_spec
-
-
-def count_evaluations(db: str) -> int:
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            return conn.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return 0
 
 
 def test_search_killed_and_resumed_loses_and_repeats_nothing(tmp_path, corpus):
