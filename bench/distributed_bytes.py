@@ -100,6 +100,7 @@ def _worker(rank: int, world: int, store: str, depth: int, vocab: int, out: str,
     dist.all_gather_object(everyone := [None] * world, (state_bytes(opt), sent))
     if rank == 0:
         torch.save(everyone, out)
+    dist.barrier()   # no rank tears gloo down while a peer still talks to it (a SIGABRT at exit otherwise)
     dist.destroy_process_group()
 
 

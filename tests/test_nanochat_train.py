@@ -22,7 +22,7 @@ def run(**kw):
 
 @pytest.mark.parametrize("optimizer", ["baseline", "fusedgate", "adamw"])
 def test_val_bpb_falls(optimizer):
-    r = run(optimizer=optimizer)
+    r = run(optimizer=optimizer, spec=GateSpec.gated() if optimizer == "fusedgate" else None)  # a gate to log
     first, last = r.val_curve[0], r.val_curve[-1]
     assert first["step"] == 0 and last["step"] == 12 and r.steps_done == 12
     assert first["val_bpb"] == pytest.approx(math.log2(257), abs=0.02)  # ~uniform at init
@@ -36,7 +36,7 @@ def test_val_bpb_falls(optimizer):
 
 def test_runs_are_paired_across_optimizers():
     """Same seed → same init and batches: the step-0 loss and val bpb agree for every optimizer."""
-    a, b = run(optimizer="baseline", steps=2), run(optimizer="fusedgate", steps=2)
+    a, b = run(optimizer="baseline", steps=2), run(optimizer="fusedgate", steps=2, spec=GateSpec.gated())
     assert a.train_curve[0]["loss"] == b.train_curve[0]["loss"]
     assert a.val_curve[0]["val_bpb"] == b.val_curve[0]["val_bpb"]
     assert a.train_curve[1]["loss"] != b.train_curve[1]["loss"]  # ... and then the optimizers differ
