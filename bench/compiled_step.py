@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 
 import torch
 
-from fusedgate.bench.cpu_step import _groups, _model, alternate
+from fusedgate.bench.cpu_step import _groups, _model, alternate, print_result
 from fusedgate.nanochat.muon import MuonAdamW, muon_direction
 
 
@@ -144,13 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"depth": args.depth, "threads": torch.get_num_threads(), "blocks": args.blocks, "block": args.block,
               "load_average": os.getloadavg()[0], "median_ms": {k: v * 1e3 for k, v in median.items()},
               "ratio": {k: v / base for k, v in median.items()}}
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(f"depth {args.depth}, {result['threads']} thread(s), {args.blocks}×{args.block} steps, "
-              f"load average {result['load_average']:.2f}")
-        for label, ms in result["median_ms"].items():
-            print(f"  {label:<52} {ms:8.2f} ms  {result['ratio'][label]:.3f}×")
+    print_result(result, args.json, width=52)
     return 0
 
 

@@ -112,14 +112,19 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(f"{parser.prog}: error: --specs: {exc}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(f"depth {result['depth']}, {result['threads']} thread(s), {result['blocks']}×{result['block']} steps, "
-              f"load average {result['load_average']:.2f}")
-        for label, ms in result["median_ms"].items():
-            print(f"  {label:<24} {ms:8.2f} ms  {result['ratio'][label]:.3f}×")
+    print_result(result, args.json, width=24)
     return 0
+
+
+def print_result(result: dict, as_json: bool, width: int) -> None:
+    """A step-cost measurement as JSON, or one line of set-up and one line per contestant."""
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"depth {result['depth']}, {result['threads']} thread(s), {result['blocks']}×{result['block']} steps, "
+          f"load average {result['load_average']:.2f}")
+    for label, ms in result["median_ms"].items():
+        print(f"  {label:<{width}} {ms:8.2f} ms  {result['ratio'][label]:.3f}×")
 
 
 if __name__ == "__main__":

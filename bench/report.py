@@ -59,13 +59,18 @@ def _time(ms: float) -> str:
     return f"{ms:.3g} ms" if ms < 1e3 else f"{ms / 1e3:.3g} s"
 
 
-def _step_cell(r: dict | None) -> str:
+def _unmeasured(r: dict | None) -> str | None:
+    """The cell of a row that has no timing to show (missing, interpreted, failed); None for a timed row."""
     if r is None:
         return ""
     if r["status"] == "interpreted":
         return f"interpreted ({_time(r['median_ms'])})"
-    if r["status"] != "ok":
-        return r["status"]
+    return None if r["status"] == "ok" else r["status"]
+
+
+def _step_cell(r: dict | None) -> str:
+    if (cell := _unmeasured(r)) is not None:
+        return cell
     gbps = f"{r['gbps']:.0f}" if r["gbps"] >= 100 else f"{r['gbps']:.2g}"
     parts = [_time(r["median_ms"]), f"{gbps} GB/s", f"{r['pct_copy']:.0f}%"]
     if "ratio" in r:
@@ -93,12 +98,8 @@ def _ns_cell(r: dict | None) -> str:
 
 
 def _muon_cell(r: dict | None) -> str:
-    if r is None:
-        return ""
-    if r["status"] == "interpreted":
-        return f"interpreted ({_time(r['median_ms'])})"
-    if r["status"] != "ok":
-        return r["status"]
+    if (cell := _unmeasured(r)) is not None:
+        return cell
     parts = [_time(r["median_ms"]), f"{r['tflops']:.3g} TFLOP/s"]
     if "ratio" in r:
         parts.append(f"{r['ratio']:.2f}×")
