@@ -20,6 +20,8 @@ reference for the rest of that optimizer's life (the verdict is kept in the call
 
 from __future__ import annotations
 
+import functools
+import types
 import warnings
 from collections.abc import Callable
 
@@ -31,13 +33,33 @@ from fusedgate.stack import AdamWHyper, Gate, MatrixHyper, Stack
 _VERDICT = "compiled: torch.compile works"   # the cache key of the availability verdict
 
 
-def _stack_step(params, P, g, moments, act, sensors, steps, hp, flags, applied):
+# The numbers a graph reads travel packed, one float64 tensor each for the hyperparameters and the
+# actuators: every tensor argument is one more set of guards checked at every call.
+MATRIX_NUMBERS = ("lr", "weight_decay", "momentum", "eps", "normuon_beta2")
+ADAMW_NUMBERS = ("lr", "beta1", "beta2", "eps", "weight_decay")
+
+
+def _stack_step(params, grads, moments, act_names, act_packed, sensors, steps, numbers, switches, flags):
+    """Stacking, the finiteness flags, the update and the write-back in one graph: the stacked copies of
+    P and g are fused into the update's first pass instead of being written and read again. ``act_packed``
+    (len(act_names), k) the actuators; ``numbers`` (5,) the ``MATRIX_NUMBERS``; ``switches`` (nesterov,
+    ns_steps, units)."""
+    nesterov, ns_steps, units = switches
+    hp = MatrixHyper(**dict(zip(MATRIX_NUMBERS, numbers.unbind(0))), nesterov=nesterov, ns_steps=ns_steps,
+                     units=units)
+    act = dict(zip(act_names, act_packed.unbind(0)))
+    P, g = R.stacked_tensors(params, grads)
+    applied = torch.isfinite(g.sum(dim=(-2, -1)))   # as in reference.gated_matrix_stack
     sums, P_new, updates = R.stack_update(P, g, moments, act, sensors, steps, hp, flags)
     R.write_back(params, applied, P_new, P, updates)
-    return sums
+    return sums, applied
 
 
-def _adamw(p, g, m, v, m_decay, v_decay, step, skipped, hp, applied):
+def _adamw(p, grad, m, v, m_decay, v_decay, step, skipped, numbers):
+    """``reference.adamw_masked`` with the finiteness flag in the graph; ``numbers`` (5,) the ``ADAMW_NUMBERS``."""
+    hp = AdamWHyper(**dict(zip(ADAMW_NUMBERS, numbers.unbind(0))))
+    g = grad.to(m.dtype)
+    applied = torch.isfinite(g.sum())   # as in reference.adamw_step
     return R.adamw_masked(p, g, m, v, m_decay, v_decay, step, skipped, hp, applied)
 
 
@@ -56,44 +78,49 @@ def _graphs():
     return torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, accumulated_recompile_limit=RECOMPILE_LIMIT)
 
 
-_compiled_stack_step = _compile(_stack_step)
-_compiled_adamw = _compile(_adamw)
+@functools.cache
+def _graph(fn: Callable, key: tuple) -> Callable:
+    """``fn`` compiled for one static configuration ``key``, on a copy of its code object of its own.
+
+    dynamo keeps its compiled graphs on the code object and tries them in turn at every call, evaluating
+    each one's guards until one passes: with one code object per configuration a call checks one set of
+    guards, not the guards of every other shape first (a measurable share of a small model's step)."""
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{abs(hash(key)):x}")
+    copy = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+    return _compile(copy)
 
 
-def _scalar(x: float, device) -> torch.Tensor:
-    return torch.tensor(x, dtype=torch.float64, device=device)
+def _numbers(hp, names: tuple[str, ...], device) -> torch.Tensor:
+    """The fields ``names`` of ``hp`` as one (len(names),) float64 tensor."""
+    return torch.tensor([getattr(hp, name) for name in names], dtype=torch.float64, device=device)
 
 
-def _matrix_hyper(hp: MatrixHyper, device) -> MatrixHyper:
-    """``hp`` with its numbers as 0-D float64 tensors (the switches stay Python values)."""
-    return MatrixHyper(lr=_scalar(hp.lr, device), weight_decay=_scalar(hp.weight_decay, device),
-                       momentum=_scalar(hp.momentum, device), eps=_scalar(hp.eps, device), nesterov=hp.nesterov,
-                       ns_steps=hp.ns_steps, units=hp.units, normuon_beta2=_scalar(hp.normuon_beta2, device))
+def _actuators(act: dict, k: int, device) -> torch.Tensor:
+    """The actuators (each a (k,) tensor or a float shared by the stack) as one (len(act), k) float64 tensor."""
+    values = list(act.values())
+    if all(isinstance(v, float) for v in values):
+        return torch.tensor(values, dtype=torch.float64, device=device).view(-1, 1).expand(-1, k)
+    return torch.stack([torch.full((k,), v, dtype=torch.float64, device=device) if isinstance(v, float) else v
+                        for v in values])
 
 
 def _run_step(stack: Stack, act: dict, sensors: torch.Tensor, steps, flags: R.StackFlags):
     """``reference.gated_matrix_stack``'s contract, through the compiled update."""
-    P, g, moments = R.stacked(stack, flags)
-    k, device = g.size(0), g.device
-    applied = torch.isfinite(g.sum(dim=(-2, -1)))
-    act = {name: torch.full((k,), value, dtype=torch.float64, device=device) if isinstance(value, float) else value
-           for name, value in act.items()}
-    sums = _compiled_stack_step(stack.params, P, g, moments, act, sensors, steps,
-                                _matrix_hyper(stack.hyper, device), flags, applied)
-    return sums, applied
+    k, p, hp = len(stack.params), stack.params[0], stack.hyper
+    switches, names = (hp.nesterov, hp.ns_steps, hp.units), tuple(act)
+    graph = _graph(_stack_step, (k, tuple(p.shape), p.dtype, p.device, flags, switches, names, steps is None))
+    return graph(stack.params, stack.grads, R.packed_moments(stack, flags), names, _actuators(act, k, p.device),
+                 sensors, steps, _numbers(hp, MATRIX_NUMBERS, p.device), switches, flags)
 
 
 def _adamw_step(p: torch.Tensor, grad: torch.Tensor, state: dict, hp: AdamWHyper, host_checks: bool = False):
     """``reference.adamw_step``'s contract, through the compiled update."""
-    g = grad.detach().to(R.compute_dtype(p.dtype))
-    device = g.device
-    tensors = AdamWHyper(lr=_scalar(hp.lr, device), beta1=_scalar(hp.beta1, device), beta2=_scalar(hp.beta2, device),
-                         eps=_scalar(hp.eps, device), weight_decay=_scalar(hp.weight_decay, device))
+    graph = _graph(_adamw, (tuple(p.shape), p.dtype, grad.dtype, p.device))
     # the decay products as (1,) views: inductor (torch 2.13, CPU) drops the in-place update of a 0-D float64
     # input, which a 1-element view does not suffer
-    return _compiled_adamw(p.detach(), g, state["exp_avg"], state["exp_avg_sq"], state["m_decay_prod"].view(1),
-                           state["v_decay_prod"].view(1), state["step"], state["skipped"], tensors,
-                           torch.isfinite(g.sum()))
+    return graph(p.detach(), grad.detach(), state["exp_avg"], state["exp_avg_sq"], state["m_decay_prod"].view(1),
+                 state["v_decay_prod"].view(1), state["step"], state["skipped"],
+                 _numbers(hp, ADAMW_NUMBERS, p.device))
 
 
 def _probe_fn(x: torch.Tensor) -> torch.Tensor:

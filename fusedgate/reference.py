@@ -339,20 +339,30 @@ def gated_matrix_stack(stack: Stack, act: dict[str, torch.Tensor | float], senso
 
 
 def stacked(stack: Stack, flags: StackFlags) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(P, g, the state's packed moments) of a stack, each viewed (k, rows, cols) (NorMuon's (k, ·, ·),
-    the decay products (k,)); P and g are fresh copies in the compute dtype."""
-    k, shape = len(stack.params), stack.params[0].shape
-    view, work = (k, *matrix_view_shape(shape)), compute_dtype(stack.params[0].dtype)
+    """(P, g, the state's packed moments) of a stack: ``stacked_tensors`` and ``packed_moments``."""
+    P, g = stacked_tensors(stack.params, stack.grads)
+    return P, g, packed_moments(stack, flags)
+
+
+def stacked_tensors(params: list[torch.Tensor], grads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, g) of a stack, each a fresh copy (k, rows, cols) in the compute dtype."""
+    k, shape = len(params), params[0].shape
+    view, work = (k, *matrix_view_shape(shape)), compute_dtype(params[0].dtype)
     # (no .detach(): the optimizer steps under torch.no_grad, and each detach is one more dispatch)
-    P = torch.stack(stack.params).view(view).to(work)
-    g = torch.stack(stack.grads).view(view).to(work)
+    return torch.stack(params).view(view).to(work), torch.stack(grads).view(view).to(work)
+
+
+def packed_moments(stack: Stack, flags: StackFlags) -> dict:
+    """The state's moments of a stack, packed (``pack``): m and v viewed (k, rows, cols), NorMuon's
+    (k, ·, ·), the decay products (k,)."""
+    view = (len(stack.params), *matrix_view_shape(stack.params[0].shape))
     moments = {"exp_avg": pack(stack.states, "exp_avg").view(view), "m_decay": pack(stack.states, "m_decay_prod")}
     if flags.adam:
         moments.update(exp_avg_sq=pack(stack.states, "exp_avg_sq").view(view),
                        v_decay=pack(stack.states, "v_decay_prod"))
     if flags.ortho and flags.engine.normuon:
         moments["normuon"] = pack(stack.states, "normuon_sq")
-    return P, g, moments
+    return moments
 
 
 def stack_update(P: torch.Tensor, g: torch.Tensor, moments: dict, act: dict, sensors: torch.Tensor,
