@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import torch
 
+from fusedgate import gate as G
 from fusedgate import reference as R
 from fusedgate.stack import AdamWHyper, Gate, MatrixHyper, Stack
 
@@ -95,7 +96,7 @@ def _numbers(hp, names: tuple[str, ...], device) -> torch.Tensor:
     return torch.tensor([getattr(hp, name) for name in names], dtype=torch.float64, device=device)
 
 
-def _actuators(act: dict, k: int, device) -> torch.Tensor:
+def _packed_actuators(act: dict, k: int, device) -> torch.Tensor:
     """The actuators (each a (k,) tensor or a float shared by the stack) as one (len(act), k) float64 tensor."""
     values = list(act.values())
     if all(isinstance(v, float) for v in values):
@@ -109,7 +110,7 @@ def _run_step(stack: Stack, act: dict, sensors: torch.Tensor, steps, flags: R.St
     k, p, hp = len(stack.params), stack.params[0], stack.hyper
     switches, names = (hp.nesterov, hp.ns_steps, hp.units), tuple(act)
     graph = _graph(_stack_step, (k, tuple(p.shape), p.dtype, p.device, flags, switches, names, steps is None))
-    return graph(stack.params, stack.grads, R.packed_moments(stack, flags), names, _actuators(act, k, p.device),
+    return graph(stack.params, stack.grads, R.packed_moments(stack, flags), names, _packed_actuators(act, k, p.device),
                  sensors, steps, _numbers(hp, MATRIX_NUMBERS, p.device), switches, flags)
 
 
@@ -121,6 +122,25 @@ def _adamw_step(p: torch.Tensor, grad: torch.Tensor, state: dict, hp: AdamWHyper
     return graph(p.detach(), grad.detach(), state["exp_avg"], state["exp_avg_sq"], state["m_decay_prod"].view(1),
                  state["v_decay_prod"].view(1), state["step"], state["skipped"],
                  _numbers(hp, ADAMW_NUMBERS, p.device))
+
+
+def _actuators(gate: Gate, sensors: torch.Tensor, steps, modulations: list) -> dict:
+    """``gate.step_actuators``' contract: a measured gate through one compiled graph (OptBrain's modulation
+    enters as tensors, so a changing modulation compiles nothing new); an unmeasured one as the reference
+    computes it (host constants)."""
+    if not gate.measures:
+        return G.step_actuators(gate, sensors, steps, modulations)
+    scale, clip, dampen = G.modulation_tensors(modulations, sensors.device)
+    graph = _graph(G.measured_actuators, (gate.spec, gate.total_steps, tuple(sensors.shape), sensors.device))
+    return graph(gate.spec, gate.global_state, sensors, steps, gate.total_steps, scale, clip, dampen)
+
+
+def _observe(sensors: torch.Tensor, steps, spec, sums: torch.Tensor, applied: torch.Tensor) -> None:
+    """``gate.observe_param`` through one compiled graph."""
+    _graph(G.observe_param, (spec, tuple(sensors.shape), sensors.device))(sensors, steps, spec, sums, applied)
+
+
+COMPILED = R.StepFunctions(run_step=_run_step, adamw=_adamw_step, actuators=_actuators, observe=_observe)
 
 
 def _probe_fn(x: torch.Tensor) -> torch.Tensor:
@@ -153,6 +173,6 @@ def gated_step(stacks: list[Stack], gate: Gate, *, iterate: Callable = R.polar_i
     device = next((stack.params[0].device for stack in stacks if stack.params), torch.device("cpu"))
     if available(cache, device):
         with _graphs():
-            R.step_stacks(stacks, gate, iterate, _run_step, _adamw_step)
+            R.step_stacks(stacks, gate, iterate, COMPILED)
     else:
         R.gated_step(stacks, gate, iterate=iterate, cache=cache)

@@ -170,15 +170,30 @@ def step_actuators(gate: Gate, sensors: torch.Tensor, steps: torch.Tensor | None
         if not gate.measures:
             return _constant_actuators(gate.spec, sensors, scale, clip)
     else:
-        device = sensors.device
-        scale = torch.tensor([m.scale for m in modulations], dtype=torch.float64, device=device)
-        clip = torch.tensor([m.clip for m in modulations], dtype=torch.float64, device=device)
-        dampen = torch.tensor([m.dampen for m in modulations], dtype=torch.float32, device=device)
-    if gate.measures:
-        g = gate_value(gate.spec, normalised_sensors(gate.global_state, sensors, steps, gate.total_steps), dampen)
-    else:
+        scale, clip, dampen = modulation_tensors(modulations, sensors.device)
+    if not gate.measures:
         g = torch.zeros(sensors.shape[0], dtype=torch.float32, device=sensors.device)
-    act = actuators(gate.spec, g, scale, clip)
+        return record_actuators(sensors, g, actuators(gate.spec, g, scale, clip))
+    return measured_actuators(gate.spec, gate.global_state, sensors, steps, gate.total_steps, scale, clip, dampen)
+
+
+def modulation_tensors(modulations: list[Modulation], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """OptBrain's (scale, clip, dampen), one value per parameter: (P,) float64, float64, float32."""
+    return (torch.tensor([m.scale for m in modulations], dtype=torch.float64, device=device),
+            torch.tensor([m.clip for m in modulations], dtype=torch.float64, device=device),
+            torch.tensor([m.dampen for m in modulations], dtype=torch.float32, device=device))
+
+
+def measured_actuators(spec: GateSpec, global_state: torch.Tensor, sensors: torch.Tensor, steps: torch.Tensor,
+                       total_steps: int | None, scale, clip, dampen) -> dict[str, torch.Tensor]:
+    """The gate g of the normalised sensors and the actuators it gives (``actuators``), recorded in the
+    sensors: tensor work only (the compiled backend compiles it)."""
+    g = gate_value(spec, normalised_sensors(global_state, sensors, steps, total_steps), dampen)
+    return record_actuators(sensors, g, actuators(spec, g, scale, clip))
+
+
+def record_actuators(sensors: torch.Tensor, g: torch.Tensor, act: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Write g and the actuators into their sensor slots; returns ``act``."""
     sensors[:, S_GATE] = g
     for name, slot in ACTUATOR_SLOTS.items():
         sensors[:, slot] = act[name].float()

@@ -525,30 +525,40 @@ def gated_step(stacks: list[Stack], gate: Gate, *, iterate: Callable = polar_ite
     AdamW stacks parameter by parameter (``adamw_step``). ``iterate``: the Newton–Schulz implementation.
     ``cache`` is unused here (the Triton backend keeps its launch tables in it): every backend takes the
     same arguments."""
-    step_stacks(stacks, gate, iterate, gated_matrix_stack, adamw_step)
+    step_stacks(stacks, gate, iterate, StepFunctions())
 
 
-def step_stacks(stacks: list[Stack], gate: Gate, iterate: Callable, run_step: Callable, adamw: Callable) -> None:
-    """The reference backend's orchestration with its two per-tensor updates given: ``run_step`` (the
-    signature of ``gated_matrix_stack``) and ``adamw`` (that of ``adamw_step``); the compiled backend passes
-    compiled ones."""
+@dataclass(frozen=True)
+class StepFunctions:
+    """The tensor work ``step_stacks`` orchestrates, by contract: ``run_step`` that of ``gated_matrix_stack``,
+    ``adamw`` that of ``adamw_step``, ``actuators`` that of ``gate.step_actuators``, ``observe`` that of
+    ``gate.observe_param``. The reference's own by default; the compiled backend passes compiled ones."""
+
+    run_step: Callable = gated_matrix_stack
+    adamw: Callable = adamw_step
+    actuators: Callable = G.step_actuators
+    observe: Callable = G.observe_param
+
+
+def step_stacks(stacks: list[Stack], gate: Gate, iterate: Callable, fns: StepFunctions) -> None:
+    """The reference backend's orchestration, with its tensor work ``fns`` (``StepFunctions``)."""
     gated = [stack for stack in stacks if stack.gated and stack.params]
     if gated:
-        _gated_stacks(gated, gate, iterate, run_step)
+        _gated_stacks(gated, gate, iterate, fns)
     for stack in stacks:
         if not stack.gated:
             host_checks = bool(stack.params) and stack.params[0].device.type == "cpu"
             for p, grad, state in zip(stack.params, stack.grads, stack.states):
-                adamw(p, grad, state, stack.hyper, host_checks)
+                fns.adamw(p, grad, state, stack.hyper, host_checks)
 
 
-def _gated_stacks(stacks: list[Stack], gate: Gate, iterate: Callable, run_step: Callable) -> None:
+def _gated_stacks(stacks: list[Stack], gate: Gate, iterate: Callable, fns: StepFunctions) -> None:
     states = [state for stack in stacks for state in stack.states]
     device = stacks[0].params[0].device
     sensors = pack(states, "sensors")
     # applied-step counts before this step (the update advances the packed counts); read by the gate only
     steps = pack(states, "step").clone() if gate.measures else None
-    act = G.step_actuators(gate, sensors, steps, [stack.modulation for stack in stacks for _ in stack.params])
+    act = fns.actuators(gate, sensors, steps, [stack.modulation for stack in stacks for _ in stack.params])
     ortho, adam, clip = gate.uses
     flags = StackFlags(ortho=ortho, clip=clip, adam=adam, host_checks=device.type == "cpu", sensors=gate.measures,
                        engine=Engine.of(gate.spec), ns_dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
@@ -563,13 +573,14 @@ def _gated_stacks(stacks: list[Stack], gate: Gate, iterate: Callable, run_step: 
             if len(run) != run[-1] - run[0] + 1:
                 at = torch.tensor([offset + i for i in run], device=device)
             run_act = {k: v if isinstance(v, float) else v[at] for k, v in act.items()}
-            s, a = run_step(take(stack, run), run_act, sensors[at], None if steps is None else steps[at], stack_flags)
+            run_steps = None if steps is None else steps[at]
+            s, a = fns.run_step(take(stack, run), run_act, sensors[at], run_steps, stack_flags)
             if gate.measures:
                 sums[at] = s
             applied[at] = a
         offset += len(stack.params)
     if gate.measures:
-        G.observe_param(sensors, steps, gate.spec, sums, applied)
+        fns.observe(sensors, steps, gate.spec, sums, applied)
     if flags.host_checks and bool(applied.all()):
         pack(states, "step").add_(1.0)
     else:

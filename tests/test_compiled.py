@@ -5,7 +5,7 @@ test chaos, not the backend).
 
 Tolerances per step (max |a − b| / max |b| per tensor): parameters ≤ 1e-6, moments and sensors ≤ 1e-5, decay
 products ≤ 1e-12 — the compiled updates are always masked and fused by inductor, so an ulp differs here
-and there. A schedule writing lr and momentum every step compiles nothing new.
+and there. A schedule writing lr and momentum (and OptBrain's modulation) every step compiles nothing new.
 """
 
 import os
@@ -35,15 +35,19 @@ def model_groups(seed: int = 0) -> tuple[list[torch.nn.Parameter], list[dict]]:
     return [embed, vector, *square, *tall], groups
 
 
-def schedule(opt: FusedGate, step: int) -> None:
-    for group in opt.param_groups:
+def schedule(opt: FusedGate, step: int, modulated: bool = False) -> None:
+    """lr and momentum written every step; ``modulated``: OptBrain's per-group modulation too, different in
+    each Muon group and changing every step."""
+    for gi, group in enumerate(opt.param_groups):
         group["lr"] = group["initial_lr"] * (1.0 - step / 20)
         if group["kind"] == "muon":
             group["momentum"] = 0.85 + 0.01 * step
+            if modulated:
+                group.update(gate_scale=1.0 + 0.05 * step * gi, gate_clip=1.0 + 0.1 * gi, gate_dampen=0.1 * (step % 2))
 
 
-@pytest.mark.parametrize("preset", ["nanochat", "gated"])
-def test_compiled_matches_the_eager_reference_step_by_step(preset):
+@pytest.mark.parametrize("preset, modulated", [("nanochat", False), ("gated", False), ("gated", True)])
+def test_compiled_matches_the_eager_reference_step_by_step(preset, modulated):
     torch._dynamo.reset()
     spec = getattr(GateSpec, preset)()
     ref_params, ref_groups = model_groups()
@@ -60,7 +64,7 @@ def test_compiled_matches_the_eager_reference_step_by_step(preset):
         if step == 3:
             grads[2][0, 0] = float("nan")   # a skipped matrix
         for params, opt in ((ref_params, ref), (cmp_params, cmp)):
-            schedule(opt, step)
+            schedule(opt, step, modulated)
             for p, g in zip(params, grads):
                 p.grad = g.clone()
             opt.step(loss=torch.tensor(3.0 - 0.1 * step))
