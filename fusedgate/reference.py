@@ -376,9 +376,11 @@ def stack_update(P: torch.Tensor, g: torch.Tensor, moments: dict, act: dict, sen
     return sums, P_new, ([] if in_place else [(m, m_new)]) + dirs.updates
 
 
-def _clip_(g: torch.Tensor, clip_inv: torch.Tensor, sensors: torch.Tensor, steps: torch.Tensor, col) -> None:
-    """Step 1, in place on g (this step's own stacked copy): each element clamped to ±k·G/√N."""
-    rms = sensors[:, G.S_GRAD_NORM] / math.sqrt(g.size(-2) * g.size(-1))
+def _clip_(g: torch.Tensor, clip_inv: torch.Tensor, sensors: torch.Tensor, steps: torch.Tensor, col,
+           numel: int | None = None) -> None:
+    """Step 1, in place on g (this step's own stacked copy): each element clamped to ±k·G/√N (``numel``: N
+    of the whole matrix when g holds a shard of it, as under FSDP2; else g's own)."""
+    rms = sensors[:, G.S_GRAD_NORM] / math.sqrt(numel if numel is not None else g.size(-2) * g.size(-1))
     active = (steps > 0) & (rms > 0) & (clip_inv > 0)
     threshold = col(torch.where(active, rms / clip_inv.clamp_min(1e-30), math.inf))
     # min/max are 3× faster than clamp with tensor bounds, and every large temporary avoided is an
@@ -387,10 +389,14 @@ def _clip_(g: torch.Tensor, clip_inv: torch.Tensor, sensors: torch.Tensor, steps
 
 
 def _directions(g: torch.Tensor, m_new: torch.Tensor, moments: dict, act: dict, sensors: torch.Tensor,
-                hp: MatrixHyper, flags: StackFlags, col) -> _Directions:
+                hp: MatrixHyper, flags: StackFlags, col, shape: tuple[int, int] | None = None,
+                orth: Callable | None = None) -> _Directions:
     """Steps 2–6 past the first moment: P₁, the Adam direction (v, P₂ advanced), the orthogonal direction
-    (NorMuon's moment advanced), the blend weights c_a, c_o and the trust-scaled step size."""
-    rows, cols = g.size(-2), g.size(-1)
+    (NorMuon's moment advanced), the blend weights c_a, c_o and the trust-scaled step size. When g holds
+    row shards of larger matrices (FSDP2, ``fusedgate.fsdp``), ``shape`` is the whole matrices' (rows, cols)
+    and ``orth`` (``orthogonalise``'s signature) orthogonalises the whole matrices and returns the shards."""
+    rows, cols = (g.size(-2), g.size(-1)) if shape is None else shape
+    orth = orthogonalise if orth is None else orth
     m_decay = moments["m_decay"]
     p1 = m_decay * hp.momentum
     c_a, c_o = direction_coefficients(rows, cols, act["ortho"], hp.units)
@@ -411,7 +417,7 @@ def _directions(g: torch.Tensor, m_new: torch.Tensor, moments: dict, act: dict, 
         source = torch.lerp(g, m_new, weight(hp.momentum, g)) if hp.nesterov else m_new
         moment = moments.get("normuon")
         ns_dtype = torch.float64 if g.dtype == torch.float64 else flags.ns_dtype
-        o, moment_new = orthogonalise(source, flags.engine, hp.ns_steps, moment, hp.normuon_beta2, ns_dtype,
+        o, moment_new = orth(source, flags.engine, hp.ns_steps, moment, hp.normuon_beta2, ns_dtype,
                                       flags.iterate)
         out.terms.append(col(step_size * c_o) * o)
         # without the Adam direction d = c_o·o with c_o > 0 is never formed: the cautious mask reads the sign
