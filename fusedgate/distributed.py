@@ -97,7 +97,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import sys
 import warnings
 from collections.abc import Callable
 
@@ -107,7 +106,7 @@ import torch.distributed as dist
 from fusedgate import reference as R
 from fusedgate.stack import AdamWHyper, Stack
 
-MODES = ("auto", "replicated", "zero2")
+MODES = ("auto", "replicated", "zero2", "fsdp2")
 SLICE_MIN_NUMEL = 1024          # AdamW params at least this large in a run shorter than N are split element-wise
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -127,17 +126,11 @@ def resolve_mode(mode: str, group=None) -> str | None:
     return None if world_size(group) == 1 else mode
 
 
-def refuse_dtensor(p: torch.Tensor) -> None:
-    """A one-line error for FSDP2 / tensor-parallel (DTensor) parameters, raised before any state exists."""
-    dtensor = sys.modules.get("torch.distributed.tensor")   # not imported: no DTensor exists (and the
-    if dtensor is not None and isinstance(p, dtensor.DTensor):   # import costs ~1 s)
-        raise TypeError("FusedGate does not support DTensor parameters (FSDP2 fully_shard, tensor parallel): "
-                        "keep the model's parameters plain and use distributed='zero2' (FusedGate averages "
-                        "the gradients and shards its own state) or DDP with distributed='replicated'")
-
-
 def setup(optimizer, mode: str, group=None):
     """The synchroniser for ``optimizer`` over ``group`` (None: the default group); None for a single process."""
+    if mode == "fsdp2":
+        raise TypeError("FusedGate distributed='fsdp2' takes DTensor parameters (FSDP2's fully_shard); these are "
+                        "plain: use distributed='auto', 'replicated' or 'zero2'")
     resolved = resolve_mode(mode, group)
     if resolved is None:
         return None
