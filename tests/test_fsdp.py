@@ -1,0 +1,106 @@
+"""FusedGate on FSDP2 (fully_shard, DTensor parameters; gloo, CPU, 2 and 3 processes): against a single process
+over the concatenated batch, bit for bit against the shard average on 2 ranks, a DCP checkpoint saved on 2
+ranks resumed on 3 and on 1, the one-line refusals, and the bytes sent by design.
+
+The multi-process runs happen once per module (``runs``: three spawns); the tests read their results. See
+``fsdp_worker`` for the model (dim 0 of 7 and 2 rows: uneven on 2 and 3 ranks, an empty shard on 3)."""
+
+from __future__ import annotations
+
+import fsdp_worker as W
+import pytest
+import torch
+from conftest import max_rel_diff
+
+from fusedgate import fsdp
+
+TOLERANCE = 1e-6
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("fsdp")
+    two = W.spawn(2, out)
+    return {2: two, 3: W.spawn(3, out, load_from=out / "dcp_world2"), 1: W.spawn(1, out, load_from=out / "dcp_world2")}
+
+
+def worst(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(max_rel_diff(a[name], b[name]) for name in a)
+
+
+def assert_ranks_identical(per_rank: list[dict], key: str) -> None:
+    for rank, result in enumerate(per_rank[1:], start=1):
+        for name, value in result[key].items():
+            assert torch.equal(value, per_rank[0][key][name]), f"{key}: rank {rank} differs from rank 0 in {name}"
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("preset", W.PRESETS)
+def test_fsdp2_equals_single_process_over_the_whole_batch(runs, world, preset):
+    key = f"fsdp2/{preset}"
+    assert_ranks_identical(runs[world], key)
+    assert worst(runs[world][0][key], W.single_process(preset)) <= TOLERANCE
+
+
+@pytest.mark.parametrize("preset", W.PRESETS)
+def test_two_ranks_bit_identical_to_the_shard_average(runs, preset):
+    """On 2 ranks FSDP2's reduce-scatter forms (g₀ + g₁)/2 exactly as one process averaging the two shards'
+    gradients: the sharded step (local element-wise passes, whole matrices orthogonalised by their owner,
+    all-reduced sensor sums) must then give the single-process parameters bit for bit."""
+    assert worst(runs[2][0][f"fsdp2/{preset}"], W.single_process(preset, shards=2)) == 0.0
+
+
+@pytest.mark.parametrize("loaded", [3, 1])
+def test_dcp_checkpoint_from_two_ranks_resumes_at_another_world_size(runs, loaded):
+    """Saved with torch.distributed.checkpoint at step 10 on 2 ranks (get_optimizer_state_dict), loaded into
+    a differently initialised model on 3 ranks and on 1 (set_optimizer_state_dict), trained to step 20: the
+    uninterrupted 2-rank run's parameters, up to the rounding of the rank count."""
+    assert_ranks_identical(runs[loaded], "resumed")
+    assert worst(runs[loaded][0]["resumed"], runs[2][0]["fsdp2/gated"]) <= TOLERANCE
+
+
+def test_wrong_setups_get_one_line_errors(runs):
+    for world in (2, 3):
+        refusals = runs[world][0]["refusals"]
+        assert "FSDP2 (DTensor) and 1 plain parameters" in refusals["mixed"]
+        assert "sharded on dim 0 over a 1-D mesh" in refusals["replicate"] and "Replicate()" in refusals["replicate"]
+        assert "distributed='zero2' takes plain parameters" in refusals["zero2"]
+        assert all("\n" not in message for message in refusals.values())
+
+
+@pytest.mark.parametrize("rows, world", [(7, 2), (7, 3), (2, 3), (9, 3), (1, 2)])
+def test_shards_split_rows_as_torch_chunk(rows, world):
+    chunks = [len(c) for c in torch.arange(rows).chunk(world)]
+    expected = chunks + [0] * (world - len(chunks))
+    shards = fsdp.Shards(rows, 5, world)
+    assert list(shards.counts) == expected
+    assert list(shards.offsets) == [sum(expected[:r]) for r in range(world)]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("preset", W.PRESETS)
+def test_bytes_per_step_by_design(runs, world, preset):
+    """What each rank reported is the formula of ``fusedgate.fsdp``'s docstring: over the ranks, the two
+    all-to-alls move every gated matrix's rows except its owner's, twice (there and back), plus (N − 1)
+    NorMuon moments per matrix; each rank adds the ring all-reduces of the loss and of the (K, 7) sums."""
+    opt = W.make_optimizer(W.Net(), preset)
+    gated = [p for g in opt.param_groups for i, p in enumerate(g["params"]) if opt.is_gated(g, i, p)]
+    ring = 2 * (world - 1) / world
+    per_rank_small = ring * 4 + ring * len(gated) * (7 if opt.reads_sensors else 1) * 4
+    exchanged, start = 0.0, 0   # matrix j of the step (over the groups' same-shape runs) → rank j mod N
+    for group in opt.param_groups if preset != "adamw" else []:
+        runs_of = {}
+        for i, p in enumerate(group["params"]):
+            if opt.is_gated(group, i, p):
+                runs_of.setdefault(tuple(p.shape), []).append(p)
+        for params in runs_of.values():
+            for i, p in enumerate(params):
+                rows, cols = p.shape
+                owner_rows = fsdp.Shards(rows, cols, world).counts[(start + i) % world]
+                normuon = (world - 1) * (rows if rows >= cols else cols) if opt.spec.normuon else 0
+                exchanged += (2 * (p.numel() - owner_rows * cols) + normuon) * 4
+            start = (start + len(params)) % world
+    reported = [result[f"traffic/{preset}"] for result in runs[world]]
+    assert sum(reported) == pytest.approx(world * per_rank_small + exchanged, abs=world)
