@@ -51,8 +51,10 @@ class FusedGate(torch.optim.Optimizer):
         distributed: "auto" (a single process; with more than one rank the first step decides, as nanochat
             does: identical gradients on every rank → "replicated", else → "zero2"), "replicated" (the model
             is wrapped in DDP) or "zero2" (FusedGate averages the gradients and shards its state); see
-            ``fusedgate.distributed``.
-        process_group: the ranks that share the data-parallel work (None: the default group).
+            ``fusedgate.distributed``. With FSDP2 (``fully_shard``: DTensor parameters sharded on dim 0) "auto"
+            (or "fsdp2") steps the local shards and orthogonalises each whole matrix once (``fusedgate.fsdp``).
+        process_group: the ranks that share the data-parallel work (None: the default group; under FSDP2 the
+            parameters' device mesh decides).
         newton_schulz: the orthogonaliser's polynomial iteration, "torch" (matmuls) or "triton" (the symmetric
             Triton kernels of ``fusedgate.kernels.newton_schulz``).
     """

@@ -177,6 +177,25 @@ def _refusals(world: int) -> dict[str, str]:
     return out
 
 
+def _nonfinite(rank: int, world: int) -> dict:
+    """A NaN in the last rank's rows of one matrix's gradient: that matrix's step is skipped on every rank
+    (the finiteness test is all-reduced with the sums), the others step."""
+    model = shard(Net(), world)
+    opt = make_optimizer(model, "gated")
+    train(model, opt, 0, 1, rank, world)
+    before = full_params(model)
+    tokens, targets = global_batch(1)
+    share = GLOBAL_BATCH // world
+    F.cross_entropy(model(tokens[rank * share:(rank + 1) * share]), targets[rank * share:(rank + 1) * share]).backward()
+    if rank == world - 1:
+        model.blocks[0].weight.grad.to_local()[0, 0] = float("nan")
+    opt.step()
+    after = full_params(model)
+    return {"skipped": opt.skipped_steps()["blocks.0.weight"],
+            "unchanged": torch.equal(after["blocks.0.weight"], before["blocks.0.weight"]),
+            "others_stepped": all(not torch.equal(after[n], before[n]) for n in ("blocks.1.weight", "mid.weight"))}
+
+
 def worker(rank: int, world: int, store: str, out: str, load_from: str) -> None:
     torch.set_num_threads(1)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
@@ -200,6 +219,7 @@ def worker(rank: int, world: int, store: str, out: str, load_from: str) -> None:
                 result[f"fsdp2/{preset}"] = full_params(model)
                 result[f"traffic/{preset}"] = opt._sync.traffic_bytes(opt)
             result["refusals"] = _refusals(world)
+            result["nonfinite"] = _nonfinite(rank, world)
         torch.save(result, out / f"rank{rank}_of_{world}.pt")
     except BaseException:
         (out / f"error_rank{rank}_of_{world}.txt").write_text(traceback.format_exc())

@@ -70,6 +70,12 @@ def test_wrong_setups_get_one_line_errors(runs):
         assert all("\n" not in message for message in refusals.values())
 
 
+@pytest.mark.parametrize("world", [2, 3])
+def test_a_non_finite_shard_skips_the_whole_matrix_on_every_rank(runs, world):
+    for result in runs[world]:
+        assert result["nonfinite"] == {"skipped": 1, "unchanged": True, "others_stepped": True}
+
+
 @pytest.mark.parametrize("rows, world", [(7, 2), (7, 3), (2, 3), (9, 3), (1, 2)])
 def test_shards_split_rows_as_torch_chunk(rows, world):
     chunks = [len(c) for c in torch.arange(rows).chunk(world)]
