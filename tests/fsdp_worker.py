@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
+from fusedgate.distributed import state_bytes
 from fusedgate.optimizer import FusedGate
 from fusedgate.spec import GateSpec
 
@@ -137,9 +138,34 @@ def _dcp_state(model, opt) -> dict:
 
 
 def _save(model, opt, path: Path) -> None:
+    """A DCP checkpoint in ``path``, and the whole (gathered) state dicts in ``path``.pt, written by rank 0."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
 
     dcp.save(_dcp_state(model, opt), checkpoint_id=str(path))
+    whole = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = {"model": get_model_state_dict(model, options=whole),
+             "optim": get_optimizer_state_dict(model, opt, options=whole)}
+    if dist.get_rank() == 0:
+        torch.save(state, f"{path}.pt")
+
+
+def resume_whole(path: Path) -> dict[str, torch.Tensor]:
+    """One process, plain parameters: the whole state dicts of ``_save`` loaded (DSD maps the names), trained
+    to STEPS."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    state = torch.load(path, weights_only=False)
+    model = Net(seed=123)
+    model.load_state_dict(state["model"])
+    opt = make_optimizer(model, "gated")
+    set_optimizer_state_dict(model, opt, state["optim"])
+    train(model, opt, SAVE_AT, STEPS)
+    return full_params(model)
 
 
 def _resume(path: Path, rank: int, world: int) -> dict[str, torch.Tensor]:
@@ -218,6 +244,7 @@ def worker(rank: int, world: int, store: str, out: str, load_from: str) -> None:
                 train(model, opt, 0, STEPS, rank, world, on_step=saver)
                 result[f"fsdp2/{preset}"] = full_params(model)
                 result[f"traffic/{preset}"] = opt._sync.traffic_bytes(opt)
+                result[f"state_bytes/{preset}"] = state_bytes(opt)
             result["refusals"] = _refusals(world)
             result["nonfinite"] = _nonfinite(rank, world)
         torch.save(result, out / f"rank{rank}_of_{world}.pt")

@@ -13,6 +13,7 @@ import torch
 from conftest import max_rel_diff
 
 from fusedgate import fsdp
+from fusedgate.distributed import state_bytes
 
 TOLERANCE = 1e-6
 
@@ -21,8 +22,9 @@ TOLERANCE = 1e-6
 def runs(tmp_path_factory):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("fsdp")
-    two = W.spawn(2, out)
-    return {2: two, 3: W.spawn(3, out, load_from=out / "dcp_world2"), 1: W.spawn(1, out, load_from=out / "dcp_world2")}
+    two = W.spawn(2, out)   # saves the DCP checkpoint dcp_world2 that the 3- and 1-process runs resume
+    return {"out": out, 2: two, 3: W.spawn(3, out, load_from=out / "dcp_world2"),
+            1: W.spawn(1, out, load_from=out / "dcp_world2")}
 
 
 def worst(a: dict, b: dict) -> float:
@@ -59,6 +61,28 @@ def test_dcp_checkpoint_from_two_ranks_resumes_at_another_world_size(runs, loade
     uninterrupted 2-rank run's parameters, up to the rounding of the rank count."""
     assert_ranks_identical(runs[loaded], "resumed")
     assert worst(runs[loaded][0]["resumed"], runs[2][0]["fsdp2/gated"]) <= TOLERANCE
+
+
+def test_whole_state_dicts_from_two_ranks_resume_in_a_plain_single_process(runs):
+    """get_optimizer_state_dict(full_state_dict=True) on the FSDP2 run, saved by rank 0 with torch.save and loaded
+    with set_optimizer_state_dict into a plain (unsharded) model and FusedGate: the uninterrupted run."""
+    resumed = W.resume_whole(runs["out"] / "dcp_world2.pt")
+    assert worst(resumed, runs[2][0]["fsdp2/gated"]) <= TOLERANCE
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("preset", W.PRESETS)
+def test_fsdp2_state_is_sharded_with_the_parameters(runs, world, preset):
+    """The moments are DTensors of the parameters' placement: the ranks' state bytes sum to the single
+    process's, plus the per-matrix state (sensors, step counts, NorMuon moments) each rank repeats."""
+    model = W.Net()
+    opt = W.make_optimizer(model, preset)
+    W.train(model, opt, 0, 1)
+    moments = sum(v.numel() * v.element_size() for s in opt.state.values() for k, v in s.items()
+                  if k in ("exp_avg", "exp_avg_sq"))
+    repeated = state_bytes(opt) - moments
+    per_rank = [result[f"state_bytes/{preset}"] for result in runs[world]]
+    assert sum(per_rank) == moments + world * repeated
 
 
 def test_wrong_setups_get_one_line_errors(runs):
