@@ -14,6 +14,7 @@ from conftest import max_rel_diff
 
 from fusedgate import fsdp
 from fusedgate.distributed import state_bytes
+from fusedgate.optimizer import FusedGate
 
 TOLERANCE = 1e-6
 
@@ -98,6 +99,11 @@ def test_wrong_setups_get_one_line_errors(runs):
 def test_a_non_finite_shard_skips_the_whole_matrix_on_every_rank(runs, world):
     for result in runs[world]:
         assert result["nonfinite"] == {"skipped": 1, "unchanged": True, "others_stepped": True}
+
+
+def test_fsdp2_mode_without_dtensors_is_refused_in_one_line():
+    with pytest.raises(TypeError, match="distributed='fsdp2' takes DTensor parameters"):
+        FusedGate(torch.nn.Linear(3, 2).parameters(), distributed="fsdp2")
 
 
 @pytest.mark.parametrize("rows, world", [(7, 2), (7, 3), (2, 3), (9, 3), (1, 2)])
