@@ -222,7 +222,19 @@ def _nonfinite(rank: int, world: int) -> dict:
             "others_stepped": all(not torch.equal(after[n], before[n]) for n in ("blocks.1.weight", "mid.weight"))}
 
 
-def worker(rank: int, world: int, store: str, out: str, load_from: str) -> None:
+def _triton_shards(rank: int, world: int) -> float:
+    """The Triton backend's AdamW on the local shards (3 steps of the gated spec: its AdamW parameters through
+    the kernels, its matrices through the sharded path) against the reference backend: max relative difference."""
+    spec = GateSpec.gated().replace(lr=MUON_LR)
+    results = []
+    for backend in ("triton", "reference"):
+        model = shard(Net(), world)
+        train(model, FusedGate(model.named_parameters(), spec=spec, backend=backend), 0, 3, rank, world)
+        results.append(full_params(model))
+    return max(((results[0][n] - results[1][n]).abs().max() / results[1][n].abs().max()).item() for n in results[1])
+
+
+def worker(rank: int, world: int, store: str, out: str, load_from: str, job: str = "main") -> None:
     torch.set_num_threads(1)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     out = Path(out)
@@ -230,9 +242,11 @@ def worker(rank: int, world: int, store: str, out: str, load_from: str) -> None:
                             timeout=datetime.timedelta(seconds=120))
     try:
         result = {}
-        if load_from:
+        if job == "triton":
+            result["triton"] = _triton_shards(rank, world)
+        elif load_from:
             result["resumed"] = _resume(Path(load_from), rank, world)
-        if world > 1:
+        if world > 1 and job == "main":
             for preset in PRESETS:
                 model = shard(Net(), world)
                 opt = make_optimizer(model, preset)
@@ -255,10 +269,11 @@ def worker(rank: int, world: int, store: str, out: str, load_from: str) -> None:
         dist.destroy_process_group()
 
 
-def spawn(world: int, out: Path, load_from: Path | None = None, timeout_s: float = 240.0) -> list[dict]:
+def spawn(world: int, out: Path, load_from: Path | None = None, timeout_s: float = 240.0,
+          job: str = "main") -> list[dict]:
     """Run ``worker`` on ``world`` gloo processes (forked; a file store); their results, by rank."""
-    store = out / f"store_fsdp_{world}"
-    ctx = mp.start_processes(worker, args=(world, str(store), str(out), str(load_from or "")),
+    store = out / f"store_fsdp_{job}_{world}"
+    ctx = mp.start_processes(worker, args=(world, str(store), str(out), str(load_from or ""), job),
                              nprocs=world, join=False, start_method=START_METHOD)
     deadline = timeout_s
     try:

@@ -7,6 +7,11 @@ The multi-process runs happen once per module (``runs``: three spawns); the test
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import fsdp_worker as W
 import pytest
 import torch
@@ -99,6 +104,24 @@ def test_wrong_setups_get_one_line_errors(runs):
 def test_a_non_finite_shard_skips_the_whole_matrix_on_every_rank(runs, world):
     for result in runs[world]:
         assert result["nonfinite"] == {"skipped": 1, "unchanged": True, "others_stepped": True}
+
+
+def test_triton_backend_steps_the_local_shards(tmp_path):
+    """backend='triton' (Triton's interpreter on the CPU, in a fresh interpreter: the variable is read when
+    Triton is imported) on 2 FSDP2 ranks: its AdamW passes on the local shards give the reference backend's
+    parameters."""
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        pytest.skip("the interpreter is chosen only without a CUDA device")
+    probe = ("import os; os.environ['TRITON_INTERPRET'] = '1'; import sys; sys.path.insert(0, sys.argv[1]); "
+             "import fsdp_worker as W; from pathlib import Path; "
+             "print(max(r['triton'] for r in W.spawn(2, Path(sys.argv[2]), job='triton')))")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    done = subprocess.run([sys.executable, "-c", probe, str(Path(__file__).parent), str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert float(done.stdout.strip().splitlines()[-1]) == 0.0
 
 
 def test_fsdp2_mode_without_dtensors_is_refused_in_one_line():
