@@ -85,6 +85,7 @@ class FusedGate(torch.optim.Optimizer):
         # None: a single process; FSDP2 (DTensor parameters): fsdp.Fsdp2, whatever the world size
         self._sync = D.setup(self, distributed, process_group) if mesh is None else \
             fsdp.setup(mesh, distributed, process_group)
+        self._carry_header()
         if backend == "triton":
             F.triton_backend()  # fail now, clearly, if Triton is missing
 
@@ -282,14 +283,23 @@ class FusedGate(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict:
+        self._carry_header()
         sd = super().state_dict()
-        global_state = self._global if self._global is not None else G.new_global_state("cpu")
-        sd["fusedgate"] = {"format": STATE_FORMAT, "spec": self.spec.to_dict(), "total_steps": self.total_steps,
-                           "global": global_state.clone()}
-        if isinstance(self._sync, fsdp.Fsdp2) and sd["param_groups"]:
-            # torch.distributed.checkpoint's get_optimizer_state_dict keeps "state" and "param_groups" only
-            sd["param_groups"][0]["fusedgate"] = sd["fusedgate"]
+        sd["fusedgate"] = self._header()
         return self._sync.gather_state(self, sd) if self._sync is not None else sd
+
+    def _header(self) -> dict:
+        """The state_dict's ``fusedgate`` section: format, spec, total_steps, global (loss and step) state."""
+        global_state = self._global if self._global is not None else G.new_global_state("cpu")
+        return {"format": STATE_FORMAT, "spec": self.spec.to_dict(), "total_steps": self.total_steps,
+                "global": global_state.clone()}
+
+    def _carry_header(self) -> None:
+        """Under FSDP2, param group 0 carries the ``fusedgate`` section (refreshed by ``state_dict``): DCP's
+        ``get_optimizer_state_dict`` keeps only "state" and "param_groups", and its flattened form
+        (``flatten_optimizer_state_dict``, torchtitan's) restores only the keys the live groups have."""
+        if isinstance(self._sync, fsdp.Fsdp2) and self.param_groups:
+            self.param_groups[0]["fusedgate"] = self._header()
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a FusedGate state_dict. Everything is validated (``fusedgate.state_checks``) before anything
@@ -317,6 +327,7 @@ class FusedGate(torch.optim.Optimizer):
         self._global = extra["global"].detach().to(device=device, dtype=torch.float32, copy=True)
         if self._sync is not None:
             self._sync.drop_unowned(self)   # zero2: keep the state this rank owns
+        self._carry_header()
 
     # ------------------------------------------------------------------ copying
     def __getstate__(self) -> dict:

@@ -131,10 +131,17 @@ def single_process(preset: str, stop: int = STEPS, shards: int = 1) -> dict[str,
 
 
 # ---------------------------------------------------------------------------- inside each rank
-def _dcp_state(model, opt) -> dict:
+def _options(flat: bool):
+    """DSD's options: ``flat``, torchtitan's flattened optimizer state dict (one key per parameter and entry)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(flatten_optimizer_state_dict=flat)
+
+
+def _dcp_state(model, opt, flat: bool = False) -> dict:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+    return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt, options=_options(flat))}
 
 
 def _save(model, opt, path: Path) -> None:
@@ -147,6 +154,7 @@ def _save(model, opt, path: Path) -> None:
     )
 
     dcp.save(_dcp_state(model, opt), checkpoint_id=str(path))
+    dcp.save(_dcp_state(model, opt, flat=True), checkpoint_id=f"{path}_flat")
     whole = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = {"model": get_model_state_dict(model, options=whole),
              "optim": get_optimizer_state_dict(model, opt, options=whole)}
@@ -168,19 +176,21 @@ def resume_whole(path: Path) -> dict[str, torch.Tensor]:
     return full_params(model)
 
 
-def _resume(path: Path, rank: int, world: int) -> dict[str, torch.Tensor]:
-    """A fresh sharded model and optimizer (another init) loaded from the DCP checkpoint, trained to STEPS."""
+def _resume(path: Path, rank: int, world: int, flat: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """A fresh sharded model and optimizer (another init) loaded from the DCP checkpoint, trained to STEPS:
+    (the parameters, the global state as loaded)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
     model = shard(Net(seed=123), world)
     opt = make_optimizer(model, "gated")
-    state = _dcp_state(model, opt)
+    state = _dcp_state(model, opt, flat)
     dcp.load(state, checkpoint_id=str(path))
     set_model_state_dict(model, state["model"])
-    set_optimizer_state_dict(model, opt, state["optim"])
+    set_optimizer_state_dict(model, opt, state["optim"], options=_options(flat))
+    loaded = opt._global.clone()
     train(model, opt, SAVE_AT, STEPS, rank, world)
-    return full_params(model)
+    return full_params(model), loaded
 
 
 def _refusals(world: int) -> dict[str, str]:
@@ -245,7 +255,9 @@ def worker(rank: int, world: int, store: str, out: str, load_from: str, job: str
         if job == "triton":
             result["triton"] = _triton_shards(rank, world)
         elif load_from:
-            result["resumed"] = _resume(Path(load_from), rank, world)
+            result["resumed"], result["loaded_global"] = _resume(Path(load_from), rank, world)
+            result["resumed_flat"], result["loaded_global_flat"] = _resume(Path(f"{load_from}_flat"), rank, world,
+                                                                           flat=True)
         if world > 1 and job == "main":
             for preset in PRESETS:
                 model = shard(Net(), world)
@@ -254,6 +266,7 @@ def worker(rank: int, world: int, store: str, out: str, load_from: str, job: str
                 if preset == "gated" and world == 2:
                     def saver(step, model=model, opt=opt):
                         if step == SAVE_AT:
+                            result["saved_global"] = opt._global.clone()
                             _save(model, opt, out / "dcp_world2")
                 train(model, opt, 0, STEPS, rank, world, on_step=saver)
                 result[f"fsdp2/{preset}"] = full_params(model)

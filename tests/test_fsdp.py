@@ -60,13 +60,18 @@ def test_two_ranks_bit_identical_to_the_shard_average(runs, preset):
     assert worst(runs[2][0][f"fsdp2/{preset}"], W.single_process(preset, shards=2)) == 0.0
 
 
+@pytest.mark.parametrize("flat", [False, True])
 @pytest.mark.parametrize("loaded", [3, 1])
-def test_dcp_checkpoint_from_two_ranks_resumes_at_another_world_size(runs, loaded):
-    """Saved with torch.distributed.checkpoint at step 10 on 2 ranks (get_optimizer_state_dict), loaded into
-    a differently initialised model on 3 ranks and on 1 (set_optimizer_state_dict), trained to step 20: the
-    uninterrupted 2-rank run's parameters, up to the rounding of the rank count."""
-    assert_ranks_identical(runs[loaded], "resumed")
-    assert worst(runs[loaded][0]["resumed"], runs[2][0]["fsdp2/gated"]) <= TOLERANCE
+def test_dcp_checkpoint_from_two_ranks_resumes_at_another_world_size(runs, loaded, flat):
+    """Saved with torch.distributed.checkpoint at step 10 on 2 ranks (get_optimizer_state_dict; ``flat``:
+    flatten_optimizer_state_dict, as torchtitan saves), loaded into a differently initialised model on 3 ranks
+    and on 1 (set_optimizer_state_dict), trained to step 20: the uninterrupted 2-rank run's parameters, up to
+    the rounding of the rank count."""
+    key = "resumed_flat" if flat else "resumed"
+    for result in runs[loaded]:   # the loss EMAs and the step count, from the checkpoint
+        assert torch.equal(result["loaded_global_flat" if flat else "loaded_global"], runs[2][0]["saved_global"])
+    assert_ranks_identical(runs[loaded], key)
+    assert worst(runs[loaded][0][key], runs[2][0]["fsdp2/gated"]) <= TOLERANCE
 
 
 def test_whole_state_dicts_from_two_ranks_resume_in_a_plain_single_process(runs):
