@@ -19,9 +19,10 @@ Modes (``FusedGate(..., distributed=...)``)
     the second average costs communication and changes nothing but rounding).
 ``"fsdp2"`` (what ``"auto"`` chooses whenever the parameters are DTensors, at any world size): FSDP2's
     ``fully_shard`` has sharded every parameter on dim 0 and reduce-scattered the gradients; FusedGate steps
-    the shards (``fusedgate.fsdp``, the section below). DTensor parameters under ``"replicated"``/``"zero2"``,
-    DTensors of another placement, and DTensor and plain parameters mixed are refused at construction, in
-    one line.
+    the shards (``fusedgate.fsdp``, the section below); the first step checks the ranks' parameter lists,
+    which have gradients and the loss as ``"zero2"`` does, but not the gradients. DTensor parameters under
+    ``"replicated"``/``"zero2"``, DTensors of another placement, and DTensor and plain parameters mixed are
+    refused at construction, in one line.
 ``"replicated"``/``"zero2"`` with no group or one rank run as single-process FusedGate.
 
 Sharding in ``"zero2"``
@@ -224,6 +225,7 @@ class Sync:
     compute), ``gather`` (phase 3); ``owns`` tells it which parameters to compute."""
 
     mode = ""
+    compares_gradients = True   # the first-step fingerprint sums the gradients (FSDP2: each rank holds other rows)
 
     def __init__(self, group=None):
         self.group = group
@@ -288,7 +290,8 @@ class Sync:
         header = torch.tensor([len(layout), _digest(repr([entry[:3] for entry in layout])),
                                _digest(repr([entry[3] for entry in layout])), float(has_loss)], dtype=torch.float64)
         sums = [t for group in optimizer.param_groups for p in group["params"] if p.grad is not None
-                for g in [p.grad.detach().to(device=device, dtype=torch.float64)] for t in (g.sum(), g.square().sum())]
+                for g in [p.grad.detach().to(device=device, dtype=torch.float64)] for t in (g.sum(), g.square().sum())
+                ] if self.compares_gradients else []
         if sums:
             values = torch.stack(sums)
             weights = torch.arange(1, len(sums) + 1, dtype=torch.float64, device=device).sqrt()

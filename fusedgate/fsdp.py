@@ -22,7 +22,8 @@ identical on every rank. One step (``Fsdp2.compute``), per same-shape run of K g
 AdamW parameters (sharded or not) step element-wise on their local shards through
 ``functional.gated_step`` with the optimizer's backend (Triton takes the shards), with no communication.
 The loss given to ``step(loss=...)`` is averaged over the ranks first (as in the replicated mode).
-Nothing reads the device on the host inside ``step()`` beyond what the single-process CPU path reads.
+Nothing reads the device on the host inside ``step()`` beyond what the single-process CPU path reads, but
+the first step's check that the ranks agree on the parameters, their gradients and the loss (``Fsdp2``).
 The collectives of a run are waited for before the next run starts (no overlap across runs yet).
 Bytes per rank per step (``Fsdp2.traffic_bytes``; ``fusedgate.distributed``'s docstring sets them beside
 ZeRO-2's and nanochat's): ≈ 2·(N−1)/N²·P·b for the two all-to-alls over P gated elements, plus the sums.
@@ -249,14 +250,13 @@ def sharded_matrix_stack(stack: Stack, act: dict, sensors: torch.Tensor, steps: 
 
 class Fsdp2(Sync):
     """The FSDP2 mode (the module docstring): the loss average, then ``compute`` instead of the
-    single-process functional step. FSDP2 keeps the ranks consistent (it has reduce-scattered the
-    gradients), so the first-step fingerprint of the other modes is not taken."""
+    single-process functional step. The first step checks, as the other modes do (one all-reduce, one host
+    sync, first step only), that every rank has the same parameters, gives gradients to the same ones and
+    passes a loss or none — what the collectives need to match; the gradients themselves are not compared
+    (each rank holds other rows)."""
 
     mode = "fsdp2"
-
-    def __init__(self, group=None):
-        super().__init__(group)
-        self.checked = True
+    compares_gradients = False
 
     def compute(self, optimizer, stacks: list[Stack], gate: Gate) -> None:
         """The gated stacks through ``reference._gated_stacks`` with ``sharded_matrix_stack`` as the run step;

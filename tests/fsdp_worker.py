@@ -210,6 +210,15 @@ def _refusals(world: int) -> dict[str, str]:
             out[case] = "accepted"
         except (TypeError, ValueError) as exc:
             out[case] = str(exc)
+    opt = make_optimizer(model, "gated")   # a loss on rank 0 only: refused on every rank, no collective hangs
+    tokens, targets = global_batch(0)
+    loss = F.cross_entropy(model(tokens), targets)
+    loss.backward()
+    try:
+        opt.step(loss=loss.detach() if dist.get_rank() == 0 else None)
+        out["loss_on_some_ranks"] = "accepted"
+    except RuntimeError as exc:
+        out["loss_on_some_ranks"] = str(exc)
     return out
 
 

@@ -102,6 +102,9 @@ def test_wrong_setups_get_one_line_errors(runs):
         assert "FSDP2 (DTensor) and 1 plain parameters" in refusals["mixed"]
         assert "sharded on dim 0 over a 1-D mesh" in refusals["replicate"] and "Replicate()" in refusals["replicate"]
         assert "distributed='zero2' takes plain parameters" in refusals["zero2"]
+        for result in runs[world]:
+            assert "distributed='fsdp2'" in result["refusals"]["loss_on_some_ranks"]
+            assert "step() gets a loss on rank 0 and none on rank 1" in result["refusals"]["loss_on_some_ranks"]
         assert all("\n" not in message for message in refusals.values())
 
 
