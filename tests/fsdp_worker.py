@@ -193,6 +193,20 @@ def _resume(path: Path, rank: int, world: int, flat: bool = False) -> tuple[dict
     return full_params(model), loaded
 
 
+def _resume_whole_sharded(path: Path, rank: int, world: int) -> dict[str, torch.Tensor]:
+    """The whole state dicts of ``_save`` (every rank reads the file) into a sharded model and straight into
+    ``FusedGate.load_state_dict``, which shards the whole moments itself; trained to STEPS."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    state = torch.load(path, weights_only=False)
+    model = shard(Net(seed=123), world)
+    set_model_state_dict(model, state["model"], options=StateDictOptions(full_state_dict=True))
+    opt = make_optimizer(model, "gated")
+    opt.load_state_dict(state["optim"])
+    train(model, opt, SAVE_AT, STEPS, rank, world)
+    return full_params(model)
+
+
 def _refusals(world: int) -> dict[str, str]:
     """The one-line errors: FSDP2 and plain parameters mixed, another placement, a mode for plain parameters."""
     from torch.distributed.device_mesh import init_device_mesh
@@ -267,6 +281,8 @@ def worker(rank: int, world: int, store: str, out: str, load_from: str, job: str
             result["resumed"], result["loaded_global"] = _resume(Path(load_from), rank, world)
             result["resumed_flat"], result["loaded_global_flat"] = _resume(Path(f"{load_from}_flat"), rank, world,
                                                                            flat=True)
+            if world > 1:
+                result["resumed_whole"] = _resume_whole_sharded(Path(f"{load_from}.pt"), rank, world)
         if world > 1 and job == "main":
             for preset in PRESETS:
                 model = shard(Net(), world)

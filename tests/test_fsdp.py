@@ -81,6 +81,13 @@ def test_whole_state_dicts_from_two_ranks_resume_in_a_plain_single_process(runs)
     assert worst(resumed, runs[2][0]["fsdp2/gated"]) <= TOLERANCE
 
 
+def test_whole_state_dicts_load_into_fsdp2_on_three_ranks(runs):
+    """The same whole state dicts, read by every rank of a 3-rank FSDP2 run and given to
+    ``FusedGate.load_state_dict`` as they are: the whole moments become DTensors of the parameters' placement."""
+    assert_ranks_identical(runs[3], "resumed_whole")
+    assert worst(runs[3][0]["resumed_whole"], runs[2][0]["fsdp2/gated"]) <= TOLERANCE
+
+
 @pytest.mark.parametrize("world", [2, 3])
 @pytest.mark.parametrize("preset", W.PRESETS)
 def test_fsdp2_state_is_sharded_with_the_parameters(runs, world, preset):
