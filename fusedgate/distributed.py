@@ -122,12 +122,13 @@ Bytes sent per rank per step by design (P gated matrix elements, b = 4 for fp32,
                  parameters and reduce-scatter of the gradients (2–3·(N−1)/N·P·b) are the model's.
     ZeRO-2:      2·(N−1)/N·P′·b + 4 B (above): the gradients' reduce-scatter and the parameters' all-gather.
     nanochat:    the same as ZeRO-2, 2·(N−1)/N·P·b (reduce-scatter + all-gather in its DistMuonAdamW).
+    E.g. N = 8: FSDP2's optimizer sends ≈ 0.22·P·b per rank per step, ZeRO-2 and nanochat ≈ 1.75·P·b.
 Checkpoints under FSDP2 go through ``torch.distributed.checkpoint``: ``state_dict()`` holds the moments as
 DTensors (DCP saves each rank's rows and reshards them on load to any world size) and the rest replicated;
 param group 0 carries its ``fusedgate`` section (spec, global state; refreshed by ``state_dict()``), the
 only place ``get_optimizer_state_dict`` keeps it, flattened (``flatten_optimizer_state_dict``, torchtitan's
-choice) or not. ``set_optimizer_state_dict`` runs one zero-gradient step at lr 0 on a
-fresh optimizer before loading (torch's ``_init_optim_state``); the load then replaces all of its state.
+choice) or not. ``set_optimizer_state_dict`` runs one zero-gradient step at lr 0 on a fresh optimizer
+before loading (torch's ``_init_optim_state``); the load then replaces all of its state.
 
 Checkpoints: ``state_dict()`` gathers the owners' state onto every rank (a collective: every rank must
 call it) and returns the single-process format, so a checkpoint saved at N ranks loads at any M,

@@ -417,8 +417,7 @@ def _directions(g: torch.Tensor, m_new: torch.Tensor, moments: dict, act: dict, 
         source = torch.lerp(g, m_new, weight(hp.momentum, g)) if hp.nesterov else m_new
         moment = moments.get("normuon")
         ns_dtype = torch.float64 if g.dtype == torch.float64 else flags.ns_dtype
-        o, moment_new = orth(source, flags.engine, hp.ns_steps, moment, hp.normuon_beta2, ns_dtype,
-                                      flags.iterate)
+        o, moment_new = orth(source, flags.engine, hp.ns_steps, moment, hp.normuon_beta2, ns_dtype, flags.iterate)
         out.terms.append(col(step_size * c_o) * o)
         # without the Adam direction d = c_o·o with c_o > 0 is never formed: the cautious mask reads the sign
         # of o·p, and ‖d‖² = c_o²·‖o‖²
