@@ -9,7 +9,7 @@ identical on every rank. One step (``Fsdp2.compute``), per same-shape run of K g
 
 1. local, no communication: the clip (against the replicated running RMS, N = the whole matrix's
    numel), the moments m, v, the Adam direction, the orthogonaliser's input u (Nesterov blend or m);
-2. ``exchange_orthogonalise``: matrix i is owned by rank (s + i) mod N (s rotates over the runs, so the
+2. ``Exchange``: matrix i is owned by rank (s + i) mod N (s rotates over the runs, so the
    work is spread over the ranks); one all-to-all sends each rank's shard of u for matrix i to its owner,
    which concatenates the rows, runs the whole-matrix path once (MuonEq, Polar Express / Newton–Schulz,
    Muon+, NorMuon with its per-row/column moment: ``reference.orthogonalise``) and a second all-to-all
@@ -24,7 +24,9 @@ AdamW parameters (sharded or not) step element-wise on their local shards throug
 The loss given to ``step(loss=...)`` is averaged over the ranks first (as in the replicated mode).
 Nothing reads the device on the host inside ``step()`` beyond what the single-process CPU path reads, but
 the first step's check that the ranks agree on the parameters, their gradients and the loss (``Fsdp2``).
-The collectives of a run are waited for before the next run starts (no overlap across runs yet).
+The runs are interleaved (``interleave``): each run's step is a generator that yields after launching
+each of its three collectives (async), so one run's all-to-alls and all-reduce are in flight while the
+others compute; every rank launches the same collectives in the same order.
 Bytes per rank per step (``Fsdp2.traffic_bytes``; ``fusedgate.distributed``'s docstring sets them beside
 ZeRO-2's and nanochat's): ≈ 2·(N−1)/N²·P·b for the two all-to-alls over P gated elements, plus the sums.
 Checkpoints: ``FusedGate.state_dict`` / ``load_state_dict`` work with ``torch.distributed.checkpoint``'s
@@ -156,62 +158,76 @@ class Round:
         return owners
 
 
-def _all_to_all(send: torch.Tensor, send_counts: list[int], recv_counts: list[int], group) -> torch.Tensor:
+def _all_to_all(send: torch.Tensor, send_counts: list[int], recv_counts: list[int], group):
+    """Launch an uneven all-to-all (async: no host sync); (the receive buffer, the work)."""
     recv = send.new_empty(sum(recv_counts))
-    dist.all_to_all_single(recv, send.contiguous(), recv_counts, send_counts, group=group)
-    return recv
+    return recv, dist.all_to_all_single(recv, send.contiguous(), recv_counts, send_counts, group=group, async_op=True)
 
 
-def exchange_orthogonalise(u: torch.Tensor, engine: R.Engine, steps: int, second_moment: torch.Tensor | None,
-                           beta2: float, dtype: torch.dtype, iterate: Callable, *, shards: Shards,
-                           owners: list[int], round: Round) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``reference.orthogonalise`` of K whole matrices, given this rank's rows u (K, rows_r, cols): the
-    shards go to the owners (one all-to-all), each owner orthogonalises its whole matrices once, the rows
-    (and the NorMuon moments, replicated) come back (a second all-to-all). Returns (this rank's rows of o,
-    the new moments (K, ·, ·) or None)."""
-    world, rank, counts = round.world, round.rank, shards.counts
-    k, cols = u.size(0), shards.cols
-    mine = [i for i in range(k) if owners[i] == rank]
-    extra = 0 if second_moment is None else second_moment[0].numel()
-    sent_to = [[i for i in range(k) if owners[i] == d] for d in range(world)]
-    send = torch.cat([u[i].reshape(-1) for d in range(world) for i in sent_to[d]] + [u.new_empty(0)])
-    recv = _all_to_all(send, [len(sent_to[d]) * counts[rank] * cols for d in range(world)],
-                       [len(mine) * counts[s] * cols for s in range(world)], round.group)
-    pieces = recv.split([len(mine) * counts[s] * cols for s in range(world)])
-    whole = torch.cat([piece.view(len(mine), counts[s], cols) for s, piece in enumerate(pieces)], dim=1)
-    if mine:
-        moment = None if second_moment is None else second_moment[mine]
-        o_mine, moment_mine = R.orthogonalise(whole, engine, steps, moment, beta2, dtype, iterate)
-    else:
-        o_mine, moment_mine = whole.new_empty((0, shards.rows, cols)), None
-    back = [torch.cat([o_mine[j, shards.offsets[d]:shards.offsets[d] + counts[d]].reshape(-1)]
-                      + ([moment_mine[j].reshape(-1).to(o_mine.dtype)] if extra else []))
-            for d in range(world) for j in range(len(mine))]
-    width = counts[rank] * cols + extra
-    recv = _all_to_all(torch.cat(back + [o_mine.new_empty(0)]), [len(mine) * (counts[d] * cols + extra)
-                       for d in range(world)], [len(sent_to[s]) * width for s in range(world)], round.group)
-    o = o_mine.new_empty((k, counts[rank], cols))
-    moments = None if second_moment is None else torch.empty_like(second_moment, dtype=o.dtype)
-    for s, piece in enumerate(recv.split([len(sent_to[s]) * width for s in range(world)])):
-        rows = piece.view(len(sent_to[s]), width)
-        for j, i in enumerate(sent_to[s]):
-            o[i] = rows[j, :counts[rank] * cols].view(counts[rank], cols)
-            if moments is not None:
-                moments[i] = rows[j, counts[rank] * cols:].view(second_moment[i].shape)
-    return o, moments
+class Exchange:
+    """The whole-matrix orthogonalisation of K row-sharded matrices (``reference.orthogonalise``), in three
+    calls so that the caller can overlap the collectives with other work: ``send`` launches the all-to-all of
+    each rank's rows of u (K, rows_r, cols) to the matrices' owners; ``orthogonalise`` waits for it, runs
+    the whole-matrix path once per owned matrix and launches the all-to-all of the result's rows (and of the
+    NorMuon moments, replicated) back; ``receive`` waits and returns (this rank's rows of o, the new moments
+    (K, ·, ·) or None)."""
+
+    def __init__(self, shards: Shards, owners: list[int], round: Round, second_moment: torch.Tensor | None):
+        self.shards, self.round, self.second_moment = shards, round, second_moment
+        self.k, self.cols, self.counts = len(owners), shards.cols, shards.counts
+        self.mine = [i for i in range(self.k) if owners[i] == round.rank]
+        self.sent_to = [[i for i in range(self.k) if owners[i] == d] for d in range(round.world)]
+        self.extra = 0 if second_moment is None else second_moment[0].numel()
+
+    def send(self, u: torch.Tensor) -> None:
+        r, world = self.round.rank, self.round.world
+        send = torch.cat([u[i].reshape(-1) for d in range(world) for i in self.sent_to[d]] + [u.new_empty(0)])
+        self.incoming = [len(self.mine) * self.counts[s] * self.cols for s in range(world)]
+        self.pending = _all_to_all(send, [len(self.sent_to[d]) * self.counts[r] * self.cols for d in range(world)],
+                                   self.incoming, self.round.group)
+
+    def orthogonalise(self, engine: R.Engine, steps: int, beta2: float, dtype: torch.dtype, iterate: Callable) -> None:
+        recv, work = self.pending
+        work.wait()
+        world, n, counts, cols = self.round.world, len(self.mine), self.counts, self.cols
+        whole = torch.cat([piece.view(n, counts[s], cols) for s, piece in enumerate(recv.split(self.incoming))], 1)
+        moment = None if self.second_moment is None else self.second_moment[self.mine]
+        o, moment = R.orthogonalise(whole, engine, steps, moment, beta2, dtype, iterate) if n else (whole, None)
+        offsets = self.shards.offsets
+        back = [torch.cat([o[j, offsets[d]:offsets[d] + counts[d]].reshape(-1)]
+                          + ([moment[j].reshape(-1).to(o.dtype)] if self.extra else []))
+                for d in range(world) for j in range(n)]
+        self.width = counts[self.round.rank] * cols + self.extra
+        self.incoming = [len(self.sent_to[s]) * self.width for s in range(world)]
+        self.pending = _all_to_all(torch.cat(back + [o.new_empty(0)]), [n * (counts[d] * cols + self.extra)
+                                   for d in range(world)], self.incoming, self.round.group)
+
+    def receive(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        recv, work = self.pending
+        work.wait()
+        rows, local = self.counts[self.round.rank], self.counts[self.round.rank] * self.cols
+        o = recv.new_empty((self.k, rows, self.cols))
+        moments = None if self.second_moment is None else torch.empty_like(self.second_moment, dtype=o.dtype)
+        for s, piece in enumerate(recv.split(self.incoming)):
+            block = piece.view(len(self.sent_to[s]), self.width)
+            for j, i in enumerate(self.sent_to[s]):
+                o[i] = block[j, :local].view(rows, self.cols)
+                if moments is not None:
+                    moments[i] = block[j, local:].view(self.second_moment[i].shape)
+        self.pending = None
+        return o, moments
 
 
 def sharded_matrix_stack(stack: Stack, act: dict, sensors: torch.Tensor, steps: torch.Tensor | None,
-                         flags: R.StackFlags, *, round: Round) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """``reference.gated_matrix_stack`` for K FSDP2 matrices of one global shape (the run step of
-    ``reference._gated_stacks``): the element-wise steps on the local rows, the orthogonalisation on whole
-    matrices (``exchange_orthogonalise``), the sums and the finiteness test all-reduced (one all-reduce);
-    the step is masked by the whole matrix's finiteness, so no host read. Returns (the sums (K, 6) or None,
-    the (K,) bool applied), the same on every rank."""
+                         flags: R.StackFlags, *, round: Round):
+    """``reference.gated_matrix_stack`` for K FSDP2 matrices of one global shape, as a generator that yields
+    after launching each collective (``interleave`` runs the runs side by side) and returns (the sums (K, 6)
+    or None, the (K,) bool applied), the same on every rank: the element-wise steps on the local rows, the
+    orthogonalisation on whole matrices (``Exchange``), the sums and the finiteness test all-reduced; the
+    step is masked by the whole matrix's finiteness (no host read)."""
     k, (rows, cols) = len(stack.params), R.matrix_view_shape(stack.params[0].shape)
-    shards = Shards(rows, cols, round.world)
-    view = (k, shards.counts[round.rank], cols)
-    work, hp = R.compute_dtype(stack.params[0].dtype), stack.hyper
+    shards, hp = Shards(rows, cols, round.world), stack.hyper
+    view, work = (k, shards.counts[round.rank], cols), R.compute_dtype(stack.params[0].dtype)
     params = [local(p) for p in stack.params]
     if tuple(params[0].shape[:1]) != view[1:2]:
         raise RuntimeError(f"FusedGate FSDP2: a local shard of {tuple(params[0].shape)} where torch.chunk's "
@@ -233,19 +249,46 @@ def sharded_matrix_stack(stack: Stack, act: dict, sensors: torch.Tensor, steps: 
     m = moments["exp_avg"]
     old_m_sums = (R._dots(g, m), R._squares(m)) if flags.sensors else None
     m_new = torch.lerp(m, g, R.weight(1.0 - hp.momentum, m))
-    orth = functools.partial(exchange_orthogonalise, shards=shards, owners=round.owners(k), round=round)
-    dirs = R._directions(g, m_new, moments, act, sensors, hp, flags, col, shape=(rows, cols), orth=orth)
+    dirs, source = R._adam_directions(g, m_new, moments, act, sensors, hp, flags, col, shape=(rows, cols))
+    if flags.ortho:
+        exchange = Exchange(shards, round.owners(k), round, moments.get("normuon"))
+        exchange.send(source)
+        yield
+        exchange.orthogonalise(flags.engine, hp.ns_steps, hp.normuon_beta2, R.orthogonaliser_dtype(g, flags),
+                               flags.iterate)
+        yield
+        o, moment_new = exchange.receive()
+        R._add_orthogonal(dirs, o, moments.get("normuon"), moment_new, col)
     P_new, decrement = R._decayed_update(P, dirs, hp, flags.engine.cautious_wd and flags.decays, rows, cols)
     partial = [total[:, None]]
     if flags.sensors:
         partial.append(R._step_sums(g, old_m_sums, P, P_new, decrement, dirs, flags.adam).to(total.dtype))
     reduced = torch.cat(partial, dim=1)
-    dist.all_reduce(reduced, op=dist.ReduceOp.SUM, group=round.group)
+    reducing = dist.all_reduce(reduced, op=dist.ReduceOp.SUM, group=round.group, async_op=True)
+    yield
+    reducing.wait()
     applied = torch.isfinite(reduced[:, 0])
     R.write_back(params, applied, P_new, P, [(m, m_new)] + dirs.updates)
     for key, tensors in stored.items():
         torch._foreach_copy_(tensors, list(moments[key].view((k, *params[0].shape)).unbind(0)))
     return (reduced[:, 1:].float() if flags.sensors else None), applied
+
+
+def interleave(run_step: Callable, calls: list[tuple]) -> list:
+    """``reference._gated_stacks``'s schedule for generator run steps: every run advanced to its next
+    collective in turn, so that each run's communication is in flight while the others compute (the same
+    collectives in the same order on every rank); returns the runs' results in order."""
+    running = [run_step(*call) for call in calls]
+    results = [None] * len(running)
+    active = list(range(len(running)))
+    while active:
+        for index in list(active):
+            try:
+                next(running[index])
+            except StopIteration as done:
+                results[index] = done.value
+                active.remove(index)
+    return results
 
 
 class Fsdp2(Sync):
@@ -265,7 +308,7 @@ class Fsdp2(Sync):
         gated = [stack for stack in stacks if stack.gated and stack.params]
         if gated:
             run_step = functools.partial(sharded_matrix_stack, round=Round(self.group, self.world, self.rank))
-            R._gated_stacks(gated, gate, iterate, run_step)
+            R._gated_stacks(gated, gate, iterate, run_step, schedule=interleave)
         plain = [Stack([local(p) for p in stack.params], [local(g) for g in stack.grads],
                        [{key: local(v) for key, v in s.items()} for s in stack.states], stack.hyper)
                  for stack in stacks if not stack.gated and stack.params]

@@ -139,6 +139,21 @@ def test_triton_backend_steps_the_local_shards(tmp_path):
     assert float(done.stdout.strip().splitlines()[-1]) == 0.0
 
 
+def test_interleave_launches_every_run_s_next_collective_in_turn():
+    """Each run's collective is in flight while the other runs compute: launches alternate run by run, a run
+    with fewer collectives drops out, the results come back in run order."""
+    events = []
+
+    def run(name, collectives):
+        for c in range(collectives):
+            events.append(f"{name}{c}")
+            yield
+        return name
+
+    assert fsdp.interleave(run, [("a", 3), ("b", 1), ("c", 2)]) == ["a", "b", "c"]
+    assert events == ["a0", "b0", "c0", "a1", "c1", "a2"]
+
+
 def test_fsdp2_mode_without_dtensors_is_refused_in_one_line():
     with pytest.raises(TypeError, match="distributed='fsdp2' takes DTensor parameters"):
         FusedGate(torch.nn.Linear(3, 2).parameters(), distributed="fsdp2")
