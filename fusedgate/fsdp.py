@@ -24,9 +24,9 @@ AdamW parameters (sharded or not) step element-wise on their local shards throug
 The loss given to ``step(loss=...)`` is averaged over the ranks first (as in the replicated mode).
 Nothing reads the device on the host inside ``step()`` beyond what the single-process CPU path reads, but
 the first step's check that the ranks agree on the parameters, their gradients and the loss (``Fsdp2``).
-The runs are interleaved (``interleave``): each run's step is a generator that yields after launching
-each of its three collectives (async), so one run's all-to-alls and all-reduce are in flight while the
-others compute; every rank launches the same collectives in the same order.
+The runs are interleaved (``interleave``, two at a time): each run's step is a generator that yields after
+launching each of its three collectives (async), so one run's all-to-alls and all-reduce are in flight
+while the other computes; every rank launches the same collectives in the same order.
 Bytes per rank per step (``Fsdp2.traffic_bytes``; ``fusedgate.distributed``'s docstring sets them beside
 ZeRO-2's and nanochat's): ≈ 2·(N−1)/N²·P·b for the two all-to-alls over P gated elements, plus the sums.
 Checkpoints: ``FusedGate.state_dict`` / ``load_state_dict`` work with ``torch.distributed.checkpoint``'s
@@ -274,20 +274,28 @@ def sharded_matrix_stack(stack: Stack, act: dict, sensors: torch.Tensor, steps: 
     return (reduced[:, 1:].float() if flags.sensors else None), applied
 
 
-def interleave(run_step: Callable, calls: list[tuple]) -> list:
-    """``reference._gated_stacks``'s schedule for generator run steps: every run advanced to its next
-    collective in turn, so that each run's communication is in flight while the others compute (the same
-    collectives in the same order on every rank); returns the runs' results in order."""
-    running = [run_step(*call) for call in calls]
-    results = [None] * len(running)
-    active = list(range(len(running)))
+def interleave(run_step: Callable, calls: list[tuple], window: int = 2) -> list:
+    """``reference._gated_stacks``'s schedule for generator run steps: up to ``window`` runs at a time, each
+    advanced to its next collective in turn (a finished run's place goes to the next run), so that one run's
+    communication is in flight while another computes, and at most ``window`` runs' temporaries are alive.
+    Every rank launches the same collectives in the same order. Returns the runs' results in order."""
+    results, waiting, active = [None] * len(calls), iter(enumerate(calls)), []
+
+    def start() -> None:
+        upcoming = next(waiting, None)
+        if upcoming is not None:
+            active.append((upcoming[0], run_step(*upcoming[1])))
+
+    for _ in range(window):
+        start()
     while active:
-        for index in list(active):
+        for entry in list(active):
             try:
-                next(running[index])
+                next(entry[1])
             except StopIteration as done:
-                results[index] = done.value
-                active.remove(index)
+                results[entry[0]] = done.value
+                active.remove(entry)
+                start()
     return results
 
 

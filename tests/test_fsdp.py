@@ -140,8 +140,8 @@ def test_triton_backend_steps_the_local_shards(tmp_path):
 
 
 def test_interleave_launches_every_run_s_next_collective_in_turn():
-    """Each run's collective is in flight while the other runs compute: launches alternate run by run, a run
-    with fewer collectives drops out, the results come back in run order."""
+    """Each run's collective is in flight while another run computes: launches alternate run by run within the
+    window, a finished run's place goes to the next, the results come back in run order."""
     events = []
 
     def run(name, collectives):
@@ -150,8 +150,15 @@ def test_interleave_launches_every_run_s_next_collective_in_turn():
             yield
         return name
 
-    assert fsdp.interleave(run, [("a", 3), ("b", 1), ("c", 2)]) == ["a", "b", "c"]
+    calls = [("a", 3), ("b", 1), ("c", 2)]
+    assert fsdp.interleave(run, calls, window=3) == ["a", "b", "c"]
     assert events == ["a0", "b0", "c0", "a1", "c1", "a2"]
+    events.clear()   # two at a time (the default): c starts when b is done
+    assert fsdp.interleave(run, calls) == ["a", "b", "c"]
+    assert events == ["a0", "b0", "a1", "a2", "c0", "c1"]
+    events.clear()   # one at a time: the sequential order
+    assert fsdp.interleave(run, calls, window=1) == ["a", "b", "c"]
+    assert events == ["a0", "a1", "a2", "b0", "c0", "c1"]
 
 
 def test_fsdp2_mode_without_dtensors_is_refused_in_one_line():
