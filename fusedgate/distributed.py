@@ -112,6 +112,8 @@ run of K gated matrices:
   sensors: one all-reduce of the (K, 7) partial sums over the local rows (Σg for the finiteness test,
       ‖g̃‖², g̃·m₋, ‖m₋‖², ‖p₋‖², ‖d‖², ‖Δp‖²), so every rank folds the whole matrices' sums: the gates, the
       skipped steps and the updates are the same on every rank.
+The collectives are async and two runs are stepped side by side, so one run's communication overlaps the
+other's compute (``fsdp.interleave``).
 Bytes sent per rank per step by design (P gated matrix elements, b = 4 for fp32, ring all-reduces):
     FSDP2:       out, this rank's rows of the matrices others own, ≈ (N−1)/N·P/N·b; back, the rows others
                  hold of the ≈ K/N matrices this rank owns, ≈ (N−1)/N·P/N·b; in all ≈ 2·(N−1)/N²·P·b
