@@ -17,6 +17,12 @@ Modes (``FusedGate(..., distributed=...)``)
     nanochat's distributed ``MuonAdamW`` does). The first ``step()`` checks that the same parameters
     have gradients on every rank and warns when the gradients are already identical (DDP present:
     the second average costs communication and changes nothing but rounding).
+``"fsdp2"`` (what ``"auto"`` chooses whenever the parameters are DTensors, at any world size): FSDP2's
+    ``fully_shard`` has sharded every parameter on dim 0 and reduce-scattered the gradients; FusedGate steps
+    the shards (``fusedgate.fsdp``, the section below); the first step checks the ranks' parameter lists,
+    which have gradients and the loss as ``"zero2"`` does, but not the gradients. DTensor parameters under
+    ``"replicated"``/``"zero2"``, DTensors of another placement, and DTensor and plain parameters mixed are
+    refused at construction, in one line.
 ``"replicated"``/``"zero2"`` with no group or one rank run as single-process FusedGate.
 
 Sharding in ``"zero2"``
@@ -88,6 +94,44 @@ Communication per rank per step (ring algorithms; element size b: 4 for fp32):
                  ≈ 2·(N−1)/N·P'·b + 4 B, the same volume as DDP's all-reduce; nanochat's optimizer moves
                  the same (reduce-scatter + all-gather for large tensors, all-reduce for small ones).
 
+FSDP2 (``fusedgate.fsdp``), beside ZeRO-2
+----------------------------------------
+FSDP2 keeps on rank r the rows [r·c, min((r+1)·c, rows)), c = ⌈rows/N⌉, of every parameter (uneven,
+possibly empty) and, before ``step()``, the averaged gradient of the same rows. FusedGate keeps the
+moments (``exp_avg``, ``exp_avg_sq``) as DTensors of the parameter's placement, 1/N per rank, and the
+per-matrix state (sensors, step, decay products, NorMuon moment) replicated. One step, per same-shape
+run of K gated matrices:
+  element-wise, on the local rows, no communication: the clip, m, v, the Adam direction, the blend,
+      the decoupled or cautious decay; and every AdamW parameter (through the optimizer's backend);
+  orthogonaliser, on whole matrices: matrix j of the step (counted over the runs) is owned by rank
+      j mod N; one all-to-all sends every rank's rows of the orthogonaliser's input u (the momentum-updated
+      gradient, Nesterov-blended) to the owner, which runs MuonEq, Polar Express / Newton–Schulz,
+      Muon+ and NorMuon once on the whole matrix; a second all-to-all returns each rank its rows of the
+      result (and, with NorMuon, the new moment). Each rank orthogonalises ≈ K/N matrices, not K, and only
+      u travels: the moments never move;
+  sensors: one all-reduce of the (K, 7) partial sums over the local rows (Σg for the finiteness test,
+      ‖g̃‖², g̃·m₋, ‖m₋‖², ‖p₋‖², ‖d‖², ‖Δp‖²), so every rank folds the whole matrices' sums: the gates, the
+      skipped steps and the updates are the same on every rank.
+The collectives are async and two runs are stepped side by side, so one run's communication overlaps the
+other's compute (``fsdp.interleave``).
+Bytes sent per rank per step by design (P gated matrix elements, b = 4 for fp32, ring all-reduces):
+    FSDP2:       out, this rank's rows of the matrices others own, ≈ (N−1)/N·P/N·b; back, the rows others
+                 hold of the ≈ K/N matrices this rank owns, ≈ (N−1)/N·P/N·b; in all ≈ 2·(N−1)/N²·P·b
+                 (summed over the ranks 2·(N−1)/N·P·b: what *one* rank sends in ZeRO-2), plus (N−1)·S·b
+                 per owned matrix with NorMuon (S = its rows or columns) and 2·(N−1)/N·(7·M + 1)·4 B for
+                 the sums of the M gated matrices and the loss. AdamW parameters: nothing.
+                 ``Fsdp2.traffic_bytes`` counts the uneven rows exactly. FSDP2's own all-gathers of the
+                 parameters and reduce-scatter of the gradients (2–3·(N−1)/N·P·b) are the model's.
+    ZeRO-2:      2·(N−1)/N·P′·b + 4 B (above): the gradients' reduce-scatter and the parameters' all-gather.
+    nanochat:    the same as ZeRO-2, 2·(N−1)/N·P·b (reduce-scatter + all-gather in its DistMuonAdamW).
+    E.g. N = 8: FSDP2's optimizer sends ≈ 0.22·P·b per rank per step, ZeRO-2 and nanochat ≈ 1.75·P·b.
+Checkpoints under FSDP2 go through ``torch.distributed.checkpoint``: ``state_dict()`` holds the moments as
+DTensors (DCP saves each rank's rows and reshards them on load to any world size) and the rest replicated;
+param group 0 carries its ``fusedgate`` section (spec, global state; refreshed by ``state_dict()``), the
+only place ``get_optimizer_state_dict`` keeps it, flattened (``flatten_optimizer_state_dict``, torchtitan's
+choice) or not. ``set_optimizer_state_dict`` runs one zero-gradient step at lr 0 on a fresh optimizer
+before loading (torch's ``_init_optim_state``); the load then replaces all of its state.
+
 Checkpoints: ``state_dict()`` gathers the owners' state onto every rank (a collective: every rank must
 call it) and returns the single-process format, so a checkpoint saved at N ranks loads at any M,
 including a single process; ``load_state_dict`` keeps only the state this rank owns.
@@ -97,7 +141,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import sys
 import warnings
 from collections.abc import Callable
 
@@ -107,7 +150,7 @@ import torch.distributed as dist
 from fusedgate import reference as R
 from fusedgate.stack import AdamWHyper, Stack
 
-MODES = ("auto", "replicated", "zero2")
+MODES = ("auto", "replicated", "zero2", "fsdp2")
 SLICE_MIN_NUMEL = 1024          # AdamW params at least this large in a run shorter than N are split element-wise
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -127,17 +170,11 @@ def resolve_mode(mode: str, group=None) -> str | None:
     return None if world_size(group) == 1 else mode
 
 
-def refuse_dtensor(p: torch.Tensor) -> None:
-    """A one-line error for FSDP2 / tensor-parallel (DTensor) parameters, raised before any state exists."""
-    dtensor = sys.modules.get("torch.distributed.tensor")   # not imported: no DTensor exists (and the
-    if dtensor is not None and isinstance(p, dtensor.DTensor):   # import costs ~1 s)
-        raise TypeError("FusedGate does not support DTensor parameters (FSDP2 fully_shard, tensor parallel): "
-                        "keep the model's parameters plain and use distributed='zero2' (FusedGate averages "
-                        "the gradients and shards its own state) or DDP with distributed='replicated'")
-
-
 def setup(optimizer, mode: str, group=None):
     """The synchroniser for ``optimizer`` over ``group`` (None: the default group); None for a single process."""
+    if mode == "fsdp2":
+        raise TypeError("FusedGate distributed='fsdp2' takes DTensor parameters (FSDP2's fully_shard); these are "
+                        "plain: use distributed='auto', 'replicated' or 'zero2'")
     resolved = resolve_mode(mode, group)
     if resolved is None:
         return None
@@ -191,6 +228,7 @@ class Sync:
     compute), ``gather`` (phase 3); ``owns`` tells it which parameters to compute."""
 
     mode = ""
+    compares_gradients = True   # the first-step fingerprint sums the gradients (FSDP2: each rank holds other rows)
 
     def __init__(self, group=None):
         self.group = group
@@ -255,7 +293,8 @@ class Sync:
         header = torch.tensor([len(layout), _digest(repr([entry[:3] for entry in layout])),
                                _digest(repr([entry[3] for entry in layout])), float(has_loss)], dtype=torch.float64)
         sums = [t for group in optimizer.param_groups for p in group["params"] if p.grad is not None
-                for g in [p.grad.detach().to(device=device, dtype=torch.float64)] for t in (g.sum(), g.square().sum())]
+                for g in [p.grad.detach().to(device=device, dtype=torch.float64)] for t in (g.sum(), g.square().sum())
+                ] if self.compares_gradients else []
         if sums:
             values = torch.stack(sums)
             weights = torch.arange(1, len(sums) + 1, dtype=torch.float64, device=device).sqrt()
@@ -568,6 +607,7 @@ def _all_params(optimizer) -> list[torch.Tensor]:
 
 
 def state_bytes(optimizer) -> int:
-    """Bytes of the optimizer's per-parameter state tensors on this rank (views counted by their size)."""
-    return sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
-               if torch.is_tensor(v))
+    """Bytes of the optimizer's per-parameter state tensors on this rank (views counted by their size; a
+    DTensor, under FSDP2, by its local shard)."""
+    return sum(t.numel() * t.element_size() for s in optimizer.state.values() for v in s.values()
+               if torch.is_tensor(v) for t in [getattr(v, "_local_tensor", v)])

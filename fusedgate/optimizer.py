@@ -25,10 +25,10 @@ import torch
 
 from fusedgate import checks as C
 from fusedgate import distributed as D
+from fusedgate import fsdp, state_checks
 from fusedgate import functional as F
 from fusedgate import gate as G
 from fusedgate import reference as R
-from fusedgate import state_checks
 from fusedgate.spec import GateSpec
 from fusedgate.stack import AdamWHyper, Gate, MatrixHyper, Modulation, Stack, uses
 
@@ -51,8 +51,10 @@ class FusedGate(torch.optim.Optimizer):
         distributed: "auto" (a single process; with more than one rank the first step decides, as nanochat
             does: identical gradients on every rank → "replicated", else → "zero2"), "replicated" (the model
             is wrapped in DDP) or "zero2" (FusedGate averages the gradients and shards its state); see
-            ``fusedgate.distributed``.
-        process_group: the ranks that share the data-parallel work (None: the default group).
+            ``fusedgate.distributed``. With FSDP2 (``fully_shard``: DTensor parameters sharded on dim 0) "auto"
+            (or "fsdp2") steps the local shards and orthogonalises each whole matrix once (``fusedgate.fsdp``).
+        process_group: the ranks that share the data-parallel work (None: the default group; under FSDP2 the
+            parameters' device mesh decides).
         newton_schulz: the orthogonaliser's polynomial iteration, "torch" (matmuls) or "triton" (the symmetric
             Triton kernels of ``fusedgate.kernels.newton_schulz``).
     """
@@ -79,7 +81,11 @@ class FusedGate(torch.optim.Optimizer):
             ns_steps=spec.ns_steps, beta2=spec.normuon_beta2, gate_scale=1.0, gate_clip=1.0, gate_dampen=0.0,
         )
         super().__init__(params, defaults)
-        self._sync = D.setup(self, distributed, process_group)   # None: a single process
+        mesh = fsdp.mesh_of([p for group in self.param_groups for p in group["params"]])
+        # None: a single process; FSDP2 (DTensor parameters): fsdp.Fsdp2, whatever the world size
+        self._sync = D.setup(self, distributed, process_group) if mesh is None else \
+            fsdp.setup(mesh, distributed, process_group)
+        self._carry_header()
         if backend == "triton":
             F.triton_backend()  # fail now, clearly, if Triton is missing
 
@@ -100,7 +106,7 @@ class FusedGate(torch.optim.Optimizer):
     def _check_group(self, index: int, group: dict, has_beta2: bool) -> None:
         kind = group.get("kind")
         for p in group["params"]:
-            D.refuse_dtensor(p)
+            fsdp.check_placement(p)
             if p.is_complex():
                 raise TypeError("FusedGate does not support complex parameters; view them as real "
                                 "(torch.view_as_real) first")
@@ -109,6 +115,7 @@ class FusedGate(torch.optim.Optimizer):
             if kind == "muon" and p.ndim < 2:
                 raise ValueError(f"a kind='muon' group holds a {p.ndim}-D parameter of shape {tuple(p.shape)}; "
                                  "Muon groups take matrices only")
+        fsdp.mesh_of([p for g in self.param_groups for p in g["params"]])   # FSDP2 and plain mixed: refused
         if kind == "muon" and self.spec.normuon and not has_beta2:
             raise ValueError("a kind='muon' param group needs 'beta2' (the NorMuon decay) while the spec's "
                              "normuon is on")
@@ -169,7 +176,10 @@ class FusedGate(torch.optim.Optimizer):
         gate = self._gate(sensed_loss, device)
         if sync is not None:
             sync.wait(self, lambda stacks: self._compute(stacks, gate))
-        self._compute(self._stacks(sync.owns if sync is not None else None), gate)
+        if isinstance(sync, fsdp.Fsdp2):
+            sync.compute(self, self._stacks(None), gate)   # the local shards, whole matrices orthogonalised once
+        else:
+            self._compute(self._stacks(sync.owns if sync is not None else None), gate)
 
         # Phase 3: zero2 — launch the all-gathers of the updated parameters, wait, copy them back
         if sync is not None:
@@ -273,17 +283,30 @@ class FusedGate(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict:
+        self._carry_header()
         sd = super().state_dict()
-        global_state = self._global if self._global is not None else G.new_global_state("cpu")
-        sd["fusedgate"] = {"format": STATE_FORMAT, "spec": self.spec.to_dict(), "total_steps": self.total_steps,
-                           "global": global_state.clone()}
+        sd["fusedgate"] = self._header()
         return self._sync.gather_state(self, sd) if self._sync is not None else sd
+
+    def _header(self) -> dict:
+        """The state_dict's ``fusedgate`` section: format, spec, total_steps, global (loss and step) state."""
+        global_state = self._global if self._global is not None else G.new_global_state("cpu")
+        return {"format": STATE_FORMAT, "spec": self.spec.to_dict(), "total_steps": self.total_steps,
+                "global": global_state.clone()}
+
+    def _carry_header(self) -> None:
+        """Under FSDP2, param group 0 carries the ``fusedgate`` section (refreshed by ``state_dict``): DCP's
+        ``get_optimizer_state_dict`` keeps only "state" and "param_groups", and its flattened form
+        (``flatten_optimizer_state_dict``, torchtitan's) restores only the keys the live groups have."""
+        if isinstance(self._sync, fsdp.Fsdp2) and self.param_groups:
+            self.param_groups[0]["fusedgate"] = self._header()
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a FusedGate state_dict. Everything is validated (``fusedgate.state_checks``) before anything
         changes; state tensors keep their saved dtypes (fp32 moments for bf16 params, float64 decay products).
         A ``step`` saved as a Python number (torch's older format) is read as a tensor; an ``exp_avg_sq``
         the loaded spec never reads (no pole gives ω < 1) is dropped."""
+        state_dict = fsdp.lift_header(state_dict)   # an FSDP2 state_dict through DCP carries it in group 0
         spec, id_to_param = state_checks.check_state_dict(state_dict, self.param_groups, self.is_gated)
         extra = state_dict["fusedgate"]
         # Validated: let torch load the groups (hyperparameters) with no state, then place the state ourselves.
@@ -291,8 +314,9 @@ class FusedGate(torch.optim.Optimizer):
         second_moment = uses(spec)[1]
         for pid, pstate in state_dict.get("state", {}).items():
             p = id_to_param[pid]
-            state = {k: torch.as_tensor(v).detach().to(device=p.device, copy=True) for k, v in pstate.items()
-                     if not (k == "exp_avg_sq" and "sensors" in pstate and not second_moment)}
+            unread = "sensors" in pstate and not second_moment
+            state = {k: fsdp.to_placement(torch.as_tensor(v).detach().to(device=p.device, copy=True), p)
+                     for k, v in pstate.items() if not (k == "exp_avg_sq" and unread)}
             state["step"] = state["step"].to(torch.float32)
             for key in ("m_decay_prod", "v_decay_prod"):
                 state[key] = state[key].to(torch.float64)
@@ -303,6 +327,7 @@ class FusedGate(torch.optim.Optimizer):
         self._global = extra["global"].detach().to(device=device, dtype=torch.float32, copy=True)
         if self._sync is not None:
             self._sync.drop_unowned(self)   # zero2: keep the state this rank owns
+        self._carry_header()
 
     # ------------------------------------------------------------------ copying
     def __getstate__(self) -> dict:

@@ -316,6 +316,7 @@ class _Directions:
     o: torch.Tensor | None
     c_o: torch.Tensor | float
     updates: list
+    step_size: torch.Tensor | float = 1.0   # lr·A·T
 
 
 def gated_matrix_stack(stack: Stack, act: dict[str, torch.Tensor | float], sensors: torch.Tensor,
@@ -386,9 +387,11 @@ def stack_update(P: torch.Tensor, g: torch.Tensor, moments: dict, act: dict, sen
     return sums, P_new, ([] if in_place else [(m, m_new)]) + dirs.updates
 
 
-def _clip_(g: torch.Tensor, clip_inv: torch.Tensor, sensors: torch.Tensor, steps: torch.Tensor, col) -> None:
-    """Step 1, in place on g (this step's own stacked copy): each element clamped to ±k·G/√N."""
-    rms = sensors[:, G.S_GRAD_NORM] / math.sqrt(g.size(-2) * g.size(-1))
+def _clip_(g: torch.Tensor, clip_inv: torch.Tensor, sensors: torch.Tensor, steps: torch.Tensor, col,
+           numel: int | None = None) -> None:
+    """Step 1, in place on g (this step's own stacked copy): each element clamped to ±k·G/√N (``numel``: N
+    of the whole matrix when g holds a shard of it, as under FSDP2; else g's own)."""
+    rms = sensors[:, G.S_GRAD_NORM] / math.sqrt(numel if numel is not None else g.size(-2) * g.size(-1))
     active = (steps > 0) & (rms > 0) & (clip_inv > 0)
     threshold = col(torch.where(active, rms / clip_inv.clamp_min(1e-30), math.inf))
     # min/max are 3× faster than clamp with tensor bounds, and every large temporary avoided is an
@@ -400,14 +403,29 @@ def _directions(g: torch.Tensor, m_new: torch.Tensor, moments: dict, act: dict, 
                 hp: MatrixHyper, flags: StackFlags, col) -> _Directions:
     """Steps 2–6 past the first moment: P₁, the Adam direction (v, P₂ advanced), the orthogonal direction
     (NorMuon's moment advanced), the blend weights c_a, c_o and the trust-scaled step size."""
-    rows, cols = g.size(-2), g.size(-1)
+    out, source = _adam_directions(g, m_new, moments, act, sensors, hp, flags, col)
+    if flags.ortho:
+        moment = moments.get("normuon")
+        o, moment_new = orthogonalise(source, flags.engine, hp.ns_steps, moment, hp.normuon_beta2,
+                                      orthogonaliser_dtype(g, flags), flags.iterate)
+        _add_orthogonal(out, o, moment, moment_new, col)
+    return out
+
+
+def _adam_directions(g: torch.Tensor, m_new: torch.Tensor, moments: dict, act: dict, sensors: torch.Tensor,
+                     hp: MatrixHyper, flags: StackFlags, col,
+                     shape: tuple[int, int] | None = None) -> tuple[_Directions, torch.Tensor | None]:
+    """``_directions`` up to the orthogonaliser: (the directions with the Adam term, the orthogonaliser's
+    input u — None without ``flags.ortho``). When g holds row shards of larger matrices (FSDP2,
+    ``fusedgate.fsdp``), ``shape`` is the whole matrices' (rows, cols)."""
+    rows, cols = (g.size(-2), g.size(-1)) if shape is None else shape
     m_decay = moments["m_decay"]
     p1 = m_decay * hp.momentum
     c_a, c_o = direction_coefficients(rows, cols, act["ortho"], hp.units)
     tau = act["trust_mix"]
     trust = 1.0 if isinstance(tau, float) and tau == 0.0 else (1.0 - tau) + tau * sensors[:, G.S_TRUST_RATIO].double()
     step_size = hp.lr * act["update_mult"] * trust
-    out = _Directions(terms=[], d=None, o=None, c_o=c_o, updates=[(m_decay, p1)])
+    out = _Directions(terms=[], d=None, o=None, c_o=c_o, updates=[(m_decay, p1)], step_size=step_size)
     if flags.adam:   # at least one direction is used: ω < 1 or ω > 0 in some pole
         v, v_decay, beta2 = moments["exp_avg_sq"], moments["v_decay"], act["beta2"]
         v_new = v * col(beta2) + col(1.0 - beta2) * g * g
@@ -417,19 +435,25 @@ def _directions(g: torch.Tensor, m_new: torch.Tensor, moments: dict, act: dict, 
         out.terms.append(col(step_size * c_a) * adam_raw)
         out.d = col(c_a) * adam_raw
         out.updates += [(v, v_new), (v_decay, p2)]
-    if flags.ortho:
-        source = torch.lerp(g, m_new, weight(hp.momentum, g)) if hp.nesterov else m_new
-        moment = moments.get("normuon")
-        ns_dtype = torch.float64 if g.dtype == torch.float64 else flags.ns_dtype
-        o, moment_new = orthogonalise(source, flags.engine, hp.ns_steps, moment, hp.normuon_beta2, ns_dtype,
-                                      flags.iterate)
-        out.terms.append(col(step_size * c_o) * o)
-        # without the Adam direction d = c_o·o with c_o > 0 is never formed: the cautious mask reads the sign
-        # of o·p, and ‖d‖² = c_o²·‖o‖²
-        out.o, out.d = o, (o if out.d is None else out.d + col(c_o) * o)
-        if moment is not None:
-            out.updates.append((moment, moment_new))
-    return out
+    if not flags.ortho:
+        return out, None
+    return out, (torch.lerp(g, m_new, weight(hp.momentum, g)) if hp.nesterov else m_new)
+
+
+def orthogonaliser_dtype(g: torch.Tensor, flags: StackFlags) -> torch.dtype:
+    """The orthogonaliser's dtype: float64 for float64 stacks, else ``flags.ns_dtype``."""
+    return torch.float64 if g.dtype == torch.float64 else flags.ns_dtype
+
+
+def _add_orthogonal(out: _Directions, o: torch.Tensor, moment: torch.Tensor | None,
+                    moment_new: torch.Tensor | None, col) -> None:
+    """The orthogonal direction o into ``out``: its term, the blend d, NorMuon's moment update."""
+    out.terms.append(col(out.step_size * out.c_o) * o)
+    # without the Adam direction d = c_o·o with c_o > 0 is never formed: the cautious mask reads the sign
+    # of o·p, and ‖d‖² = c_o²·‖o‖²
+    out.o, out.d = o, (o if out.d is None else out.d + col(out.c_o) * o)
+    if moment is not None:
+        out.updates.append((moment, moment_new))
 
 
 def _decayed_update(P: torch.Tensor, dirs: _Directions, hp: MatrixHyper, cautious: bool, rows: int,
@@ -538,6 +562,7 @@ class StepFunctions:
     adamw: Callable = adamw_step
     actuators: Callable = G.step_actuators
     observe: Callable = G.observe_param
+    schedule: Callable | None = None   # ``_gated_stacks``' order of the run steps (None: one after the other)
 
 
 def step_stacks(stacks: list[Stack], gate: Gate, iterate: Callable, fns: StepFunctions) -> None:
@@ -553,6 +578,9 @@ def step_stacks(stacks: list[Stack], gate: Gate, iterate: Callable, fns: StepFun
 
 
 def _gated_stacks(stacks: list[Stack], gate: Gate, iterate: Callable, fns: StepFunctions) -> None:
+    """The gate of every gated stack, then ``fns.run_step`` on each same-shape run and the sensors folded.
+    ``fns.schedule(run_step, calls)`` returns the runs' (sums, applied) (None: one call after the other;
+    FSDP2 interleaves them to overlap their collectives)."""
     states = [state for stack in stacks for state in stack.states]
     device = stacks[0].params[0].device
     sensors = pack(states, "sensors")
@@ -565,7 +593,7 @@ def _gated_stacks(stacks: list[Stack], gate: Gate, iterate: Callable, fns: StepF
                        iterate=iterate)
     sums = torch.empty(len(states), len(G.SUMS), dtype=torch.float32, device=device)
     applied = torch.empty(len(states), dtype=torch.bool, device=device)
-    offset = 0
+    offset, where, calls = 0, [], []
     for stack in stacks:
         stack_flags = dataclasses.replace(flags, decays=float(stack.hyper.weight_decay) != 0.0)
         for run in same_shape_runs(stack.params):
@@ -573,12 +601,14 @@ def _gated_stacks(stacks: list[Stack], gate: Gate, iterate: Callable, fns: StepF
             if len(run) != run[-1] - run[0] + 1:
                 at = torch.tensor([offset + i for i in run], device=device)
             run_act = {k: v if isinstance(v, float) else v[at] for k, v in act.items()}
-            run_steps = None if steps is None else steps[at]
-            s, a = fns.run_step(take(stack, run), run_act, sensors[at], run_steps, stack_flags)
-            if gate.measures:
-                sums[at] = s
-            applied[at] = a
+            where.append(at)
+            calls.append((take(stack, run), run_act, sensors[at], None if steps is None else steps[at], stack_flags))
         offset += len(stack.params)
+    results = [fns.run_step(*call) for call in calls] if fns.schedule is None else fns.schedule(fns.run_step, calls)
+    for at, (s, a) in zip(where, results):
+        if gate.measures:
+            sums[at] = s
+        applied[at] = a
     if gate.measures:
         fns.observe(sensors, steps, gate.spec, sums, applied)
     if flags.host_checks and bool(applied.all()):

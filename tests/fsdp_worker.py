@@ -1,0 +1,327 @@
+"""Processes for the FSDP2 tests: a small model whose matrices' dim 0 divides neither by 2 nor by 3 (and one
+with an empty shard on 3 ranks), FusedGate on it under ``fully_shard`` (gloo, CPU), and DCP round trips.
+
+Every run trains on the same global batch per step (as ``dist_worker``); rank r of N takes the r-th
+slice, FSDP2 averages the gradients, so an N-rank run and a single process over the whole batch follow
+the same mathematics up to the rounding of the average."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import traceback
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from fusedgate.distributed import state_bytes
+from fusedgate.optimizer import FusedGate
+from fusedgate.spec import GateSpec
+
+GLOBAL_BATCH = 24          # divisible by 1, 2, 3
+STEPS = 20
+SAVE_AT = 10
+VOCAB, WIDTH, ODD, CLASSES = 30, 8, 7, 2
+MUON_LR = 1e-4             # see dist_worker.MUON_LR: small enough that the rank count is only rounding
+PRESETS = ("adamw", "nanochat", "gated")
+START_METHOD = "fork"
+
+
+class Net(nn.Module):
+    """Embedding 30×8 (AdamW, sharded too) → 7×8 (+ bias) → a stack of two 7×7 (+ biases) → 8×7 → a 2×8 head:
+    7 rows split 4, 3 on 2 ranks and 3, 3, 1 on 3; the head's 2 rows split 1, 1, 0 on 3 ranks (an empty shard)."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Embedding(VOCAB, WIDTH)
+        self.inp = nn.Linear(WIDTH, ODD)
+        self.blocks = nn.ModuleList(nn.Linear(ODD, ODD) for _ in range(2))
+        self.mid = nn.Linear(ODD, WIDTH, bias=False)
+        self.out = nn.Linear(WIDTH, CLASSES, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.inp(self.embed(tokens)))
+        for block in self.blocks:
+            h = h + torch.tanh(block(h))
+        return self.out(torch.tanh(self.mid(h)))
+
+
+def shard(model: Net, world: int) -> Net:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (world,))
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def make_optimizer(model: Net, preset: str) -> FusedGate:
+    if preset == "adamw":
+        return FusedGate(model.named_parameters(), spec=GateSpec.adamw(lr=3e-3, weight_decay=0.01))
+    if preset == "nanochat":
+        named = dict(model.named_parameters())
+        matrices = [p for n, p in named.items() if p.ndim == 2 and n != "embed.weight"]
+        groups = [dict(kind="adamw", params=[p for n, p in named.items() if p.ndim == 1 or n == "embed.weight"],
+                       lr=3e-3, betas=(0.8, 0.95), eps=1e-10, weight_decay=0.0)]
+        for shape in sorted({tuple(p.shape) for p in matrices}):
+            groups.append(dict(kind="muon", params=[p for p in matrices if tuple(p.shape) == shape], lr=MUON_LR,
+                               momentum=0.95, ns_steps=5, beta2=0.9, weight_decay=0.01))
+        return FusedGate(groups, spec=GateSpec.nanochat())
+    spec = GateSpec.gated().replace(lr=MUON_LR, weight_decay=0.01)
+    return FusedGate(model.named_parameters(), spec=spec, total_steps=STEPS)
+
+
+def global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 + step)
+    tokens = torch.randint(0, VOCAB, (GLOBAL_BATCH,), generator=g)
+    return tokens, torch.randint(0, CLASSES, (GLOBAL_BATCH,), generator=g)
+
+
+def train(model: nn.Module, opt: FusedGate, start: int, stop: int, rank: int = 0, world: int = 1,
+          on_step=None, shards: int = 1) -> None:
+    """Steps start..stop-1 on this rank's slice of each global batch; ``shards`` > 1 (one process): the
+    gradient is the mean of the shards' gradients and the loss their mean, as an all-reduce would form them."""
+    share = GLOBAL_BATCH // world
+    for step in range(start, stop):
+        if on_step is not None:
+            on_step(step)
+        tokens, targets = global_batch(step)
+        tokens, targets = tokens[rank * share:(rank + 1) * share], targets[rank * share:(rank + 1) * share]
+        if shards == 1:
+            loss = F.cross_entropy(model(tokens), targets)
+            loss.backward()
+        else:
+            loss = _shard_average(model, tokens, targets, shards)
+        opt.step(loss=loss.detach())
+        opt.zero_grad(set_to_none=True)
+
+
+def _shard_average(model: nn.Module, tokens, targets, shards: int) -> torch.Tensor:
+    size = len(tokens) // shards
+    losses, grads = [], None
+    for s in range(shards):
+        model.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(tokens[s * size:(s + 1) * size]), targets[s * size:(s + 1) * size])
+        loss.backward()
+        losses.append(loss.detach())
+        grads = [p.grad for p in model.parameters()] if grads is None else \
+            [a + p.grad for a, p in zip(grads, model.parameters())]
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g / shards
+    return sum(losses[1:], losses[0]) / shards
+
+
+def full_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole parameters (DTensors gathered: a collective)."""
+    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+            for n, p in model.named_parameters()}
+
+
+def single_process(preset: str, stop: int = STEPS, shards: int = 1) -> dict[str, torch.Tensor]:
+    model = Net()
+    train(model, make_optimizer(model, preset), 0, stop, shards=shards)
+    return full_params(model)
+
+
+# ---------------------------------------------------------------------------- inside each rank
+def _options(flat: bool):
+    """DSD's options: ``flat``, torchtitan's flattened optimizer state dict (one key per parameter and entry)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(flatten_optimizer_state_dict=flat)
+
+
+def _dcp_state(model, opt, flat: bool = False) -> dict:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt, options=_options(flat))}
+
+
+def _save(model, opt, path: Path) -> None:
+    """A DCP checkpoint in ``path``, and the whole (gathered) state dicts in ``path``.pt, written by rank 0."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    dcp.save(_dcp_state(model, opt), checkpoint_id=str(path))
+    dcp.save(_dcp_state(model, opt, flat=True), checkpoint_id=f"{path}_flat")
+    whole = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = {"model": get_model_state_dict(model, options=whole),
+             "optim": get_optimizer_state_dict(model, opt, options=whole)}
+    if dist.get_rank() == 0:
+        torch.save(state, f"{path}.pt")
+
+
+def resume_whole(path: Path) -> dict[str, torch.Tensor]:
+    """One process, plain parameters: the whole state dicts of ``_save`` loaded (DSD maps the names), trained
+    to STEPS."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    state = torch.load(path, weights_only=False)
+    model = Net(seed=123)
+    model.load_state_dict(state["model"])
+    opt = make_optimizer(model, "gated")
+    set_optimizer_state_dict(model, opt, state["optim"])
+    train(model, opt, SAVE_AT, STEPS)
+    return full_params(model)
+
+
+def _resume(path: Path, rank: int, world: int, flat: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """A fresh sharded model and optimizer (another init) loaded from the DCP checkpoint, trained to STEPS:
+    (the parameters, the global state as loaded)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    model = shard(Net(seed=123), world)
+    opt = make_optimizer(model, "gated")
+    state = _dcp_state(model, opt, flat)
+    dcp.load(state, checkpoint_id=str(path))
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, opt, state["optim"], options=_options(flat))
+    loaded = opt._global.clone()
+    train(model, opt, SAVE_AT, STEPS, rank, world)
+    return full_params(model), loaded
+
+
+def _resume_whole_sharded(path: Path, rank: int, world: int) -> dict[str, torch.Tensor]:
+    """The whole state dicts of ``_save`` (every rank reads the file) into a sharded model and straight into
+    ``FusedGate.load_state_dict``, which shards the whole moments itself; trained to STEPS."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    state = torch.load(path, weights_only=False)
+    model = shard(Net(seed=123), world)
+    set_model_state_dict(model, state["model"], options=StateDictOptions(full_state_dict=True))
+    opt = make_optimizer(model, "gated")
+    opt.load_state_dict(state["optim"])
+    train(model, opt, SAVE_AT, STEPS, rank, world)
+    return full_params(model)
+
+
+def _refusals(world: int) -> dict[str, str]:
+    """The one-line errors: FSDP2 and plain parameters mixed, another placement, a mode for plain parameters."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, distribute_tensor
+
+    out = {}
+    model = shard(Net(), world)
+    cases = {"mixed": lambda: FusedGate([*model.parameters(), nn.Parameter(torch.zeros(3, 3))]),
+             "replicate": lambda: FusedGate([nn.Parameter(distribute_tensor(
+                 torch.zeros(4, 4), init_device_mesh("cpu", (world,)), [Replicate()]))]),
+             "zero2": lambda: FusedGate(model.parameters(), distributed="zero2")}
+    for case, build in cases.items():
+        try:
+            build()
+            out[case] = "accepted"
+        except (TypeError, ValueError) as exc:
+            out[case] = str(exc)
+    opt = make_optimizer(model, "gated")   # a loss on rank 0 only: refused on every rank, no collective hangs
+    tokens, targets = global_batch(0)
+    loss = F.cross_entropy(model(tokens), targets)
+    loss.backward()
+    try:
+        opt.step(loss=loss.detach() if dist.get_rank() == 0 else None)
+        out["loss_on_some_ranks"] = "accepted"
+    except RuntimeError as exc:
+        out["loss_on_some_ranks"] = str(exc)
+    return out
+
+
+def _nonfinite(rank: int, world: int) -> dict:
+    """A NaN in the last rank's rows of one matrix's gradient: that matrix's step is skipped on every rank
+    (the finiteness test is all-reduced with the sums), the others step."""
+    model = shard(Net(), world)
+    opt = make_optimizer(model, "gated")
+    train(model, opt, 0, 1, rank, world)
+    before = full_params(model)
+    tokens, targets = global_batch(1)
+    share = GLOBAL_BATCH // world
+    F.cross_entropy(model(tokens[rank * share:(rank + 1) * share]), targets[rank * share:(rank + 1) * share]).backward()
+    if rank == world - 1:
+        model.blocks[0].weight.grad.to_local()[0, 0] = float("nan")
+    opt.step()
+    after = full_params(model)
+    return {"skipped": opt.skipped_steps()["blocks.0.weight"],
+            "unchanged": torch.equal(after["blocks.0.weight"], before["blocks.0.weight"]),
+            "others_stepped": all(not torch.equal(after[n], before[n]) for n in ("blocks.1.weight", "mid.weight"))}
+
+
+def _triton_shards(rank: int, world: int) -> float:
+    """The Triton backend's AdamW on the local shards (3 steps of the gated spec: its AdamW parameters through
+    the kernels, its matrices through the sharded path) against the reference backend: max relative difference."""
+    spec = GateSpec.gated().replace(lr=MUON_LR)
+    results = []
+    for backend in ("triton", "reference"):
+        model = shard(Net(), world)
+        train(model, FusedGate(model.named_parameters(), spec=spec, backend=backend), 0, 3, rank, world)
+        results.append(full_params(model))
+    return max(((results[0][n] - results[1][n]).abs().max() / results[1][n].abs().max()).item() for n in results[1])
+
+
+def worker(rank: int, world: int, store: str, out: str, load_from: str, job: str = "main") -> None:
+    torch.set_num_threads(1)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    out = Path(out)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
+    try:
+        result = {}
+        if job == "triton":
+            result["triton"] = _triton_shards(rank, world)
+        elif load_from:
+            result["resumed"], result["loaded_global"] = _resume(Path(load_from), rank, world)
+            result["resumed_flat"], result["loaded_global_flat"] = _resume(Path(f"{load_from}_flat"), rank, world,
+                                                                           flat=True)
+            if world > 1:
+                result["resumed_whole"] = _resume_whole_sharded(Path(f"{load_from}.pt"), rank, world)
+        if world > 1 and job == "main":
+            for preset in PRESETS:
+                model = shard(Net(), world)
+                opt = make_optimizer(model, preset)
+                saver = None
+                if preset == "gated" and world == 2:
+                    def saver(step, model=model, opt=opt):
+                        if step == SAVE_AT:
+                            result["saved_global"] = opt._global.clone()
+                            _save(model, opt, out / "dcp_world2")
+                train(model, opt, 0, STEPS, rank, world, on_step=saver)
+                result[f"fsdp2/{preset}"] = full_params(model)
+                result[f"traffic/{preset}"] = opt._sync.traffic_bytes(opt)
+                result[f"state_bytes/{preset}"] = state_bytes(opt)
+            result["refusals"] = _refusals(world)
+            result["nonfinite"] = _nonfinite(rank, world)
+        torch.save(result, out / f"rank{rank}_of_{world}.pt")
+    except BaseException:
+        (out / f"error_rank{rank}_of_{world}.txt").write_text(traceback.format_exc())
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(world: int, out: Path, load_from: Path | None = None, timeout_s: float = 240.0,
+          job: str = "main") -> list[dict]:
+    """Run ``worker`` on ``world`` gloo processes (forked; a file store); their results, by rank."""
+    store = out / f"store_fsdp_{job}_{world}"
+    ctx = mp.start_processes(worker, args=(world, str(store), str(out), str(load_from or ""), job),
+                             nprocs=world, join=False, start_method=START_METHOD)
+    deadline = timeout_s
+    try:
+        while not ctx.join(timeout=1):
+            deadline -= 1
+            if deadline <= 0:
+                raise TimeoutError(f"{world} gloo processes did not finish in {timeout_s} s")
+    finally:
+        for process in ctx.processes:
+            if process.is_alive():
+                process.kill()
+                process.join()
+    return [torch.load(out / f"rank{r}_of_{world}.pt", weights_only=False) for r in range(world)]
