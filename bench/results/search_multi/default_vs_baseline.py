@@ -7,7 +7,9 @@ as the search measures it (the confirmation stage's evaluation size).
 
 ROBUST_DB is created on the first call from SEARCH_DB's config, with SEARCH_DB's finished runs imported (the
 default's runs at 300 and 600 steps are the search's reference runs); the runs it lacks are trained into it,
-and a rerun only prints. The table: default − baseline per cell, with the one-sided 95 % bounds.
+and a rerun only prints. The tables: default − baseline per cell, with the one-sided 95 % bounds; and the
+default's steps-equivalent ratio at lr ×1 against the tuned reference's ladder on the search's held-out seeds
+(the search runs that ladder for its steps-to-target stage; the default's own held-out runs are added here).
 """
 
 import argparse
@@ -16,12 +18,13 @@ import os
 from fusedgate.argtypes import int_in, int_list
 from fusedgate.files import markdown_table
 from fusedgate.search import stats
+from fusedgate.search import steps_to_target as stt
 from fusedgate.search.archive import Archive
 from fusedgate.search.config import SearchConfig
 from fusedgate.search.evaluate import BASELINE, make_job
 from fusedgate.search.executors import LocalExecutor
 from fusedgate.search.runner import run_jobs
-from fusedgate.search.tournament import Setting, eval_every, job
+from fusedgate.search.tournament import Setting, compare_runs, eval_every, floors_of, holdout_setting, job
 
 HORIZONS = (100, 300, 600)
 
@@ -54,6 +57,7 @@ def main(argv=None) -> None:
     archive.import_evaluations(args.search_db)
     cells = {(h, sc): cell_jobs(cfg, corpus, h, sc, args.seeds) for h in HORIZONS for sc in cfg.lr_scales}
     todo = [j for default, baseline in cells.values() for pair in zip(default, baseline) for j in pair]
+    todo += [job(cfg, corpus, holdout_setting(cfg, h), None, s) for h in cfg.horizons for s in cfg.holdout_seeds]
     executor = LocalExecutor(workers=args.workers)
     try:
         run_jobs(archive, executor, todo, "default vs baseline")
@@ -69,7 +73,31 @@ def main(argv=None) -> None:
                      f"{sum(b['final_val_bpb'] for _, b in runs) / len(runs):.4f}"])
     print(markdown_table(["steps", "lr", "seeds", "default − baseline (mean ± sd)", "95% upper", "seeds worse",
                           "seeds identical", "baseline bpb (mean)"], rows))
+    print()
+    print(markdown_table(["steps", "tuned lr of the ladder", "seeds", "default's ratio (95% upper)",
+                          "default − tuned reference (mean ± sd)"], ratio_rows(archive, cfg, corpus)))
     archive.close()
+
+
+def ratio_rows(archive, cfg: SearchConfig, corpus: str) -> list[list]:
+    """Per horizon: the default (lr ×1) on the held-out seeds against the tuned reference's ladder there."""
+    floors, rows = floors_of(archive, cfg, corpus), []
+    for h in cfg.horizons:
+        setting, scale = holdout_setting(cfg, h), floors[h]["lr_scale"]
+        runs = [archive.evaluation(job(cfg, corpus, setting, None, s)["job_key"]) for s in cfg.holdout_seeds]
+        ladder = {r: [archive.evaluation(job(cfg, corpus, setting, None, s, scale, r)["job_key"])
+                      for s in cfg.holdout_seeds] for r in stt.rungs(h, cfg.ladder)}
+        if any(x is None for x in runs) or any(x is None for xs in ladder.values() for x in xs):
+            rows.append([h, f"x{scale:g}", "not finished", "", ""])
+            continue
+        per_seed = [stt.steps_ratio({r: ladder[r][i]["final_val_bpb"] for r in ladder}, h, run["final_val_bpb"])
+                    for i, run in enumerate(runs)]
+        summary = stt.summarize([r for r, _ in per_seed], [w for _, w in per_seed])
+        gap = compare_runs(runs, ladder[h])
+        diffs = [-g for g in gap["gains"]]
+        m, sd = stats.mean_sd(diffs)
+        rows.append([h, f"x{scale:g}", len(runs), stt.describe(summary, cfg.ladder), f"{m:+.4f} ± {sd:.4f}"])
+    return rows
 
 
 if __name__ == "__main__":
