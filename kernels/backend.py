@@ -182,7 +182,8 @@ def _gated_stack(stack: Stack, gate: Gate, iterate: Callable, cache: dict) -> No
                                                 G_DTYPE=TL_DTYPES[bucket.grads[0].dtype], BLOCK=L.BLOCK)
         launch_gate(lay, ptrs, bucket, gate, lay.chunk_start, lay.flags)
         if lay.n_chunks and use_ortho:
-            buffer = launch_moments(lay, ptrs, bucket, gate)
+            buffer = lay.ns_buffer(ns_dtype(lay.device))
+            launch_moments(lay, ptrs, bucket, gate, buffer)
             _orthogonalise_runs(lay, bucket, buffer, R.Engine.of(gate.spec), buffer.dtype, iterate)
             launch_apply(lay, ptrs, bucket, gate, buffer)
         elif lay.n_chunks:
@@ -211,17 +212,20 @@ def _cautious(gate: Gate, hp) -> bool:
     return R.Engine.of(gate.spec).cautious_wd and hp.weight_decay != 0.0
 
 
-def launch_moments(lay: L.BucketLayout, ptrs: torch.Tensor, bucket: Stack, gate: Gate) -> torch.Tensor:
-    """``moments_kernel`` (clip, m, v, the orthogonaliser's input, sums ‖g̃‖², g̃·m₋, ‖m₋‖²); returns the flat
-    orthogonaliser buffer it wrote (bf16 on CUDA, float32 on the CPU)."""
+def ns_dtype(device: torch.device) -> torch.dtype:
+    """The orthogonaliser buffer's dtype: bf16 on CUDA, float32 on the CPU (the interpreter)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def launch_moments(lay: L.BucketLayout, ptrs: torch.Tensor, bucket: Stack, gate: Gate, buffer: torch.Tensor) -> None:
+    """``moments_kernel``: clip, m, v, the orthogonaliser's input written into the flat ``buffer`` (at
+    ``ns_base``), sums ‖g̃‖², g̃·m₋, ‖m₋‖²."""
     hp, (_, use_adam, use_clip) = bucket.hyper, gate.uses
-    buffer = lay.ns_buffer(torch.bfloat16 if lay.device.type == "cuda" else torch.float32)
     K.moments_kernel[(lay.n_chunks,)](ptrs, lay.chunk_param, lay.chunk_off, lay.numel_table, lay.coefs, lay.partials,
                                       buffer, lay.ns_base, *L.lerp_weight(1.0 - hp.momentum),
                                       *L.lerp_weight(hp.momentum), G_DTYPE=TL_DTYPES[bucket.grads[0].dtype],
                                       S_DTYPE=TL_DTYPES[buffer.dtype], USE_CLIP=use_clip, NESTEROV=hp.nesterov,
                                       USE_ADAM=use_adam, BLOCK=L.BLOCK)
-    return buffer
 
 
 def launch_apply(lay: L.BucketLayout, ptrs: torch.Tensor, bucket: Stack, gate: Gate, buffer: torch.Tensor) -> None:
