@@ -21,6 +21,9 @@ identical on every rank. One step (``Fsdp2.compute``), per same-shape run of K g
    write-back into the local shards.
 AdamW parameters (sharded or not) step element-wise on their local shards through
 ``functional.gated_step`` with the optimizer's backend (Triton takes the shards), with no communication.
+With ``backend="triton"`` (or ``"auto"`` on CUDA) the gated matrices' local passes 1 and 3 run on the Triton
+kernels instead (``fusedgate.kernels.sharded``: the same exchange, the (K, 7) values all-reduced as the K
+finiteness flags before the gate and the (K, 6) sums after, the same bytes); float64 ones stay on this torch path.
 The loss given to ``step(loss=...)`` is averaged over the ranks first (as in the replicated mode).
 Nothing reads the device on the host inside ``step()`` beyond what the single-process CPU path reads, but
 the first step's check that the ranks agree on the parameters, their gradients and the loss (``Fsdp2``).
