@@ -82,7 +82,7 @@ def gated_step(stacks: list[Stack], gate: Gate, *, iterate: Callable = R.polar_i
             _adamw_stack(narrow, cache)
 
 
-def _buckets(stack: Stack) -> list[Stack]:
+def buckets(stack: Stack) -> list[Stack]:
     """The stack split by (param dtype, grad dtype), each sorted by shape so equal shapes are adjacent."""
     groups: dict = {}
     for i, (p, grad) in enumerate(zip(stack.params, stack.grads)):
@@ -111,7 +111,7 @@ def _check_state(state: dict, p: torch.Tensor, gated: bool, adam: bool) -> None:
         raise ValueError(f"state['sensors'] must hold {G.N_SLOTS} slots, got {state['sensors'].numel()}")
 
 
-class _Operands:
+class Operands:
     """Contiguous views of a bucket's tensors and their pointer-table rows; ``finish`` copies results
     back into params that were not contiguous (their update ran on a contiguous copy). Without the Adam
     direction (``adam`` False) a gated matrix has no ``exp_avg_sq``: its pointer is 0, never dereferenced."""
@@ -138,7 +138,7 @@ class _Operands:
             p.detach().copy_(work)
 
 
-def _layout(cache: dict, kind: str, units: str | None, bucket: Stack, build: Callable = L.BucketLayout):
+def cached_layout(cache: dict, kind: str, units: str | None, bucket: Stack, build: Callable = L.BucketLayout):
     """The bucket's launch tables from ``cache`` (keyed by ``kind`` and the tensors' addresses, shapes and
     dtypes), built on a miss by ``build(params, units, device)``."""
     key = (kind, units, tuple((p.data_ptr(), tuple(p.shape), p.dtype, g.dtype)
@@ -173,9 +173,9 @@ def _orthogonalise_runs(layout: L.BucketLayout, bucket: Stack, buffer: torch.Ten
 def _gated_stack(stack: Stack, gate: Gate, iterate: Callable, cache: dict) -> None:
     """One gated step of a group's matrix params (``reference.gated_matrix_stack`` for each run)."""
     use_ortho = gate.uses[0]
-    for bucket in _buckets(stack):
-        ops = _Operands(bucket, adam=gate.uses[1])
-        lay = _layout(cache, "gated", stack.hyper.units, bucket)
+    for bucket in buckets(stack):
+        ops = Operands(bucket, adam=gate.uses[1])
+        lay = cached_layout(cache, "gated", stack.hyper.units, bucket)
         ptrs = lay.pointers(ops.rows)
         if lay.n_chunks:
             K.nonfinite_kernel[(lay.n_chunks,)](ptrs, lay.chunk_param, lay.chunk_off, lay.numel_table, lay.flags,
@@ -260,9 +260,9 @@ def launch_finalize(lay: L.BucketLayout, ptrs: torch.Tensor, gate: Gate, chunk_s
 def _adamw_stack(stack: Stack, cache: dict) -> None:
     """One AdamW step of a group's params (``reference.adamw_step`` for each)."""
     hp = stack.hyper
-    for bucket in _buckets(stack):
-        ops = _Operands(bucket)
-        lay = _layout(cache, "adamw", None, bucket)
+    for bucket in buckets(stack):
+        ops = Operands(bucket)
+        lay = cached_layout(cache, "adamw", None, bucket)
         ptrs = lay.pointers(ops.rows)
         p_dtype, g_dtype = TL_DTYPES[bucket.params[0].dtype], TL_DTYPES[bucket.grads[0].dtype]
         chunks = (lay.chunk_param, lay.chunk_off, lay.numel_table)

@@ -54,7 +54,7 @@ def gated_stacks(stacks: list[Stack], gate: Gate, iterate: Callable, cache: dict
     """Every same-shape run of the stacks' FSDP2 matrices (DTensors) through ``run_step``, two runs at a time
     (``fsdp.interleave``), in the reference FSDP2 path's run order (so the owners are the same)."""
     runs = [bucket for stack in stacks for run in R.same_shape_runs(stack.params)
-            for bucket in B._buckets(R.take(stack, run))]
+            for bucket in B.buckets(R.take(stack, run))]
     B.check_device(fsdp.local(runs[0].params[0]).device)
     step = functools.partial(run_step, gate=gate, iterate=iterate, cache=cache, round=round)
     fsdp.interleave(step, [(run,) for run in runs])
@@ -67,8 +67,8 @@ def run_step(run: Stack, *, gate: Gate, iterate: Callable, cache: dict, round: f
     shards = fsdp.Shards(*R.matrix_view_shape(torch.Size(whole)), round.world)
     bucket = fsdp.local_stack(run)
     fsdp.check_rows(bucket.params[0], shards, round.rank)
-    ops = B._Operands(bucket, adam=gate.uses[1])
-    lay = B._layout(cache, f"fsdp2 {whole}", run.hyper.units, bucket, functools.partial(ShardLayout, whole=whole))
+    ops = B.Operands(bucket, adam=gate.uses[1])
+    lay = B.cached_layout(cache, f"fsdp2 {whole}", run.hyper.units, bucket, functools.partial(ShardLayout, whole=whole))
     ptrs = lay.pointers(ops.rows)
     if lay.n_chunks:
         K.nonfinite_kernel[(lay.n_chunks,)](ptrs, lay.chunk_param, lay.chunk_off, lay.numel_table, lay.flags,
