@@ -236,11 +236,11 @@ def _refusals(world: int) -> dict[str, str]:
     return out
 
 
-def _nonfinite(rank: int, world: int) -> dict:
+def _nonfinite(rank: int, world: int, backend: str = "auto") -> dict:
     """A NaN in the last rank's rows of one matrix's gradient: that matrix's step is skipped on every rank
-    (the finiteness test is all-reduced with the sums), the others step."""
+    (the finiteness test is all-reduced), the others step."""
     model = shard(Net(), world)
-    opt = make_optimizer(model, "gated")
+    opt = make_optimizer(model, "gated", backend)
     train(model, opt, 0, 1, rank, world)
     before = full_params(model)
     tokens, targets = global_batch(1)
@@ -318,6 +318,7 @@ def worker(rank: int, world: int, store: str, out: str, load_from: str, job: str
             result["triton"] = _triton_shards(rank, world)
         elif job == "triton_forced":
             result.update({preset: _teacher_forced(rank, world, preset) for preset in PRESETS[1:]})
+            result["nonfinite"] = _nonfinite(rank, world, backend="triton")
         elif load_from:
             result["resumed"], result["loaded_global"] = _resume(Path(load_from), rank, world)
             result["resumed_flat"], result["loaded_global_flat"] = _resume(Path(f"{load_from}_flat"), rank, world,

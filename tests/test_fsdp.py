@@ -168,6 +168,13 @@ def test_triton_gated_shards_match_the_reference_step_by_step(interpreted, world
         assert len(worst["layouts"]) == worst["gated_runs"] == 4, worst
 
 
+@pytest.mark.parametrize("world", [2, 3])
+def test_a_non_finite_shard_skips_the_whole_matrix_on_the_kernels_too(interpreted, world):
+    """backend='triton': the NaN on the last rank reaches every rank's gate through the flags' all-reduce."""
+    for result in interpreted[world]:
+        assert result["nonfinite"] == {"skipped": 1, "unchanged": True, "others_stepped": True}
+
+
 def test_interleave_launches_every_run_s_next_collective_in_turn():
     """Each run's collective is in flight while another run computes: launches alternate run by run within the
     window, a finished run's place goes to the next, the results come back in run order."""
