@@ -11,6 +11,9 @@ Muon groups keep a momentum (4 B/element for fp32 params) and a factored second 
 chunk and reduce-scatter + all-gather the padded stack; AdamW tensors of < 1024 elements are all-reduced
 and their 8 B/element state replicated, larger ones reduce-scattered along dim 0 (1/N of the state); at
 N = 1 the nanochat column is measured on the project's ``MuonAdamW`` (the same state as nanochat's).
+The FSDP2 column is FusedGate's FSDP2 mode by design (``fusedgate.fsdp.traffic``, what ``Fsdp2.traffic_bytes``
+reports on each rank: the orthogonaliser's two all-to-alls and the sums' all-reduces, the largest over the
+ranks), from the same groups; FSDP2's own all-gathers and reduce-scatter belong to the model and are left out.
 
     python -m fusedgate.bench.distributed_bytes --depth 4 --vocab 8192 --worlds 1 2 3 4
 """
@@ -104,6 +107,16 @@ def _worker(rank: int, world: int, store: str, depth: int, vocab: int, out: str,
     dist.destroy_process_group()
 
 
+def fsdp2_sent(depth: int, vocab: int, world: int, preset: str = "gated") -> int:
+    """Bytes sent per rank per step by FusedGate's FSDP2 mode on ``world`` ranks, by design (the largest over
+    the ranks of ``fusedgate.fsdp.traffic``: it reads only the groups' shapes and dtypes and the spec, so a
+    plain single-process FusedGate over the same groups gives it, no processes needed)."""
+    from fusedgate import FusedGate, GateSpec, fsdp
+
+    opt = FusedGate(_groups(_model(depth, vocab)), spec=getattr(GateSpec, preset)(), total_steps=100)
+    return int(max(fsdp.traffic(opt, world, rank) for rank in range(world)))
+
+
 def measure(depth: int, vocab: int, world: int, preset: str = "gated") -> list[tuple[int, int]]:
     """[(state bytes, bytes sent per step)] per rank of a ``world``-rank FusedGate zero2 step."""
     if world == 1:
@@ -142,9 +155,11 @@ def main(argv=None) -> None:
                 nano_state = baseline_bytes(args.depth, args.vocab)
             rows.append([preset, world, f"{min(states) / n_params:.3f}–{max(states) / n_params:.3f}",
                          f"{nano_state / n_params:.3f}", f"{max(states) / nano_state:.3f}",
-                         f"{max(s for _, s in per_rank) / mib:.2f}", f"{nano_sent / mib:.2f}"])
+                         f"{max(s for _, s in per_rank) / mib:.2f}",
+                         f"{fsdp2_sent(args.depth, args.vocab, world, preset) / mib:.2f}", f"{nano_sent / mib:.2f}"])
     print(markdown_table(["preset", "N", "FusedGate state B/param/rank (min–max)", "nanochat state B/param/rank",
-                          "ratio (max)", "FusedGate sent/rank/step MiB", "nanochat sent/rank/step MiB"], rows))
+                          "ratio (max)", "FusedGate ZeRO-2 sent/rank/step MiB", "FusedGate FSDP2 sent/rank/step MiB",
+                          "nanochat sent/rank/step MiB"], rows))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ Modes (``FusedGate(..., distributed=...)``)
     which have gradients and the loss as ``"zero2"`` does, but not the gradients. DTensor parameters under
     ``"replicated"``/``"zero2"``, DTensors of another placement, and DTensor and plain parameters mixed are
     refused at construction, in one line.
-``"replicated"``/``"zero2"`` with no group or one rank run as single-process FusedGate.
+``"auto"``, ``"replicated"`` and ``"zero2"`` with no group or one rank run as single-process FusedGate
+(``"fsdp2"`` steps DTensors at any world size).
 
 Sharding in ``"zero2"``
 -----------------------
@@ -102,7 +103,8 @@ moments (``exp_avg``, ``exp_avg_sq``) as DTensors of the parameter's placement, 
 per-matrix state (sensors, step, decay products, NorMuon moment) replicated. One step, per same-shape
 run of K gated matrices:
   element-wise, on the local rows, no communication: the clip, m, v, the Adam direction, the blend,
-      the decoupled or cautious decay; and every AdamW parameter (through the optimizer's backend);
+      the decoupled or cautious decay; and every AdamW parameter — all through the optimizer's backend
+      (``backend="triton"``, or ``"auto"`` on CUDA: the Triton kernels on the shards, ``fusedgate.kernels.sharded``);
   orthogonaliser, on whole matrices: matrix j of the step (counted over the runs) is owned by rank
       j mod N; one all-to-all sends every rank's rows of the orthogonaliser's input u (the momentum-updated
       gradient, Nesterov-blended) to the owner, which runs MuonEq, Polar Express / Newton–Schulz,
@@ -161,8 +163,8 @@ def world_size(group=None) -> int:
 
 
 def resolve_mode(mode: str, group=None) -> str | None:
-    """The effective mode: None for a single process, else "auto" (decided at the first step),
-    "replicated" or "zero2"."""
+    """The effective mode for plain parameters: None for a single process, else ``mode`` ("auto": replicated or
+    zero2, decided at the first step). DTensor parameters take ``fusedgate.fsdp.setup`` instead."""
     if mode not in MODES:
         raise ValueError(f"distributed={mode!r} is not one of {MODES}")
     if group is not None and (not dist.is_initialized() or dist.get_rank(group) < 0):

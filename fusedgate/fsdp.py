@@ -21,6 +21,9 @@ identical on every rank. One step (``Fsdp2.compute``), per same-shape run of K g
    write-back into the local shards.
 AdamW parameters (sharded or not) step element-wise on their local shards through
 ``functional.gated_step`` with the optimizer's backend (Triton takes the shards), with no communication.
+With ``backend="triton"`` (or ``"auto"`` on CUDA) the gated matrices' local passes 1 and 3 run on the Triton
+kernels instead (``fusedgate.kernels.sharded``: the same exchange, the (K, 7) values all-reduced as the K
+finiteness flags before the gate and the (K, 6) sums after, the same bytes); float64 ones stay on this torch path.
 The loss given to ``step(loss=...)`` is averaged over the ranks first (as in the replicated mode).
 Nothing reads the device on the host inside ``step()`` beyond what the single-process CPU path reads, but
 the first step's check that the ranks agree on the parameters, their gradients and the loss (``Fsdp2``).
@@ -218,6 +221,29 @@ class Exchange:
         return o, moments
 
 
+def check_rows(shard: torch.Tensor, shards: Shards, rank: int) -> None:
+    """A one-line RuntimeError unless the local shard has torch.chunk's row count for this rank."""
+    if shard.shape[0] != shards.counts[rank]:
+        raise RuntimeError(f"FusedGate FSDP2: a local shard of {tuple(shard.shape)} where torch.chunk's "
+                           f"split of {shards.rows} rows gives {shards.counts[rank]} rows on rank {rank}")
+
+
+def local_stack(stack: Stack) -> Stack:
+    """The stack of the local shards: parameters, gradients and state entries (new state dicts whose tensors
+    are the shards, so in-place updates reach the DTensors)."""
+    return Stack([local(p) for p in stack.params], [local(g) for g in stack.grads],
+                 [{key: local(v) for key, v in s.items()} for s in stack.states], stack.hyper, stack.modulation)
+
+
+def on_kernels(p: torch.Tensor, backend: str) -> bool:
+    """Whether FSDP2 gated matrix p steps on the Triton kernels (``fusedgate.kernels.sharded``): backend
+    "triton", or "auto" with its shard on CUDA and Triton importable; float64 never (the Triton backend hands
+    float64 to the reference too)."""
+    if p.dtype == torch.float64 or backend not in ("triton", "auto"):
+        return False
+    return backend == "triton" or (local(p).is_cuda and F.triton_available())
+
+
 def sharded_matrix_stack(stack: Stack, act: dict, sensors: torch.Tensor, steps: torch.Tensor | None,
                          flags: R.StackFlags, *, round: Round):
     """``reference.gated_matrix_stack`` for K FSDP2 matrices of one global shape, as a generator that yields
@@ -229,9 +255,7 @@ def sharded_matrix_stack(stack: Stack, act: dict, sensors: torch.Tensor, steps: 
     shards, hp = Shards(rows, cols, round.world), stack.hyper
     view, work = (k, shards.counts[round.rank], cols), R.compute_dtype(stack.params[0].dtype)
     params = [local(p) for p in stack.params]
-    if tuple(params[0].shape[:1]) != view[1:2]:
-        raise RuntimeError(f"FusedGate FSDP2: a local shard of {tuple(params[0].shape)} where torch.chunk's "
-                           f"split of {rows} rows gives {view[1]} rows on rank {round.rank}")
+    check_rows(params[0], shards, round.rank)
     P = torch.stack(params).view(view).to(work)
     g = torch.stack([local(grad) for grad in stack.grads]).view(view).to(work)
     stored = {key: [local(s[key]) for s in stack.states] for key in ("exp_avg", "exp_avg_sq")
@@ -310,16 +334,23 @@ class Fsdp2(Sync):
     compares_gradients = False
 
     def compute(self, optimizer, stacks: list[Stack], gate: Gate) -> None:
-        """The gated stacks through ``reference._gated_stacks`` with ``sharded_matrix_stack`` as the run step;
-        the AdamW stacks on their local shards through ``functional.gated_step`` (the optimizer's backend)."""
-        iterate = F.newton_schulz(optimizer.newton_schulz)
+        """The gated matrices on the Triton kernels (``on_kernels``: ``fusedgate.kernels.sharded``), the others
+        through ``reference._gated_stacks`` with ``sharded_matrix_stack`` as the run step, the owners rotating
+        over both; the AdamW stacks on their local shards through ``functional.gated_step`` (the backend's)."""
+        iterate, round = F.newton_schulz(optimizer.newton_schulz), Round(self.group, self.world, self.rank)
         gated = [stack for stack in stacks if stack.gated and stack.params]
-        if gated:
-            run_step = functools.partial(sharded_matrix_stack, round=Round(self.group, self.world, self.rank))
-            R._gated_stacks(gated, gate, iterate, R.StepFunctions(run_step=run_step, schedule=interleave))
-        plain = [Stack([local(p) for p in stack.params], [local(g) for g in stack.grads],
-                       [{key: local(v) for key, v in s.items()} for s in stack.states], stack.hyper)
-                 for stack in stacks if not stack.gated and stack.params]
+        split = [[R.take(stack, [i for i, p in enumerate(stack.params) if on_kernels(p, optimizer.backend) == kind])
+                  for stack in gated] for kind in (False, True)]
+        on_torch, on_triton = ([stack for stack in part if stack.params] for part in split)
+        if on_torch:
+            run_step = functools.partial(sharded_matrix_stack, round=round)
+            R._gated_stacks(on_torch, gate, iterate, R.StepFunctions(run_step=run_step, schedule=interleave))
+        if on_triton:
+            F.triton_backend()   # a one-line RuntimeError without Triton
+            from fusedgate.kernels import sharded
+
+            sharded.gated_stacks(on_triton, gate, iterate, optimizer._cache, round)
+        plain = [local_stack(stack) for stack in stacks if not stack.gated and stack.params]
         if plain:
             F.gated_step(plain, gate, backend=optimizer.backend, iterate=iterate, cache=optimizer._cache)
 

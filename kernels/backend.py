@@ -82,7 +82,7 @@ def gated_step(stacks: list[Stack], gate: Gate, *, iterate: Callable = R.polar_i
             _adamw_stack(narrow, cache)
 
 
-def _buckets(stack: Stack) -> list[Stack]:
+def buckets(stack: Stack) -> list[Stack]:
     """The stack split by (param dtype, grad dtype), each sorted by shape so equal shapes are adjacent."""
     groups: dict = {}
     for i, (p, grad) in enumerate(zip(stack.params, stack.grads)):
@@ -111,7 +111,7 @@ def _check_state(state: dict, p: torch.Tensor, gated: bool, adam: bool) -> None:
         raise ValueError(f"state['sensors'] must hold {G.N_SLOTS} slots, got {state['sensors'].numel()}")
 
 
-class _Operands:
+class Operands:
     """Contiguous views of a bucket's tensors and their pointer-table rows; ``finish`` copies results
     back into params that were not contiguous (their update ran on a contiguous copy). Without the Adam
     direction (``adam`` False) a gated matrix has no ``exp_avg_sq``: its pointer is 0, never dereferenced."""
@@ -138,16 +138,16 @@ class _Operands:
             p.detach().copy_(work)
 
 
-def _layout(cache: dict, kind: str, units: str | None, bucket: Stack) -> L.BucketLayout:
-    """The bucket's launch tables from ``cache`` (keyed by the tensors' addresses, shapes and dtypes), built
-    on a miss."""
+def cached_layout(cache: dict, kind: str, units: str | None, bucket: Stack, build: Callable = L.BucketLayout):
+    """The bucket's launch tables from ``cache`` (keyed by ``kind`` and the tensors' addresses, shapes and
+    dtypes), built on a miss by ``build(params, units, device)``."""
     key = (kind, units, tuple((p.data_ptr(), tuple(p.shape), p.dtype, g.dtype)
                               for p, g in zip(bucket.params, bucket.grads)))
     layout = cache.get(key)
     if layout is None:
         if len(cache) >= MAX_LAYOUTS:
             cache.clear()
-        layout = cache[key] = L.BucketLayout(bucket.params, units, bucket.params[0].device)
+        layout = cache[key] = build(bucket.params, units, bucket.params[0].device)
     return layout
 
 
@@ -172,55 +172,97 @@ def _orthogonalise_runs(layout: L.BucketLayout, bucket: Stack, buffer: torch.Ten
 
 def _gated_stack(stack: Stack, gate: Gate, iterate: Callable, cache: dict) -> None:
     """One gated step of a group's matrix params (``reference.gated_matrix_stack`` for each run)."""
-    spec, hp, mod = gate.spec, stack.hyper, stack.modulation
-    use_ortho, use_adam, use_clip = gate.uses
-    engine = R.Engine.of(spec)
+    use_ortho = gate.uses[0]
+    for bucket in buckets(stack):
+        ops = Operands(bucket, adam=gate.uses[1])
+        lay = cached_layout(cache, "gated", stack.hyper.units, bucket)
+        ptrs = lay.pointers(ops.rows)
+        if lay.n_chunks:
+            K.nonfinite_kernel[(lay.n_chunks,)](ptrs, lay.chunk_param, lay.chunk_off, lay.numel_table, lay.flags,
+                                                G_DTYPE=TL_DTYPES[bucket.grads[0].dtype], BLOCK=L.BLOCK)
+        launch_gate(lay, ptrs, bucket, gate, lay.chunk_start, lay.flags)
+        if lay.n_chunks and use_ortho:
+            buffer = lay.ns_buffer(ns_dtype(lay.device))
+            launch_moments(lay, ptrs, bucket, gate, buffer)
+            _orthogonalise_runs(lay, bucket, buffer, R.Engine.of(gate.spec), buffer.dtype, iterate)
+            launch_apply(lay, ptrs, bucket, gate, buffer)
+        elif lay.n_chunks:
+            launch_step(lay, ptrs, bucket, gate)
+        launch_finalize(lay, ptrs, gate, lay.chunk_start, lay.partials)
+        ops.finish()
+
+
+def launch_gate(lay: L.BucketLayout, ptrs: torch.Tensor, bucket: Stack, gate: Gate, chunk_start: torch.Tensor,
+                flags: torch.Tensor) -> None:
+    """``gate_kernel``: gate, actuators, decay products and the coefficient rows of the bucket's parameters;
+    parameter i's step is applied when ``flags[chunk_start[i]:chunk_start[i + 1]]`` are all 0. Without measures
+    g = 0 (its value cannot matter) and the sensors are left as they are."""
+    spec, hp, mod = gate.spec, bucket.hyper, bucket.modulation
     poles = G.pole_values(spec)
     pole_row = [cons for cons, _ in poles.values()] + [aggr - cons for cons, aggr in poles.values()]
-    total_steps = float(gate.total_steps or 0)
-    for bucket in _buckets(stack):
-        ops = _Operands(bucket, adam=use_adam)
-        lay = _layout(cache, "gated", hp.units, bucket)
-        ptrs = lay.pointers(ops.rows)
-        p_dtype, g_dtype = TL_DTYPES[bucket.params[0].dtype], TL_DTYPES[bucket.grads[0].dtype]
-        chunks = (lay.chunk_param, lay.chunk_off, lay.numel_table)
-        grid = (lay.n_chunks,)
-        if lay.n_chunks:
-            K.nonfinite_kernel[grid](ptrs, *chunks, lay.flags, G_DTYPE=g_dtype, BLOCK=L.BLOCK)
-        # without measures g = 0 (its value cannot matter) and the sensors are left as they are
-        SK.gate_kernel[(lay.n,)](
-            ptrs, lay.chunk_start, lay.flags, lay.static64, lay.poles(pole_row), lay.coefs, gate.global_state,
-            total_steps, spec.gate_bias, spec.sharpness, (1.0 - mod.dampen) if gate.measures else 0.0,
-            *spec.gate_weights, *L.split64(mod.scale), *L.split64(mod.clip), *L.split64(hp.lr),
-            *L.split64(hp.momentum), *L.split64(hp.lr * hp.weight_decay), USE_ADAM=use_adam, FBLOCK=L.FBLOCK,
-            num_warps=1)
-        decay, one_minus_mu = 1.0 - hp.lr * hp.weight_decay, 1.0 - hp.momentum
-        cautious = engine.cautious_wd and hp.weight_decay != 0.0
-        if lay.n_chunks and use_ortho:
-            ns_dtype = torch.bfloat16 if lay.device.type == "cuda" else torch.float32
-            buffer = lay.ns_buffer(ns_dtype)
-            K.moments_kernel[grid](ptrs, *chunks, lay.coefs, lay.partials, buffer, lay.ns_base,
-                                   *L.lerp_weight(one_minus_mu), *L.lerp_weight(hp.momentum), G_DTYPE=g_dtype,
-                                   S_DTYPE=TL_DTYPES[ns_dtype], USE_CLIP=use_clip,
-                                   NESTEROV=hp.nesterov, USE_ADAM=use_adam, BLOCK=L.BLOCK)
-            _orthogonalise_runs(lay, bucket, buffer, engine, ns_dtype, iterate)
-            K.apply_kernel[grid](ptrs, *chunks, lay.coefs, lay.partials, buffer, lay.ns_base, decay, hp.eps,
-                                 P_DTYPE=p_dtype, USE_ADAM=use_adam, CAUTIOUS=cautious, BLOCK=L.BLOCK)
-        elif lay.n_chunks:
-            K.step_kernel[grid](ptrs, *chunks, lay.coefs, lay.partials, *L.lerp_weight(one_minus_mu), decay, hp.eps,
-                                P_DTYPE=p_dtype, G_DTYPE=g_dtype, USE_CLIP=use_clip, CAUTIOUS=cautious, BLOCK=L.BLOCK)
-        SK.finalize_kernel[(lay.n,)](ptrs, lay.chunk_start, lay.partials, lay.coefs, 1.0 - spec.ema_grad_norm,
-                                     1.0 - spec.ema_update_ratio, 1.0 - spec.ema_grad_alignment,
-                                     1.0 if gate.measures else 0.0, FBLOCK=L.FBLOCK)
-        ops.finish()
+    SK.gate_kernel[(lay.n,)](
+        ptrs, chunk_start, flags, lay.static64, lay.poles(pole_row), lay.coefs, gate.global_state,
+        float(gate.total_steps or 0), spec.gate_bias, spec.sharpness, (1.0 - mod.dampen) if gate.measures else 0.0,
+        *spec.gate_weights, *L.split64(mod.scale), *L.split64(mod.clip), *L.split64(hp.lr),
+        *L.split64(hp.momentum), *L.split64(hp.lr * hp.weight_decay), USE_ADAM=gate.uses[1], FBLOCK=L.FBLOCK,
+        num_warps=1)
+
+
+def _cautious(gate: Gate, hp) -> bool:
+    return R.Engine.of(gate.spec).cautious_wd and hp.weight_decay != 0.0
+
+
+def ns_dtype(device: torch.device) -> torch.dtype:
+    """The orthogonaliser buffer's dtype: bf16 on CUDA, float32 on the CPU (the interpreter)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def launch_moments(lay: L.BucketLayout, ptrs: torch.Tensor, bucket: Stack, gate: Gate, buffer: torch.Tensor) -> None:
+    """``moments_kernel``: clip, m, v, the orthogonaliser's input written into the flat ``buffer`` (at
+    ``ns_base``), sums ‖g̃‖², g̃·m₋, ‖m₋‖²."""
+    hp, (_, use_adam, use_clip) = bucket.hyper, gate.uses
+    K.moments_kernel[(lay.n_chunks,)](ptrs, lay.chunk_param, lay.chunk_off, lay.numel_table, lay.coefs, lay.partials,
+                                      buffer, lay.ns_base, *L.lerp_weight(1.0 - hp.momentum),
+                                      *L.lerp_weight(hp.momentum), G_DTYPE=TL_DTYPES[bucket.grads[0].dtype],
+                                      S_DTYPE=TL_DTYPES[buffer.dtype], USE_CLIP=use_clip, NESTEROV=hp.nesterov,
+                                      USE_ADAM=use_adam, BLOCK=L.BLOCK)
+
+
+def launch_apply(lay: L.BucketLayout, ptrs: torch.Tensor, bucket: Stack, gate: Gate, buffer: torch.Tensor) -> None:
+    """``apply_kernel``: the blend with the orthogonaliser's output in ``buffer``, the decay, the new p; sums
+    ‖p₋‖², ‖d‖², ‖Δp‖²."""
+    hp = bucket.hyper
+    K.apply_kernel[(lay.n_chunks,)](ptrs, lay.chunk_param, lay.chunk_off, lay.numel_table, lay.coefs, lay.partials,
+                                    buffer, lay.ns_base, 1.0 - hp.lr * hp.weight_decay, hp.eps,
+                                    P_DTYPE=TL_DTYPES[bucket.params[0].dtype], USE_ADAM=gate.uses[1],
+                                    CAUTIOUS=_cautious(gate, hp), BLOCK=L.BLOCK)
+
+
+def launch_step(lay: L.BucketLayout, ptrs: torch.Tensor, bucket: Stack, gate: Gate) -> None:
+    """``step_kernel``: the whole update without orthogonalisation and its six sums, in one pass."""
+    hp = bucket.hyper
+    K.step_kernel[(lay.n_chunks,)](ptrs, lay.chunk_param, lay.chunk_off, lay.numel_table, lay.coefs, lay.partials,
+                                   *L.lerp_weight(1.0 - hp.momentum), 1.0 - hp.lr * hp.weight_decay, hp.eps,
+                                   P_DTYPE=TL_DTYPES[bucket.params[0].dtype], G_DTYPE=TL_DTYPES[bucket.grads[0].dtype],
+                                   USE_CLIP=gate.uses[2], CAUTIOUS=_cautious(gate, hp), BLOCK=L.BLOCK)
+
+
+def launch_finalize(lay: L.BucketLayout, ptrs: torch.Tensor, gate: Gate, chunk_start: torch.Tensor,
+                    partials: torch.Tensor) -> None:
+    """``finalize_kernel``: parameter i's sensors folded from Σ ``partials[chunk_start[i]:chunk_start[i + 1]]``,
+    its step (or skip) counted."""
+    spec = gate.spec
+    SK.finalize_kernel[(lay.n,)](ptrs, chunk_start, partials, lay.coefs, 1.0 - spec.ema_grad_norm,
+                                 1.0 - spec.ema_update_ratio, 1.0 - spec.ema_grad_alignment,
+                                 1.0 if gate.measures else 0.0, FBLOCK=L.FBLOCK)
 
 
 def _adamw_stack(stack: Stack, cache: dict) -> None:
     """One AdamW step of a group's params (``reference.adamw_step`` for each)."""
     hp = stack.hyper
-    for bucket in _buckets(stack):
-        ops = _Operands(bucket)
-        lay = _layout(cache, "adamw", None, bucket)
+    for bucket in buckets(stack):
+        ops = Operands(bucket)
+        lay = cached_layout(cache, "adamw", None, bucket)
         ptrs = lay.pointers(ops.rows)
         p_dtype, g_dtype = TL_DTYPES[bucket.params[0].dtype], TL_DTYPES[bucket.grads[0].dtype]
         chunks = (lay.chunk_param, lay.chunk_off, lay.numel_table)

@@ -75,6 +75,10 @@ def variants():
         yield f"gate/{'blend' if use_adam else 'ortho'}", SK.gate_kernel, gate, {"USE_ADAM": use_adam, "FBLOCK": 256}
     yield "adamw", SK.adamw_kernel, adamw, {"FBLOCK": 256}
     yield "finalize", SK.finalize_kernel, finalize, {"FBLOCK": 256}
+    yield "param_sums", SK.param_sums_kernel, {"chunk_start": P, "partials": "*fp32", "out": "*fp32",
+                                                "FBLOCK": "constexpr"}, {"FBLOCK": 256}
+    yield "param_flags", SK.param_flags_kernel, {"chunk_start": P, "flags": "*i32", "out": "*i32",
+                                                  "FBLOCK": "constexpr"}, {"FBLOCK": 256}
     yield "ns/gram", NS._gram_kernel, {"X": "*bf16", "A": "*bf16", **{k: "i32" for k in ("n", "k", "sxb", "sxr",
                                        "sxc")}, "PRECISION": "constexpr", "BM": "constexpr", "BK": "constexpr"}, ns
     yield "ns/poly", NS._poly_kernel, {"A": "*bf16", "B": "*bf16", "n": "i32", **floats("coef_b", "coef_c"),

@@ -55,7 +55,11 @@ def lerp_weight(w: float) -> tuple[float, float]:
 class BucketLayout:
     """Static tables of one bucket: chunking, per-parameter constants and scratch buffers."""
 
-    def __init__(self, params: list[torch.Tensor], units: str | None, device: torch.device):
+    def __init__(self, params: list[torch.Tensor], units: str | None, device: torch.device,
+                 whole: list[tuple] | None = None):
+        """``whole``: the whole matrices' shapes when ``params`` are row shards of them (FSDP2's local
+        shards): the static row (clip's √N, the blend's and the decay's shape factors) is the whole matrix's,
+        the chunking the shard's."""
         self.device = device
         self.shapes = [tuple(p.shape) for p in params]
         self.numels = [p.numel() for p in params]
@@ -79,8 +83,9 @@ class BucketLayout:
         self.numel_table = to_device(self.numels, torch.int64, device)
         self.ns_base = to_device(ns_base, torch.int64, device)
         if units is not None:
-            self.static64 = to_device([self._static_row(shape, numel, units)
-                                       for shape, numel in zip(self.shapes, self.numels)], torch.float64, device)
+            shapes = self.shapes if whole is None else whole
+            self.static64 = to_device([self._static_row(shape, math.prod(shape), units) for shape in shapes],
+                                      torch.float64, device)
         self.flags = torch.zeros(max(self.n_chunks, 1), dtype=torch.int32, device=device)
         self.partials = torch.zeros(max(self.n_chunks, 1), S.N_PS, dtype=torch.float32, device=device)
         self.coefs = torch.zeros(self.n, S.N_COEF, dtype=torch.float32, device=device)

@@ -6,6 +6,9 @@
 ``adamw_kernel``     the same for AdamW params: finiteness, decay products, step, coefficients.
 ``finalize_kernel``  after the pass: sums the chunks' partial sums and folds them into the sensors
                      (``fusedgate.gate.observe_param``), then counts the step (or the skip).
+``param_flags_kernel``, ``param_sums_kernel``  under FSDP2 (``fusedgate.kernels.sharded``): the per-parameter
+                     finiteness flags and sums of the local chunks, all-reduced before ``gate_kernel`` and
+                     ``finalize_kernel`` read them as one chunk per parameter.
 
 Float64 scalars. Triton passes Python floats as float32, so the float64 host values the reference
 uses (lr, μ, the modulation) arrive as a pair (hi, lo) of float32 with hi + lo = x to ~1e-16, and
@@ -225,6 +228,37 @@ def adamw_kernel(ptrs, chunk_start, flags, coefs, beta2, one_minus_beta2,
     tl.store(cf + 5, (-_f64(lr_hi, lr_lo) / (1.0 - p1)).to(tl.float32))
 
 
+@helper
+def _param_sums(chunk_start, partials, i, FBLOCK: tl.constexpr):
+    """(column indices, the N_PS column sums of parameter i's chunk rows of ``partials``)."""
+    c0 = tl.load(chunk_start + i)
+    c1 = tl.load(chunk_start + i + 1)
+    cols = tl.arange(0, N_PS)
+    acc = _zeros((FBLOCK, N_PS), tl.float32)
+    for c in range(c0, c1, FBLOCK):
+        rows = c + tl.arange(0, FBLOCK)
+        acc += tl.load(partials + rows[:, None] * N_PS + cols[None, :], mask=(rows < c1)[:, None], other=0.0)
+    return cols, _sum(acc, axis=0)
+
+
+@triton.jit
+def param_sums_kernel(chunk_start, partials, out, FBLOCK: tl.constexpr):
+    """out[i, :] = Σ over parameter i's chunks of their partial sums (``finalize_kernel``'s first half, for
+    FSDP2: the sums over the local rows are all-reduced, then folded by ``finalize_kernel`` with one row per
+    parameter)."""
+    i = tl.program_id(0)
+    cols, sums = _param_sums(chunk_start, partials, i, FBLOCK)
+    tl.store(out + i * N_PS + cols, sums)
+
+
+@triton.jit
+def param_flags_kernel(chunk_start, flags, out, FBLOCK: tl.constexpr):
+    """out[i] = 1 when a chunk of parameter i flagged a non-finite gradient element, else 0 (``gate_kernel``'s
+    test, for FSDP2: the local flags are all-reduced (MAX), then read by ``gate_kernel`` one per parameter)."""
+    i = tl.program_id(0)
+    tl.store(out + i, 1 - _applied(chunk_start, flags, i, FBLOCK).to(tl.int32))
+
+
 @triton.jit
 def finalize_kernel(ptrs, chunk_start, partials, coefs, w_grad_norm, w_update_ratio, w_alignment, measure,
                     FBLOCK: tl.constexpr):
@@ -236,14 +270,7 @@ def finalize_kernel(ptrs, chunk_start, partials, coefs, w_grad_norm, w_update_ra
     sensors = tl.load(row + T_SENSORS).to(tl.pointer_type(tl.float32))
     step_ptr = tl.load(row + T_STEP).to(tl.pointer_type(tl.float32))
     applied = tl.load(coefs + i * N_COEF) != 0
-    c0 = tl.load(chunk_start + i)
-    c1 = tl.load(chunk_start + i + 1)
-    cols = tl.arange(0, N_PS)
-    acc = _zeros((FBLOCK, N_PS), tl.float32)
-    for c in range(c0, c1, FBLOCK):
-        rows = c + tl.arange(0, FBLOCK)
-        acc += tl.load(partials + rows[:, None] * N_PS + cols[None, :], mask=(rows < c1)[:, None], other=0.0)
-    sums = _sum(acc, axis=0)
+    cols, sums = _param_sums(chunk_start, partials, i, FBLOCK)
     gg = _sum(tl.where(cols == 0, sums, 0.0), axis=0)
     gm = _sum(tl.where(cols == 1, sums, 0.0), axis=0)
     mm = _sum(tl.where(cols == 2, sums, 0.0), axis=0)

@@ -62,9 +62,9 @@ def shard(model: Net, world: int) -> Net:
     return model
 
 
-def make_optimizer(model: Net, preset: str) -> FusedGate:
+def make_optimizer(model: Net, preset: str, backend: str = "auto") -> FusedGate:
     if preset == "adamw":
-        return FusedGate(model.named_parameters(), spec=GateSpec.adamw(lr=3e-3, weight_decay=0.01))
+        return FusedGate(model.named_parameters(), spec=GateSpec.adamw(lr=3e-3, weight_decay=0.01), backend=backend)
     if preset == "nanochat":
         named = dict(model.named_parameters())
         matrices = [p for n, p in named.items() if p.ndim == 2 and n != "embed.weight"]
@@ -73,9 +73,9 @@ def make_optimizer(model: Net, preset: str) -> FusedGate:
         for shape in sorted({tuple(p.shape) for p in matrices}):
             groups.append(dict(kind="muon", params=[p for p in matrices if tuple(p.shape) == shape], lr=MUON_LR,
                                momentum=0.95, ns_steps=5, beta2=0.9, weight_decay=0.01))
-        return FusedGate(groups, spec=GateSpec.nanochat())
+        return FusedGate(groups, spec=GateSpec.nanochat(), backend=backend)
     spec = GateSpec.gated().replace(lr=MUON_LR, weight_decay=0.01)
-    return FusedGate(model.named_parameters(), spec=spec, total_steps=STEPS)
+    return FusedGate(model.named_parameters(), spec=spec, total_steps=STEPS, backend=backend)
 
 
 def global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,11 +236,11 @@ def _refusals(world: int) -> dict[str, str]:
     return out
 
 
-def _nonfinite(rank: int, world: int) -> dict:
+def _nonfinite(rank: int, world: int, backend: str = "auto") -> dict:
     """A NaN in the last rank's rows of one matrix's gradient: that matrix's step is skipped on every rank
-    (the finiteness test is all-reduced with the sums), the others step."""
+    (the finiteness test is all-reduced), the others step."""
     model = shard(Net(), world)
-    opt = make_optimizer(model, "gated")
+    opt = make_optimizer(model, "gated", backend)
     train(model, opt, 0, 1, rank, world)
     before = full_params(model)
     tokens, targets = global_batch(1)
@@ -256,8 +256,9 @@ def _nonfinite(rank: int, world: int) -> dict:
 
 
 def _triton_shards(rank: int, world: int) -> float:
-    """The Triton backend's AdamW on the local shards (3 steps of the gated spec: its AdamW parameters through
-    the kernels, its matrices through the sharded path) against the reference backend: max relative difference."""
+    """The Triton backend on the local shards (3 free-running steps of the gated spec: its AdamW parameters and
+    its gated matrices through the kernels, ``fusedgate.kernels.sharded``) against the reference backend: max
+    relative difference."""
     spec = GateSpec.gated().replace(lr=MUON_LR)
     results = []
     for backend in ("triton", "reference"):
@@ -265,6 +266,44 @@ def _triton_shards(rank: int, world: int) -> float:
         train(model, FusedGate(model.named_parameters(), spec=spec, backend=backend), 0, 3, rank, world)
         results.append(full_params(model))
     return max(((results[0][n] - results[1][n]).abs().max() / results[1][n].abs().max()).item() for n in results[1])
+
+
+def _local_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a − b| / max |b| over this rank's rows (0 for an empty shard)."""
+    a, b = (getattr(t, "_local_tensor", t).detach().double() for t in (a, b))
+    return 0.0 if b.numel() == 0 else ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def _teacher_forced(rank: int, world: int, preset: str, steps: int = 3) -> dict:
+    """``backend="triton"`` against ``backend="reference"`` on twin FSDP2 models, step by step: both step from
+    the reference's parameters and state (copied into the Triton twin after each step), so each step's
+    difference is that step's alone. The worst relative differences of the parameters and of the state
+    (moments, sensors, counts, decay products, NorMuon moments) over this rank's rows, and the Triton
+    optimizer's launch-table kinds (the kernels' own record that they ran)."""
+    twins = []
+    for backend in ("triton", "reference"):
+        model = shard(Net(), world)
+        twins.append((model, make_optimizer(model, preset, backend)))
+    (tri_model, tri), (ref_model, ref) = twins
+    worst = {"params": 0.0, "state": 0.0}
+    for step in range(steps):
+        for model, opt in twins:
+            train(model, opt, step, step + 1, rank, world)
+        pairs = list(zip(tri_model.parameters(), ref_model.parameters()))
+        worst["params"] = max([worst["params"]] + [_local_diff(a, b) for a, b in pairs])
+        worst["state"] = max([worst["state"]] + [_local_diff(tri.state[a][key], value) for a, b in pairs
+                                                 for key, value in ref.state[b].items()])
+        with torch.no_grad():
+            for a, b in pairs:
+                a.copy_(b)
+                for key, value in ref.state[b].items():
+                    tri.state[a][key].copy_(value)
+            tri._global.copy_(ref._global)
+    gated = {(index, tuple(p.shape), p.dtype) for index, g in enumerate(ref.param_groups)
+             for i, p in enumerate(g["params"]) if ref.is_gated(g, i, p)}
+    worst["layouts"] = sorted(key[0] for key in tri._cache if key[0].startswith("fsdp2"))
+    worst["gated_runs"] = len(gated)
+    return worst
 
 
 def worker(rank: int, world: int, store: str, out: str, load_from: str, job: str = "main") -> None:
@@ -277,6 +316,9 @@ def worker(rank: int, world: int, store: str, out: str, load_from: str, job: str
         result = {}
         if job == "triton":
             result["triton"] = _triton_shards(rank, world)
+        elif job == "triton_forced":
+            result.update({preset: _teacher_forced(rank, world, preset) for preset in PRESETS[1:]})
+            result["nonfinite"] = _nonfinite(rank, world, backend="triton")
         elif load_from:
             result["resumed"], result["loaded_global"] = _resume(Path(load_from), rank, world)
             result["resumed_flat"], result["loaded_global_flat"] = _resume(Path(f"{load_from}_flat"), rank, world,

@@ -368,3 +368,20 @@ def test_the_compiled_baseline_opponent_is_the_baseline():
         results.append([p.detach().clone() for p in (*matrices, vector)])
     for a, b in zip(*results):
         assert ((a - b).abs().max() / b.abs().max()).item() <= 1e-6
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_distributed_bytes_fsdp2_column(world):
+    """The FSDP2 column (bytes sent per rank per step by design, the busiest rank) on a depth-1 nanochat GPT: 0 on
+    one rank; else at least the ranks' mean of the two all-to-alls, 2·(N−1)/N²·P·4 B over the P gated elements,
+    and at most 1/N of nanochat's DistMuonAdamW (which sends ≈ 2·(N−1)/N of every parameter)."""
+    from fusedgate.bench import distributed_bytes as D
+
+    sent = D.fsdp2_sent(1, 64, world, "nanochat")
+    if world == 1:
+        assert sent == 0
+        return
+    opt = C.FusedGate(D._groups(D._model(1, 64)), spec=GateSpec.nanochat())
+    gated = sum(p.numel() for g in opt.param_groups for i, p in enumerate(g["params"]) if opt.is_gated(g, i, p))
+    nanochat_sent = D.nanochat_bytes(D._groups(D._model(1, 64)), world)[1]
+    assert 2 * (world - 1) / world**2 * gated * 4 <= sent <= nanochat_sent / world

@@ -1,6 +1,7 @@
 """FusedGate on FSDP2 (fully_shard, DTensor parameters; gloo, CPU, 2 and 3 processes): against a single process
 over the concatenated batch, bit for bit against the shard average on 2 ranks, a DCP checkpoint saved on 2
-ranks resumed on 3 and on 1, the one-line refusals, and the bytes sent by design.
+ranks resumed on 3 and on 1, the one-line refusals, the bytes sent by design, and backend='triton' (Triton's
+interpreter) against the reference step by step.
 
 The multi-process runs happen once per module (``runs``: three spawns); the tests read their results. See
 ``fsdp_worker`` for the model (dim 0 of 7 and 2 rows: uneven on 2 and 3 ranks, an empty shard on 3)."""
@@ -121,22 +122,57 @@ def test_a_non_finite_shard_skips_the_whole_matrix_on_every_rank(runs, world):
         assert result["nonfinite"] == {"skipped": 1, "unchanged": True, "others_stepped": True}
 
 
-def test_triton_backend_steps_the_local_shards(tmp_path):
-    """backend='triton' (Triton's interpreter on the CPU, in a fresh interpreter: the variable is read when
-    Triton is imported) on 2 FSDP2 ranks: its AdamW passes on the local shards give the reference backend's
-    parameters."""
+def spawn_interpreted(world: int, out: Path, job: str) -> list[dict]:
+    """``fsdp_worker.spawn(world, out, job=job)`` in a fresh Python with TRITON_INTERPRET=1 (the variable is read
+    when Triton is imported); the ranks' results."""
+    probe = ("import os; os.environ['TRITON_INTERPRET'] = '1'; import sys; sys.path.insert(0, sys.argv[1]); "
+             "import fsdp_worker as W; from pathlib import Path; "
+             f"W.spawn({world}, Path(sys.argv[2]), job={job!r})")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    done = subprocess.run([sys.executable, "-c", probe, str(Path(__file__).parent), str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [torch.load(out / f"rank{r}_of_{world}.pt", weights_only=False) for r in range(world)]
+
+
+@pytest.fixture(scope="module")
+def interpreted(tmp_path_factory):
+    """The Triton-backend jobs on 2 and 3 gloo ranks under Triton's interpreter (skipped with CUDA: the
+    interpreter is chosen only without a CUDA device)."""
     pytest.importorskip("triton")
     if torch.cuda.is_available():
         pytest.skip("the interpreter is chosen only without a CUDA device")
-    probe = ("import os; os.environ['TRITON_INTERPRET'] = '1'; import sys; sys.path.insert(0, sys.argv[1]); "
-             "import fsdp_worker as W; from pathlib import Path; "
-             "print(max(r['triton'] for r in W.spawn(2, Path(sys.argv[2]), job='triton')))")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("TRITON_INTERPRET", None)
-    done = subprocess.run([sys.executable, "-c", probe, str(Path(__file__).parent), str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert float(done.stdout.strip().splitlines()[-1]) == 0.0
+    out = tmp_path_factory.mktemp("fsdp_triton")
+    return {"shards": spawn_interpreted(2, out, "triton"),
+            **{world: spawn_interpreted(world, out, "triton_forced") for world in (2, 3)}}
+
+
+def test_triton_backend_steps_the_local_shards(interpreted):
+    """backend='triton' on 2 FSDP2 ranks, 3 free-running steps of the gated spec (AdamW and the gated matrices
+    on the kernels): the reference backend's parameters to 1e-6."""
+    assert max(r["triton"] for r in interpreted["shards"]) <= TOLERANCE
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("preset", W.PRESETS[1:])
+def test_triton_gated_shards_match_the_reference_step_by_step(interpreted, world, preset):
+    """backend='triton' against backend='reference' on FSDP2 twins, teacher-forced (both step from the
+    reference's parameters and state): every step's parameters and state (moments, sensors, step counts,
+    decay products, NorMuon moments) on every rank's rows within 1e-6 — on matrices of 7 rows (4 + 3 on 2 ranks,
+    3 + 3 + 1 on 3) and the 2-row head (an empty shard on 3 ranks). The Triton optimizer built one FSDP2
+    launch table per gated same-shape run: the gated matrices went through the kernels, not the torch path."""
+    for result in interpreted[world]:
+        worst = result[preset]
+        assert worst["params"] <= TOLERANCE and worst["state"] <= TOLERANCE, worst
+        assert len(worst["layouts"]) == worst["gated_runs"] == 4, worst
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_a_non_finite_shard_skips_the_whole_matrix_on_the_kernels_too(interpreted, world):
+    """backend='triton': the NaN on the last rank reaches every rank's gate through the flags' all-reduce."""
+    for result in interpreted[world]:
+        assert result["nonfinite"] == {"skipped": 1, "unchanged": True, "others_stepped": True}
 
 
 def test_interleave_launches_every_run_s_next_collective_in_turn():
