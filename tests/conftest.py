@@ -76,3 +76,69 @@ def count_evaluations(db: str) -> int:
             conn.close()
     except sqlite3.Error:
         return 0
+
+
+# ---------------------------------------------------------------------------- multi-process runs (gloo)
+def worst(a: dict, b: dict) -> float:
+    """The largest ``max_rel_diff`` over two dicts of tensors with the same keys."""
+    assert a.keys() == b.keys()
+    return max(max_rel_diff(a[name], b[name]) for name in a)
+
+
+def assert_ranks_identical(per_rank: list[dict], key: str) -> None:
+    for rank, result in enumerate(per_rank[1:], start=1):
+        for name, value in result[key].items():
+            assert torch.equal(value, per_rank[0][key][name]), f"{key}: rank {rank} differs from rank 0 in {name}"
+
+
+def train_on_slices(model, opt, global_batch, start: int, stop: int, rank: int = 0, world: int = 1,
+                    on_step=None, shards: int = 1) -> None:
+    """Steps start..stop-1 on rank's slice of each ``global_batch(step)`` (tokens, targets). ``shards`` > 1 (one
+    process): the gradient is the sum of the shards' gradients, in shard order, divided by the count, and the
+    loss their mean — the arithmetic of an all-reduce over ``shards`` ranks."""
+    for step in range(start, stop):
+        if on_step is not None:
+            on_step(step)
+        tokens, targets = global_batch(step)
+        share = len(tokens) // world
+        tokens, targets = tokens[rank * share:(rank + 1) * share], targets[rank * share:(rank + 1) * share]
+        if shards == 1:
+            loss = torch.nn.functional.cross_entropy(model(tokens), targets)
+            loss.backward()
+        else:
+            loss = _shard_average(model, tokens, targets, shards)
+        opt.step(loss=loss.detach())
+        opt.zero_grad(set_to_none=True)
+
+
+def _shard_average(model, tokens, targets, shards: int) -> torch.Tensor:
+    size = len(tokens) // shards
+    losses, grads = [], None
+    for s in range(shards):
+        model.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(tokens[s * size:(s + 1) * size]),
+                                                 targets[s * size:(s + 1) * size])
+        loss.backward()
+        losses.append(loss.detach())
+        shard = [p.grad for p in model.parameters()]
+        grads = shard if grads is None else [a + b for a, b in zip(grads, shard)]
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g / shards
+    return sum(losses[1:], losses[0]) / shards
+
+
+def join_ranks(ctx, world: int, out: Path, timeout_s: float, poll_s: float = 1.0) -> list[dict]:
+    """Wait for the processes of ``torch.multiprocessing.start_processes`` (killing them past ``timeout_s``);
+    the results they saved as ``out/rank{r}_of_{world}.pt``, by rank."""
+    deadline = timeout_s
+    try:
+        while not ctx.join(timeout=poll_s):
+            deadline -= poll_s
+            if deadline <= 0:
+                raise TimeoutError(f"{world} gloo processes did not finish in {timeout_s} s")
+    finally:
+        for process in ctx.processes:
+            if process.is_alive():
+                process.kill()
+                process.join()
+    return [torch.load(out / f"rank{r}_of_{world}.pt", weights_only=False) for r in range(world)]

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from conftest import join_ranks, train_on_slices
 from torch import nn
 
 from fusedgate.distributed import state_bytes
@@ -97,37 +98,8 @@ def make_optimizer(model: Net, preset: str, mode: str, group=None) -> FusedGate:
 
 def train(model: nn.Module, opt: FusedGate, start: int, stop: int, rank: int = 0, world: int = 1,
           on_step=None, shards: int = 1) -> None:
-    """Steps start..stop-1 on this rank's slice of each global batch. ``shards`` > 1 (one process): the
-    gradient is the sum of the shards' gradients, in shard order, divided by the count, and the loss their
-    mean — the arithmetic of an all-reduce over ``shards`` ranks."""
-    share = GLOBAL_BATCH // world
-    for step in range(start, stop):
-        if on_step is not None:
-            on_step(step)
-        tokens, targets = global_batch(step)
-        tokens, targets = tokens[rank * share:(rank + 1) * share], targets[rank * share:(rank + 1) * share]
-        if shards == 1:
-            loss = F.cross_entropy(model(tokens), targets)
-            loss.backward()
-        else:
-            loss = _shard_average(model, tokens, targets, shards)
-        opt.step(loss=loss.detach())
-        opt.zero_grad(set_to_none=True)
-
-
-def _shard_average(model: nn.Module, tokens, targets, shards: int) -> torch.Tensor:
-    size = len(tokens) // shards
-    losses, grads = [], None
-    for s in range(shards):
-        model.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(tokens[s * size:(s + 1) * size]), targets[s * size:(s + 1) * size])
-        loss.backward()
-        losses.append(loss.detach())
-        shard = [p.grad for p in model.parameters()]
-        grads = shard if grads is None else [a + b for a, b in zip(grads, shard)]
-    for p, g in zip(model.parameters(), grads):
-        p.grad = g / shards
-    return sum(losses[1:], losses[0]) / shards
+    """``conftest.train_on_slices`` on this module's ``global_batch``."""
+    train_on_slices(model, opt, global_batch, start, stop, rank, world, on_step, shards)
 
 
 def state_elements(opt: FusedGate) -> int:
@@ -304,15 +276,4 @@ def spawn(world: int, out: Path, load_from: list[Path] = (), timeout_s: float = 
     import torch._dynamo  # noqa: F401  (torch's optimizers import it on first use: once here, not per child)
     ctx = mp.start_processes(worker, args=(world, str(store), str(out), [str(p) for p in load_from]),
                              nprocs=world, join=False, start_method=START_METHOD)
-    deadline = timeout_s
-    try:
-        while not ctx.join(timeout=5):
-            deadline -= 5
-            if deadline <= 0:
-                raise TimeoutError(f"{world} gloo processes did not finish in {timeout_s} s")
-    finally:
-        for process in ctx.processes:
-            if process.is_alive():
-                process.kill()
-                process.join()
-    return [torch.load(out / f"rank{r}_of_{world}.pt", weights_only=False) for r in range(world)]
+    return join_ranks(ctx, world, out, timeout_s, poll_s=5.0)

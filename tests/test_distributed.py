@@ -10,7 +10,7 @@ from __future__ import annotations
 import dist_worker as W
 import pytest
 import torch
-from conftest import max_rel_diff
+from conftest import assert_ranks_identical, worst
 
 from fusedgate.distributed import state_bytes
 from fusedgate.optimizer import FusedGate
@@ -31,17 +31,6 @@ def runs(tmp_path_factory):
 def single():
     torch.set_num_threads(1)
     return {preset: W.single_process(preset) for preset in W.PRESETS}
-
-
-def worst(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max(max_rel_diff(a[name], b[name]) for name in a)
-
-
-def assert_ranks_identical(per_rank: list[dict], key: str) -> None:
-    for rank, result in enumerate(per_rank[1:], start=1):
-        for name, value in result[key].items():
-            assert torch.equal(value, per_rank[0][key][name]), f"{key}: rank {rank} differs from rank 0 in {name}"
 
 
 @pytest.mark.parametrize("world", [2, 3])

@@ -16,7 +16,7 @@ from pathlib import Path
 import fsdp_worker as W
 import pytest
 import torch
-from conftest import max_rel_diff
+from conftest import assert_ranks_identical, worst
 
 from fusedgate import fsdp
 from fusedgate.distributed import state_bytes
@@ -32,17 +32,6 @@ def runs(tmp_path_factory):
     two = W.spawn(2, out)   # saves the DCP checkpoint dcp_world2 that the 3- and 1-process runs resume
     return {"out": out, 2: two, 3: W.spawn(3, out, load_from=out / "dcp_world2"),
             1: W.spawn(1, out, load_from=out / "dcp_world2")}
-
-
-def worst(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max(max_rel_diff(a[name], b[name]) for name in a)
-
-
-def assert_ranks_identical(per_rank: list[dict], key: str) -> None:
-    for rank, result in enumerate(per_rank[1:], start=1):
-        for name, value in result[key].items():
-            assert torch.equal(value, per_rank[0][key][name]), f"{key}: rank {rank} differs from rank 0 in {name}"
 
 
 @pytest.mark.parametrize("world", [2, 3])
