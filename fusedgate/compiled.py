@@ -21,6 +21,7 @@ reference for the rest of that optimizer's life (the verdict is kept in the call
 from __future__ import annotations
 
 import functools
+import operator
 import types
 import warnings
 from collections.abc import Callable
@@ -64,19 +65,8 @@ def _adamw(p, grad, m, v, m_decay, v_decay, step, skipped, numbers):
     return R.adamw_masked(p, g, m, v, m_decay, v_decay, step, skipped, hp, applied)
 
 
-# One graph per static configuration: a model with more distinct stack or parameter shapes than dynamo's
-# default recompile limit (8 per function) would otherwise fail hard in the middle of a step. The limits are
-# raised only around this backend's own calls (``_graphs``), not for the process.
-RECOMPILE_LIMIT = 1024
-
-
 def _compile(fn: Callable) -> Callable:
     return torch.compile(fn, fullgraph=True, dynamic=False)
-
-
-def _graphs():
-    """The dynamo limits this backend's calls run under: every shape its own graph, compiled once."""
-    return torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, accumulated_recompile_limit=RECOMPILE_LIMIT)
 
 
 @functools.cache
@@ -85,7 +75,9 @@ def _graph(fn: Callable, key: tuple) -> Callable:
 
     dynamo keeps its compiled graphs on the code object and tries them in turn at every call, evaluating
     each one's guards until one passes: with one code object per configuration a call checks one set of
-    guards, not the guards of every other shape first (a measurable share of a small model's step)."""
+    guards, not the guards of every other shape first (a measurable share of a small model's step). And a
+    model with more stack or parameter shapes than dynamo's recompile limit (8 graphs per code object) never
+    reaches it, so the limits stay as the process has them (no config patch around every step)."""
     code = fn.__code__.replace(co_name=f"{fn.__name__}_{abs(hash(key)):x}")
     copy = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
     return _compile(copy)
@@ -93,16 +85,26 @@ def _graph(fn: Callable, key: tuple) -> Callable:
 
 def _numbers(hp, names: tuple[str, ...], device) -> torch.Tensor:
     """The fields ``names`` of ``hp`` as one (len(names),) float64 tensor."""
-    return torch.tensor([getattr(hp, name) for name in names], dtype=torch.float64, device=device)
+    values = operator.attrgetter(*names)(hp)
+    return _host_numbers(tuple(map(float, values)) if len(names) > 1 else (float(values),), 1, device)
 
 
 def _packed_actuators(act: dict, k: int, device) -> torch.Tensor:
     """The actuators (each a (k,) tensor or a float shared by the stack) as one (len(act), k) float64 tensor."""
-    values = list(act.values())
+    values = tuple(act.values())
     if all(isinstance(v, float) for v in values):
-        return torch.tensor(values, dtype=torch.float64, device=device).view(-1, 1).expand(-1, k)
+        return _host_numbers(values, k, device)
     return torch.stack([torch.full((k,), v, dtype=torch.float64, device=device) if isinstance(v, float) else v
                         for v in values])
+
+
+@functools.lru_cache(maxsize=256)
+def _host_numbers(values: tuple[float, ...], k: int, device) -> torch.Tensor:
+    """``values`` as a float64 tensor, (len,) for k = 1 and each repeated k times, (len, k), otherwise. Kept
+    while the values repeat (a constant lr, the poles of an unmeasured spec): no host-to-device copy per call.
+    The graphs only read these tensors."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    return t if k == 1 else t.view(-1, 1).expand(-1, k)
 
 
 def _run_step(stack: Stack, act: dict, sensors: torch.Tensor, steps, flags: R.StackFlags):
@@ -172,7 +174,6 @@ def gated_step(stacks: list[Stack], gate: Gate, *, iterate: Callable = R.polar_i
     cache = {} if cache is None else cache
     device = next((stack.params[0].device for stack in stacks if stack.params), torch.device("cpu"))
     if available(cache, device):
-        with _graphs():
-            R.step_stacks(stacks, gate, iterate, COMPILED)
+        R.step_stacks(stacks, gate, iterate, COMPILED)
     else:
         R.gated_step(stacks, gate, iterate=iterate, cache=cache)

@@ -60,6 +60,7 @@ N_GLOBAL = 5
 N_SLOTS = 12
 ACTUATOR_SLOTS = {"update_mult": S_UPDATE_MULT, "trust_mix": S_TRUST_MIX, "clip_inv": S_CLIP_INV,
                   "beta2": S_BETA2, "ortho": S_ORTHO}
+ACTUATOR_SPAN = slice(S_UPDATE_MULT, S_ORTHO + 1)   # the actuator slots are consecutive, in that order
 
 SENSOR_CLAMP = 5.0
 IMPROVEMENT_UNIT = 1e-3      # relative loss improvement per step that reads as 1 (before tanh)
@@ -206,9 +207,8 @@ def _constant_actuators(spec: GateSpec, sensors: torch.Tensor, scale: float, cli
     act = {name: cons for name, (cons, _) in pole_values(spec).items()}
     act["update_mult"] *= scale
     act["clip_inv"] /= clip
-    slots = list(ACTUATOR_SLOTS.values())
-    sensors[:, slots] = torch.tensor([act[name] for name in ACTUATOR_SLOTS], dtype=torch.float32,
-                                     device=sensors.device)
+    sensors[:, ACTUATOR_SPAN] = torch.tensor([act[name] for name in ACTUATOR_SLOTS], dtype=torch.float32,
+                                             device=sensors.device)
     return act
 
 

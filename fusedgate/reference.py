@@ -51,8 +51,9 @@ with the same non-finite skip.
 
 from __future__ import annotations
 
-import dataclasses
+import itertools
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -260,16 +261,25 @@ def pack(states: list[dict], key: str) -> torch.Tensor:
     find the stack and return it without copying: the update then reads and writes the state in place
     (as nanochat keeps one buffer per same-shape group) while the state stays per parameter for
     ``state_dict``. A state loaded from a checkpoint is re-packed on its first step."""
-    tensors = [s[key] for s in states]
+    tensors = list(map(operator.itemgetter(key), states))
     base = tensors[0]._base
     if (base is None or base.dim() != tensors[0].dim() + 1 or base.size(0) != len(tensors)
-            or not base.is_contiguous()
-            or any(t._base is not base or t.storage_offset() != base.storage_offset() + i * base.stride(0)
-                   for i, t in enumerate(tensors))):
+            or not base.is_contiguous() or not _views_in_order(tensors, base)):
         base = torch.stack(tensors)
         for state, view in zip(states, base.unbind(0)):
             state[key] = view
     return base
+
+
+def _views_in_order(tensors: list[torch.Tensor], base: torch.Tensor) -> bool:
+    """Whether ``tensors[i]`` is ``base[i]`` for every i (C-level maps: ``pack`` runs on every step)."""
+    first, stride = base.storage_offset(), base.stride(0)
+    offsets = list(range(first, first + len(tensors) * stride, stride)) if stride else [first] * len(tensors)
+    return (all(map(operator.is_, map(_BASE, tensors), itertools.repeat(base)))
+            and list(map(torch.Tensor.storage_offset, tensors)) == offsets)
+
+
+_BASE = operator.attrgetter("_base")
 
 
 @dataclass(frozen=True)
@@ -588,14 +598,14 @@ def _gated_stacks(stacks: list[Stack], gate: Gate, iterate: Callable, fns: StepF
     steps = pack(states, "step").clone() if gate.measures else None
     act = fns.actuators(gate, sensors, steps, [stack.modulation for stack in stacks for _ in stack.params])
     ortho, adam, clip = gate.uses
-    flags = StackFlags(ortho=ortho, clip=clip, adam=adam, host_checks=device.type == "cpu", sensors=gate.measures,
-                       engine=Engine.of(gate.spec), ns_dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
-                       iterate=iterate)
+    flags = dict(ortho=ortho, clip=clip, adam=adam, host_checks=device.type == "cpu", sensors=gate.measures,
+                 engine=Engine.of(gate.spec), ns_dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+                 iterate=iterate)
     sums = torch.empty(len(states), len(G.SUMS), dtype=torch.float32, device=device)
     applied = torch.empty(len(states), dtype=torch.bool, device=device)
     offset, where, calls = 0, [], []
     for stack in stacks:
-        stack_flags = dataclasses.replace(flags, decays=float(stack.hyper.weight_decay) != 0.0)
+        stack_flags = StackFlags(**flags, decays=float(stack.hyper.weight_decay) != 0.0)
         for run in same_shape_runs(stack.params):
             at = slice(offset + run[0], offset + run[-1] + 1)
             if len(run) != run[-1] - run[0] + 1:
@@ -611,7 +621,7 @@ def _gated_stacks(stacks: list[Stack], gate: Gate, iterate: Callable, fns: StepF
         applied[at] = a
     if gate.measures:
         fns.observe(sensors, steps, gate.spec, sums, applied)
-    if flags.host_checks and bool(applied.all()):
+    if flags["host_checks"] and bool(applied.all()):
         pack(states, "step").add_(1.0)
     else:
         if not gate.measures:

@@ -24,7 +24,7 @@ def test_one_config_reaches_every_mode_and_the_core():
     ("window", True, "window=True"),
     ("total_steps", -100, r"total_steps=-100: expected an integer in \[0,"),
     ("explore", float("inf"), r"explore=inf: expected a finite number in \[0, 10\]"),
-    ("alpha_min", 0.9, "alpha_min=0.9 is above alpha_start=0.5"),
+    ("alpha_min", 0.9, "alpha_min=0.9 is above alpha_start=0.125"),
     ("z_grow", float("nan"), "z_grow=nan"),
     ("sigma", (0.1, 0.2), "sigma=.*three numbers"),
 ])

@@ -10,7 +10,7 @@ import torch
 
 from fusedgate import OptBrain
 from fusedgate.brain import BrainError
-from fusedgate.brain.state_io import snapshot_arrays
+from fusedgate.brain.state_io import FORMAT_VERSION, snapshot_arrays
 
 
 def make(seed=0):
@@ -186,8 +186,9 @@ def test_a_loaded_state_is_range_checked_like_the_constructor(tmp_path, key, val
 
 def test_a_file_of_another_version_or_other_groups_is_refused_in_one_line(tmp_path):
     brain, arrays = saved_arrays(tmp_path)
-    np.savez(tmp_path / "v2.npz", **{**arrays, "format_version": np.array(2)})
-    with pytest.raises(BrainError, match=r"not an OptBrain file of format version 3 \(found 2\)") as info:
+    np.savez(tmp_path / "v2.npz", **{**arrays, "format_version": np.array(FORMAT_VERSION - 1)})
+    with pytest.raises(BrainError, match=rf"not an OptBrain file of format version {FORMAT_VERSION} "
+                                         rf"\(found {FORMAT_VERSION - 1}\)") as info:
         brain.load(tmp_path / "v2.npz")
     assert "\n" not in str(info.value)
     torch.manual_seed(0)

@@ -39,13 +39,29 @@ def test_decisions_are_exactly_neutral_until_warm_and_then_explore():
 
 
 def test_the_brain_learns_to_raise_a_scale_that_helps():
-    # progress per step peaks at scale 3 for group 0; group 1's knobs do nothing
+    # progress per step peaks at scale 3 for group 0; group 1's knobs do nothing. The learner under a
+    # permissive gate (α₀ ½, shrink only at t ≤ −½): it finds the scale and earns full trust
     rate = lambda s: 0.01 * math.exp(-((math.log(s) - math.log(3.0)) ** 2))
-    brain, history = simulate(rate, 3000, window=5)
+    brain, history = simulate(rate, 3000, window=5, alpha_start=0.5, z_shrink=0.5)
     assert np.log(history[-1000:, 0]).mean() > 0.3   # late windows (controls included) run at scale > 1.35
     report = brain.report()
     assert report["mean_advantage_vs_neutral"] > 0.2  # measured: its windows beat the neutral ones
     assert report["alpha"] == 1.0
+
+
+def test_under_the_default_gate_a_helpful_scale_is_kept_or_the_run_is_exactly_neutral():
+    """The default gate (α₀ ⅛, any negative level ends the policy) keeps the same helpful policy on some
+    seeds and ends it on others (an unlucky first pair at α = ⅛): never anything in between."""
+    rate = lambda s: 0.01 * math.exp(-((math.log(s) - math.log(3.0)) ** 2))
+    kept = 0
+    for seed in range(6):
+        brain, history = simulate(rate, 3000, window=5, seed=seed)
+        if brain.report()["alpha"] == 1.0:
+            kept += 1
+            assert np.log(history[-1000:, 0]).mean() > 0.3
+        else:
+            assert brain.report()["alpha"] == 0.0 and np.all(history[-1000:] == (1.0, 1.0, 0.0))
+    assert kept >= 2
 
 
 def drive_core(windows=300, seed=0, **knobs):
@@ -83,12 +99,12 @@ def test_nonfinite_losses_are_skipped_and_counted():
     core = BrainCore(1, window=4, warmup_windows=1)
     core.end_window(np.array([3.0, 2.9, 2.8, 2.7]), np.zeros((1, 7)))
     core.end_window(np.array([2.6, np.nan, 2.5, np.inf]), np.zeros((1, 7)))
-    assert core.n_skipped == 2 and core.n_bad_windows == 0 and core.alpha == 0.5   # nothing else changed
+    assert core.n_skipped == 2 and core.n_bad_windows == 0 and core.alpha == core.config.alpha_start   # unchanged
     assert np.all(np.isfinite(core.decisions))
 
 
 def test_a_bad_brain_window_cuts_the_trust_at_once():
-    core = BrainCore(1, window=4, warmup_windows=1, seed=1)
+    core = BrainCore(1, window=4, warmup_windows=1, seed=1, alpha_start=0.5)
     core.end_window(np.array([3.0, 2.9, 2.8, 2.7]), np.zeros((1, 7)))
     core.b[:] = 0.5                                   # a policy away from neutral: its windows are brain windows
     while int(core.cycle_order[core.cycle_pos]) == 0:  # skip to the cycle's next non-neutral window

@@ -4,11 +4,18 @@ final — and the bound its docstring states, measured on simulated paired diffe
 import numpy as np
 import pytest
 
+from fusedgate.brain.config import BrainConfig
 from fusedgate.brain.safety import TrustGate
 
 
 def gate():
+    """The gate the unit tests below step by hand (the pre-2026-12 defaults: α₀ ½, shrink at t ≤ −½)."""
     return TrustGate(alpha_start=0.5, alpha_min=1 / 16, z_grow=1.0, z_shrink=0.5)
+
+
+def default_gate():
+    """The gate ``BrainConfig()``'s defaults make (the one the docstring's bound is stated for)."""
+    return TrustGate.of(BrainConfig())
 
 
 def test_growth_needs_two_pairs_that_pass_the_test():
@@ -40,32 +47,39 @@ def test_the_noise_scale_is_never_below_the_predicted_pair_noise():
     assert g.after_cycle(0.3, 1.0) == 1.0      # t = 0.6/(1·√2) < 1 with s = 1 (RMS of d would be 0.3)
 
 
-def simulate(delta, runs=2000, cycles=100, seed=0):
-    """Runs of the gate on d ~ N(delta, 1) with s = 1 known: (P(full trust), mean cycles at α > 0, Σα)."""
+def simulate(delta, runs=2000, cycles=100, seed=0, make=None):
+    """Runs of the gate on d ~ N(delta, 1) with s = 1 known, α read *during* each cycle (before its d is
+    folded): (P(full trust), mean cycles at α > 0, Σα, 95th percentile of the cycles at α > 0)."""
     rng = np.random.default_rng(seed)
     full, alive, exposure = 0, [], []
     for _ in range(runs):
-        g = gate()
-        seen, total = [], 0.0
+        g = (make or default_gate)()
+        seen = []
         for _ in range(cycles):
-            g.after_cycle(delta + rng.standard_normal(), 1.0)
             seen.append(g.alpha)
-            total += g.alpha
+            g.after_cycle(delta + rng.standard_normal(), 1.0)
         full += 1.0 in seen
         alive.append(sum(a > 0 for a in seen))
-        exposure.append(total)
+        exposure.append(sum(seen))
     return full / runs, float(np.mean(alive)), float(np.mean(exposure)), float(np.percentile(alive, 95))
 
 
 @pytest.mark.parametrize("delta, p_full, cycles, exposure, p95", [
-    (-0.5, 0.09, 6.0, 1.8, 18),      # the docstring: 6 %, 4.9 cycles, Σα 1.4, 95 % within 15
-    (-1.0, 0.02, 3.0, 0.7, 8),       # the docstring: 0.8 %, 2.3 cycles, Σα 0.5, 95 % within 6
+    (-0.5, 0.005, 2.0, 0.25, 5),     # the docstring: 0 %, 1.8 cycles, Σα 0.23, 95 % within 5
+    (-1.0, 0.001, 1.5, 0.16, 3),     # the docstring: 0 %, 1.2 cycles, Σα 0.16, 95 % within 3
 ])
 def test_the_stated_bound_for_a_harmful_policy(delta, p_full, cycles, exposure, p95):
     full, alive, total, q95 = simulate(delta)
     assert full <= p_full and alive <= cycles and total <= exposure and q95 <= p95
 
 
-def test_a_helpful_policy_reaches_and_keeps_full_trust():
+def test_a_helpful_policy_reaches_full_trust_often():
     full, alive, total, _ = simulate(1.0, runs=500)
-    assert full >= 0.98 and total >= 90.0       # of 100 cycles
+    assert full >= 0.65 and total >= 55.0       # of 100 cycles
+
+
+def test_the_default_gate_is_the_configs():
+    g = default_gate()
+    config = BrainConfig()
+    assert (g.alpha, g.alpha_min, g.z_grow, g.z_shrink, g.grow) == (
+        config.alpha_start, config.alpha_min, config.z_grow, config.z_shrink, config.grow)

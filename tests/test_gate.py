@@ -112,3 +112,8 @@ def test_observe_param_on_a_stack_equals_one_at_a_time():
         G.observe_param(singles[i], steps[i], spec, sums[i], applied[i])
     G.observe_param(stack, steps, spec, sums, applied)
     assert torch.equal(stack, singles)
+
+
+def test_the_actuator_slots_are_one_span_in_their_order():
+    """``_constant_actuators`` writes the five actuators as one slice of the sensors."""
+    assert list(G.ACTUATOR_SLOTS.values()) == list(range(G.N_SLOTS))[G.ACTUATOR_SPAN]

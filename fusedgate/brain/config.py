@@ -33,6 +33,7 @@ BOUNDS = {
     "seed": ("int", 0, 2 ** 63 - 1), "total_steps": ("int", 0, 10 ** 12),
     "explore": ("float", 0.0, 10.0), "policy_lr": ("float", 0.0, 10.0), "decay": ("float", 0.0, 1.0),
     "alpha_min": ("float", 0.0, 1.0), "alpha_start": ("float", 0.0, 1.0), "z_grow": ("float", 0.0, 10.0),
+    "grow": ("float", 1.0, 16.0),
     "z_shrink": ("float", 0.0, 10.0),
     "horizon": ("float", 0.0, 1e9), "exploit": ("float", 0.0, 1.0), "hypergrad": ("float", 0.0, 10.0),
     "overshoot_target": ("float", -1.0, 1.0),
@@ -54,7 +55,8 @@ class BrainConfig:
     total_steps     run length (0: unknown)                explore         × the exploration scale σ
     policy_lr       η of the ES step                       decay           λ, weight decay of the policy
     alpha_start     trust α before any test                alpha_min       the trust's floor (near-neutral)
-    z_grow          the one-sided test's threshold         horizon, exploit  reward horizon; exploit fraction
+    z_grow          the one-sided test's threshold         grow            α's factor on a passed test
+    horizon, exploit  reward horizon; exploit fraction
     hypergrad       κ, overshoot-following rate            overshoot_target  o*, tolerated overshoot
     sigma           base exploration scale per knob (scale, clip, dampen), in policy units
     """
@@ -67,10 +69,11 @@ class BrainConfig:
     explore: float = 1.0
     policy_lr: float = 0.3
     decay: float = 0.02
-    alpha_start: float = 0.5
+    alpha_start: float = 0.125
     alpha_min: float = 1.0 / 16
     z_grow: float = 1.0
-    z_shrink: float = 0.5
+    grow: float = 2.0
+    z_shrink: float = 0.0
     horizon: float = 0.0
     exploit: float = 0.0
     hypergrad: float = 0.5

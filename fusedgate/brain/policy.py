@@ -150,7 +150,7 @@ class BrainCore:
             raise BrainError(f"n_groups={n_groups!r}: expected an integer in [1, 1024]")
         self.config = config = BrainConfig.from_kwargs(config, **knobs)
         self.n_groups, self.window = n_groups, config.window
-        self.gate = TrustGate(config.alpha_start, config.alpha_min, config.z_grow, config.z_shrink)
+        self.gate = TrustGate.of(config)
         self.noise_sq = math.nan                    # EMA of the windows' squared log-loss residual noise
         self.reliability = np.ones(n_groups)        # per group: min(elements, sketch size)/sketch size
         self.prev_level = math.nan                  # the previous window's late log-loss level

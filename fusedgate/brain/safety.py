@@ -12,39 +12,50 @@ trust level the gate keeps n (pairs at this level) and Σd; the noise scale is s
 so far, the pair noise the windows' own loss residuals predict). After each cycle, with the one-sided
 statistic t = Σd / (s·√n):
 
-    grow    if n ≥ 2 and t ≥ z_grow (1):            α ← min(2α, 1)
-    shrink  if Σd < 0 and t ≤ −z_shrink (0.5):      α ← α/4, and α ← 0 once below α_min (1/16)
+    grow    if n ≥ 2 and t ≥ z_grow (1):            α ← min(grow·α, 1)        (grow = 2)
+    shrink  if Σd < 0 and t ≤ −z_shrink (0):        α ← α/4, and α ← 0 once below α_min (1/16)
     hold    otherwise
 
 and on a grow or shrink the level's n and Σd restart (a level is judged on its own windows only).
 α = 0 is exactly neutral and final: every window of the rest of the run is the base optimizer's own
 (bit-identical steps from there on). A brain window without a usable loss, or whose late level is 2×
-the previous window's (a blow-up), shrinks α at once. The brain starts at α = ``alpha_start`` (½)
+the previous window's (a blow-up), shrinks α at once. The brain starts at α = ``alpha_start`` (⅛)
 after its neutral warm-up windows.
 
 **The bound.** Deterministic: at trust α every knob is within a factor 10^α of neutral in scale and
-clip (z is clamped to the knob ranges) and dampen ≤ α; α never exceeds ½ before a test has passed;
-from any α the brain is exactly neutral after ⌈log₄(α·16)⌉ + 1 ≤ 3 worse-testing cycles (12K steps).
+clip (z is clamped to the knob ranges) and dampen ≤ α; α ≤ ⅛ until a test has passed (scale and
+clip within 10^⅛ = 1.33× of neutral), ≤ ¼ until two have; and from α = ⅛ the first level whose pairs
+sum below zero ends the policy: ⅛ · ¼ < α_min, so α = 0 — one cycle (4K steps) of evidence against it
+and the run is the base optimizer's for good. From α = 1 it takes ⌈log₄(16)⌉ + 1 = 3 such cycles.
 Measured (``tests/test_brain_safety.py`` reproduces it; 5000 simulated runs of 100 cycles, d drawn
-N(δ·s, s²), s known): a policy worse than neutral by δ = 0.5 noise scales per pair keeps α > 0 for
-4.9 cycles on average (95 % within 15), a total trust Σα of 1.4 cycle-equivalents, and reaches full
-trust in 6 % of runs; worse by δ = 1: 2.3 cycles (95 % within 6), Σα = 0.5, full trust 0.8 %. So the
-expected excess of a harmful policy over the base is at most Σα × (its per-cycle excess at full
-trust, if the harm grows at most linearly in α): ≈ 1.4 cycles' worth at δ = 0.5, 0.5 at δ = 1, then
-nothing. A policy better by δ = 1 reaches full trust in 99.5 % of runs and keeps it.
+N(δ·s, s²), s known, α read during each cycle): a policy worse than neutral by δ = 0.5 noise scales
+per pair runs at α > 0 for 1.8 cycles on average (95 % within 5), a total trust Σα of 0.23
+cycle-equivalents, and never reaches full trust; worse by δ = 1: 1.2 cycles (95 % within 3), Σα = 0.16.
+So the expected excess of a harmful policy over the base is at most Σα × (its per-cycle excess at full
+trust, if the harm grows at most linearly in α): ≈ 0.2 cycles' worth, then nothing. The price is paid
+by helpful policies: one better by δ = 1 at the trust it runs at reaches full trust in 70 % of runs
+(Σα = 62 of 100 cycles; δ = 0.5: 24 %, Σα = 15), since an unlucky first pair ends it too — and at
+α = ⅛ a policy's δ is about ⅛ of what it would be at full trust.
 
 What the bound does *not* cover, stated because it is measured rather than assumed: the test's d is
 the progress over one window (a short horizon), so a knob whose cost appears only later (a smaller lr
 that wins now and loses at the end) measures *better*, and the bound's δ is the measured δ, not the
-final-loss one. ``fusedgate brain-eval``'s tuned-lr scenario measures the resulting final-loss ratio
-on both task families, beside the pair's perturbation floor (the base at 1.01× lr).
+final-loss one; and on a chaotic pair (its final loss moves by more than 1 % when the lr moves by 1 %:
+``fusedgate brain-eval``'s ``nudge`` scenario measures this floor) any deviation at all — even α = ⅛
+for one cycle — spreads the final loss as far as that floor, whatever the policy's worth. The tuned-lr
+scenario measures the resulting final-loss ratio on both task families, beside that floor.
+
+The defaults (α₀ = ⅛, z_shrink = 0, grow = 2) were chosen on the tuning family (regression, mlp; seeds
+10–14) over 13 candidate settings, by the rule fixed before the runs: every tuned-lr ratio ≤ 1.01, then
+the most rescues (⅓ and 3× lr), then the smallest worst ratio; the earlier α₀ = ½, z_shrink = ½ failed
+the first (regression/sgd 1.042, mlp/fusedgate 1.074) — see ``bench/results/brain_eval.md``.
 """
 
 from __future__ import annotations
 
 import math
 
-GROW, SHRINK, HOLD = 2.0, 0.25, 1.0
+SHRINK, HOLD = 0.25, 1.0
 
 
 class TrustGate:
@@ -53,8 +64,9 @@ class TrustGate:
 
     ARRAYS = ("alpha", "level_n", "level_sum", "d_sq", "n_pairs", "sum_d", "n_grows", "n_shrinks")
 
-    def __init__(self, alpha_start: float, alpha_min: float, z_grow: float, z_shrink: float):
+    def __init__(self, alpha_start: float, alpha_min: float, z_grow: float, z_shrink: float, grow: float = 2.0):
         self.alpha_min, self.z_grow, self.z_shrink = float(alpha_min), float(z_grow), float(z_shrink)
+        self.grow = float(grow)
         self.alpha = float(alpha_start)
         self.level_n, self.level_sum = 0, 0.0      # pairs and Σd at the current level
         self.d_sq, self.n_pairs = 0.0, 0           # running mean of d² over every pair; pairs so far
@@ -75,10 +87,15 @@ class TrustGate:
         self.level_sum += d
         t = self.level_sum / (s * math.sqrt(self.level_n))
         if self.level_n >= 2 and t >= self.z_grow and 0.0 < self.alpha < 1.0:
-            return self._move(GROW)
+            return self._move(self.grow)
         if self.level_sum < 0.0 and t <= -self.z_shrink and self.alpha > 0.0:
             return self._move(SHRINK)
         return HOLD
+
+    @classmethod
+    def of(cls, config) -> TrustGate:
+        """The gate a ``BrainConfig`` describes, at α = ``alpha_start``."""
+        return cls(config.alpha_start, config.alpha_min, config.z_grow, config.z_shrink, config.grow)
 
     def bad_window(self) -> None:
         """A non-finite or blown-up brain window: shrink at once, mid-cycle."""

@@ -21,7 +21,7 @@ from fusedgate.brain.policy import CLIP_RANGE, DAMPEN_RANGE, KNOBS, ROLES, SCALE
 from fusedgate.brain.safety import TrustGate
 from fusedgate.files import WriteError, write_atomic
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 STRUCTURE = ("n_groups", "window", "sketch_size", "seed")
 HYPER = tuple(f for f in FIELDS if f not in STRUCTURE)
 CORE_ARRAYS = ("W", "b", "sigma", "cycle_order", "cycle_r", "eps", "mu", "obs", "z", "decisions")
@@ -166,7 +166,7 @@ def restore_arrays(brain, arrays: dict[str, np.ndarray], source: str) -> None:
     values = {name: (tuple(float(x) for x in v) if v.ndim else v.item()) for name, v in values.items()}
     core.config = brain.config = BrainConfig.from_kwargs(core.config, **values)
     core.sigma = np.asarray(core.config.sigma, dtype=np.float64) * core.config.explore
-    core.gate = TrustGate(core.config.alpha_start, core.config.alpha_min, core.config.z_grow, core.config.z_shrink)
+    core.gate = TrustGate.of(core.config)
     core.gate.load({name: arrays[f"gate.{name}"] for name in core.gate.ARRAYS})
     for name in CORE_SCALARS:
         setattr(core, name, type(getattr(core, name))(arrays[f"core.{name}"]))
