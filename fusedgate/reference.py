@@ -115,19 +115,21 @@ def frobenius(x: torch.Tensor) -> torch.Tensor:
 
 def polar_iteration(x: torch.Tensor, coefficients, norm_scale: float, norm_eps: float,
                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """X = x/(c·‖x‖_F + ε), then X ← a·X + (b·A + c·A²)·X with A = X·Xᵀ for each (a, b, c), on the wide
-    orientation; x is [rows, cols] or a stack [k, rows, cols]; computed in ``dtype``, returned in x's."""
+    """X = x/(c·‖x‖_F + ε), then X ← a·X + (b·A + c·A²)·X with A = X·Xᵀ for each (a, b, c) — for a tall X
+    the same polynomial as X ← a·X + X·(b·A + c·A²) with the smaller A = Xᵀ·X, in X's own layout (as
+    nanochat computes it); x is [rows, cols] or a stack [k, rows, cols]; computed in ``dtype``, returned in x's."""
     X = x.to(dtype)
     X = X / (frobenius(X) * norm_scale + norm_eps)
-    tall = X.size(-2) > X.size(-1)
-    if tall:
-        X = X.mT
-    for a, b, c in coefficients:
-        A = X @ X.mT
-        B = b * A + c * (A @ A)
-        X = a * X + B @ X
-    if tall:
-        X = X.mT
+    if X.size(-2) > X.size(-1):   # tall: the same polynomial on the small Gram matrix XᵀX, X kept in its layout
+        for a, b, c in coefficients:
+            A = X.mT @ X
+            B = b * A + c * (A @ A)
+            X = a * X + X @ B
+    else:
+        for a, b, c in coefficients:
+            A = X @ X.mT
+            B = b * A + c * (A @ A)
+            X = a * X + B @ X
     return X.to(x.dtype)
 
 

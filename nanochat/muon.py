@@ -47,12 +47,11 @@ def polar_express(u: torch.Tensor, ns_steps: int) -> torch.Tensor:
     x = u.bfloat16() if u.is_cuda else u.float()
     x = x / (x.norm(dim=(-2, -1), keepdim=True) * 1.01 + 1e-6)
     tall = x.size(-2) > x.size(-1)
-    if tall:
-        x = x.mT
     for a, b, c in POLAR_EXPRESS[:ns_steps]:
-        gram = x @ x.mT
-        x = a * x + (b * gram + c * (gram @ gram)) @ x
-    return (x.mT if tall else x).float()
+        gram = x.mT @ x if tall else x @ x.mT
+        poly = b * gram + c * (gram @ gram)
+        x = a * x + (x @ poly if tall else poly @ x)
+    return x.float()
 
 
 def muon_direction(grad: torch.Tensor, momentum_buffer: torch.Tensor, second_moment: torch.Tensor,

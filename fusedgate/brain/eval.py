@@ -159,7 +159,8 @@ def measure_overhead(blocks: int = 7, steps: int = 20) -> dict:
     with AdamW, one thread. Full training steps (forward, backward, step) in alternating blocks, medians;
     and — the precise number, since 0.1 % is below the full step's noise — the optimizer step alone on the
     same gradients, base vs brain interleaved step by step, median difference. Brain arms: ``neutral``
-    (frozen at (1, 1, 0): the features and bookkeeping only) and ``learning`` (exploring as in a run)."""
+    (frozen at (1, 1, 0): the features and bookkeeping only) and ``learning`` (exploring as in a run, its
+    trust held at α = 1 so that the safety gate cannot turn it neutral during the measurement)."""
     import statistics
 
     import torch
@@ -183,9 +184,11 @@ def measure_overhead(blocks: int = 7, steps: int = 20) -> dict:
                                   for g in groups])
         if kind == "base":
             return model, base
-        brain = OptBrain(base, warmup_windows=1)
         if kind == "neutral":
+            brain = OptBrain(base, warmup_windows=1)
             brain.freeze()
+        else:   # the trust held at 1 (no test can shrink it): the knobs stay on, exploring, the costliest case
+            brain = OptBrain(base, warmup_windows=1, alpha_start=1.0, z_shrink=10.0)
         return model, brain
 
     arms = {kind: build(kind) for kind in ("base", "neutral", "learning")}

@@ -122,8 +122,8 @@ def markdown(rows: list[dict], targets: list[dict], meta: dict, overhead: dict |
                   "0.1 %, so the overhead is measured on the optimizer step alone (same gradients, interleaved, "
                   f"medians of 200): base step {overhead['base_step_us']:.0f} µs; the brain adds "
                   f"**{n['step_extra_us']:.1f} µs neutral** ({100 * n['overhead']:.3f} % of the full step) and "
-                  f"**{le['step_extra_us']:.1f} µs while learning** ({100 * le['overhead']:.3f} %; its knobs at the "
-                  f"end: {le['report']['mean_decisions']}).", ""]
+                  f"**{le['step_extra_us']:.1f} µs while learning** ({100 * le['overhead']:.3f} %; trust held at "
+                  f"α = {le['report']['alpha']:g}, its knobs at the end: {le['report']['mean_decisions']}).", ""]
     lines += [f"Brain state for 8 parameter groups (what `save` writes, without dampen buffers): "
               f"{state[0]:,} bytes (torch wrapper), {state[1]:,} bytes (numpy mode); budget 51,200 bytes. "
               "While a group's dampen knob is on, the wrapper also keeps one smoothing buffer the size of "

@@ -1,0 +1,89 @@
+"""The sweep that chose OptBrain's trust-gate defaults (issue 23), on the tuning family only.
+
+For each candidate ``BrainConfig`` override (a JSON object of name → overrides), on the tasks given
+(regression, mlp) × SGD/AdamW/FusedGate and seeds 10–14 — never the evaluation's seeds 0–4 and never the
+held-out family — it trains the arms of three scenarios (tuned lr, 3× lr, ⅓ lr; ``fusedgate.brain.tasks``)
+and prints one JSON line per candidate: the worst tuned-lr geomean ratio brain/base, how many pairs are
+≤ 1.01, how many ⅓-lr pairs close ≥ 50 % of the gap, how many SGD/AdamW 3×-lr pairs reach ≤ 0.9. The rule,
+fixed before the runs: every tuned ratio ≤ 1.01, then the most rescues, then the smallest worst ratio.
+
+    python -m fusedgate.bench.brain_sweep --tasks regression,mlp --candidates c.json --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+SEEDS = range(10, 15)
+OPTIMIZERS = ("sgd", "adamw", "fusedgate")
+
+
+def geomean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v) and v > 0]
+    return math.exp(sum(map(math.log, finite)) / len(finite)) if finite else math.nan
+
+
+def pair_row(final, task: str, optimizer: str, overrides: dict) -> dict:
+    """Tuned, 3× and ⅓ lr for one task × optimizer over the sweep's seeds."""
+    from fusedgate.brain.tasks import Arm
+
+    def losses(**arm):
+        brain = arm.get("brain", False)
+        return [final(task, optimizer, s, Arm(**arm), overrides if brain else None) for s in SEEDS]
+
+    base, brain = losses(), losses(brain=True)
+    base3, brain3 = losses(lr_mult=3.0), losses(brain=True, lr_mult=3.0)
+    base_d, brain_d = losses(lr_mult=1 / 3), losses(brain=True, lr_mult=1 / 3)
+    mean = lambda v: sum(v) / len(v)
+    gap = mean(base_d) - mean(base)
+    return {"tuned": geomean([a / b for a, b in zip(brain, base)]),
+            "x3": geomean([a / b for a, b in zip(brain3, base3)]),
+            "div3_closed": (mean(base_d) - mean(brain_d)) / gap if gap > 0.01 * mean(base) else math.nan}
+
+
+def summary(name: str, overrides: dict, rows: dict, wall: float) -> dict:
+    return {"name": name, "kw": overrides, "worst_tuned": max(r["tuned"] for r in rows.values()),
+            "n_tuned_ok": sum(r["tuned"] <= 1.01 for r in rows.values()),
+            "div3_ok": sum(r["div3_closed"] >= 0.5 for r in rows.values()),
+            "x3_ok": sum(r["x3"] <= 0.9 for k, r in rows.items() if not k.endswith("fusedgate")),
+            "wall": wall, "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from fusedgate.brain.tasks import run_arm
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default="regression,mlp")
+    parser.add_argument("--candidates", required=True, help="JSON file: {name: {BrainConfig field: value}}")
+    parser.add_argument("--out", required=True, help="JSON file the results are written to (after each candidate)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    with open(args.candidates) as f:
+        candidates = json.load(f)
+    cache: dict = {}
+
+    def final(task, optimizer, seed, arm, overrides):
+        key = (task, optimizer, seed, arm, json.dumps(overrides, sort_keys=True))
+        if key not in cache:
+            cache[key] = run_arm(task, optimizer, seed, arm, brain_kwargs=overrides)["final"]
+        return cache[key]
+
+    results = []
+    for name, overrides in candidates.items():
+        t0 = time.time()
+        rows = {f"{task}/{opt}": pair_row(final, task, opt, overrides)
+                for task in args.tasks.split(",") for opt in OPTIMIZERS}
+        results.append(summary(name, overrides, rows, time.time() - t0))
+        print(json.dumps({k: v for k, v in results[-1].items() if k != "rows"}), flush=True)
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
