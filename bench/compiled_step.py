@@ -8,7 +8,12 @@ below). Contestants: that opponent, FusedGate ``backend="compiled"`` and ``backe
 spec. The optimizer step alone, on a nanochat GPT's real parameter groups, one thread, fixed gradients,
 alternating blocks, median per-step time over blocks, ratio to the opponent (``cpu_step.alternate``).
 
-    python -m fusedgate.bench.compiled_step --depth 2 --blocks 30 --block 10
+    cd /tmp && PYTHONPATH=<upstream> python -m fusedgate.bench.compiled_step --depth 2 --blocks 30 --block 10
+
+(``<upstream>``: the folder holding karpathy/nanochat's ``nanochat/``. Run it outside the checkout's root:
+there ``python -m`` puts the root first on ``sys.path``, and the checkout's own ``nanochat/`` folder —
+installed as ``fusedgate.nanochat`` — shadows upstream ``nanochat``, so the opponent silently becomes the
+baseline; the printed label says which one ran.)
 
 Writes nothing; prints a table (``--json``: the numbers). Timing belongs on an idle machine; the tests
 only smoke-run it at tiny sizes.

@@ -21,6 +21,8 @@ MAX_TOTAL_STEPS = 2**31 - 1
 
 def _number(value) -> float | None:
     """``value`` as a host float (0-d tensors included), or None when it is not a real number."""
+    if type(value) is float:   # the common case, checked on every step: no further type tests
+        return value
     if isinstance(value, bool):
         return None
     if torch.is_tensor(value):
@@ -34,7 +36,7 @@ def _number(value) -> float | None:
 
 def _in_range(where: str, name: str, value, low: float, high: float = math.inf, *, low_open: bool = False,
               high_open: bool = False) -> None:
-    x = _number(value)
+    x = value if type(value) is float else _number(value)
     low_ok = x is not None and (x > low if low_open else x >= low)
     high_ok = x is not None and (x < high if high_open else x <= high)
     if not (low_ok and high_ok and math.isfinite(x)):

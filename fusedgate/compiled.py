@@ -21,6 +21,7 @@ reference for the rest of that optimizer's life (the verdict is kept in the call
 from __future__ import annotations
 
 import functools
+import itertools
 import operator
 import types
 import warnings
@@ -92,7 +93,7 @@ def _numbers(hp, names: tuple[str, ...], device) -> torch.Tensor:
 def _packed_actuators(act: dict, k: int, device) -> torch.Tensor:
     """The actuators (each a (k,) tensor or a float shared by the stack) as one (len(act), k) float64 tensor."""
     values = tuple(act.values())
-    if all(isinstance(v, float) for v in values):
+    if all(map(isinstance, values, itertools.repeat(float))):
         return _host_numbers(values, k, device)
     return torch.stack([torch.full((k,), v, dtype=torch.float64, device=device) if isinstance(v, float) else v
                         for v in values])

@@ -205,27 +205,31 @@ class FusedGate(torch.optim.Optimizer):
         """Per group, the gated matrices and the AdamW params that have a gradient (and that this rank owns),
         as plain lists; their state created (or completed) on the way."""
         stacks = []
+        second_moment = uses(self.spec)[1]
         for group in self.param_groups:
             gated, plain = [], []
+            kind = group.get("kind")   # "muon" / "adamw" decide for the whole group (no per-parameter test)
             for index, p in enumerate(group["params"]):
                 if p.grad is None or (owns is not None and not owns(p)):
                     continue
                 if p.grad.is_sparse:
                     raise TypeError("FusedGate does not support sparse gradients")
-                (gated if self.is_gated(group, index, p) else plain).append(p)
+                is_gated = kind == "muon" if kind in ("muon", "adamw") else self.is_gated(group, index, p)
+                (gated if is_gated else plain).append(p)
             if gated:
-                stacks.append(Stack(gated, [p.grad for p in gated], [self._state_of(p, True) for p in gated],
+                stacks.append(Stack(gated, [p.grad for p in gated],
+                                    [self._state_of(p, True, second_moment) for p in gated],
                                     MatrixHyper.of(group, self._units(group)), self._modulation(group)))
             if plain:
-                stacks.append(Stack(plain, [p.grad for p in plain], [self._state_of(p, False) for p in plain],
-                                    AdamWHyper.of(group)))
+                stacks.append(Stack(plain, [p.grad for p in plain],
+                                    [self._state_of(p, False, second_moment) for p in plain], AdamWHyper.of(group)))
         return stacks
 
-    def _state_of(self, p: torch.Tensor, gated: bool) -> dict:
+    def _state_of(self, p: torch.Tensor, gated: bool, second_moment: bool) -> dict:
         """p's state, created on its first step; completed when the spec now needs what it lacks (NorMuon's
-        moment, the second moment of a pole with ω < 1) and rid of an ``exp_avg_sq`` nothing reads."""
+        moment, the second moment of a pole with ω < 1: ``second_moment``) and rid of an ``exp_avg_sq``
+        nothing reads."""
         state = self.state[p]
-        second_moment = uses(self.spec)[1]
         if not state:
             state.update(R.new_matrix_state(p, R.Engine.of(self.spec), second_moment) if gated
                          else R.new_adamw_state(p))
