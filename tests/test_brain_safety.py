@@ -83,3 +83,9 @@ def test_the_default_gate_is_the_configs():
     config = BrainConfig()
     assert (g.alpha, g.alpha_min, g.z_grow, g.z_shrink, g.grow) == (
         config.alpha_start, config.alpha_min, config.z_grow, config.z_shrink, config.grow)
+
+
+def test_shrink_pairs_makes_a_level_wait_for_that_many_pairs_before_it_shrinks():
+    g = TrustGate(alpha_start=0.125, alpha_min=1 / 16, z_grow=1.0, z_shrink=0.0, shrink_pairs=2)
+    assert g.after_cycle(-1.0, 1.0) == 1.0 and g.alpha == 0.125       # one negative pair: held
+    assert g.after_cycle(-1.0, 1.0) == 0.25 and g.alpha == 0.0        # the second: ⅛·¼ < 1/16 → exactly neutral

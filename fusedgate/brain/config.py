@@ -33,7 +33,7 @@ BOUNDS = {
     "seed": ("int", 0, 2 ** 63 - 1), "total_steps": ("int", 0, 10 ** 12),
     "explore": ("float", 0.0, 10.0), "policy_lr": ("float", 0.0, 10.0), "decay": ("float", 0.0, 1.0),
     "alpha_min": ("float", 0.0, 1.0), "alpha_start": ("float", 0.0, 1.0), "z_grow": ("float", 0.0, 10.0),
-    "grow": ("float", 1.0, 16.0),
+    "grow": ("float", 1.0, 16.0), "shrink_pairs": ("int", 1, 1000),
     "z_shrink": ("float", 0.0, 10.0),
     "horizon": ("float", 0.0, 1e9), "exploit": ("float", 0.0, 1.0), "hypergrad": ("float", 0.0, 10.0),
     "overshoot_target": ("float", -1.0, 1.0),
@@ -56,6 +56,7 @@ class BrainConfig:
     policy_lr       η of the ES step                       decay           λ, weight decay of the policy
     alpha_start     trust α before any test                alpha_min       the trust's floor (near-neutral)
     z_grow          the one-sided test's threshold         grow            α's factor on a passed test
+    z_shrink        the shrink test's threshold            shrink_pairs    pairs a level needs before it can shrink
     horizon, exploit  reward horizon; exploit fraction
     hypergrad       κ, overshoot-following rate            overshoot_target  o*, tolerated overshoot
     sigma           base exploration scale per knob (scale, clip, dampen), in policy units
@@ -73,6 +74,7 @@ class BrainConfig:
     alpha_min: float = 1.0 / 16
     z_grow: float = 1.0
     grow: float = 2.0
+    shrink_pairs: int = 1
     z_shrink: float = 0.0
     horizon: float = 0.0
     exploit: float = 0.0

@@ -13,7 +13,7 @@ so far, the pair noise the windows' own loss residuals predict). After each cycl
 statistic t = Σd / (s·√n):
 
     grow    if n ≥ 2 and t ≥ z_grow (1):            α ← min(grow·α, 1)        (grow = 2)
-    shrink  if Σd < 0 and t ≤ −z_shrink (0):        α ← α/4, and α ← 0 once below α_min (1/16)
+    shrink  if n ≥ shrink_pairs (1), Σd < 0 and t ≤ −z_shrink (0):   α ← α/4, and α ← 0 below α_min (1/16)
     hold    otherwise
 
 and on a grow or shrink the level's n and Σd restart (a level is judged on its own windows only).
@@ -46,7 +46,7 @@ for one cycle — spreads the final loss as far as that floor, whatever the poli
 scenario measures the resulting final-loss ratio on both task families, beside that floor.
 
 The defaults (α₀ = ⅛, z_shrink = 0, grow = 2) were chosen on the tuning family (regression, mlp; seeds
-10–14) over 13 candidate settings, by the rule fixed before the runs: every tuned-lr ratio ≤ 1.01, then
+10–14) over 17 candidate settings, by the rule fixed before the runs: every tuned-lr ratio ≤ 1.01, then
 the most rescues (⅓ and 3× lr), then the smallest worst ratio; the earlier α₀ = ½, z_shrink = ½ failed
 the first (regression/sgd 1.042, mlp/fusedgate 1.074) — see ``bench/results/brain_eval.md``.
 """
@@ -64,9 +64,10 @@ class TrustGate:
 
     ARRAYS = ("alpha", "level_n", "level_sum", "d_sq", "n_pairs", "sum_d", "n_grows", "n_shrinks")
 
-    def __init__(self, alpha_start: float, alpha_min: float, z_grow: float, z_shrink: float, grow: float = 2.0):
+    def __init__(self, alpha_start: float, alpha_min: float, z_grow: float, z_shrink: float, grow: float = 2.0,
+                 shrink_pairs: int = 1):
         self.alpha_min, self.z_grow, self.z_shrink = float(alpha_min), float(z_grow), float(z_shrink)
-        self.grow = float(grow)
+        self.grow, self.shrink_pairs = float(grow), int(shrink_pairs)
         self.alpha = float(alpha_start)
         self.level_n, self.level_sum = 0, 0.0      # pairs and Σd at the current level
         self.d_sq, self.n_pairs = 0.0, 0           # running mean of d² over every pair; pairs so far
@@ -88,14 +89,15 @@ class TrustGate:
         t = self.level_sum / (s * math.sqrt(self.level_n))
         if self.level_n >= 2 and t >= self.z_grow and 0.0 < self.alpha < 1.0:
             return self._move(self.grow)
-        if self.level_sum < 0.0 and t <= -self.z_shrink and self.alpha > 0.0:
+        if self.level_n >= self.shrink_pairs and self.level_sum < 0.0 and t <= -self.z_shrink and self.alpha > 0.0:
             return self._move(SHRINK)
         return HOLD
 
     @classmethod
     def of(cls, config) -> TrustGate:
         """The gate a ``BrainConfig`` describes, at α = ``alpha_start``."""
-        return cls(config.alpha_start, config.alpha_min, config.z_grow, config.z_shrink, config.grow)
+        return cls(config.alpha_start, config.alpha_min, config.z_grow, config.z_shrink, config.grow,
+                   config.shrink_pairs)
 
     def bad_window(self) -> None:
         """A non-finite or blown-up brain window: shrink at once, mid-cycle."""
