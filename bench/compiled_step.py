@@ -98,7 +98,8 @@ def opponent():
     return "nanochat.optim.MuonAdamW (its compiled step)", Upstream
 
 
-def contestants(depth: int, specs: list[str], weight_decay: float) -> dict:
+def contestants(depth: int, specs: list[str], weight_decay: float,
+                backends: tuple[str, ...] = ("compiled", "reference")) -> dict:
     """label → (model, step function) on identical models and gradients."""
     from fusedgate import FusedGate, GateSpec
 
@@ -119,7 +120,7 @@ def contestants(depth: int, specs: list[str], weight_decay: float) -> dict:
     build(label, cls, takes_loss=False)   # (upstream's step takes no loss)
     for name in specs:
         spec = GateSpec.from_name_or_file(name)
-        for backend in ("compiled", "reference"):
+        for backend in backends:
             build(f"fusedgate:{name}:{backend}",
                   lambda groups, spec=spec, backend=backend: FusedGate(groups, spec=spec, total_steps=10_000,
                                                                        backend=backend))
@@ -131,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, default=2, help="GPT depth (default 2)")
     parser.add_argument("--specs", default="nanochat,gated",
                         help="comma-separated preset names or spec files (default nanochat,gated)")
+    parser.add_argument("--backends", default="compiled,reference",
+                        help="FusedGate backends per spec (default compiled,reference; 'compiled' alone: head-to-head)")
     parser.add_argument("--blocks", type=int, default=30, help="alternating blocks (default 30)")
     parser.add_argument("--block", type=int, default=10, help="steps per block (default 10)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per contestant, compiling (default 5)")
@@ -138,11 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weight-decay", type=float, default=0.1, help="matrix weight decay (default 0.1)")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     args = parser.parse_args(argv)
+    backends = tuple(b for b in args.backends.split(",") if b)
+    if not backends or any(b not in ("compiled", "reference") for b in backends):
+        parser.error(f"--backends {args.backends!r}: expected a comma list of compiled, reference")
     if min(args.depth, args.blocks, args.block, args.threads, args.warmup) < 1:
         parser.error("--depth, --blocks, --block, --warmup and --threads must be >= 1")
     torch.set_num_threads(args.threads)
     steps = {label: step for label, (_, step) in
-             contestants(args.depth, [s for s in args.specs.split(",") if s], args.weight_decay).items()}
+             contestants(args.depth, [s for s in args.specs.split(",") if s], args.weight_decay, backends).items()}
     median = alternate(steps, args.blocks, args.block, args.warmup)
     base = next(iter(median.values()))
     result = {"depth": args.depth, "threads": torch.get_num_threads(), "blocks": args.blocks, "block": args.block,
