@@ -14,34 +14,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
+
+from fusedgate.brain.scenarios import ARMS, summarise
 
 SEEDS = range(10, 15)
 OPTIMIZERS = ("sgd", "adamw", "fusedgate")
-
-
-def geomean(values: list[float]) -> float:
-    finite = [v for v in values if math.isfinite(v) and v > 0]
-    return math.exp(sum(map(math.log, finite)) / len(finite)) if finite else math.nan
+SCENARIOS = {"tuned": "tuned", "x3": "lr_x3", "div3": "lr_div3"}
 
 
 def pair_row(final, task: str, optimizer: str, overrides: dict) -> dict:
-    """Tuned, 3× and ⅓ lr for one task × optimizer over the sweep's seeds."""
-    from fusedgate.brain.tasks import Arm
-
-    def losses(**arm):
-        brain = arm.get("brain", False)
-        return [final(task, optimizer, s, Arm(**arm), overrides if brain else None) for s in SEEDS]
-
-    base, brain = losses(), losses(brain=True)
-    base3, brain3 = losses(lr_mult=3.0), losses(brain=True, lr_mult=3.0)
-    base_d, brain_d = losses(lr_mult=1 / 3), losses(brain=True, lr_mult=1 / 3)
-    mean = lambda v: sum(v) / len(v)
-    gap = mean(base_d) - mean(base)
-    return {"tuned": geomean([a / b for a, b in zip(brain, base)]),
-            "x3": geomean([a / b for a, b in zip(brain3, base3)]),
-            "div3_closed": (mean(base_d) - mean(brain_d)) / gap if gap > 0.01 * mean(base) else math.nan}
+    """Tuned, 3× and ⅓ lr for one task × optimizer over the sweep's seeds, summarised as ``brain-eval`` does
+    (``scenarios.summarise``: geomean ratios brain/base, the ⅓-lr gap closed)."""
+    rows = {}
+    for short, scenario in SCENARIOS.items():
+        finals = {name: {s: final(task, optimizer, s, arm, overrides if arm.brain else None) for s in SEEDS}
+                  for name, arm in ARMS[scenario].items()}
+        rows[short] = summarise(scenario, task, optimizer, finals)
+    return {"tuned": rows["tuned"]["ratio"], "x3": rows["x3"]["ratio"], "div3_closed": rows["div3"]["gap_closed"]}
 
 
 def summary(name: str, overrides: dict, rows: dict, wall: float) -> dict:

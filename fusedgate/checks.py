@@ -36,7 +36,7 @@ def _number(value) -> float | None:
 
 def _in_range(where: str, name: str, value, low: float, high: float = math.inf, *, low_open: bool = False,
               high_open: bool = False) -> None:
-    x = value if type(value) is float else _number(value)
+    x = _number(value)
     low_ok = x is not None and (x > low if low_open else x >= low)
     high_ok = x is not None and (x < high if high_open else x <= high)
     if not (low_ok and high_ok and math.isfinite(x)):

@@ -2,7 +2,8 @@
 
 import math
 
-from fusedgate.bench.brain_sweep import geomean, pair_row, summary
+from fusedgate.bench.brain_sweep import pair_row, summary
+from fusedgate.brain.scenarios import geomean
 from fusedgate.brain.tasks import run_arm
 
 

@@ -81,8 +81,8 @@ def test_a_helpful_policy_reaches_full_trust_often():
 def test_the_default_gate_is_the_configs():
     g = default_gate()
     config = BrainConfig()
-    assert (g.alpha, g.alpha_min, g.z_grow, g.z_shrink, g.grow) == (
-        config.alpha_start, config.alpha_min, config.z_grow, config.z_shrink, config.grow)
+    assert (g.alpha, g.alpha_min, g.z_grow, g.z_shrink, g.grow, g.shrink_pairs) == (
+        config.alpha_start, config.alpha_min, config.z_grow, config.z_shrink, config.grow, config.shrink_pairs)
 
 
 def test_shrink_pairs_makes_a_level_wait_for_that_many_pairs_before_it_shrinks():

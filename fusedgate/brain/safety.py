@@ -48,7 +48,8 @@ scenario measures the resulting final-loss ratio on both task families, beside t
 The defaults (α₀ = ⅛, z_shrink = 0, grow = 2) were chosen on the tuning family (regression, mlp; seeds
 10–14) over 17 candidate settings, by the rule fixed before the runs: every tuned-lr ratio ≤ 1.01, then
 the most rescues (⅓ and 3× lr), then the smallest worst ratio; the earlier α₀ = ½, z_shrink = ½ failed
-the first (regression/sgd 1.042, mlp/fusedgate 1.074) — see ``bench/results/brain_eval.md``.
+the first (regression/sgd 1.042, mlp/fusedgate 1.074) — see ``bench/results/brain_tuning/``; the
+evaluation on seeds 0–4 and the held-out family is ``bench/results/brain_eval.md``.
 """
 
 from __future__ import annotations
