@@ -133,6 +133,24 @@ def polar_iteration(x: torch.Tensor, coefficients, norm_scale: float, norm_eps: 
     return X.to(x.dtype)
 
 
+def polar_iteration_gemm(x: torch.Tensor, coefficients, norm_scale: float, norm_eps: float,
+                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``polar_iteration`` with each step's sums folded into its products: B = b·A + c·A·A and
+    X ← a·X + B·X (X·B for a tall X) are each one GEMM C ← β·C + α·L·R (``baddbmm``), so neither sum is
+    another pass over memory. The same polynomial; the GEMM's accumulation rounds differently (≈1e-6 in
+    float32), so the reference keeps the plain form, bit-identical to nanochat's; the compiled backend
+    uses this one."""
+    X = x.to(dtype)
+    X = X / (frobenius(X) * norm_scale + norm_eps)
+    add_product = torch.baddbmm if X.dim() == 3 else torch.addmm
+    tall = X.size(-2) > X.size(-1)
+    for a, b, c in coefficients:
+        A = X.mT @ X if tall else X @ X.mT
+        B = add_product(A, A, A, beta=b, alpha=c)
+        X = add_product(X, X, B, beta=a) if tall else add_product(X, B, X, beta=a)
+    return X.to(x.dtype)
+
+
 def newton_schulz(x: torch.Tensor, steps: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Approximate the orthogonal factor U·Vᵀ of x = U·S·Vᵀ with the quintic iteration (Keller's Muon)."""
     return polar_iteration(x, [NS_COEFFS] * steps, *NORMALISATION["quintic"], dtype)
