@@ -113,6 +113,25 @@ def test_a_bad_brain_window_cuts_the_trust_at_once():
     assert core.n_bad_windows == 1 and core.alpha == 0.5 * 0.25 and core.gate.n_shrinks == 1
 
 
+@pytest.mark.parametrize("probe, alpha_start, want", [(1.0, 0.125, 0.125), (4.0, 0.125, 0.5), (16.0, 0.125, 1.0)])
+def test_the_tested_window_runs_at_the_probe_trust_and_the_exploration_windows_at_alpha(probe, alpha_start, want):
+    core = BrainCore(1, window=4, warmup_windows=1, seed=2, probe=probe, alpha_start=alpha_start, hypergrad=0.0)
+    core.end_window(np.array([3.0, 2.9, 2.8, 2.7]), np.zeros((1, 7)))
+    core.b[:] = 0.8
+    core.mu[:] = 0.8                                   # the cycle's proposal, as _start_cycle set it
+    seen = {}
+    for _ in range(4):
+        core._set_decision()
+        seen[int(core.cycle_order[core.cycle_pos])] = core.z.copy()
+        core.cycle_pos = (core.cycle_pos + 1) % 4
+    assert core.probe_alpha == want
+    np.testing.assert_allclose(seen[2], want * 0.8)                      # the policy mean: min(1, probe·α)·μ
+    np.testing.assert_allclose(seen[1] + seen[-1], 2 * alpha_start * 0.8)   # ± ε around α·μ
+    np.testing.assert_array_equal(seen[0], 0.0)                           # the control: exactly neutral
+    core.gate.alpha = 0.0
+    assert core.probe_alpha == 0.0                                        # α = 0 stays final at any probe
+
+
 def test_knob_mapping_and_progress():
     knobs = knobs_from_z(np.array([[0.0, 0.0, 0.0], [50.0, 50.0, 5.0], [-50.0, -50.0, -1.0]]))
     np.testing.assert_array_equal(knobs[0], [1.0, 1.0, 0.0])

@@ -33,7 +33,7 @@ BOUNDS = {
     "seed": ("int", 0, 2 ** 63 - 1), "total_steps": ("int", 0, 10 ** 12),
     "explore": ("float", 0.0, 10.0), "policy_lr": ("float", 0.0, 10.0), "decay": ("float", 0.0, 1.0),
     "alpha_min": ("float", 0.0, 1.0), "alpha_start": ("float", 0.0, 1.0), "z_grow": ("float", 0.0, 10.0),
-    "grow": ("float", 1.0, 16.0), "shrink_pairs": ("int", 1, 1000),
+    "grow": ("float", 1.0, 16.0), "shrink_pairs": ("int", 1, 1000), "probe": ("float", 1.0, 16.0),
     "z_shrink": ("float", 0.0, 10.0),
     "horizon": ("float", 0.0, 1e9), "exploit": ("float", 0.0, 1.0), "hypergrad": ("float", 0.0, 10.0),
     "overshoot_target": ("float", -1.0, 1.0),
@@ -57,6 +57,7 @@ class BrainConfig:
     alpha_start     trust α before any test                alpha_min       the trust's floor (near-neutral)
     z_grow          the one-sided test's threshold         grow            α's factor on a passed test
     z_shrink        the shrink test's threshold            shrink_pairs    pairs a level needs before it can shrink
+    probe           the policy-mean (tested) window runs at min(1, probe·α)·μ; the exploration windows at α
     horizon, exploit  reward horizon; exploit fraction
     hypergrad       κ, overshoot-following rate            overshoot_target  o*, tolerated overshoot
     sigma           base exploration scale per knob (scale, clip, dampen), in policy units
@@ -75,6 +76,7 @@ class BrainConfig:
     z_grow: float = 1.0
     grow: float = 2.0
     shrink_pairs: int = 1
+    probe: float = 1.0
     z_shrink: float = 0.0
     horizon: float = 0.0
     exploit: float = 0.0

@@ -183,6 +183,11 @@ class BrainCore:
         """The trust α (``fusedgate.brain.safety.TrustGate``)."""
         return self.gate.alpha
 
+    @property
+    def probe_alpha(self) -> float:
+        """The trust of the tested window (the policy mean): min(1, probe·α), 0 when α is."""
+        return min(1.0, self.config.probe * self.alpha)
+
     # ---- observations -------------------------------------------------------------------------
     def _loss_features(self, losses: np.ndarray) -> np.ndarray:
         progress, noise = window_progress(losses)
@@ -303,7 +308,7 @@ class BrainCore:
         if role == 0:
             self.z = np.zeros((self.n_groups, 3))
         elif role == MEAN:
-            self.z = self.alpha * self.mu
+            self.z = self.probe_alpha * self.mu
         else:
             self.z = self.alpha * (self.mu + role * self.sigma * self.eps)
         self.decisions = knobs_from_z(self.z)
