@@ -132,6 +132,20 @@ def test_the_tested_window_runs_at_the_probe_trust_and_the_exploration_windows_a
     assert core.probe_alpha == 0.0                                        # α = 0 stays final at any probe
 
 
+def test_a_proposal_beyond_the_knob_ranges_is_clamped_before_the_trust_scales_it():
+    core = BrainCore(1, window=4, warmup_windows=1, seed=2, hypergrad=0.0)
+    core.end_window(np.array([3.0, 2.9, 2.8, 2.7]), np.zeros((1, 7)))
+    core.b[:] = [100.0, -100.0, 100.0]                  # far past every range (ES steps do not clip b)
+    core.mu = core._proposal()
+    for pos in range(4):
+        core.cycle_pos = pos
+        core._set_decision()
+        scale, clip, dampen = core.decisions[0]
+        a = core.alpha
+        assert 0.01 ** a - 1e-12 <= scale <= 10 ** a + 1e-12 and 0.1 ** a - 1e-12 <= clip <= 5 ** a + 1e-12
+        assert 0.0 <= dampen <= a
+
+
 def test_knob_mapping_and_progress():
     knobs = knobs_from_z(np.array([[0.0, 0.0, 0.0], [50.0, 50.0, 5.0], [-50.0, -50.0, -1.0]]))
     np.testing.assert_array_equal(knobs[0], [1.0, 1.0, 0.0])

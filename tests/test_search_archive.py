@@ -130,3 +130,17 @@ def test_import_evaluations_copies_only_missing_finished_runs(tmp_path):
     assert dst.evaluation(job(0)["job_key"])["val_curve"] == result(3.0)["val_curve"]
     assert dst.import_evaluations(str(tmp_path / "src.sqlite")) == 0
     dst.close()
+
+
+def test_a_resume_at_another_commit_keeps_the_start_commit_and_lists_every_one(tmp_path):
+    from fusedgate.search.tournament import record_code_commit
+
+    archive = Archive.create(str(tmp_path / "a.sqlite"), default_config())
+    notes = []
+    for commit in ("aaa", "aaa", "bbb", "bbb", "ccc"):
+        record_code_commit(archive, commit, notes.append)
+    assert archive.get_meta("code_commit") == "aaa"
+    assert archive.get_meta("code_commits") == "aaa bbb ccc"
+    assert notes == ["note: this archive was started at code commit aaa, resumed at bbb",
+                     "note: this archive was started at code commit aaa, resumed at ccc"]
+    archive.close()

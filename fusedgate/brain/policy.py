@@ -60,6 +60,8 @@ GROUP_FEATURES = ("log_grad_norm", "grad_spike", "alignment", "oscillation", "lo
 SCALE_RANGE = (0.01, 10.0)
 CLIP_RANGE = (0.1, 5.0)
 DAMPEN_RANGE = (0.0, 1.0)
+Z_LOW = np.array([math.log(SCALE_RANGE[0]), math.log(CLIP_RANGE[0]), DAMPEN_RANGE[0]])   # the knob ranges in z
+Z_HIGH = np.array([math.log(SCALE_RANGE[1]), math.log(CLIP_RANGE[1]), DAMPEN_RANGE[1]])
 MEAN = 2                 # the role of a window at the policy mean α·μ (no noise)
 ROLES = (1, -1, MEAN, 0)  # +ε, −ε, the policy mean, the neutral control: one cycle
 BLOWUP = math.log(2.0)  # a brain window whose late loss level is 2× the previous window's: a blow-up
@@ -236,7 +238,7 @@ class BrainCore:
             # the last ``exploit`` fraction of the run: no more exploration or control windows, the
             # trusted policy mean α·μ of the current observation is applied (nothing is learnt)
             self._observe(lf, feats)
-            self.z = self.alpha * (self.b + self.obs @ self.W.T)
+            self.z = self.alpha * self._proposal()
             self.decisions = knobs_from_z(self.z)
             self.cycle_pos = 0
             return self.decisions
@@ -297,11 +299,16 @@ class BrainCore:
 
     def _start_cycle(self, lf: np.ndarray, feats: np.ndarray) -> None:
         self._observe(lf, feats)
-        self.mu = self.b + self.obs @ self.W.T
+        self.mu = self._proposal()
         self.eps = self.rng.standard_normal((self.n_groups, 3))
         self.cycle_order = self.rng.permutation(np.array(ROLES, dtype=np.int64))
         self.cycle_pos = 0
         self.cycle_r[:] = 0.0
+
+    def _proposal(self) -> np.ndarray:
+        """μ = b + W·o for the current observation, clamped to the knob ranges in policy space (so that
+        z = α·μ keeps every knob within its range to the power α: the safety docstring's bound)."""
+        return np.clip(self.b + self.obs @ self.W.T, Z_LOW, Z_HIGH)
 
     def _set_decision(self) -> None:
         role = int(self.cycle_order[self.cycle_pos])
@@ -310,7 +317,7 @@ class BrainCore:
         elif role == MEAN:
             self.z = self.probe_alpha * self.mu
         else:
-            self.z = self.alpha * (self.mu + role * self.sigma * self.eps)
+            self.z = self.alpha * np.clip(self.mu + role * self.sigma * self.eps, Z_LOW, Z_HIGH)
         self.decisions = knobs_from_z(self.z)
 
     def _learn(self) -> None:

@@ -22,9 +22,10 @@ and on a grow or shrink the level's n and Σd restart (a level is judged on its 
 the previous window's (a blow-up), shrinks α at once. The brain starts at α = ``alpha_start`` (⅛)
 after its neutral warm-up windows.
 
-**The bound.** Deterministic: at trust α every knob is within a factor 10^α of neutral in scale and
-clip (z is clamped to the knob ranges) and dampen ≤ α; α ≤ ⅛ until a test has passed (scale and
-clip within 10^⅛ = 1.33× of neutral), ≤ ¼ until two have; and from α = ⅛ the first level whose pairs
+**The bound.** Deterministic: the proposals μ and μ ± σ⊙ε are clamped to the knob ranges in policy
+space (``policy.Z_LOW``/``Z_HIGH``) before α multiplies them, so at trust α the scale is within
+[0.01^α, 10^α], the clip within [0.1^α, 5^α] and dampen ≤ α; α ≤ ⅛ until a test has passed (the scale
+within [0.56, 1.33], the clip within [0.75, 1.22]), ≤ ¼ until two have; and from α = ⅛ the first level whose pairs
 sum below zero ends the policy: ⅛ · ¼ < α_min, so α = 0 — one cycle (4K steps) of evidence against it
 and the run is the base optimizer's for good. From α = 1 it takes ⌈log₄(16)⌉ + 1 = 3 such cycles.
 Measured (``tests/test_brain_safety.py`` reproduces it; 5000 simulated runs of 100 cycles, d drawn
@@ -44,6 +45,31 @@ final-loss one; and on a chaotic pair (its final loss moves by more than 1 % whe
 ``fusedgate brain-eval``'s ``nudge`` scenario measures this floor) any deviation at all — even α = ⅛
 for one cycle — spreads the final loss as far as that floor, whatever the policy's worth. The tuned-lr
 scenario measures the resulting final-loss ratio on both task families, beside that floor.
+
+**The probe** (``BrainConfig.probe``, default 1). The tested window — the policy mean — runs at
+min(1, probe·α)·μ while the exploration windows stay at α: the test then sees the effect of the trust it
+would grow into, not an eighth of it. Simulated with an effect linear in the trust (d ~ N(δ·trust of the
+tested window, 1), s known, 3000 runs of 100 cycles from the defaults; exposure = Σ over cycles of the brain
+windows' mean trust (2α + min(1, probe·α))/3, in full-trust cycles; ``tests/test_brain_safety.py`` checks it):
+
+    δ at full trust       −2        −1        −½        +½        +1        +2
+    probe 1   cycles>0    2.4       3.0       3.3       (P(full trust) 4 %, 7 %, 19 % for +½, +1, +2)
+              exposure    0.31      0.41      0.48
+    probe 4   cycles>0    1.2       1.8       2.4       (P(full trust) 14 %, 41 %, 79 %)
+              exposure    0.31      0.45      0.62
+    probe 8   cycles>0    1.0       1.2       1.8       (P(full trust) 22 %, 66 %, 97 %)
+              exposure    0.43      0.52      0.73
+
+so a probe costs a harmful policy little more exposure and lets a helpful one through. On the tuning
+family it did not pass the rule below (``bench/results/brain_tuning/README.md``, second sweep): the
+probes that rescued more failed one tuned pair through the short-horizon bias above.
+
+**What the growth schedule costs a rescue.** t ≤ √n whenever s ≥ the RMS of the pairs, so even a policy
+that wins every pair needs two pairs per level: ``fastest`` gives α = ⅛, ⅛, ¼, ¼, ½, ½, 1, … per cycle,
+a mean of 0.29 over the six cycles of a 300-step run. ``python -m fusedgate.bench.brain_ceiling`` trains a
+perfect ⅓-lr policy (scale 3, every test passed) under that schedule: it closes 33–91 % of the ⅓-lr gap on
+the tuning family's pairs but only −5–39 % on the held-out logreg and cnn pairs; with α = 1 from the
+first cycle (the window structure alone) 70–108 % (``bench/results/brain_ceiling.md``).
 
 The defaults (α₀ = ⅛, z_shrink = 0, grow = 2) were chosen on the tuning family (regression, mlp; seeds
 10–14) over 17 candidate settings, by the rule fixed before the runs: every tuned-lr ratio ≤ 1.01, then
@@ -99,6 +125,16 @@ class TrustGate:
         """The gate a ``BrainConfig`` describes, at α = ``alpha_start``."""
         return cls(config.alpha_start, config.alpha_min, config.z_grow, config.z_shrink, config.grow,
                    config.shrink_pairs)
+
+    def fastest(self, cycles: int) -> list[float]:
+        """α during each of the next ``cycles`` cycles if every pair passes (a copy of this gate is fed
+        d = 1 with no noise floor: the fastest it can grow). Not a forecast, a ceiling."""
+        gate = TrustGate(self.alpha, self.alpha_min, self.z_grow, self.z_shrink, self.grow, self.shrink_pairs)
+        out = []
+        for _ in range(cycles):
+            out.append(gate.alpha)
+            gate.after_cycle(1.0, 0.0)
+        return out
 
     def bad_window(self) -> None:
         """A non-finite or blown-up brain window: shrink at once, mid-cycle."""

@@ -206,9 +206,10 @@ def _global_grad_norm(params) -> float:
 
 
 def run_arm(task: str, optimizer: str, seed: int, arm: Arm, steps: int | None = None,
-            brain_kwargs: dict | None = None) -> dict:
+            brain_kwargs: dict | None = None, lr_factor: Callable[[int], float] | None = None) -> dict:
     """Train one (task, optimizer, seed, arm); returns the final loss, a train-loss curve, wall time and
-    the brain's report."""
+    the brain's report. ``lr_factor(step)``: a further multiplier of every lr at each step (on top of the
+    arm's ``lr_mult`` and schedule)."""
     from fusedgate.brain import OptBrain
     from fusedgate.nanochat.schedule import Schedule
 
@@ -229,9 +230,11 @@ def run_arm(task: str, optimizer: str, seed: int, arm: Arm, steps: int | None = 
     curve, diverged = [], False
     t0 = time.perf_counter()
     for step in range(steps):
-        if schedule is not None:
+        if schedule is not None or lr_factor is not None:
+            factor = (schedule.lr_multiplier(step) if schedule is not None else 1.0) * \
+                (lr_factor(step) if lr_factor is not None else 1.0)
             for g, lr in zip(base.param_groups, base_lrs):
-                g["lr"] = lr * schedule.lr_multiplier(step)
+                g["lr"] = lr * factor
         loss = problem.loss_at(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()

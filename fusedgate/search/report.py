@@ -40,11 +40,14 @@ def _plt():
 
 # ---------------------------------------------------------------------------- sections
 def section_setup(archive, cfg: SearchConfig, corpus: str) -> list[str]:
-    commit = archive.get_meta("code_commit") or "unknown"
+    commit = f"`{archive.get_meta('code_commit') or 'unknown'}`"
+    resumed = (archive.get_meta("code_commits") or "").split()[1:]
+    if resumed:
+        commit += " (resumed at " + ", ".join(f"`{c}`" for c in resumed) + ")"
     return [
         "## Set-up",
         "",
-        f"- archive `{archive.path}`, code at commit `{commit}`; preset `{cfg.preset}`, corpus `{corpus}`",
+        f"- archive `{archive.path}`, code at commit {commit}; preset `{cfg.preset}`, corpus `{corpus}`",
         f"- {len(archive.generations())} generation(s) of population {cfg.population}, {cfg.survivors} survivors",
         f"- screening {cfg.screen_steps} steps on seeds {list(cfg.screen_seeds)}; confirmation at "
         f"{', '.join(map(str, cfg.horizons))} steps on seeds {list(cfg.confirm_seeds)} "

@@ -336,6 +336,19 @@ def floors_of(archive, cfg, corpus) -> dict:
     return {h: noise_floor(archive, cfg, corpus, h) for h in cfg.horizons}
 
 
+def record_code_commit(archive, commit: str, log) -> None:
+    """Keep ``code_commit`` the commit the archive was started at, and ``code_commits`` every commit that
+    ran it, in order (a resume at a new commit is appended and noted in the log: nothing is overwritten)."""
+    started = archive.get_meta("code_commit")
+    if started is None:
+        archive.set_meta("code_commit", commit)
+    commits = (archive.get_meta("code_commits") or started or commit).split()
+    if commits[-1] != commit:
+        log(f"note: this archive was started at code commit {started}, resumed at {commit}")
+        commits.append(commit)
+    archive.set_meta("code_commits", " ".join(commits))
+
+
 def standings(archive, cfg: SearchConfig, corpus: str) -> list[dict]:
     """Every candidate with its screening aggregate, confirmation, transfer and (if run) holdout, best
     first. ``announced``: a multi-horizon win whose gain also holds at transfer."""
@@ -376,11 +389,7 @@ class Search:
 
     def run(self) -> list[dict]:
         cfg, corpus = self.cfg, self.check_corpus()
-        commit = code_commit()
-        if self.archive.get_meta("code_commit") not in (None, commit):
-            self.log(f"note: this archive was started at code commit {self.archive.get_meta('code_commit')}, "
-                     f"resumed at {commit}")
-        self.archive.set_meta("code_commit", commit)
+        record_code_commit(self.archive, code_commit(), self.log)
         for gen in range(cfg.generations):
             members = self.archive.population(gen) or self.make_generation(gen, corpus)
             self.log(f"generation {gen}: {len(members)} members ({sum(m['role'] == 'elite' for m in members)} elites)")
