@@ -60,18 +60,11 @@ class CompiledMuonAdamW(MuonAdamW):
     def _t(x: float) -> torch.Tensor:
         return torch.tensor(float(x), dtype=torch.float32)
 
-    def _adamw(self, group: dict) -> None:
+    def _adamw_update(self, p: torch.Tensor, state: dict, group: dict) -> None:
         beta1, beta2 = group["betas"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            state = self.state[p]
-            if not state:
-                state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-            state["step"] += 1
-            self._adamw_fn(p, p.grad, state["exp_avg"], state["exp_avg_sq"], self._t(state["step"]),
-                           self._t(group["lr"]), self._t(beta1), self._t(beta2), self._t(group["eps"]),
-                           self._t(group["weight_decay"]))
+        self._adamw_fn(p, p.grad, state["exp_avg"], state["exp_avg_sq"], self._t(state["step"]),
+                       self._t(group["lr"]), self._t(beta1), self._t(beta2), self._t(group["eps"]),
+                       self._t(group["weight_decay"]))
 
     def _muon(self, group: dict) -> None:
         params = group["params"]

@@ -102,7 +102,6 @@ class MuonAdamW(torch.optim.Optimizer):
         return result
 
     def _adamw(self, group: dict) -> None:
-        beta1, beta2 = group["betas"]
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -112,12 +111,17 @@ class MuonAdamW(torch.optim.Optimizer):
                 state["exp_avg"] = torch.zeros_like(p)
                 state["exp_avg_sq"] = torch.zeros_like(p)
             state["step"] += 1
-            t = state["step"]
-            p.mul_(1 - group["lr"] * group["weight_decay"])
-            state["exp_avg"].lerp_(p.grad, 1 - beta1)
-            state["exp_avg_sq"].lerp_(p.grad.square(), 1 - beta2)
-            denom = (state["exp_avg_sq"] / (1 - beta2**t)).sqrt_().add_(group["eps"])
-            p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1**t))
+            self._adamw_update(p, state, group)
+
+    def _adamw_update(self, p: torch.Tensor, state: dict, group: dict) -> None:
+        """AdamW's update of p in place at step t = state['step'] (nanochat's op order)."""
+        beta1, beta2 = group["betas"]
+        t = state["step"]
+        p.mul_(1 - group["lr"] * group["weight_decay"])
+        state["exp_avg"].lerp_(p.grad, 1 - beta1)
+        state["exp_avg_sq"].lerp_(p.grad.square(), 1 - beta2)
+        denom = (state["exp_avg_sq"] / (1 - beta2**t)).sqrt_().add_(group["eps"])
+        p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1**t))
 
     def _muon(self, group: dict) -> None:
         params = [p for p in group["params"] if p.grad is not None]
