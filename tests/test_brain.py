@@ -302,3 +302,23 @@ def test_a_nonfinite_loss_is_skipped_and_counted_and_the_base_step_runs(bad):
     reference = run("adamw", 40)
     for p, q in zip(model.parameters(), reference[0].parameters()):
         assert torch.equal(p, q)
+
+
+def test_a_group_the_clip_leaves_at_factor_one_keeps_its_gradients_bit_for_bit():
+    from fusedgate.brain.torch_features import TorchFeatures
+
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(8, 4, generator=gen)), torch.nn.Parameter(torch.randn(5, generator=gen))]
+    features = TorchFeatures([[params[0]], [params[1]]], window=4, sketch_size=8, seed=0)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    features.record_loss(0, 1.0)
+    features.grad_norms()
+    features.end_step()                                   # m̂ = this norm
+    grads = [p.grad.clone() for p in params]
+    versions = [p.grad._version for p in params]
+    features.record_loss(1, 1.0)
+    features.clip_(np.array([2.0, 0.5]))                  # τ = 2·m̂ (≥ ‖g‖: factor 1) and ½·m̂ (factor ½)
+    assert params[0].grad._version == versions[0] and torch.equal(params[0].grad, grads[0])   # not even written
+    assert params[1].grad._version > versions[1]
+    torch.testing.assert_close(params[1].grad, grads[1] * 0.5, rtol=1e-6, atol=0.0)

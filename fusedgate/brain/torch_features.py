@@ -147,7 +147,10 @@ class TorchFeatures:
             self._ratio_cache = (key, torch.as_tensor(np.where(np.isfinite(ratios), ratios, 0.0),
                                                       dtype=torch.float32, device=self.device))
         factor = (self.running_norm() * self._ratio_cache[1] / self.grad_norms().clamp_min(TINY)).clamp_max(1.0)
-        for gi in np.nonzero(np.isfinite(ratios))[0]:
+        clipped = np.nonzero(np.isfinite(ratios))[0]
+        if self.device.type == "cpu":   # reading the factors costs no sync here: a group at factor 1 is left alone
+            clipped = clipped[~(factor.numpy()[clipped] >= 1.0)]   # (×1 is exact; NaN factors still multiply)
+        for gi in clipped:
             grads = [p.grad for p in self.params_of_group[gi] if p.grad is not None]
             if grads:
                 torch._foreach_mul_(grads, factor[gi])
