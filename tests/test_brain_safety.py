@@ -47,20 +47,25 @@ def test_the_noise_scale_is_never_below_the_predicted_pair_noise():
     assert g.after_cycle(0.3, 1.0) == 1.0      # t = 0.6/(1·√2) < 1 with s = 1 (RMS of d would be 0.3)
 
 
-def simulate(delta, runs=2000, cycles=100, seed=0, make=None):
-    """Runs of the gate on d ~ N(delta, 1) with s = 1 known, α read *during* each cycle (before its d is
-    folded): (P(full trust), mean cycles at α > 0, Σα, 95th percentile of the cycles at α > 0)."""
+def simulate(delta, runs=2000, cycles=100, seed=0, make=None, probe=None):
+    """Runs of the gate with s = 1 known, α read *during* each cycle (before its d is folded):
+    (P(full trust), mean cycles at α > 0, mean exposure, 95th percentile of the cycles at α > 0).
+    Without ``probe``: d ~ N(delta, 1) and exposure Σα (the docstring's bound). With it (the probe
+    table): d ~ N(delta · the tested window's trust min(1, probe·α), 1) and exposure Σ (2α + that)/3."""
     rng = np.random.default_rng(seed)
     full, alive, exposure = 0, [], []
     for _ in range(runs):
         g = (make or default_gate)()
-        seen = []
+        seen, total = [], 0.0
         for _ in range(cycles):
+            tested = None if probe is None else min(1.0, probe * g.alpha)
             seen.append(g.alpha)
-            g.after_cycle(delta + rng.standard_normal(), 1.0)
+            total += g.alpha if tested is None else (2 * g.alpha + tested) / 3
+            effect = delta if tested is None else delta * tested
+            g.after_cycle(effect + rng.standard_normal(), 1.0)
         full += 1.0 in seen
         alive.append(sum(a > 0 for a in seen))
-        exposure.append(sum(seen))
+        exposure.append(total)
     return full / runs, float(np.mean(alive)), float(np.mean(exposure)), float(np.percentile(alive, 95))
 
 
@@ -91,33 +96,15 @@ def test_shrink_pairs_makes_a_level_wait_for_that_many_pairs_before_it_shrinks()
     assert g.after_cycle(-1.0, 1.0) == 0.25 and g.alpha == 0.0        # the second: ⅛·¼ < 1/16 → exactly neutral
 
 
-def simulate_linear(delta, probe, runs=1000, cycles=100, seed=0):
-    """The docstring's probe table: d ~ N(delta · the tested window's trust, 1), s = 1 known; returns
-    (P(full trust), mean cycles at α > 0, mean exposure Σ (2α + min(1, probe·α))/3)."""
-    rng = np.random.default_rng(seed)
-    full, alive, exposure = 0, [], []
-    for _ in range(runs):
-        g = TrustGate.of(BrainConfig(probe=probe))
-        seen, total = [], 0.0
-        for _ in range(cycles):
-            tested = min(1.0, probe * g.alpha)
-            seen.append(g.alpha)
-            total += (2 * g.alpha + tested) / 3
-            g.after_cycle(delta * tested + rng.standard_normal(), 1.0)
-        full += 1.0 in seen
-        alive.append(sum(a > 0 for a in seen))
-        exposure.append(total)
-    return full / runs, float(np.mean(alive)), float(np.mean(exposure))
-
 
 @pytest.mark.parametrize("probe, delta, cycles, exposure", [(1, -1.0, 3.3, 0.46), (4, -1.0, 2.0, 0.5),
                                                             (8, -1.0, 1.4, 0.58), (8, -2.0, 1.1, 0.48)])
 def test_the_probes_bound_for_a_harmful_policy(probe, delta, cycles, exposure):
-    full, alive, total = simulate_linear(delta, probe)
+    full, alive, total, _ = simulate(delta, runs=1000, probe=probe)
     assert full <= 0.005 and alive <= cycles and total <= exposure
 
 
 @pytest.mark.parametrize("probe, delta, p_full", [(1, 2.0, (0.1, 0.3)), (4, 2.0, (0.7, 0.88)), (8, 2.0, (0.93, 1.0))])
 def test_the_probe_lets_a_helpful_policy_through(probe, delta, p_full):
-    full, _, _ = simulate_linear(delta, probe, runs=500)
+    full, _, _, _ = simulate(delta, runs=500, probe=probe)
     assert p_full[0] <= full <= p_full[1]
