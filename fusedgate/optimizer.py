@@ -38,6 +38,11 @@ BACKENDS = F.BACKENDS
 STATE_FORMAT = state_checks.STATE_FORMAT
 
 
+def gated_by_kind(group: dict) -> bool | None:
+    """A group's ``kind`` decides for all its params: "muon" gated, "adamw" not; None for any other group."""
+    return {"muon": True, "adamw": False}.get(group.get("kind"))
+
+
 class FusedGate(torch.optim.Optimizer):
     """Gated Adam/Muon for matrix params, AdamW for the rest.
 
@@ -127,11 +132,9 @@ class FusedGate(torch.optim.Optimizer):
 
     def is_gated(self, group: dict, index: int, p: torch.Tensor) -> bool:
         """Whether parameter ``index`` of ``group`` gets the gated update (else AdamW)."""
-        kind = group.get("kind")
-        if kind == "adamw":
-            return False
-        if kind == "muon":
-            return True
+        by_kind = gated_by_kind(group)
+        if by_kind is not None:
+            return by_kind
         if p.ndim < 2:
             return False
         names = group.get("param_names")
@@ -208,13 +211,13 @@ class FusedGate(torch.optim.Optimizer):
         second_moment = uses(self.spec)[1]
         for group in self.param_groups:
             gated, plain = [], []
-            kind = group.get("kind")   # "muon" / "adamw" decide for the whole group (no per-parameter test)
+            by_kind = gated_by_kind(group)   # decided for the whole group, or per parameter (None)
             for index, p in enumerate(group["params"]):
                 if p.grad is None or (owns is not None and not owns(p)):
                     continue
                 if p.grad.is_sparse:
                     raise TypeError("FusedGate does not support sparse gradients")
-                is_gated = kind == "muon" if kind in ("muon", "adamw") else self.is_gated(group, index, p)
+                is_gated = by_kind if by_kind is not None else self.is_gated(group, index, p)
                 (gated if is_gated else plain).append(p)
             if gated:
                 stacks.append(Stack(gated, [p.grad for p in gated],
