@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import sys
 import tempfile
 
 import torch
@@ -33,6 +32,7 @@ import torch.multiprocessing as mp
 from fusedgate.argtypes import int_in
 from fusedgate.cli import OneLineErrorParser
 from fusedgate.files import markdown_table
+from fusedgate.ranks import exit_rank
 
 
 def _model(depth: int, vocab: int):
@@ -104,13 +104,7 @@ def _worker(rank: int, world: int, store: str, depth: int, vocab: int, out: str,
     dist.all_gather_object(everyone := [None] * world, (state_bytes(opt), sent))
     if rank == 0:
         torch.save(everyone, out)
-    dist.barrier()   # no rank tears gloo down while a peer still talks to it (a SIGABRT at exit otherwise)
-    dist.destroy_process_group()
-    # the result is on disk and the group is gone: leave without the interpreter's teardown, where gloo's
-    # threads can still abort the process ("terminate called without an active exception", seen in CI)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_rank(0)   # the result is on disk
 
 
 def fsdp2_sent(depth: int, vocab: int, world: int, preset: str = "gated") -> int:

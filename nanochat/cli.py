@@ -250,13 +250,9 @@ def _free_port() -> int:
 def _rank_main(rank: int, args: argparse.Namespace, world: int, port: int) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    code = main(args)
-    import torch.distributed as dist
+    from fusedgate.ranks import exit_rank
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    if code:
-        sys.exit(code)
+    exit_rank(main(args))
 
 
 def _join_process_group(args: argparse.Namespace) -> int:
