@@ -169,3 +169,43 @@ def test_brain_eval_reports_the_heldout_family_beside_the_tuning_one(tmp_path, c
     nudge = next(r for r in record["rows"] if r["scenario"] == "nudge" and r["task"] == "logreg")
     assert all(math.isfinite(x) and x != 1.0 for x in nudge["ratios"])   # 1.01× lr: a real, different run
     capsys.readouterr()
+
+
+def test_ratio_interval_is_the_t_interval_of_the_log_ratios():
+    ratios = [1.10, 0.95, 1.02, 0.99, 1.20]
+    logs = [math.log(r) for r in ratios]
+    m = sum(logs) / 5
+    sd = math.sqrt(sum((x - m) ** 2 for x in logs) / 4)
+    half = 2.7764451051977987 * sd / math.sqrt(5)       # Student's t, 97.5 % quantile, 4 degrees of freedom
+    row = summarise("tuned", "t", "o", {"base": dict.fromkeys(range(5), 1.0),
+                                        "brain": dict(enumerate(ratios))})
+    assert row["ci95"] == pytest.approx((math.exp(m - half), math.exp(m + half)), rel=1e-8)
+    one = summarise("tuned", "t", "o", {"base": {0: 1.0}, "brain": {0: 1.1}})
+    assert all(math.isnan(x) for x in one["ci95"])     # one seed: no interval
+
+
+def test_from_rewrites_the_report_from_saved_runs_without_training(tmp_path, capsys):
+    first, again = tmp_path / "first", tmp_path / "again"
+    assert main(["brain-eval", *TINY, "--scenarios", "tuned,nudge", "--out", str(first)]) == 0
+    saved = json.loads((first / "brain_eval.json").read_text())
+    assert main(["brain-eval", "--from", str(first / "brain_eval.json"), "--scenarios", "tuned",
+                 "--out", str(again), "--no-progress"]) == 0
+    redone = json.loads((again / "brain_eval.json").read_text())
+    assert redone["runs"] == saved["runs"]                          # nothing lost, nothing retrained
+    assert redone["rows"] == [r for r in saved["rows"] if r["scenario"] == "tuned"]
+    assert "rewritten from that run's `brain_eval.json`" in (again / "brain_eval.md").read_text()
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read it"), ("{", "not valid JSON"), ("[]", "not a brain_eval.json"),
+    ('{"meta": {}, "runs": [{"task": "regression"}]}', "run 0 is not a brain-eval run"),
+    ('{"meta": {}, "runs": []}', "holds no runs"),
+])
+def test_from_refuses_a_bad_file_in_one_line(tmp_path, capsys, content, message):
+    path = tmp_path / "saved.json"
+    if content is not None:
+        path.write_text(content)
+    assert main(["brain-eval", "--from", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1

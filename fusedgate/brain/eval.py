@@ -27,12 +27,14 @@ import platform
 import sys
 import time
 
+from fusedgate.brain.overhead import measure_overhead, state_bytes_8_groups
 from fusedgate.brain.scenarios import ARMS, SCENARIOS, applies, arms_for, family, summarise, targets
 from fusedgate.brain.tasks import FAMILIES, OPTIMIZERS, TASKS
 from fusedgate.files import ReadError, WriteError, check_writable_folder, read_text
 
 DEFAULT_OUT = os.path.join("fusedgate-results", "brain_eval")
 MAX_INIT_BYTES = 1_000_000  # OptBrain arguments are a few hundred bytes
+MAX_RUNS_BYTES = 512_000_000  # a 5-seed run of every scenario writes ~1.4 MB
 MAX = {"--seeds": 1000, "--steps": 1_000_000, "--window": 100_000, "--threads": 1024}
 
 
@@ -104,6 +106,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=DEFAULT_OUT,
                         help=f"folder for brain_eval.md/.json/.png (default ./{DEFAULT_OUT})")
     parser.add_argument("--no-overhead", action="store_true", help="skip the per-step overhead measurement")
+    parser.add_argument("--from", dest="from_json", metavar="FILE", default=None,
+                        help="no training: rewrite the report in --out from the runs of a saved brain_eval.json "
+                             "(its seeds; --tasks/--optimizers/--scenarios select among them; its overhead and "
+                             "state figures are kept)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -138,6 +144,40 @@ def read_init(path: str | None) -> dict:
     return kwargs
 
 
+def read_runs(path: str) -> tuple[dict, list[dict]]:
+    """A saved ``brain_eval.json``: (its record, its runs with ``arm`` an ``Arm`` and ``final`` a float,
+    None read back as NaN). Anything else is a one-line UsageError."""
+    from fusedgate.brain.tasks import Arm
+
+    try:
+        record = json.loads(read_text(path, "--from file", MAX_RUNS_BYTES))
+    except ReadError as exc:
+        raise UsageError(f"--from {path}: cannot read it: {exc.reason}") from None
+    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
+        raise UsageError(f"--from {path}: not valid JSON ({exc})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("runs"), list) or not isinstance(
+            record.get("meta"), dict):
+        raise UsageError(f"--from {path}: not a brain_eval.json (no 'meta' object and 'runs' list)")
+    fields = {f.name for f in dataclasses.fields(Arm)}
+    runs = []
+    for i, run in enumerate(record["runs"]):
+        try:
+            arm = run["arm"]
+            if not isinstance(arm, dict) or set(arm) != fields:
+                raise TypeError(f"arm {arm!r}")
+            final = math.nan if run["final"] is None else float(run["final"])
+            if run["task"] not in TASKS or run["optimizer"] not in OPTIMIZERS or type(run["seed"]) is not int:
+                raise TypeError(f"task/optimizer/seed {run['task']!r}/{run['optimizer']!r}/{run['seed']!r}")
+            if arm["brain"] and not isinstance(run["report"]["alpha"], (int, float)):
+                raise TypeError("a brain run without its report's alpha")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"--from {path}: run {i} is not a brain-eval run ({exc})") from None
+        runs.append(dict(run, arm=Arm(**arm), final=final))
+    if not runs:
+        raise UsageError(f"--from {path}: it holds no runs")
+    return record, runs
+
+
 def check_out(out: str) -> str:
     """Create ``out`` if needed and prove it writable (a probe file), so a run never fails at the end."""
     path = os.path.abspath(out)
@@ -151,102 +191,6 @@ def check_out(out: str) -> str:
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
     return path
-
-
-# ---- overhead -------------------------------------------------------------------------------------
-def measure_overhead(blocks: int = 7, steps: int = 20) -> dict:
-    """Per-step cost of the brain on the NanoChat ``tiny`` preset model (depth 2, context 128, batch 16)
-    with AdamW, one thread. Full training steps (forward, backward, step) in alternating blocks, medians;
-    and — the precise number, since 0.1 % is below the full step's noise — the optimizer step alone on the
-    same gradients, base vs brain interleaved step by step, median difference. Brain arms: ``neutral``
-    (frozen at (1, 1, 0): the features and bookkeeping only) and ``learning`` (exploring as in a run, its
-    trust held at α = 1 so that the safety gate cannot turn it neutral during the measurement)."""
-    import statistics
-
-    import torch
-
-    from fusedgate.brain import OptBrain
-    from fusedgate.nanochat.data import load_data, train_batch
-    from fusedgate.nanochat.model import GPT, GPTConfig
-    from fusedgate.nanochat.presets import get_preset
-
-    preset = get_preset("tiny")
-    data = load_data(None, "byte", preset.max_corpus_bytes)
-    config = GPTConfig.from_depth(preset.depth, data.vocab_size, preset.seq_len, preset.aspect_ratio,
-                                  preset.head_dim)
-
-    def build(kind):
-        torch.manual_seed(0)
-        model = GPT(config)
-        groups = model.param_groups(preset.embedding_lr, preset.unembedding_lr, preset.matrix_lr, 0.0,
-                                    matrix_kind="adamw", adam_matrix_lr=preset.adam_matrix_lr)
-        base = torch.optim.AdamW([{k: g[k] for k in ("params", "lr", "betas", "eps", "weight_decay")}
-                                  for g in groups])
-        if kind == "base":
-            return model, base
-        if kind == "neutral":
-            brain = OptBrain(base, warmup_windows=1)
-            brain.freeze()
-        else:   # the trust held at 1 (no test can shrink it): the knobs stay on, exploring, the costliest case
-            brain = OptBrain(base, warmup_windows=1, alpha_start=1.0, z_shrink=10.0)
-        return model, brain
-
-    arms = {kind: build(kind) for kind in ("base", "neutral", "learning")}
-
-    def one_step(kind, t):
-        model, opt = arms[kind]
-        x, y = train_batch(data, 0, t, preset.batch_size, preset.seq_len)
-        loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step(loss=loss.detach()) if kind != "base" else opt.step()
-
-    full = {k: [] for k in arms}
-    t = 0
-    for _ in range(blocks):
-        for kind in arms:
-            t0 = time.perf_counter()
-            for s in range(steps):
-                one_step(kind, t + s)
-            full[kind].append((time.perf_counter() - t0) / steps)
-        t += steps
-    # optimizer step only: the same gradients every time (grads of one batch, copied in)
-    step_only = {k: [] for k in arms}
-    for kind in arms:
-        one_step(kind, 0)
-    grads = [p.grad.clone() for p in arms["base"][0].parameters()]
-    for _ in range(200):
-        for kind, (model, opt) in arms.items():
-            for p, g in zip(model.parameters(), grads):
-                p.grad.copy_(g)
-            loss = torch.tensor(3.0)
-            t0 = time.perf_counter()
-            opt.step(loss=loss) if kind != "base" else opt.step()
-            step_only[kind].append(time.perf_counter() - t0)
-    base_full = statistics.median(full["base"])
-    out = {"model": "nanochat tiny (depth 2, context 128, batch 16), AdamW",
-           "params": sum(p.numel() for p in arms["base"][0].parameters()),
-           "groups": len(arms["base"][1].param_groups), "base_full_ms": 1000 * base_full,
-           "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan}
-    for kind in ("neutral", "learning"):
-        extra = statistics.median(step_only[kind]) - statistics.median(step_only["base"])
-        out[kind] = {"full_ms": 1000 * statistics.median(full[kind]),
-                     "full_overhead": statistics.median(full[kind]) / base_full - 1.0,
-                     "step_extra_us": 1e6 * extra, "overhead": extra / base_full}
-    out["base_step_us"] = 1e6 * statistics.median(step_only["base"])
-    out["learning"]["report"] = arms["learning"][1].report()
-    return out
-
-
-def state_bytes_8_groups() -> tuple[int, int]:
-    import torch
-
-    from fusedgate.brain import OptBrain
-
-    layers = torch.nn.ModuleList([torch.nn.Linear(64, 64) for _ in range(8)])
-    brain = OptBrain(torch.optim.AdamW([{"params": list(m.parameters())} for m in layers]))
-    numpy_brain = OptBrain(None, n_groups=8)
-    return brain.state_nbytes(), numpy_brain.state_nbytes()
 
 
 # ---- the grid -------------------------------------------------------------------------------------
@@ -279,14 +223,21 @@ def run_grid(args, brain_kwargs: dict) -> tuple[list[dict], list[dict]]:
         bar.set_postfix_str(f"{task} {opt} seed {seed}")
         runs.append(run_arm(task, opt, seed, arm, steps=args.steps, brain_kwargs=brain_kwargs))
     bar.close()
+    return runs, rows_from_runs(runs, args.scenarios, args.tasks, args.optimizers, range(args.seeds))
+
+
+def rows_from_runs(runs: list[dict], scenarios, tasks, optimizers, seeds) -> list[dict]:
+    """The scenario rows of the trained runs: one per scenario × task × optimizer whose arms all ran
+    on every seed (a row with a missing run is left out, never filled in)."""
     finals = {(r["task"], r["optimizer"], r["arm"], r["seed"]): r["final"] for r in runs}
     rows = []
-    for scenario in args.scenarios:
-        for task in args.tasks:
-            for opt in args.optimizers:
-                if not applies(scenario, task, opt):
+    for scenario in scenarios:
+        for task in tasks:
+            for opt in optimizers:
+                if not applies(scenario, task, opt) or any((task, opt, arm, s) not in finals
+                                                           for arm in ARMS[scenario].values() for s in seeds):
                     continue
-                per_arm = {name: {s: finals[(task, opt, arm, s)] for s in range(args.seeds)}
+                per_arm = {name: {s: finals[(task, opt, arm, s)] for s in seeds}
                            for name, arm in ARMS[scenario].items()}
                 row = summarise(scenario, task, opt, per_arm)
                 row["family"] = family(row)
@@ -294,7 +245,7 @@ def run_grid(args, brain_kwargs: dict) -> tuple[list[dict], list[dict]]:
                 row["alpha"] = [r["report"]["alpha"] for r in runs if r["task"] == task and r["optimizer"] == opt
                                 and brain_arm is not None and r["arm"] == brain_arm]
                 rows.append(row)
-    return runs, rows
+    return rows
 
 
 def _brain_arm(scenario: str) -> str:
@@ -314,6 +265,39 @@ def _plain(x):
     return x
 
 
+def train_and_measure(args, brain_kwargs: dict):
+    """The grid's runs and rows, the overhead and the state size, and the run's meta."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    runs, rows = run_grid(args, brain_kwargs)
+    overhead = None if args.no_overhead else measure_overhead()
+    state = state_bytes_8_groups()
+    meta = {"command": command_line(args), "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
+            "threads": args.threads, "wall_s": time.perf_counter() - t0, "brain_kwargs": brain_kwargs,
+            "steps": {r["task"]: r["steps"] for r in runs}}
+    return rows, runs, meta, overhead, state
+
+
+def rerender(record: dict, runs: list[dict], args):
+    """Rows from saved runs (their own seeds, tasks and optimizers ∩ the chosen ones); the saved meta,
+    overhead and state."""
+    seeds = sorted({r["seed"] for r in runs})
+    tasks = [t for t in args.tasks if any(r["task"] == t for r in runs)]
+    optimizers = [o for o in args.optimizers if any(r["optimizer"] == o for r in runs)]
+    rows = rows_from_runs(runs, args.scenarios, tasks, optimizers, seeds)
+    if not rows:
+        raise UsageError(f"--from {args.from_json}: no scenario of {','.join(args.scenarios)} has all its runs there")
+    saved = record.get("state_bytes_8_groups") or {}
+    state = (saved["torch"], saved["numpy"]) if {"torch", "numpy"} <= set(saved) else state_bytes_8_groups()
+    meta = dict(record["meta"], rewritten_from=os.path.basename(args.from_json))
+    missing = {"command", "machine", "threads", "wall_s", "brain_kwargs", "steps"} - set(meta)
+    if missing:
+        raise UsageError(f"--from {args.from_json}: its meta lacks {', '.join(sorted(missing))}")
+    return rows, meta, record.get("overhead"), state
+
+
 def main(args: argparse.Namespace) -> int:
     from fusedgate.brain.report import markdown, plot
 
@@ -328,17 +312,15 @@ def main(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"fusedgate brain-eval: error: {exc}", file=sys.stderr)
         return 2
-    import torch
-
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    runs, rows = run_grid(args, brain_kwargs)
-    overhead = None if args.no_overhead else measure_overhead()
-    state = state_bytes_8_groups()
-    wall = time.perf_counter() - t0
-    meta = {"command": command_line(args), "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
-            "threads": args.threads, "wall_s": wall, "brain_kwargs": brain_kwargs,
-            "steps": {r["task"]: r["steps"] for r in runs}}
+    if args.from_json is not None:
+        try:
+            record, runs = read_runs(args.from_json)
+            rows, meta, overhead, state = rerender(record, runs, args)
+        except UsageError as exc:
+            print(f"fusedgate brain-eval: error: {exc}", file=sys.stderr)
+            return 2
+    else:
+        rows, runs, meta, overhead, state = train_and_measure(args, brain_kwargs)
     text = markdown(rows, targets(rows), meta, overhead, state)
     with open(os.path.join(out, "brain_eval.md"), "w", encoding="utf-8") as f:
         f.write(text)

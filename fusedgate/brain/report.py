@@ -34,6 +34,11 @@ def _spread(r: list[float]) -> str:
     return f"{_f(min(fin), 3)}–{_f(max(fin), 3)}" if fin else "nan"
 
 
+def _ci(row: dict) -> str:
+    lo, hi = row.get("ci95") or (math.nan, math.nan)
+    return f"{_f(lo, 3)}–{_f(hi, 3)}" if lo is not None and math.isfinite(lo) else "–"
+
+
 def _div(row: dict) -> str:
     return ", ".join(f"{n} {k}" for n, k in row["diverged"].items() if k) or "0"
 
@@ -41,11 +46,13 @@ def _div(row: dict) -> str:
 def scenario_table(scenario: str, rows: list[dict]) -> list[str]:
     arms = list(ARMS[scenario])
     head = ["family", "task", "optimizer"] + [f"{a} (mean)" for a in arms] + {
-        "tuned": ["ratio brain/base", "min–max", "brain better", "α"],
-        "nudge": ["ratio base×1.01/base", "min–max", "lower"],
-        "fusedgate": ["ratio brain/base", "min–max", "brain better", "α"],
-        "lr_x3": ["cost of the mis-set lr", "ratio brain/base", "min–max", "brain better", "gap closed", "α"],
-        "lr_div3": ["cost of the mis-set lr", "ratio brain/base", "min–max", "brain better", "gap closed", "α"],
+        "tuned": ["ratio brain/base", "95 % CI", "min–max", "brain better", "α"],
+        "nudge": ["ratio base×1.01/base", "95 % CI", "min–max", "lower"],
+        "fusedgate": ["ratio brain/base", "95 % CI", "min–max", "brain better", "α"],
+        "lr_x3": ["cost of the mis-set lr", "ratio brain/base", "95 % CI", "min–max", "brain better", "gap closed",
+                  "α"],
+        "lr_div3": ["cost of the mis-set lr", "ratio brain/base", "95 % CI", "min–max", "brain better", "gap closed",
+                    "α"],
         "schedule": ["schedule/const", "brain/const", "min–max", "brain better", "gain recovered", "α"],
         "clipping": ["fixed clip/none", "brain/none", "min–max", "brain/fixed clip", "α"],
     }.get(scenario, []) + ["diverged"]
@@ -54,11 +61,12 @@ def scenario_table(scenario: str, rows: list[dict]) -> list[str]:
         cells = [row.get("family", ""), row["task"], row["optimizer"]] + [_f(row["mean"][a]) for a in arms]
         alpha = _f(statistics.fmean(row["alpha"]), 2) if row["alpha"] else "–"
         if scenario in ("tuned", "fusedgate"):
-            cells += [f"**{_f(row['ratio'])}**", _spread(row["ratios"]), f"{row['wins']}/{len(row['seeds'])}", alpha]
+            cells += [f"**{_f(row['ratio'])}**", _ci(row), _spread(row["ratios"]), f"{row['wins']}/{len(row['seeds'])}",
+                      alpha]
         elif scenario == "nudge":
-            cells += [f"**{_f(row['ratio'])}**", _spread(row["ratios"]), f"{row['wins']}/{len(row['seeds'])}"]
+            cells += [f"**{_f(row['ratio'])}**", _ci(row), _spread(row["ratios"]), f"{row['wins']}/{len(row['seeds'])}"]
         elif scenario in ("lr_x3", "lr_div3"):
-            cells += [f"×{_f(row['mis_set_cost'], 3)}", f"**{_f(row['ratio'])}**", _spread(row["ratios"]),
+            cells += [f"×{_f(row['mis_set_cost'], 3)}", f"**{_f(row['ratio'])}**", _ci(row), _spread(row["ratios"]),
                       f"{row['wins']}/{len(row['seeds'])}", _pct(row["gap_closed"]), alpha]
         elif scenario == "schedule":
             cells += [_f(row["schedule_ratio"]), f"**{_f(row['ratio'])}**", _spread(row["ratios"]),
@@ -78,7 +86,9 @@ def markdown(rows: list[dict], targets: list[dict], meta: dict, overhead: dict |
         f"Machine: {meta['machine']}, torch threads {meta['threads']}; total wall {meta['wall_s'] / 60:.1f} min. "
         f"Tasks, arms and learning rates: `fusedgate/brain/tasks.py`; scenarios: `fusedgate/brain/scenarios.py` "
         f"(steps: {', '.join(f'{t} {s}' for t, s in meta['steps'].items())}). "
-        f"OptBrain arguments: {meta['brain_kwargs'] or 'defaults'}.",
+        f"OptBrain arguments: {meta['brain_kwargs'] or 'defaults'}."
+        + (f" This report was rewritten from that run's `{meta['rewritten_from']}` by `fusedgate brain-eval "
+           "--from` (the same runs, summarised by the current code)." if meta.get("rewritten_from") else ""),
         "",
         "Two task families: **tuning** (regression, mlp, nanochat — OptBrain's defaults were chosen on "
         "these, on seeds 10–14) and **heldout** (logreg, cnn, charrnn — `fusedgate/brain/heldout.py`, "
@@ -113,22 +123,43 @@ def markdown(rows: list[dict], targets: list[dict], meta: dict, overhead: dict |
         lines.append(markdown_table(head, per_seed))
     lines += ["", "## Overhead and size", ""]
     if overhead:
-        n, le = overhead["neutral"], overhead["learning"]
-        lines += [f"{overhead['model']}, {overhead['params']:,} parameters, {overhead['groups']} groups, one thread, "
-                  f"load average {overhead['load_average']:.2f}. Full step (forward, backward, step; median of "
-                  f"alternating blocks): base {overhead['base_full_ms']:.2f} ms, brain neutral "
-                  f"{n['full_ms']:.2f} ms ({100 * n['full_overhead']:+.2f} %), brain learning {le['full_ms']:.2f} ms "
-                  f"({100 * le['full_overhead']:+.2f} %) — below this noise level the full-step ratio cannot resolve "
-                  "0.1 %, so the overhead is measured on the optimizer step alone (same gradients, interleaved, "
-                  f"medians of 200): base step {overhead['base_step_us']:.0f} µs; the brain adds "
-                  f"**{n['step_extra_us']:.1f} µs neutral** ({100 * n['overhead']:.3f} % of the full step) and "
-                  f"**{le['step_extra_us']:.1f} µs while learning** ({100 * le['overhead']:.3f} %; trust held at "
-                  f"α = {le['report']['alpha']:g}, its knobs at the end: {le['report']['mean_decisions']}).", ""]
+        lines += overhead_paragraphs(overhead)
     lines += [f"Brain state for 8 parameter groups (what `save` writes, without dampen buffers): "
               f"{state[0]:,} bytes (torch wrapper), {state[1]:,} bytes (numpy mode); budget 51,200 bytes. "
               "While a group's dampen knob is on, the wrapper also keeps one smoothing buffer the size of "
               "that group's parameters, plus a transient copy of them during the step."]
     return "\n".join(lines) + "\n"
+
+
+def overhead_paragraphs(overhead: dict) -> list[str]:
+    """The overhead measurement (``fusedgate.brain.overhead.measure_overhead``) as markdown lines."""
+    n, le = overhead["neutral"], overhead["learning"]
+    lines = [f"{overhead['model']}, {overhead['params']:,} parameters, {overhead['groups']} groups, one thread, "
+             f"load average {overhead['load_average']:.2f}. Full step (forward, backward, step; median of "
+             f"alternating blocks): base {overhead['base_full_ms']:.2f} ms, brain neutral "
+             f"{n['full_ms']:.2f} ms ({100 * n['full_overhead']:+.2f} %), brain learning {le['full_ms']:.2f} ms "
+             f"({100 * le['full_overhead']:+.2f} %) — below this noise level the full-step ratio cannot resolve "
+             "0.1 %, so the overhead is measured on the optimizer step alone (same gradients, interleaved, "
+             f"medians of {overhead.get('repeats', 200)}): base step {overhead['base_step_us']:.0f} µs; the brain adds "
+             f"**{n['step_extra_us']:.1f} µs neutral** ({100 * n['overhead']:.3f} % of the full step) and "
+             f"**{le['step_extra_us']:.1f} µs while learning** ({100 * le['overhead']:.3f} %; trust held at "
+             f"α = {le['report']['alpha']:g}, its knobs at the end: {le['report']['mean_decisions']}).",
+             ""]
+    floor = _floor_sentence(overhead)
+    return lines + ([floor, ""] if floor else [])
+
+
+def _floor_sentence(overhead: dict) -> str:
+    """The generic mechanism's floor (``fusedgate.brain.overhead``) beside the measured overhead."""
+    if "floor" not in overhead:
+        return ""
+    duty, share = overhead["duty"], overhead["pass_us"] / (1000 * overhead["base_full_ms"])
+    return (f"**The floor.** One read of every gradient (`torch._foreach_norm`) costs {overhead['pass_us']:.0f} µs "
+            f"({100 * share:.3f} % of the full step). While learning, the clip acted on {100 * duty['clip']:.0f} % "
+            "of the parameter-steps (≥ 1 pass: the norm; a second when a group clips) and dampen on "
+            f"{100 * duty['dampen']:.0f} % (≥ 4: a copy, Δ, u, before + u), so no implementation of these knobs "
+            f"costs less than {overhead['floor_us']:.0f} µs (**{100 * overhead['floor']:.3f} %**) per step "
+            "here.")
 
 
 def plot(rows: list[dict], path: str) -> None:

@@ -2,7 +2,8 @@
 
 Every scenario compares arms (``fusedgate.brain.tasks.Arm``) trained with the same seed — same init,
 same batches, same planted spikes — and summarises each task × optimizer pair over the seeds. With
-L(arm) a final loss (lower is better):
+L(arm) a final loss (lower is better), every ratio with its 95 % t interval over the seeds (of the
+mean log-ratio: with few seeds and a chaotic pair it is wide, and says so):
 
 * ``tuned``    — the brain at the base's tuned constant lr: ratio L(brain)/L(base). Promise: never
   more than 1 % worse (geometric-mean ratio ≤ 1.01).
@@ -31,6 +32,7 @@ import math
 import statistics
 
 from fusedgate.brain.tasks import FAMILIES, Arm
+from fusedgate.search.stats import mean_sd, t_quantile
 
 SCENARIOS = ("tuned", "nudge", "lr_x3", "lr_div3", "schedule", "clipping", "fusedgate")
 
@@ -66,6 +68,17 @@ def applies(scenario: str, task: str, optimizer: str) -> bool:
 def geomean(values: list[float]) -> float:
     finite = [v for v in values if math.isfinite(v) and v > 0]
     return math.exp(statistics.fmean(math.log(v) for v in finite)) if finite else math.nan
+
+
+def geomean_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Two-sided t interval of the geometric mean: exp(mean ± t·sd/√n) of the logs of the finite
+    positive values (the seeds' paired log-ratios); (nan, nan) for fewer than two."""
+    logs = [math.log(v) for v in values if math.isfinite(v) and v > 0]
+    if len(logs) < 2:
+        return math.nan, math.nan
+    m, sd = mean_sd(logs)
+    half = t_quantile(0.5 + confidence / 2, len(logs) - 1) * sd / math.sqrt(len(logs))
+    return math.exp(m - half), math.exp(m + half)
 
 
 def _mean(values: list[float]) -> float:
@@ -112,6 +125,8 @@ def summarise(scenario: str, task: str, optimizer: str, finals: dict[str, dict[i
         row.update(ratio=geomean(r), ratios=r, wins=sum(x < 1 for x in r if math.isfinite(x)),
                    clip_ratio=geomean(ratios("fixed clip", "none")),
                    brain_vs_clip=geomean(ratios("brain", "fixed clip")))
+    if "ratios" in row:
+        row["ci95"] = geomean_interval(row["ratios"])
     return row
 
 
@@ -128,6 +143,11 @@ def targets(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _interval(row: dict) -> str:
+    lo, hi = row.get("ci95", (math.nan, math.nan))
+    return f"{lo:.3g}–{hi:.3g}" if math.isfinite(lo) else "n/a"
+
+
 def _family_targets(fam: str, rows: list[dict]) -> list[dict]:
     def pick(scenario, **where):
         return [r for r in rows if r["scenario"] == scenario and all(r[k] == v for k, v in where.items())]
@@ -138,7 +158,8 @@ def _family_targets(fam: str, rows: list[dict]) -> list[dict]:
         worst = max(tuned, key=lambda r: r["ratio"] if math.isfinite(r["ratio"]) else math.inf)
         out.append({"family": fam, "target": "tuned lr: never more than 1 % worse than the base (every pair's "
                     "geomean ratio ≤ 1.01)", "measured": f"worst {worst['task']}/{worst['optimizer']} "
-                    f"{worst['ratio']:.3f}; {sum(r['ratio'] <= 1.01 for r in tuned)} of {len(tuned)} pairs ≤ 1.01",
+                    f"{worst['ratio']:.3f} (95 % CI {_interval(worst)}); {sum(r['ratio'] <= 1.01 for r in tuned)} "
+                    f"of {len(tuned)} pairs ≤ 1.01",
                     "met": all(math.isfinite(r["ratio"]) and r["ratio"] <= 1.01 for r in tuned)})
     div3 = pick("lr_div3")
     if div3:

@@ -147,14 +147,15 @@ class TorchBrain(OptBrain):
             self._dampen(g, d, before[g])
 
     def _dampen(self, g: int, d: float, before: list[torch.Tensor]) -> None:
-        """u ← u + (1−d)(Δ − u), params ← before + u, with Δ the base's update (in place)."""
+        """u ← u + (1−d)(Δ − u), params ← before + u, with Δ the base's update (in place).
+        Three passes over the group after the step: Δ into the params, u, then before + u into the params."""
         params = [p.detach() for p in self.features.params_of_group[g]]
         if self._dampen_valid[g]:
             buf = self._dampen_buf[g]
             torch._foreach_sub_(params, before)
             torch._foreach_lerp_(buf, params, 1.0 - d)
-            torch._foreach_add_(before, buf)
-            torch._foreach_copy_(params, before)
+            for p, b, u in zip(params, before, buf):   # no foreach form with out=: one pass, not add_ + copy_
+                torch.add(b, u, out=p)
         else:                                  # first damped step: u = Δ, params untouched
             self._dampen_buf[g] = torch._foreach_sub(params, before)
             self._dampen_valid[g] = True

@@ -1,0 +1,172 @@
+"""What OptBrain costs per step, and what it could cost at best: the ``brain-eval`` overhead section.
+
+    python -m fusedgate.brain.overhead --out DIR     # this section alone: DIR/brain_overhead.{md,json}
+
+Model: the NanoChat ``tiny`` preset (depth 2, context 128, batch 16) with AdamW, one thread. Arms:
+``base`` (AdamW alone), ``neutral`` (a brain frozen at (1, 1, 0): features and bookkeeping only) and
+``learning`` (exploring as in a run, its trust held at α = 1 so the safety gate cannot turn it neutral
+during the measurement: the costliest case).
+
+Two measurements. Full training steps (forward, backward, step) in alternating blocks, medians — the
+honest end-to-end number, but its noise is far above 0.1 %. And the optimizer step alone on the same
+gradients, the arms interleaved step by step, median difference to the base: the precise number.
+
+The floor. The generic mechanism's knobs touch every gradient or parameter of a group: the clip reads
+the gradients for their norm (one pass) and, when a group clips, scales them (a second); dampen copies
+the parameters before the step and then needs Δ, u and before + u (4 passes, each at least a read).
+With P the time of one read of every gradient (``torch._foreach_norm``) and f_clip, f_dampen the
+shares of parameter-steps on which the learning arm had each knob on, no implementation of these
+knobs costs less than (f_clip + 4·f_dampen)·P; the report states it beside the measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import time
+
+
+def _arms(config, preset):
+    import torch
+
+    from fusedgate.brain import OptBrain
+    from fusedgate.nanochat.model import GPT
+
+    def build(kind):
+        torch.manual_seed(0)
+        model = GPT(config)
+        groups = model.param_groups(preset.embedding_lr, preset.unembedding_lr, preset.matrix_lr, 0.0,
+                                    matrix_kind="adamw", adam_matrix_lr=preset.adam_matrix_lr)
+        base = torch.optim.AdamW([{k: g[k] for k in ("params", "lr", "betas", "eps", "weight_decay")}
+                                  for g in groups])
+        if kind == "base":
+            return model, base
+        if kind == "neutral":
+            brain = OptBrain(base, warmup_windows=1)
+            brain.freeze()
+            return model, brain
+        return model, OptBrain(base, warmup_windows=1, alpha_start=1.0, z_shrink=10.0)
+
+    return {kind: build(kind) for kind in ("base", "neutral", "learning")}
+
+
+def _step_only(arms, grads, repeats: int) -> tuple[dict, float, dict]:
+    """Per arm the optimizer-step times on the same gradients (interleaved); P, the median time of one
+    ``_foreach_norm`` over them; and the learning arm's knob duty cycle (per knob, the mean over steps of
+    the fraction of the parameters it acted on)."""
+    import numpy as np
+    import torch
+
+    times = {k: [] for k in arms}
+    passes, on = [], {"clip": 0, "dampen": 0}
+    for _ in range(repeats):
+        for kind, (model, opt) in arms.items():
+            for p, g in zip(model.parameters(), grads):
+                p.grad.copy_(g)
+            loss = torch.tensor(3.0)
+            if kind == "learning" and opt._plan is not None:
+                _, clip, damped = opt._plan
+                share = opt.features.numel / opt.features.numel.sum()
+                on["clip"] += 0.0 if clip is None else float(share[np.isfinite(clip)].sum())
+                on["dampen"] += float(sum(share[g] for g, _ in damped))
+            t0 = time.perf_counter()
+            opt.step(loss=loss) if kind != "base" else opt.step()
+            times[kind].append(time.perf_counter() - t0)
+        kept = [p.grad for p in arms["base"][0].parameters()]
+        t0 = time.perf_counter()
+        torch._foreach_norm(kept)
+        passes.append(time.perf_counter() - t0)
+    return times, statistics.median(passes), {k: v / repeats for k, v in on.items()}
+
+
+def measure_overhead(blocks: int = 7, steps: int = 20, repeats: int = 200) -> dict:
+    """The overhead section's numbers (see the module docstring)."""
+    from fusedgate.nanochat.data import load_data, train_batch
+    from fusedgate.nanochat.model import GPTConfig
+    from fusedgate.nanochat.presets import get_preset
+
+    preset = get_preset("tiny")
+    data = load_data(None, "byte", preset.max_corpus_bytes)
+    config = GPTConfig.from_depth(preset.depth, data.vocab_size, preset.seq_len, preset.aspect_ratio,
+                                  preset.head_dim)
+    arms = _arms(config, preset)
+
+    def one_step(kind, t):
+        model, opt = arms[kind]
+        x, y = train_batch(data, 0, t, preset.batch_size, preset.seq_len)
+        loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step(loss=loss.detach()) if kind != "base" else opt.step()
+
+    full = {k: [] for k in arms}
+    for block in range(blocks):
+        for kind in arms:
+            t0 = time.perf_counter()
+            for s in range(steps):
+                one_step(kind, block * steps + s)
+            full[kind].append((time.perf_counter() - t0) / steps)
+    for kind in arms:   # gradients everywhere, then the same ones copied into every arm
+        one_step(kind, 0)
+    grads = [p.grad.clone() for p in arms["base"][0].parameters()]
+    step_only, pass_s, duty = _step_only(arms, grads, repeats)
+    base_full = statistics.median(full["base"])
+    floor = (duty["clip"] + 4 * duty["dampen"]) * pass_s
+    out = {"model": "nanochat tiny (depth 2, context 128, batch 16), AdamW",
+           "params": sum(p.numel() for p in arms["base"][0].parameters()),
+           "groups": len(arms["base"][1].param_groups), "base_full_ms": 1000 * base_full,
+           "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan,
+           "base_step_us": 1e6 * statistics.median(step_only["base"]), "pass_us": 1e6 * pass_s,
+           "duty": duty, "floor_us": 1e6 * floor, "floor": floor / base_full, "repeats": repeats}
+    for kind in ("neutral", "learning"):
+        extra = statistics.median(step_only[kind]) - statistics.median(step_only["base"])
+        out[kind] = {"full_ms": 1000 * statistics.median(full[kind]),
+                     "full_overhead": statistics.median(full[kind]) / base_full - 1.0,
+                     "step_extra_us": 1e6 * extra, "overhead": extra / base_full}
+    out["learning"]["report"] = arms["learning"][1].report()
+    return out
+
+
+def state_bytes_8_groups() -> tuple[int, int]:
+    """Bytes of the brain's saved state for 8 groups: (torch wrapper, numpy mode)."""
+    import torch
+
+    from fusedgate.brain import OptBrain
+
+    layers = torch.nn.ModuleList([torch.nn.Linear(64, 64) for _ in range(8)])
+    brain = OptBrain(torch.optim.AdamW([{"params": list(m.parameters())} for m in layers]))
+    numpy_brain = OptBrain(None, n_groups=8)
+    return brain.state_nbytes(), numpy_brain.state_nbytes()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure the overhead alone (one thread) and write ``brain_overhead.md`` and ``.json`` into ``--out``."""
+    import torch
+
+    from fusedgate.brain.report import overhead_paragraphs
+    from fusedgate.files import write_atomic
+
+    parser = argparse.ArgumentParser(prog="python -m fusedgate.brain.overhead", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="folder for brain_overhead.md and brain_overhead.json")
+    parser.add_argument("--blocks", type=int, default=7, help="alternating full-step blocks per arm (default 7)")
+    parser.add_argument("--steps", type=int, default=20, help="training steps per block (default 20)")
+    parser.add_argument("--repeats", type=int, default=200, help="interleaved optimizer steps per arm (default 200)")
+    args = parser.parse_args(argv)
+    if min(args.blocks, args.steps, args.repeats) < 1:
+        parser.error("--blocks, --steps and --repeats must be at least 1")
+    os.makedirs(args.out, exist_ok=True)
+    torch.set_num_threads(1)
+    overhead = measure_overhead(args.blocks, args.steps, args.repeats)
+    text = "\n".join(["# OptBrain overhead", "", "Command: `python -m fusedgate.brain.overhead`", "",
+                      *overhead_paragraphs(overhead)])
+    write_atomic(os.path.join(args.out, "brain_overhead.md"), text)
+    write_atomic(os.path.join(args.out, "brain_overhead.json"), json.dumps(overhead, indent=1, default=str))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

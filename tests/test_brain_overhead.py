@@ -1,0 +1,38 @@
+"""The overhead section of brain-eval (``fusedgate.brain.overhead``): a short real run, its bookkeeping."""
+
+import json
+import math
+
+from fusedgate.brain.overhead import measure_overhead, state_bytes_8_groups
+from fusedgate.brain.report import _floor_sentence
+
+
+def test_overhead_measures_every_arm_and_states_the_floor():
+    out = measure_overhead(blocks=1, steps=1, repeats=30)
+    assert out["params"] == 475_136 and out["groups"] == 3
+    assert out["base_full_ms"] > 0 and out["base_step_us"] > 0 and out["pass_us"] > 0
+    for kind in ("neutral", "learning"):
+        assert math.isfinite(out[kind]["step_extra_us"]) and out[kind]["full_ms"] > 0
+    # 32 steps (2 + the 30 timed), window 10, one warm-up window: two exploring windows, seeded
+    assert 0.0 <= out["duty"]["clip"] <= 1.0 and 0.0 <= out["duty"]["dampen"] <= 1.0
+    assert out["duty"]["clip"] + out["duty"]["dampen"] > 0.0
+    assert out["learning"]["report"]["steps"] == 32 and out["learning"]["report"]["alpha"] == 1.0
+    expect = (out["duty"]["clip"] + 4 * out["duty"]["dampen"]) * out["pass_us"]
+    assert math.isclose(out["floor_us"], expect, rel_tol=1e-9)
+    assert math.isclose(out["floor"], out["floor_us"] / (1000 * out["base_full_ms"]), rel_tol=1e-9)
+    assert f"{out['floor_us']:.0f} µs" in _floor_sentence(out)
+
+
+def test_state_fits_the_budget():
+    torch_bytes, numpy_bytes = state_bytes_8_groups()
+    assert 0 < torch_bytes <= 51_200 and 0 < numpy_bytes <= 51_200
+
+
+def test_the_module_writes_the_section_alone(tmp_path, capsys):
+    from fusedgate.brain.overhead import main
+
+    assert main(["--out", str(tmp_path), "--blocks", "1", "--steps", "1", "--repeats", "12"]) == 0
+    text = (tmp_path / "brain_overhead.md").read_text()
+    assert "medians of 12" in text and "**The floor.**" in text
+    assert json.loads((tmp_path / "brain_overhead.json").read_text())["repeats"] == 12
+    capsys.readouterr()
