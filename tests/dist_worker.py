@@ -23,6 +23,7 @@ from torch import nn
 
 from fusedgate.distributed import state_bytes
 from fusedgate.optimizer import FusedGate
+from fusedgate.ranks import exit_rank
 from fusedgate.spec import GateSpec
 
 GLOBAL_BATCH = 48          # divisible by 1, 2, 3
@@ -265,9 +266,9 @@ def worker(rank: int, world: int, store: str, out: str, load_from: list[str]) ->
         torch.save(result, out / f"rank{rank}_of_{world}.pt")
     except BaseException:
         (out / f"error_rank{rank}_of_{world}.txt").write_text(traceback.format_exc())
-        raise
-    finally:
         dist.destroy_process_group()
+        raise
+    exit_rank(0)   # barrier, destroy, os._exit: gloo's teardown abort cannot fail a finished rank
 
 
 def spawn(world: int, out: Path, load_from: list[Path] = (), timeout_s: float = 300.0) -> list[dict]:
