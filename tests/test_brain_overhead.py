@@ -23,6 +23,14 @@ def test_overhead_measures_every_arm_and_states_the_floor():
     assert f"{out['floor_us']:.0f} µs" in _floor_sentence(out)
 
 
+def test_trimmed_mean_drops_the_tails_only():
+    from fusedgate.brain.overhead import trimmed_mean
+
+    values = [1.0] * 48 + [-100.0, 100.0]
+    assert trimmed_mean(values) == 1.0                      # 2 % of 50: one value cut from each end
+    assert trimmed_mean([1.0, 2.0, 3.0]) == 2.0             # too few to cut: the plain mean
+
+
 def test_state_fits_the_budget():
     torch_bytes, numpy_bytes = state_bytes_8_groups()
     assert 0 < torch_bytes <= 51_200 and 0 < numpy_bytes <= 51_200
@@ -33,6 +41,6 @@ def test_the_module_writes_the_section_alone(tmp_path, capsys):
 
     assert main(["--out", str(tmp_path), "--blocks", "1", "--steps", "1", "--repeats", "12"]) == 0
     text = (tmp_path / "brain_overhead.md").read_text()
-    assert "medians of 12" in text and "**The floor.**" in text
+    assert "12 pairs; per step" in text and "**The floor.**" in text
     assert json.loads((tmp_path / "brain_overhead.json").read_text())["repeats"] == 12
     capsys.readouterr()

@@ -10,7 +10,8 @@ FusedGate) with the same init and batches, and writes into ``--out`` (default
     brain_eval.png   one panel per scenario: ratio per task × optimizer, dots per seed
 
 ``--tasks heldout`` runs the held-out family (``fusedgate.brain.heldout``) only; the default runs both
-families and reports them side by side.
+families and reports them side by side. ``--from saved/brain_eval.json`` trains nothing: it rewrites the
+three files from the runs saved there, summarised by the current code (a new column, another selection).
 
 Usage errors (bad counts, an unreadable ``--init`` file, an output folder that cannot be written)
 are one line on stderr and exit code 2, before any training.

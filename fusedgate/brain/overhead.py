@@ -8,8 +8,13 @@ Model: the NanoChat ``tiny`` preset (depth 2, context 128, batch 16) with AdamW,
 during the measurement: the costliest case).
 
 Two measurements. Full training steps (forward, backward, step) in alternating blocks, medians — the
-honest end-to-end number, but its noise is far above 0.1 %. And the optimizer step alone on the same
-gradients, the arms interleaved step by step, median difference to the base: the precise number.
+honest end-to-end number, but its noise is far above 0.1 %. And the optimizer step alone: for each brain
+arm, its own base optimizer's ``step()`` and the brain's ``step()`` in turn on the same model (the same
+memory, so no arm gains from where its tensors happen to lie; which goes first alternates), the same
+gradients copied in before each. The step that runs second finds the model's tensors in cache, so the
+paired differences are taken per order and the overhead is the mean over the two orders of their
+trimmed means (2 % cut from each tail: a preempted step). A mean, not a median: the features are
+measured on one step per window, and a median would hide that step's cost.
 
 The floor. The generic mechanism's knobs touch every gradient or parameter of a group: the clip reads
 the gradients for their norm (one pass) and, when a group clips, scales them (a second); dampen copies
@@ -22,6 +27,7 @@ knobs costs less than (f_clip + 4·f_dampen)·P; the report states it beside the
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -53,33 +59,51 @@ def _arms(config, preset):
     return {kind: build(kind) for kind in ("base", "neutral", "learning")}
 
 
-def _step_only(arms, grads, repeats: int) -> tuple[dict, float, dict]:
-    """Per arm the optimizer-step times on the same gradients (interleaved); P, the median time of one
-    ``_foreach_norm`` over them; and the learning arm's knob duty cycle (per knob, the mean over steps of
-    the fraction of the parameters it acted on)."""
+def trimmed_mean(values: list[float], cut: float = 0.02) -> float:
+    """The mean without the lowest and the highest ``cut`` share of ``values`` (a preempted step)."""
+    ordered = sorted(values)
+    k = int(cut * len(ordered))
+    return statistics.fmean(ordered[k:len(ordered) - k])
+
+
+def _step_only(arms, grads, repeats: int) -> tuple[dict, dict, float, dict]:
+    """For each brain arm, its own base optimizer's step and the brain's step on the same memory, the
+    same gradients copied in before each, alternating: (brain-step times, paired differences brain −
+    base, P = the median time of one ``_foreach_norm`` over the gradients, the learning arm's knob duty
+    cycle: per knob, the mean over steps of the share of the parameters it acted on)."""
     import numpy as np
     import torch
 
-    times = {k: [] for k in arms}
-    passes, on = [], {"clip": 0, "dampen": 0}
-    for _ in range(repeats):
-        for kind, (model, opt) in arms.items():
-            for p, g in zip(model.parameters(), grads):
-                p.grad.copy_(g)
-            loss = torch.tensor(3.0)
-            if kind == "learning" and opt._plan is not None:
-                _, clip, damped = opt._plan
-                share = opt.features.numel / opt.features.numel.sum()
-                on["clip"] += 0.0 if clip is None else float(share[np.isfinite(clip)].sum())
-                on["dampen"] += float(sum(share[g] for g, _ in damped))
-            t0 = time.perf_counter()
-            opt.step(loss=loss) if kind != "base" else opt.step()
-            times[kind].append(time.perf_counter() - t0)
-        kept = [p.grad for p in arms["base"][0].parameters()]
+    times = {k: [] for k in ("base", "neutral", "learning")}
+    extra = {k: [] for k in ("neutral", "learning")}
+    passes, on = [], {"clip": 0.0, "dampen": 0.0}
+    loss = torch.tensor(3.0)
+    for r in range(repeats):
+        for kind in ("neutral", "learning"):
+            model, brain = arms[kind]
+            brain_step = functools.partial(brain.step, loss=loss)
+            order = (brain.base.step, brain_step) if r % 2 == 0 else (brain_step, brain.base.step)
+            spent = []
+            for step in order:   # base first on even repeats, the brain first on odd ones: no order bias
+                for p, g in zip(model.parameters(), grads):
+                    p.grad.copy_(g)
+                if kind == "learning" and step is brain_step and brain._plan is not None:
+                    _, clip, damped = brain._plan
+                    share = brain.features.numel / brain.features.numel.sum()
+                    on["clip"] += 0.0 if clip is None else float(share[np.isfinite(clip)].sum())
+                    on["dampen"] += float(sum(share[g] for g, _ in damped))
+                t0 = time.perf_counter()
+                step()
+                spent.append(time.perf_counter() - t0)
+            base_s, brain_s = spent if r % 2 == 0 else spent[::-1]
+            times["base"].append(base_s)
+            times[kind].append(brain_s)
+            extra[kind].append(brain_s - base_s)
+        kept = [p.grad for p in arms["learning"][0].parameters()]
         t0 = time.perf_counter()
         torch._foreach_norm(kept)
         passes.append(time.perf_counter() - t0)
-    return times, statistics.median(passes), {k: v / repeats for k, v in on.items()}
+    return times, extra, statistics.median(passes), {k: v / repeats for k, v in on.items()}
 
 
 def measure_overhead(blocks: int = 7, steps: int = 20, repeats: int = 200) -> dict:
@@ -112,7 +136,7 @@ def measure_overhead(blocks: int = 7, steps: int = 20, repeats: int = 200) -> di
     for kind in arms:   # gradients everywhere, then the same ones copied into every arm
         one_step(kind, 0)
     grads = [p.grad.clone() for p in arms["base"][0].parameters()]
-    step_only, pass_s, duty = _step_only(arms, grads, repeats)
+    step_only, paired, pass_s, duty = _step_only(arms, grads, repeats)
     base_full = statistics.median(full["base"])
     floor = (duty["clip"] + 4 * duty["dampen"]) * pass_s
     out = {"model": "nanochat tiny (depth 2, context 128, batch 16), AdamW",
@@ -120,9 +144,10 @@ def measure_overhead(blocks: int = 7, steps: int = 20, repeats: int = 200) -> di
            "groups": len(arms["base"][1].param_groups), "base_full_ms": 1000 * base_full,
            "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan,
            "base_step_us": 1e6 * statistics.median(step_only["base"]), "pass_us": 1e6 * pass_s,
-           "duty": duty, "floor_us": 1e6 * floor, "floor": floor / base_full, "repeats": repeats}
-    for kind in ("neutral", "learning"):
-        extra = statistics.median(step_only[kind]) - statistics.median(step_only["base"])
+           "duty": duty, "floor_us": 1e6 * floor, "floor": floor / base_full, "repeats": repeats,
+           "method": "paired"}
+    for kind in ("neutral", "learning"):   # the order effect cancels in the mean over the two orders
+        extra = (trimmed_mean(paired[kind][0::2]) + trimmed_mean(paired[kind][1::2])) / 2
         out[kind] = {"full_ms": 1000 * statistics.median(full[kind]),
                      "full_overhead": statistics.median(full[kind]) / base_full - 1.0,
                      "step_extra_us": 1e6 * extra, "overhead": extra / base_full}

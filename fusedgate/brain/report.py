@@ -139,14 +139,22 @@ def overhead_paragraphs(overhead: dict) -> list[str]:
              f"alternating blocks): base {overhead['base_full_ms']:.2f} ms, brain neutral "
              f"{n['full_ms']:.2f} ms ({100 * n['full_overhead']:+.2f} %), brain learning {le['full_ms']:.2f} ms "
              f"({100 * le['full_overhead']:+.2f} %) — below this noise level the full-step ratio cannot resolve "
-             "0.1 %, so the overhead is measured on the optimizer step alone (same gradients, interleaved, "
-             f"medians of {overhead.get('repeats', 200)}): base step {overhead['base_step_us']:.0f} µs; the brain adds "
+             f"0.1 %, so the overhead is measured on the optimizer step alone ({_step_method(overhead)}): base step "
+             f"{overhead['base_step_us']:.0f} µs; the brain adds "
              f"**{n['step_extra_us']:.1f} µs neutral** ({100 * n['overhead']:.3f} % of the full step) and "
              f"**{le['step_extra_us']:.1f} µs while learning** ({100 * le['overhead']:.3f} %; trust held at "
              f"α = {le['report']['alpha']:g}, its knobs at the end: {le['report']['mean_decisions']}).",
              ""]
     floor = _floor_sentence(overhead)
     return lines + ([floor, ""] if floor else [])
+
+
+def _step_method(overhead: dict) -> str:
+    if overhead.get("method") == "paired":   # fusedgate.brain.overhead since the floor was added
+        return (f"the base's step and the brain's in turn on the same model and gradients, {overhead['repeats']} "
+                "pairs; per step, so the window's sensing step counts: the mean difference, 2 % trimmed, each "
+                "order's averaged")
+    return "same gradients, a separate model per arm, interleaved, medians of 200"   # the earlier method
 
 
 def _floor_sentence(overhead: dict) -> str:
