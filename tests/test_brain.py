@@ -77,7 +77,8 @@ def test_neutral_start_is_bit_identical(opt_name):
 
 @pytest.mark.parametrize("opt_name", BASES)
 def test_zero_exploration_stays_bit_identical_through_learning(opt_name):
-    brain_run = run(opt_name, 80, dict(window=4, warmup_windows=1, explore=0.0, hypergrad=0.0))
+    # z_shrink 10: the gate cannot end the policy on a noise-level pair (an ended brain stops learning)
+    brain_run = run(opt_name, 80, dict(window=4, warmup_windows=1, explore=0.0, hypergrad=0.0, z_shrink=10.0))
     assert brain_run[2].core.n_cycles >= 4        # it went through cycles and "learnt" from zero noise
     assert_same_run(run(opt_name, 80), brain_run)
 
@@ -322,3 +323,38 @@ def test_a_group_the_clip_leaves_at_factor_one_keeps_its_gradients_bit_for_bit()
     assert params[0].grad._version == versions[0] and torch.equal(params[0].grad, grads[0])   # not even written
     assert params[1].grad._version > versions[1]
     torch.testing.assert_close(params[1].grad, grads[1] * 0.5, rtol=1e-6, atol=0.0)
+
+
+def test_a_brain_whose_gate_ended_the_policy_stops_sensing(monkeypatch):
+    """α = 0 is final: from the window that ended the policy on, a step is the base step and a counter —
+    no features, no window reads, the report as it was — and the run stays the base optimizer's."""
+    model, groups, x, y = make_problem()
+    brain = OptBrain(torch.optim.SGD(groups, lr=0.05, momentum=0.9), window=4, warmup_windows=1)
+    reads = {"n": 0}
+    original = torch.Tensor.cpu
+
+    def counted(self, *a, **k):
+        reads["n"] += 1
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counted)
+    for t in range(40):
+        loss = ((model(x[t % 48:t % 48 + 16]) - y[t % 48:t % 48 + 16]) ** 2).mean()
+        brain.zero_grad()
+        loss.backward()
+        # NaN losses through the first brain window: a bad window, α ⅛ → 1/32 < α_min → 0
+        brain.step(loss=loss.detach() if not 4 <= t < 8 else torch.tensor(float("nan")))
+        if t == 7:
+            assert brain.core.ended and not brain.learning and brain.report()["alpha"] == 0.0
+            reads_at_end, report_at_end = reads["n"], brain.report()
+            assert brain.decisions == {0: (1.0, 1.0, 0.0), 1: (1.0, 1.0, 0.0)}
+    assert reads["n"] == reads_at_end                          # 8 more windows, not one read
+    assert {k: v for k, v in brain.report().items() if k != "steps"} == \
+        {k: v for k, v in report_at_end.items() if k != "steps"}
+    assert brain.report()["steps"] == 40
+
+
+def test_a_brain_that_starts_at_zero_trust_is_the_base_optimizer_throughout():
+    brain_run = run("adamw", 30, dict(window=4, alpha_start=0.0, alpha_min=0.0))
+    assert not brain_run[2].learning and brain_run[2].report()["windows"] == 0
+    assert_same_run(run("adamw", 30), brain_run)

@@ -221,3 +221,17 @@ def test_torch_features_match_the_numpy_reference():
             assert losses[-1] == pytest.approx(loss.item())
             assert (np.all(np.abs(nf[:, 2]) > 0)) == (step >= 7)   # alignment: one window apart
     np.testing.assert_allclose(ts.running_norm().numpy(), [ns.running_norm(0), ns.running_norm(1)], rtol=1e-5)
+
+
+def test_an_ended_numpy_brain_asks_for_no_gradients():
+    brain = OptBrain(None, n_groups=2, window=3, warmup_windows=1)
+    rng = np.random.default_rng(0)
+    for t in range(30):
+        brain.get_decisions(float("nan") if 3 <= t < 6 else 1.0 / (t + 1))   # a bad first brain window
+        if brain.needs_grads:
+            for g in range(2):
+                brain.record_grads(g, rng.standard_normal(20))
+        brain.finish_step()
+        if t >= 5:
+            assert brain.core.ended and not brain.needs_grads   # α = 0: nothing more to sense
+    assert brain.report()["windows"] == 2 and brain.report()["steps"] == 30

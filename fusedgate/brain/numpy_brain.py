@@ -59,7 +59,8 @@ class NumpyBrain(OptBrain):
                              measure_norm=bool(self.core.decisions[int(group), 1] < 1.0))
 
     def _sensing_step(self) -> bool:
-        return self.step_count % self.window == self.window - 1
+        """The window's last step, while the brain learns (or is frozen: its clip's m̂ stays measured)."""
+        return (self.frozen or self.learning) and self.step_count % self.window == self.window - 1
 
     @property
     def needs_grads(self) -> bool:
@@ -79,7 +80,7 @@ class NumpyBrain(OptBrain):
             raise BrainError("finish_step: call get_decisions(loss) first in each step")
         self._have_loss = False
         self.step_count += 1
-        if self.step_count % self.window == 0:
+        if self.step_count % self.window == 0 and self.learning:
             self._end_window(self._losses.copy(), self.features.read_window())
 
     # ---- what a torch optimizer would have ------------------------------------------------------------

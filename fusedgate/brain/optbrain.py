@@ -31,7 +31,9 @@ window of K steps; the first ``warmup_windows`` windows are exactly neutral (bit
 optimizer), then cycles of four windows (+ε, −ε, the policy mean, neutral) in random order train a
 linear Gaussian policy by antithetic ES, and a trust gate lets the policy's deviation from neutral
 grow only while a paired one-sided test says its windows beat the neutral ones. A NaN or inf ``loss=``
-is skipped by the learner (counted in ``report()['skipped_losses']``); the base step still runs.
+is skipped by the learner (counted in ``report()['skipped_losses']``); the base step still runs. Once the
+gate has ended the policy (α = 0, final) or the brain is frozen, it stops sensing and learning: a step
+is then the base step and a counter, and ``report()`` stays as it was at that point.
 Host syncs: one per window, none per step. ``OptBrain`` is not a ``torch.optim.Optimizer`` subclass:
 attach LR schedulers to the base optimizer. Save/load: ``save(path)``/``load(path)`` write/read
 ``.npz`` without pickle; nothing is written anywhere else; there is no telemetry and no network.
@@ -92,6 +94,12 @@ class OptBrain:
             self.core.decisions = table
             self._knobs_changed()
         self.frozen = True
+
+    @property
+    def learning(self) -> bool:
+        """Whether the brain still senses its features and learns: not frozen, and the trust gate has not
+        ended the policy (α = 0 is final). Otherwise a step costs the base step and a counter."""
+        return not self.frozen and not self.core.ended
 
     def report(self) -> dict:
         """What the brain measured: cycles, trust α, mean advantage of its windows over neutral, …"""

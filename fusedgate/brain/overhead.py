@@ -3,9 +3,10 @@
     python -m fusedgate.brain.overhead --out DIR     # this section alone: DIR/brain_overhead.{md,json}
 
 Model: the NanoChat ``tiny`` preset (depth 2, context 128, batch 16) with AdamW, one thread. Arms:
-``base`` (AdamW alone), ``neutral`` (a brain frozen at (1, 1, 0): features and bookkeeping only) and
+``base`` (AdamW alone), ``neutral`` (a brain whose trust gate has ended the policy, α = 0 — final, and
+the state the gate leaves almost every evaluation run in: a step is the base step and a counter) and
 ``learning`` (exploring as in a run, its trust held at α = 1 so the safety gate cannot turn it neutral
-during the measurement: the costliest case).
+during the measurement: the costliest case, sensing once per window and its knobs on).
 
 Two measurements. Full training steps (forward, backward, step) in alternating blocks, medians — the
 honest end-to-end number, but its noise is far above 0.1 %. And the optimizer step alone: for each brain
@@ -50,10 +51,8 @@ def _arms(config, preset):
                                   for g in groups])
         if kind == "base":
             return model, base
-        if kind == "neutral":
-            brain = OptBrain(base, warmup_windows=1)
-            brain.freeze()
-            return model, brain
+        if kind == "neutral":   # α = 0 from the start: what every run is once the gate has ended the policy
+            return model, OptBrain(base, alpha_start=0.0, alpha_min=0.0)
         return model, OptBrain(base, warmup_windows=1, alpha_start=1.0, z_shrink=10.0)
 
     return {kind: build(kind) for kind in ("base", "neutral", "learning")}

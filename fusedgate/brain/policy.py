@@ -186,6 +186,12 @@ class BrainCore:
         return self.gate.alpha
 
     @property
+    def ended(self) -> bool:
+        """α = 0: the gate has ended the policy, for good (it grows only from 0 < α), so every later
+        window is exactly neutral and nothing learnt from here on would ever be applied."""
+        return self.gate.alpha == 0.0
+
+    @property
     def probe_alpha(self) -> float:
         """The trust of the tested window (the policy mean): min(1, probe·α), 0 when α is."""
         return min(1.0, self.config.probe * self.alpha)

@@ -141,12 +141,19 @@ def overhead_paragraphs(overhead: dict) -> list[str]:
              f"({100 * le['full_overhead']:+.2f} %) — below this noise level the full-step ratio cannot resolve "
              f"0.1 %, so the overhead is measured on the optimizer step alone ({_step_method(overhead)}): base step "
              f"{overhead['base_step_us']:.0f} µs; the brain adds "
-             f"**{n['step_extra_us']:.1f} µs neutral** ({100 * n['overhead']:.3f} % of the full step) and "
+             f"**{n['step_extra_us']:.1f} µs neutral**{_neutral_kind(overhead)} ({100 * n['overhead']:.3f} % of "
+             "the full step) and "
              f"**{le['step_extra_us']:.1f} µs while learning** ({100 * le['overhead']:.3f} %; trust held at "
              f"α = {le['report']['alpha']:g}, its knobs at the end: {le['report']['mean_decisions']}).",
              ""]
     floor = _floor_sentence(overhead)
     return lines + ([floor, ""] if floor else [])
+
+
+def _neutral_kind(overhead: dict) -> str:
+    if overhead.get("method") == "paired":
+        return " (the gate has ended the policy: α = 0)"
+    return " (frozen at (1, 1, 0), still sensing)"   # the earlier measurement's neutral arm
 
 
 def _step_method(overhead: dict) -> str:

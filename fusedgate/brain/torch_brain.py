@@ -92,17 +92,21 @@ class TorchBrain(OptBrain):
         if len(self.base.param_groups) != self.n_groups:
             raise BrainError(f"the optimizer now has {len(self.base.param_groups)} param groups, the brain was "
                              f"built for {self.n_groups}; wrap the optimizer after adding groups")
+        learning = self.learning               # ended or frozen: no sensing, no windows (the knobs stay)
         k = self.step_count % self.window
-        self.features.record_loss(k, loss)
+        self.features.record_loss(k, loss) if learning else self.features.new_step()
         if k == self.window - 1:
-            self.features.sense()
+            if learning:
+                self.features.sense()
+            elif self.frozen:                  # its running norm m̂, for a clip that freeze() may set
+                self.features.grad_norms()
         if self._plan is None:                 # nothing for the generic mechanism to do this window
             self._base_step(loss)
         else:
             self._generic_step(loss, self._plan)
         self.features.end_step()
         self.step_count += 1
-        if self.step_count % self.window == 0:
+        if learning and self.step_count % self.window == 0:
             self._end_window(*self.features.read_window())
         return loss
 

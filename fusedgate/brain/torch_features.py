@@ -98,9 +98,13 @@ class TorchFeatures:
         return self.norm_ema / (1.0 - NORM_BETA ** self.norm_count)
 
     # ---- per step ---------------------------------------------------------------------------------
-    def record_loss(self, k: int, loss) -> None:
-        """Copy this step's loss into slot k of the window's buffer (on the device, no sync)."""
+    def new_step(self) -> None:
+        """Start a step: this step's gradient norms are not measured yet."""
         self._gnorm = None
+
+    def record_loss(self, k: int, loss) -> None:
+        """Start a step and copy its loss into slot k of the window's buffer (on the device, no sync)."""
+        self.new_step()
         if isinstance(loss, torch.Tensor):
             self.loss_buf[k].copy_(loss.detach().reshape(()))
         else:
