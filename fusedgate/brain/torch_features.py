@@ -4,8 +4,8 @@ parameters' device once per window, and read back with one host sync per window.
 Cost model (why it is built this way): a step of the base optimizer is a few passes over the
 parameters; anything the brain adds *per step* is paid on every step. So per step it only
 copy the loss into a K-slot buffer on the device (one tiny kernel, no sync); the features are measured on one step per
-window (the window's last), and the group gradient norms on every step only while the clip knob is
-on (the clip needs them). Every read here is a read: gradients and parameters are only gathered,
+window (the window's last) while the brain learns, and the group gradient norms on every step only while
+the clip knob is on (the clip needs them). Every read here is a read: gradients and parameters are only gathered,
 normed and copied from, so a neutral brain leaves the base optimizer's trajectory bit-identical.
 ``clip_`` is the one writer: it scales a group's gradients by min(1, τ/‖g‖), τ = m̂·c/(1−c).
 """
