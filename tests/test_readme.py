@@ -50,6 +50,10 @@ RUNS: dict[str, list[tuple[str, tuple[dict, list]]]] = {
         ("fusedgate brain-eval --init my_brain.json ...", BRAIN),
         ("fusedgate brain-eval --tasks heldout --seeds 5", BRAIN),
         ("fusedgate brain-eval --tasks regression,mlp,heldout --seeds 5", BRAIN),
+        ("fusedgate brain-eval --from old/brain_eval.json --out new",   # the runs the commands above saved
+         ({"--from": "brain/brain_eval.json", "--out": "rewritten"}, [])),
+        ("python -m fusedgate.brain.overhead --out overhead/",
+         ({}, ["--blocks", "1", "--steps", "1", "--repeats", "4"])),
     ],
     "search": [
         ("fusedgate search", ({}, ["--help"])),
