@@ -110,7 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="from_json", metavar="FILE", default=None,
                         help="no training: rewrite the report in --out from the runs of a saved brain_eval.json "
                              "(its seeds; --tasks/--optimizers/--scenarios select among them; its overhead and "
-                             "state figures are kept)")
+                             "state figures are kept; default: none, train)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
