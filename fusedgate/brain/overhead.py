@@ -65,15 +65,16 @@ def trimmed_mean(values: list[float], cut: float = 0.02) -> float:
     return statistics.fmean(ordered[k:len(ordered) - k])
 
 
-def _step_only(arms, grads, repeats: int) -> tuple[dict, dict, float, dict]:
+def _step_only(arms, grads, repeats: int) -> tuple[list[float], dict, float, dict]:
     """For each brain arm, its own base optimizer's step and the brain's step on the same memory, the
-    same gradients copied in before each, alternating: (brain-step times, paired differences brain −
-    base, P = the median time of one ``_foreach_norm`` over the gradients, the learning arm's knob duty
-    cycle: per knob, the mean over steps of the share of the parameters it acted on)."""
+    same gradients copied in before each, alternating: (the base-step times, per brain arm the paired
+    differences brain − base, P = the median time of one ``_foreach_norm`` over the gradients, the
+    learning arm's knob duty cycle: per knob, the mean over steps of the share of the parameters it
+    acted on)."""
     import numpy as np
     import torch
 
-    times = {k: [] for k in ("base", "neutral", "learning")}
+    base_times = []
     extra = {k: [] for k in ("neutral", "learning")}
     passes, on = [], {"clip": 0.0, "dampen": 0.0}
     loss = torch.tensor(3.0)
@@ -95,14 +96,13 @@ def _step_only(arms, grads, repeats: int) -> tuple[dict, dict, float, dict]:
                 step()
                 spent.append(time.perf_counter() - t0)
             base_s, brain_s = spent if r % 2 == 0 else spent[::-1]
-            times["base"].append(base_s)
-            times[kind].append(brain_s)
+            base_times.append(base_s)
             extra[kind].append(brain_s - base_s)
         kept = [p.grad for p in arms["learning"][0].parameters()]
         t0 = time.perf_counter()
         torch._foreach_norm(kept)
         passes.append(time.perf_counter() - t0)
-    return times, extra, statistics.median(passes), {k: v / repeats for k, v in on.items()}
+    return base_times, extra, statistics.median(passes), {k: v / repeats for k, v in on.items()}
 
 
 def measure_overhead(blocks: int = 7, steps: int = 20, repeats: int = 200) -> dict:
@@ -135,14 +135,14 @@ def measure_overhead(blocks: int = 7, steps: int = 20, repeats: int = 200) -> di
     for kind in arms:   # gradients everywhere, then the same ones copied into every arm
         one_step(kind, 0)
     grads = [p.grad.clone() for p in arms["base"][0].parameters()]
-    step_only, paired, pass_s, duty = _step_only(arms, grads, repeats)
+    base_steps, paired, pass_s, duty = _step_only(arms, grads, repeats)
     base_full = statistics.median(full["base"])
     floor = (duty["clip"] + 4 * duty["dampen"]) * pass_s
     out = {"model": "nanochat tiny (depth 2, context 128, batch 16), AdamW",
            "params": sum(p.numel() for p in arms["base"][0].parameters()),
            "groups": len(arms["base"][1].param_groups), "base_full_ms": 1000 * base_full,
            "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan,
-           "base_step_us": 1e6 * statistics.median(step_only["base"]), "pass_us": 1e6 * pass_s,
+           "base_step_us": 1e6 * statistics.median(base_steps), "pass_us": 1e6 * pass_s,
            "duty": duty, "floor_us": 1e6 * floor, "floor": floor / base_full, "repeats": repeats,
            "method": "paired"}
     for kind in ("neutral", "learning"):   # the order effect cancels in the mean over the two orders

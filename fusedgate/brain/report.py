@@ -7,7 +7,7 @@ import statistics
 
 import numpy as np
 
-from fusedgate.brain.scenarios import ARMS, SCENARIOS
+from fusedgate.brain.scenarios import ARMS, SCENARIOS, interval_text
 from fusedgate.files import markdown_table
 
 TITLES = {
@@ -34,11 +34,6 @@ def _spread(r: list[float]) -> str:
     return f"{_f(min(fin), 3)}–{_f(max(fin), 3)}" if fin else "nan"
 
 
-def _ci(row: dict) -> str:
-    lo, hi = row.get("ci95") or (math.nan, math.nan)
-    return f"{_f(lo, 3)}–{_f(hi, 3)}" if lo is not None and math.isfinite(lo) else "–"
-
-
 def _div(row: dict) -> str:
     return ", ".join(f"{n} {k}" for n, k in row["diverged"].items() if k) or "0"
 
@@ -60,13 +55,14 @@ def scenario_table(scenario: str, rows: list[dict]) -> list[str]:
     for row in rows:
         cells = [row.get("family", ""), row["task"], row["optimizer"]] + [_f(row["mean"][a]) for a in arms]
         alpha = _f(statistics.fmean(row["alpha"]), 2) if row["alpha"] else "–"
+        ci = interval_text(row, "–")
         if scenario in ("tuned", "fusedgate"):
-            cells += [f"**{_f(row['ratio'])}**", _ci(row), _spread(row["ratios"]), f"{row['wins']}/{len(row['seeds'])}",
+            cells += [f"**{_f(row['ratio'])}**", ci, _spread(row["ratios"]), f"{row['wins']}/{len(row['seeds'])}",
                       alpha]
         elif scenario == "nudge":
-            cells += [f"**{_f(row['ratio'])}**", _ci(row), _spread(row["ratios"]), f"{row['wins']}/{len(row['seeds'])}"]
+            cells += [f"**{_f(row['ratio'])}**", ci, _spread(row["ratios"]), f"{row['wins']}/{len(row['seeds'])}"]
         elif scenario in ("lr_x3", "lr_div3"):
-            cells += [f"×{_f(row['mis_set_cost'], 3)}", f"**{_f(row['ratio'])}**", _ci(row), _spread(row["ratios"]),
+            cells += [f"×{_f(row['mis_set_cost'], 3)}", f"**{_f(row['ratio'])}**", ci, _spread(row["ratios"]),
                       f"{row['wins']}/{len(row['seeds'])}", _pct(row["gap_closed"]), alpha]
         elif scenario == "schedule":
             cells += [_f(row["schedule_ratio"]), f"**{_f(row['ratio'])}**", _spread(row["ratios"]),

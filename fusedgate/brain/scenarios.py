@@ -143,9 +143,13 @@ def targets(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _interval(row: dict) -> str:
-    lo, hi = row.get("ci95", (math.nan, math.nan))
-    return f"{lo:.3g}–{hi:.3g}" if math.isfinite(lo) else "n/a"
+def interval_text(row: dict, missing: str = "n/a") -> str:
+    """A row's 95 % interval as "lo–hi" (3 significant digits); ``missing`` without one (fewer than two
+    seeds, or NaN read back from JSON as None)."""
+    lo, hi = row.get("ci95") or (None, None)
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return missing
+    return f"{lo:.3g}–{hi:.3g}"
 
 
 def _family_targets(fam: str, rows: list[dict]) -> list[dict]:
@@ -158,7 +162,7 @@ def _family_targets(fam: str, rows: list[dict]) -> list[dict]:
         worst = max(tuned, key=lambda r: r["ratio"] if math.isfinite(r["ratio"]) else math.inf)
         out.append({"family": fam, "target": "tuned lr: never more than 1 % worse than the base (every pair's "
                     "geomean ratio ≤ 1.01)", "measured": f"worst {worst['task']}/{worst['optimizer']} "
-                    f"{worst['ratio']:.3f} (95 % CI {_interval(worst)}); {sum(r['ratio'] <= 1.01 for r in tuned)} "
+                    f"{worst['ratio']:.3f} (95 % CI {interval_text(worst)}); {sum(r['ratio'] <= 1.01 for r in tuned)} "
                     f"of {len(tuned)} pairs ≤ 1.01",
                     "met": all(math.isfinite(r["ratio"]) and r["ratio"] <= 1.01 for r in tuned)})
     div3 = pick("lr_div3")

@@ -95,7 +95,10 @@ class TorchBrain(OptBrain):
                              f"built for {self.n_groups}; wrap the optimizer after adding groups")
         learning = self.learning               # ended or frozen: no sensing, no windows (the knobs stay)
         k = self.step_count % self.window
-        self.features.record_loss(k, loss) if learning else self.features.new_step()
+        if learning:
+            self.features.record_loss(k, loss)
+        else:
+            self.features.new_step()
         if k == self.window - 1:
             if learning:
                 self.features.sense()
