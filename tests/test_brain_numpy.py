@@ -132,6 +132,20 @@ def test_the_tested_window_runs_at_the_probe_trust_and_the_exploration_windows_a
     assert core.probe_alpha == 0.0                                        # α = 0 stays final at any probe
 
 
+@pytest.mark.parametrize("probe, probe_up", [(1.0, 1.0), (1.0, 4.0), (2.0, 8.0), (4.0, 2.0)])
+def test_the_up_probe_raises_only_a_scale_that_raises_the_lr(probe, probe_up):
+    core = BrainCore(2, window=4, warmup_windows=1, seed=2, probe=probe, probe_up=probe_up, hypergrad=0.0)
+    core.end_window(np.array([3.0, 2.9, 2.8, 2.7]), np.zeros((2, 7)))
+    core.mu[:] = [[0.8, -0.5, 0.3], [-0.8, 0.5, 0.3]]      # group 0 raises the lr, group 1 lowers it
+    alpha = core.alpha
+    z = core._tested()
+    up, both = min(1.0, max(probe, probe_up) * alpha), min(1.0, probe * alpha)
+    np.testing.assert_allclose(z[0], [up * 0.8, both * -0.5, both * 0.3])
+    np.testing.assert_allclose(z[1], both * np.array([-0.8, 0.5, 0.3]))
+    core.gate.alpha = 0.0
+    np.testing.assert_array_equal(core._tested(), 0.0)     # α = 0 stays final
+
+
 def test_a_proposal_beyond_the_knob_ranges_is_clamped_before_the_trust_scales_it():
     core = BrainCore(1, window=4, warmup_windows=1, seed=2, hypergrad=0.0)
     core.end_window(np.array([3.0, 2.9, 2.8, 2.7]), np.zeros((1, 7)))

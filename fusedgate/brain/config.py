@@ -34,6 +34,7 @@ BOUNDS = {
     "explore": ("float", 0.0, 10.0), "policy_lr": ("float", 0.0, 10.0), "decay": ("float", 0.0, 1.0),
     "alpha_min": ("float", 0.0, 1.0), "alpha_start": ("float", 0.0, 1.0), "z_grow": ("float", 0.0, 10.0),
     "grow": ("float", 1.0, 16.0), "shrink_pairs": ("int", 1, 1000), "probe": ("float", 1.0, 16.0),
+    "probe_up": ("float", 1.0, 16.0),
     "z_shrink": ("float", 0.0, 10.0),
     "horizon": ("float", 0.0, 1e9), "exploit": ("float", 0.0, 1.0), "hypergrad": ("float", 0.0, 10.0),
     "overshoot_target": ("float", -1.0, 1.0),
@@ -58,6 +59,8 @@ class BrainConfig:
     z_grow          the one-sided test's threshold         grow            α's factor on a passed test
     z_shrink        the shrink test's threshold            shrink_pairs    pairs a level needs before it can shrink
     probe           the policy-mean (tested) window runs at min(1, probe·α)·μ; the exploration windows at α
+    probe_up        as probe, for the tested window's scale only and only where it raises the lr (μ_scale > 0):
+                    min(1, max(probe, probe_up)·α)·μ_scale
     horizon, exploit  reward horizon; exploit fraction
     hypergrad       κ, overshoot-following rate            overshoot_target  o*, tolerated overshoot
     sigma           base exploration scale per knob (scale, clip, dampen), in policy units
@@ -77,6 +80,7 @@ class BrainConfig:
     grow: float = 2.0
     shrink_pairs: int = 1
     probe: float = 1.0
+    probe_up: float = 1.0
     z_shrink: float = 0.0
     horizon: float = 0.0
     exploit: float = 0.0

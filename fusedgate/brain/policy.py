@@ -321,10 +321,19 @@ class BrainCore:
         if role == 0:
             self.z = np.zeros((self.n_groups, 3))
         elif role == MEAN:
-            self.z = self.probe_alpha * self.mu
+            self.z = self._tested()
         else:
             self.z = self.alpha * np.clip(self.mu + role * self.sigma * self.eps, Z_LOW, Z_HIGH)
         self.decisions = knobs_from_z(self.z)
+
+    def _tested(self) -> np.ndarray:
+        """The tested window's z: min(1, probe·α)·μ, and for a scale that raises the lr (μ_scale > 0)
+        min(1, max(probe, probe_up)·α)·μ_scale — the probe in the one direction the window's short-horizon
+        bias works against (a larger lr measures *worse* over one window unless it really is too small)."""
+        z = self.probe_alpha * self.mu
+        up = min(1.0, max(self.config.probe, self.config.probe_up) * self.alpha)
+        z[:, 0] = np.where(self.mu[:, 0] > 0.0, up * self.mu[:, 0], z[:, 0])
+        return z
 
     def _learn(self) -> None:
         """One cycle's ES step on the ± windows, then the paired difference d to the trust gate."""

@@ -21,7 +21,7 @@ from fusedgate.brain.policy import CLIP_RANGE, DAMPEN_RANGE, KNOBS, ROLES, SCALE
 from fusedgate.brain.safety import TrustGate
 from fusedgate.files import WriteError, write_atomic
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 STRUCTURE = ("n_groups", "window", "sketch_size", "seed")
 HYPER = tuple(f for f in FIELDS if f not in STRUCTURE)
 CORE_ARRAYS = ("W", "b", "sigma", "cycle_order", "cycle_r", "eps", "mu", "obs", "z", "decisions")
