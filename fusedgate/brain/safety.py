@@ -47,7 +47,9 @@ for one cycle — spreads the final loss as far as that floor, whatever the poli
 scenario measures the resulting final-loss ratio on both task families, beside that floor.
 
 **The probe** (``BrainConfig.probe``, default 1). The tested window — the policy mean — runs at
-min(1, probe·α)·μ while the exploration windows stay at α: the test then sees the effect of the trust it
+min(1, probe·α)·μ while the exploration windows stay at α (``probe_up``, default 1: the same for the scale alone
+where it raises the lr, min(1, max(probe, probe_up)·α)·μ_scale for μ_scale > 0; the bound's scale ceiling is then
+10^min(1, max(probe, probe_up)·α)): the test then sees the effect of the trust it
 would grow into, not an eighth of it. Simulated with an effect linear in the trust (d ~ N(δ·trust of the
 tested window, 1), s known, 3000 runs of 100 cycles from the defaults; exposure = Σ over cycles of the brain
 windows' mean trust (2α + min(1, probe·α))/3, in full-trust cycles; ``tests/test_brain_safety.py`` checks it):
@@ -80,7 +82,9 @@ the first (regression/sgd 1.042, mlp/fusedgate 1.074) — see ``bench/results/br
 evaluation on seeds 0–4 and the held-out family is ``bench/results/brain_eval.md``, at a second horizon
 (600 steps) ``bench/results/brain_eval_600/``. A second sweep (18 settings: the probe, shorter windows, a
 reward horizon) and a third (7: a slower hypergradient) found nothing that rescues more and keeps the
-tuned pairs within 1 %.
+tuned pairs within 1 %; a fourth (5: ``probe_up``, the probe only where the proposal raises the lr, which the
+short-horizon bias works against) rescued 3 of 6 ⅓-lr pairs but failed both tuned FusedGate pairs: one tested
+window at a much larger lr does lasting damage to a tuned Muon run that the window's loss does not show.
 """
 
 from __future__ import annotations
