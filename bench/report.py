@@ -106,6 +106,14 @@ def _muon_cell(r: dict | None) -> str:
     return " · ".join(parts)
 
 
+def _section(records: list[dict], names: list[str], title: str, cell, caption: str) -> list[str]:
+    """One results section: a heading, its caption and the table of ``records`` (none: no section)."""
+    if not records:
+        return []
+    cols = [n for n in names if any(r["contestant"] == n for r in records)]
+    return [f"## {title}", "", caption, ""] + _table(records, cell, cols) + [""]
+
+
 def _table(records: list[dict], cell, contestants: list[str]) -> list[str]:
     rows: dict[tuple, dict[str, dict]] = {}
     for r in records:
@@ -155,36 +163,15 @@ def markdown(run: dict, with_targets: bool = True) -> str:
     ]
     if len(records) < run["planned"]:
         lines += [f"**Interrupted** after {len(records)} of {run['planned']} measurements.", ""]
-    if steps:
-        cols = [n for n in names if any(r["contestant"] == n for r in steps)]
-        lines += [
-            "## One optimizer step",
-            "",
-            "Each cell: median time · GB/s of the design bytes (p, m, v read and written, g read) · % of "
-            "the copy bandwidth · time ÷ `adamw_fused` time (< 1 is faster).",
-            "",
-        ]
-        lines += _table(steps, _step_cell, cols) + [""]
-    if ns:
-        cols = [n for n in names if any(r["contestant"] == n for r in ns)]
-        lines += [
-            "## Newton–Schulz (5 quintic iterations)",
-            "",
-            "Each cell: median time · TFLOP/s · speed-up over `ns_torch` · relative error of the output "
-            "against a float64 run of the same iteration on the same input.",
-            "",
-        ]
-        lines += _table(ns, _ns_cell, cols) + [""]
-    if muon:
-        cols = [n for n in names if any(r["contestant"] == n for r in muon)]
-        lines += [
-            "## nanochat's Muon step on the NanoChat matrix params",
-            "",
-            "Each cell: median time · TFLOP/s of the orthogonalisation (5 iterations per matrix) · time ÷ "
-            "`nanochat_compiled` time (< 1 is faster).",
-            "",
-        ]
-        lines += _table(muon, _muon_cell, cols) + [""]
+    lines += _section(steps, names, "One optimizer step", _step_cell,
+                      "Each cell: median time · GB/s of the design bytes (p, m, v read and written, g read) · % of "
+                      "the copy bandwidth · time ÷ `adamw_fused` time (< 1 is faster).")
+    lines += _section(ns, names, "Newton–Schulz (5 quintic iterations)", _ns_cell,
+                      "Each cell: median time · TFLOP/s · speed-up over `ns_torch` · relative error of the output "
+                      "against a float64 run of the same iteration on the same input.")
+    lines += _section(muon, names, "nanochat's Muon step on the NanoChat matrix params", _muon_cell,
+                      "Each cell: median time · TFLOP/s of the orthogonalisation (5 iterations per matrix) · time ÷ "
+                      "`nanochat_compiled` time (< 1 is faster).")
     skipped = not_run(records)
     if skipped:
         lines += ["## Not run", ""] + skipped + [""]

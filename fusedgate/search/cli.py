@@ -428,6 +428,21 @@ def _resume_archive(db: str, mode: str, what: str):
     return archive
 
 
+def _run_measurement(run, archive: Archive, args) -> dict:
+    """``run(archive, executor, log=, progress=)`` on an executor made for the archive's config; the
+    executor and the archive are closed however it ends (the archive too when no executor can be made)."""
+    try:
+        executor = make_executor(args, archive.config())
+    except BaseException:
+        archive.close()
+        raise
+    try:
+        return run(archive, executor, log=lambda m: print(m, file=sys.stderr), progress=not args.no_progress)
+    finally:
+        executor.close()
+        archive.close()
+
+
 def _calibrate(args) -> int:
     _check_out(args.out)
     from fusedgate.nanochat.presets import get_preset
@@ -451,19 +466,8 @@ def _calibrate(args) -> int:
                 final_eval_tokens=args.final_eval_tokens,
             ),
         )
-    try:
-        executor = make_executor(args, archive.config())
-    except BaseException:
-        archive.close()
-        raise
     t0 = time.time()
-    try:
-        summary = run_calibration(
-            archive, executor, log=lambda m: print(m, file=sys.stderr), progress=not args.no_progress
-        )
-    finally:
-        executor.close()
-        archive.close()
+    summary = _run_measurement(run_calibration, archive, args)
     path = write_report(summary, args.out)
     print(
         f"calibration finished in {time.time() - t0:.0f} s: {summary['n_done']} specs; Spearman rho "
@@ -494,17 +498,8 @@ def _noise(args) -> int:
                 args.preset, args.seeds, args.horizons, args.second_lr_scale, args.final_eval_tokens, args.data
             ),
         )
-    try:
-        executor = make_executor(args, archive.config())
-    except BaseException:
-        archive.close()
-        raise
     t0 = time.time()
-    try:
-        summary = run_noise(archive, executor, log=lambda m: print(m, file=sys.stderr), progress=not args.no_progress)
-    finally:
-        executor.close()
-        archive.close()
+    summary = _run_measurement(run_noise, archive, args)
     path = write_report(summary, args.out)
     print(f"noise floor measured in {time.time() - t0:.0f} s; wrote {path}")
     for h in summary["horizons"]:
