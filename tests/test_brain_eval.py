@@ -90,14 +90,14 @@ def test_init_file_errors_are_one_line(tmp_path, capsys):
 
 
 def test_init_file_arguments_reach_the_brain(tmp_path, capsys):
-    (tmp_path / "init.json").write_text('{"explore": 0.0, "hypergrad": 0.0}', encoding="utf-8")
+    (tmp_path / "init.json").write_text('{"explore": 0.0, "hypergrad": 0.0, "warmdown": 0.0}', encoding="utf-8")
     out = tmp_path / "out"
     assert main(["brain-eval", *TINY, "--scenarios", "tuned", "--init", str(tmp_path / "init.json"),
                  "--out", str(out)]) == 0
     record = json.loads((out / "brain_eval.json").read_text())
     tuned = record["rows"][0]
-    assert tuned["ratios"] == [1.0, 1.0]     # no exploration, no hypergradient: bit-identical to the base
-    assert record["meta"]["brain_kwargs"] == {"explore": 0.0, "hypergrad": 0.0, "window": 3}
+    assert tuned["ratios"] == [1.0, 1.0]     # no exploration, hypergradient or warmdown: the base's own run
+    assert record["meta"]["brain_kwargs"] == {"explore": 0.0, "hypergrad": 0.0, "warmdown": 0.0, "window": 3}
     capsys.readouterr()
 
 

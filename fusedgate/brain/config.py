@@ -38,6 +38,8 @@ BOUNDS = {
     "z_shrink": ("float", 0.0, 10.0),
     "horizon": ("float", 0.0, 1e9), "exploit": ("float", 0.0, 1.0), "hypergrad": ("float", 0.0, 10.0),
     "overshoot_target": ("float", -1.0, 1.0),
+    "warmdown": ("float", 0.0, 0.9), "warmdown_scale": ("float", 0.01, 1.0), "warmdown_pairs": ("int", 1, 100),
+    "warmdown_z": ("float", 0.0, 10.0),
 }
 
 
@@ -63,6 +65,9 @@ class BrainConfig:
                     min(1, max(probe, probe_up)·α)·μ_scale
     horizon, exploit  reward horizon; exploit fraction
     hypergrad       κ, overshoot-following rate            overshoot_target  o*, tolerated overshoot
+    warmdown        L, the run's last fraction given to the warmdown test (0: off; needs total_steps)
+    warmdown_scale  f, the test windows' scale and the warmdown's start   warmdown_pairs  most test pairs
+    warmdown_z      the warmdown test's commit threshold
     sigma           base exploration scale per knob (scale, clip, dampen), in policy units
     """
 
@@ -86,6 +91,10 @@ class BrainConfig:
     exploit: float = 0.0
     hypergrad: float = 0.5
     overshoot_target: float = 0.3
+    warmdown: float = 0.25
+    warmdown_scale: float = 0.5
+    warmdown_pairs: int = 2
+    warmdown_z: float = 1.64
     sigma: tuple[float, float, float] = (0.25, 0.25, 0.1)
 
     def __post_init__(self):

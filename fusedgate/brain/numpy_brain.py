@@ -60,7 +60,7 @@ class NumpyBrain(OptBrain):
 
     def _sensing_step(self) -> bool:
         """The window's last step, while the brain learns (or is frozen: its clip's m̂ stays measured)."""
-        return (self.frozen or self.learning) and self.step_count % self.window == self.window - 1
+        return (self.frozen or self.sensing) and self.step_count % self.window == self.window - 1
 
     @property
     def needs_grads(self) -> bool:
@@ -79,8 +79,9 @@ class NumpyBrain(OptBrain):
         if not self._have_loss:
             raise BrainError("finish_step: call get_decisions(loss) first in each step")
         self._have_loss = False
+        learning = self.learning               # of the window this step belongs to
         self.step_count += 1
-        if self.step_count % self.window == 0 and self.learning:
+        if self.step_count % self.window == 0 and learning:
             self._end_window(self._losses.copy(), self.features.read_window())
 
     # ---- what a torch optimizer would have ------------------------------------------------------------

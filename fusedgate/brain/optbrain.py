@@ -97,9 +97,16 @@ class OptBrain:
 
     @property
     def learning(self) -> bool:
-        """Whether the brain still senses its features and learns: not frozen, and the trust gate has not
-        ended the policy (α = 0 is final). Otherwise a step costs the base step and a counter."""
-        return not self.frozen and not self.core.ended
+        """Whether the brain reads the current window's losses: not frozen, and either the trust gate has
+        not ended the policy (α = 0 is final) or the warmdown test wants them. Otherwise a step costs the
+        base step and a counter."""
+        return not self.frozen and self.core.listening(self.step_count // self.window)
+
+    @property
+    def sensing(self) -> bool:
+        """Whether the current window's features are measured (on its last step): learning, and the main
+        learner runs (not ended, not in the warmdown phase)."""
+        return not self.frozen and self.core.sensing(self.step_count // self.window)
 
     def report(self) -> dict:
         """What the brain measured: cycles, trust α, mean advantage of its windows over neutral, …"""
@@ -109,7 +116,7 @@ class OptBrain:
         if self.frozen:
             return
         self.core.reliability = np.minimum(self.features.numel, self.sketch_size) / self.sketch_size
-        self.core.end_window(losses, feats)
+        self.core.end_window(losses, feats, next_window=self.step_count // self.window)
         self._knobs_changed()
 
     def _knobs_changed(self) -> None:

@@ -47,6 +47,7 @@ import numpy as np
 
 from fusedgate.brain.config import BrainConfig, BrainError
 from fusedgate.brain.safety import TrustGate
+from fusedgate.brain.warmdown import WarmdownTest
 
 __all__ = ["BrainConfig", "BrainCore", "BrainError", "KNOBS", "knobs_from_z", "window_progress", "window_reward"]
 
@@ -153,6 +154,7 @@ class BrainCore:
         self.config = config = BrainConfig.from_kwargs(config, **knobs)
         self.n_groups, self.window = n_groups, config.window
         self.gate = TrustGate.of(config)
+        self.warmdown = WarmdownTest.of(config)
         self.noise_sq = math.nan                    # EMA of the windows' squared log-loss residual noise
         self.reliability = np.ones(n_groups)        # per group: min(elements, sketch size)/sketch size
         self.prev_level = math.nan                  # the previous window's late log-loss level
@@ -191,6 +193,15 @@ class BrainCore:
         window is exactly neutral and nothing learnt from here on would ever be applied."""
         return self.gate.alpha == 0.0
 
+    def sensing(self, j: int) -> bool:
+        """Whether window j's features are wanted: the main learner runs (not ended, not yet in the
+        warmdown phase, ``fusedgate.brain.warmdown``)."""
+        return not self.ended and not self.warmdown.in_phase(j)
+
+    def listening(self, j: int) -> bool:
+        """Whether window j's losses are wanted: by the main learner, or by the warmdown test."""
+        return self.sensing(j) or self.warmdown.listening(j)
+
     @property
     def probe_alpha(self) -> float:
         """The trust of the tested window (the policy mean): min(1, probe·α), 0 when α is."""
@@ -227,9 +238,11 @@ class BrainCore:
         return losses[usable]
 
     # ---- the window / cycle machine -----------------------------------------------------------
-    def end_window(self, losses: np.ndarray, group_features: np.ndarray) -> np.ndarray:
+    def end_window(self, losses: np.ndarray, group_features: np.ndarray, next_window: int | None = None) -> np.ndarray:
         """Consume one finished window: its K losses in time order and the (G, 7) group features
-        of its sensed step. Learns when a cycle completes and returns the knobs for the next window."""
+        of its sensed step. Learns when a cycle completes and returns the knobs for the next window.
+        ``next_window``: the run's index of that window (default: the windows consumed so far — a
+        wrapper whose ended brain skips windows passes its step count // K)."""
         feats = np.asarray(group_features, dtype=np.float64)
         usable = self._check(np.asarray(losses, dtype=np.float64).reshape(-1), feats)
         lf = self._loss_features(usable)
@@ -237,6 +250,14 @@ class BrainCore:
         self.group_norm.update(feats)
         self.n_windows += 1
         reward = self._judge_window(usable)
+        j = self.n_windows if next_window is None else int(next_window)
+        scale = self.warmdown.knobs_for(j, reward, self._warmdown_noise(), self.rng)
+        if scale is not None:              # the warmdown phase: its scale alone, the policy's knobs end
+            self.z = np.zeros((self.n_groups, 3))
+            self.decisions = knobs_from_z(self.z)
+            self.decisions[:, 0] = scale
+            self.cycle_pos = 0
+            return self.decisions
         if self.n_windows < self.config.warmup_windows:
             return self.decisions
         self._hypergradient(feats)
@@ -360,6 +381,11 @@ class BrainCore:
             d = r[MEAN] - r[0] if math.isfinite(r[MEAN]) else worst - r[0]
             self.gate.after_cycle(d, self.pair_noise())
 
+    def _warmdown_noise(self) -> float:
+        """The warmdown test's noise scale: the larger of the main gate's RMS of d and the pair noise."""
+        known = [v for v in (math.sqrt(self.gate.d_sq), self.pair_noise()) if math.isfinite(v)]
+        return max(known, default=0.0)
+
     def pair_noise(self) -> float:
         """The standard deviation of d = R_μ − R₀ under the null: d is a difference of four late-half
         level means of K/2 log-losses each with residual noise ν, so sd = 2ν/√(K/2) = 2√2·ν/√K."""
@@ -375,4 +401,5 @@ class BrainCore:
             "bad_windows": self.n_bad_windows, "skipped_losses": self.n_skipped,
             "policy_norm": float(np.sqrt(np.sum(self.W ** 2) + np.sum(self.b ** 2))),
             "mean_decisions": {k: float(np.mean(self.decisions[:, i])) for i, k in enumerate(KNOBS)},
+            "warmdown": self.warmdown.report(),
         }

@@ -19,6 +19,7 @@ import numpy as np
 from fusedgate.brain.config import BOUNDS, FIELDS, BrainConfig, BrainError, check_field
 from fusedgate.brain.policy import CLIP_RANGE, DAMPEN_RANGE, KNOBS, ROLES, SCALE_RANGE, RunningNorm
 from fusedgate.brain.safety import TrustGate
+from fusedgate.brain.warmdown import STATUS, WarmdownTest
 from fusedgate.files import WriteError, write_atomic
 
 FORMAT_VERSION = 6
@@ -59,6 +60,8 @@ def snapshot_arrays(brain) -> dict[str, np.ndarray]:
         out[f"config.{name}"] = np.array(getattr(core.config, name))
     for name, value in core.gate.state().items():
         out[f"gate.{name}"] = np.array(value)
+    for name, value in core.warmdown.state().items():
+        out[f"warmdown.{name}"] = np.array(value)
     for name in CORE_ARRAYS + CORE_SCALARS:
         out[f"core.{name}"] = np.array(getattr(core, name))
     for norm_name in ("loss_norm", "group_norm"):
@@ -136,6 +139,7 @@ def _check_ranges(arrays: dict[str, np.ndarray], source: str, brain) -> None:
         raise BrainError(f"{source}: gate.alpha={alpha!r} is out of range: expected 0 or a value in "
                          f"[alpha_min={brain.core.config.alpha_min:g}, 1]")
     _bound(source, "core.cycle_pos", arrays["core.cycle_pos"], 0, len(ROLES), integer=True)
+    _check_warmdown(arrays, source)
     if not set(arrays["core.cycle_order"].tolist()) <= set(ROLES) | {0}:
         raise BrainError(f"{source}: core.cycle_order={arrays['core.cycle_order'].tolist()}: expected roles "
                          f"from {list(ROLES)}")
@@ -149,6 +153,20 @@ def _check_ranges(arrays: dict[str, np.ndarray], source: str, brain) -> None:
     if rng.shape != (6,) or int(rng[3]) % 2 == 0 or int(rng[4]) not in (0, 1):
         raise BrainError(f"{source}: core.rng is not a PCG64 generator state (its increment must be odd; "
                          f"a zeroed state is refused)")
+
+
+def _check_warmdown(arrays: dict[str, np.ndarray], source: str) -> None:
+    """The warmdown test's state (``fusedgate.brain.warmdown``) against the ranges it keeps."""
+    _bound(source, "warmdown.status", arrays["warmdown.status"], 0, len(STATUS) - 1, integer=True)
+    _bound(source, "warmdown.pos", arrays["warmdown.pos"], 0, 2, integer=True)
+    for key in ("warmdown.first", "warmdown.pairs"):
+        _bound(source, key, arrays[key], 0, MAX_COUNT, integer=True)
+    _bound(source, "warmdown.commit", arrays["warmdown.commit"], -1, MAX_COUNT, integer=True)
+    _bound(source, "warmdown.sum_d", arrays["warmdown.sum_d"], -1e300, 1e300)
+    if not np.all(np.isfinite(arrays["warmdown.rewards"])):
+        raise BrainError(f"{source}: array 'warmdown.rewards' is not finite")
+    if sorted(arrays["warmdown.order"].tolist()) != [0, 1] and np.any(arrays["warmdown.order"]):
+        raise BrainError(f"{source}: warmdown.order={arrays['warmdown.order'].tolist()}: expected the roles 0 and 1")
 
 
 def _check(arrays: dict[str, np.ndarray], template: dict[str, np.ndarray], source: str, brain) -> None:
@@ -168,6 +186,8 @@ def restore_arrays(brain, arrays: dict[str, np.ndarray], source: str) -> None:
     core.sigma = np.asarray(core.config.sigma, dtype=np.float64) * core.config.explore
     core.gate = TrustGate.of(core.config)
     core.gate.load({name: arrays[f"gate.{name}"] for name in core.gate.ARRAYS})
+    core.warmdown = WarmdownTest.of(core.config)
+    core.warmdown.load({name: arrays[f"warmdown.{name}"] for name in core.warmdown.ARRAYS})
     for name in CORE_SCALARS:
         setattr(core, name, type(getattr(core, name))(arrays[f"core.{name}"]))
     for name in CORE_ARRAYS:

@@ -100,7 +100,7 @@ class TorchBrain(OptBrain):
         else:
             self.features.new_step()
         if k == self.window - 1:
-            if learning:
+            if self.sensing:
                 self.features.sense()
             elif self.frozen:                  # its running norm m̂, for a clip that freeze() may set
                 self.features.grad_norms()

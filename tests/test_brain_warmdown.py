@@ -1,0 +1,172 @@
+"""fusedgate.brain.warmdown: the warmdown test's state machine, its bound in simulation, and the wrappers'
+use of it (an ended brain wakes for the phase only; the base lr is lowered, never raised)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fusedgate import OptBrain
+from fusedgate.brain.policy import BrainCore
+from fusedgate.brain.warmdown import NO, OFF, ON, TEST, WAIT, WarmdownTest
+
+
+def machine(fraction=0.3, scale=0.5, z=1.0, pairs=2, total=100, window=10):
+    return WarmdownTest(fraction, scale, z, pairs, total, window)
+
+
+def drive(wd, d_per_pair, s=1.0, seed=0):
+    """Feed pairs whose warmdown window beats the neutral one by d (rewards d and 0); returns the scales."""
+    rng = np.random.default_rng(seed)
+    scales, j, reward = [], wd.first, 0.0
+    pairs = iter(d_per_pair)
+    while j * wd.window < wd.total:
+        scale = wd.knobs_for(j, reward, s, rng)
+        scales.append(scale)
+        if wd.status == TEST and wd.pos == 1:
+            d = next(pairs, 0.0)
+        reward = d if scale != 1.0 else 0.0
+        j += 1
+    return scales
+
+
+def test_off_without_a_fraction_or_a_known_length():
+    assert machine(fraction=0.0).status == OFF and machine(total=0).status == OFF
+    assert machine(fraction=0.0).knobs_for(9, 0.0, 1.0, np.random.default_rng(0)) is None
+
+
+def test_the_phase_starts_at_the_last_fraction_and_listens_from_the_window_before():
+    wd = machine(fraction=0.3, total=100, window=10)
+    assert wd.first == 7 and wd.status == WAIT
+    assert [wd.listening(j) for j in (5, 6, 7)] == [False, True, True]
+    assert wd.knobs_for(6, 0.0, 1.0, np.random.default_rng(0)) is None      # before the phase: the learner's
+
+
+def test_a_clear_win_commits_to_a_linear_warmdown_from_f():
+    wd = machine(fraction=0.5, total=200, window=10, scale=0.5)
+    scales = drive(wd, [5.0])
+    assert wd.status == ON and wd.pairs == 1 and wd.commit == wd.first + 2
+    assert sorted(scales[:2]) == [0.5, 1.0]                                    # one test window each way
+    after = np.array(scales[2:])
+    c, T, K = wd.commit, wd.total, wd.window
+    want = 0.5 * np.maximum(0.01 / 0.5, (T - (np.arange(c, c + len(after)) + 0.5) * K) / (T - c * K))
+    np.testing.assert_allclose(after, want)
+    assert np.all(np.diff(after) < 0) and after.max() <= 0.5 and after.min() >= 0.01
+
+
+@pytest.mark.parametrize("d, status, pairs", [([-0.1], NO, 1), ([0.5, -0.6], NO, 2), ([0.5, 0.2], NO, 2),
+                                             ([0.5, 0.95], ON, 2)])
+def test_a_loss_or_no_clear_win_within_the_pairs_rejects_for_good(d, status, pairs):
+    wd = machine(fraction=0.5, total=200, window=10)
+    scales = drive(wd, d)
+    assert wd.status == status and wd.pairs == pairs
+    if status == NO:
+        assert set(scales[2 * pairs:]) == {1.0}                                # neutral to the end
+
+
+def test_a_window_without_a_usable_loss_rejects():
+    wd = machine(fraction=0.5, total=200, window=10)
+    rng = np.random.default_rng(0)
+    wd.knobs_for(wd.first, 0.0, 1.0, rng)
+    wd.knobs_for(wd.first + 1, math.nan, 1.0, rng)
+    assert wd.status == NO
+
+
+@pytest.mark.parametrize("delta, lo, hi", [(0.0, 0.15, 0.25), (-1.0, 0.0, 0.05), (1.0, 0.6, 0.76)])
+def test_the_commit_rate_is_within_the_bound(delta, lo, hi):
+    """d ~ N(δ·s, s²), 2 pairs at z = 1: a neutral warmdown commits with probability ≤ 2·P(N(0,1) ≥ 1) = 0.32
+    (measured 0.20), a harmful one (δ = −1) with 0.03, a helpful one (δ = +1) with 0.68."""
+    rng = np.random.default_rng(1)
+    commits = 0
+    for run in range(2000):
+        wd = machine(fraction=0.5, total=200, window=10)
+        drive(wd, rng.normal(delta, 1.0, size=4), seed=run)
+        commits += wd.status == ON
+    assert lo <= commits / 2000 <= hi
+
+
+def test_the_core_hands_the_phase_to_the_warmdown_and_its_knobs_are_the_scale_alone():
+    core = BrainCore(2, window=4, warmup_windows=1, seed=0, total_steps=80, warmdown=0.5, alpha_start=0.5)
+    rng = np.random.default_rng(0)
+    first = core.warmdown.first
+    for j in range(1, 20):
+        losses = np.exp(-0.01 * np.arange(4 * (j - 1), 4 * j)) * (1 + 0.01 * rng.standard_normal(4))
+        knobs = core.end_window(losses, np.zeros((2, 7)))
+        if j >= first:
+            assert not core.sensing(j) and core.listening(j) == (core.warmdown.status in (TEST, ON))
+            assert np.all(knobs[:, 1:] == (1.0, 0.0)) and np.all(knobs[:, 0] <= 1.0)
+            assert np.all(knobs[:, 0] == knobs[0, 0])                      # one scale for every group
+    assert core.warmdown.status in (ON, NO)
+
+
+def make_run(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(64, 8, generator=gen)
+    y = torch.sin(x[:, :1]) + 0.5 * x[:, 1:2]
+    return model, x, y
+
+
+def test_an_ended_brain_wakes_for_the_phase_only_and_only_ever_lowers_the_lr(monkeypatch):
+    model, x, y = make_run()
+    base = torch.optim.SGD(model.parameters(), lr=0.1)
+    brain = OptBrain(base, window=4, alpha_start=0.0, alpha_min=0.0, total_steps=80, warmdown=0.5)
+    reads = {"n": 0}
+    original = torch.Tensor.cpu
+
+    def counted(self, *a, **k):
+        reads["n"] += 1
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counted)
+    lrs = []
+    seen = []
+
+    def spy(*a, **k):
+        lrs.append(base.param_groups[0]["lr"])
+        return step(*a, **k)
+
+    step, base.step = base.step, spy
+    for t in range(80):
+        seen.append((t, reads["n"]))
+        loss = ((model(x[t % 48:t % 48 + 16]) - y[t % 48:t % 48 + 16]) ** 2).mean()
+        brain.zero_grad()
+        loss.backward()
+        brain.step(loss=loss.detach())
+    first = brain.core.warmdown.first                       # window 10 of 20: step 40
+    assert dict(seen)[(first - 1) * 4] == 0                  # nothing read before the window before the phase
+    assert reads["n"] > 0                                    # and the phase's windows were read
+    assert max(lrs) == 0.1 and lrs[:first * 4] == [0.1] * (first * 4)
+    assert brain.report()["warmdown"]["status"] in ("on", "rejected")
+    assert base.param_groups[0]["lr"] == 0.1                # restored after every step
+
+
+def test_the_warmdown_state_survives_a_save_and_load_mid_test(tmp_path):
+    def fresh():
+        model, x, y = make_run(3)
+        return model, x, y, OptBrain(torch.optim.AdamW(model.parameters(), lr=3e-3), window=4, total_steps=64,
+                                     warmdown=0.5, warmup_windows=1)
+
+    def train(model, x, y, brain, steps):
+        for t in steps:
+            loss = ((model(x[t % 48:t % 48 + 16]) - y[t % 48:t % 48 + 16]) ** 2).mean()
+            brain.zero_grad()
+            loss.backward()
+            brain.step(loss=loss.detach())
+
+    model, x, y, brain = fresh()
+    train(model, x, y, brain, range(64))
+    model2, x2, y2, brain2 = fresh()
+    train(model2, x2, y2, brain2, range(36))                 # mid-phase: window 9 of 16, the phase from 8
+    brain2.save(tmp_path / "b.npz")
+    sd = brain2.base.state_dict()
+    model3, x3, y3, brain3 = fresh()
+    model3.load_state_dict(model2.state_dict())
+    brain3.base.load_state_dict(sd)
+    brain3.load(tmp_path / "b.npz")
+    train(model3, x3, y3, brain3, range(36, 64))
+    assert brain3.report()["warmdown"] == brain.report()["warmdown"]
+    for p, q in zip(model.parameters(), model3.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
