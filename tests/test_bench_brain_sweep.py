@@ -11,7 +11,7 @@ def test_a_pair_row_and_its_summary_from_short_real_runs():
     def final(task, optimizer, seed, arm, overrides):
         return run_arm(task, optimizer, seed, arm, steps=40, brain_kwargs=overrides)["final"]
 
-    neutral = {"alpha_start": 0.0, "alpha_min": 0.0}   # α = 0 from the start: exactly the base optimizer
+    neutral = {"alpha_start": 0.0, "alpha_min": 0.0, "warmdown": 0.0}   # α = 0, no warmdown: the base optimizer
     row = pair_row(final, "regression", "sgd", neutral)
     assert row["tuned"] == 1.0 and row["x3"] == 1.0 and (math.isnan(row["div3_closed"]) or row["div3_closed"] == 0.0)
     out = summary("neutral", neutral, {"regression/sgd": row, "regression/fusedgate": dict(row, x3=0.5)}, 1.0)
