@@ -170,3 +170,22 @@ def test_the_warmdown_state_survives_a_save_and_load_mid_test(tmp_path):
     assert brain3.report()["warmdown"] == brain.report()["warmdown"]
     for p, q in zip(model.parameters(), model3.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("key, value, match", [("warmdown.status", 7, "warmdown.status=7 is out of range"),
+                                               ("warmdown.pos", 3, "warmdown.pos=3 is out of range"),
+                                               ("warmdown.rewards", [np.nan, 0.0], "'warmdown.rewards' is not finite"),
+                                               ("warmdown.order", [1, 1], "expected the roles 0 and 1")])
+def test_a_corrupt_warmdown_state_is_refused_in_one_line(tmp_path, key, value, match):
+    from fusedgate.brain import BrainError
+
+    model, _, _ = make_run()
+    brain = OptBrain(torch.optim.SGD(model.parameters(), lr=0.1), window=4, total_steps=40)
+    brain.save(tmp_path / "b.npz")
+    with np.load(tmp_path / "b.npz") as data:
+        arrays = {k: np.array(data[k]) for k in data.files}
+    arrays[key] = np.array(value, dtype=arrays[key].dtype)
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(BrainError, match=match) as info:
+        brain.load(tmp_path / "bad.npz")
+    assert "\n" not in str(info.value)

@@ -6,6 +6,7 @@ torch_brain.py    ``TorchBrain`` (any torch optimizer) and ``FusedGateBrain`` (k
 numpy_brain.py    ``NumpyBrain``: any framework, the caller applies the knobs
 policy.py         the learner ``BrainCore``: observations -> knobs, antithetic exploration (pure numpy)
 safety.py         ``TrustGate``: the trust α, grown only on a passed paired test; the bound it gives
+warmdown.py       ``WarmdownTest``: over a run's last quarter, a warmdown taken only on a passed paired test
 features.py       the seven per-group features in numpy (numpy mode, and the tests' reference)
 torch_features.py the same features on the parameters' device, one host sync per window
 state_io.py       save/load as plain arrays (.npz without pickle, or tensors in a state dict), range-checked

@@ -31,6 +31,10 @@ gradient and the window's net update): b_g,scale ← b_g,scale − κ·r_g·(o_g
 one-step hypergradient (``BrainCore._hypergradient``). It moves the *proposal* μ; what is applied is
 α·μ, so it acts only as far as the gate trusts it.
 
+The last ``warmdown`` fraction of a run of known length (``total_steps``) belongs to the warmdown test
+(``fusedgate.brain.warmdown``): there the policy's knobs end (z = 0) and the scale of every group is the
+test's (½ in its test windows, 1 in its neutral ones, then a linear warmdown if it passed, 1 if not).
+
 Non-finite losses (a NaN or inf ``loss=``) are skipped: a window's reward and loss features use its
 finite, positive losses only, and the skipped ones are counted (``skipped_losses``). A window with
 fewer than two usable losses, or a brain window whose late level is twice the previous window's (a

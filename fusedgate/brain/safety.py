@@ -38,6 +38,9 @@ by helpful policies: one better by δ = 1 at the trust it runs at reaches full t
 (Σα = 62 of 100 cycles; δ = 0.5: 24 %, Σα = 15), since an unlucky first pair ends it too — and at
 α = ⅛ a policy's δ is about ⅛ of what it would be at full trust.
 
+The bound is the policy's. Over the last ``warmdown`` fraction of a run of known length the policy's knobs end
+and the warmdown test takes over (``fusedgate.brain.warmdown``, with its own bound): it only ever lowers the lr.
+
 What the bound does *not* cover, stated because it is measured rather than assumed: the test's d is
 the progress over one window (a short horizon), so a knob whose cost appears only later (a smaller lr
 that wins now and loses at the end) measures *better*, and the bound's δ is the measured δ, not the
