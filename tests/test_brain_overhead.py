@@ -17,6 +17,9 @@ def test_overhead_measures_every_arm_and_states_the_floor():
     assert 0.0 <= out["duty"]["clip"] <= 1.0 and 0.0 <= out["duty"]["dampen"] <= 1.0
     assert out["duty"]["clip"] + out["duty"]["dampen"] > 0.0
     assert out["learning"]["report"]["steps"] == 32 and out["learning"]["report"]["alpha"] == 1.0
+    # the warmdown arm: step only, α = 0, its test still undecided after 31 steps of a constant loss
+    assert math.isfinite(out["warmdown"]["step_extra_us"]) and "full_ms" not in out["warmdown"]
+    assert out["warmdown"]["report"]["alpha"] == 0.0 and out["warmdown"]["report"]["warmdown"]["status"] == "testing"
     expect = (out["duty"]["clip"] + 4 * out["duty"]["dampen"]) * out["pass_us"]
     assert math.isclose(out["floor_us"], expect, rel_tol=1e-9)
     assert math.isclose(out["floor"], out["floor_us"] / (1000 * out["base_full_ms"]), rel_tol=1e-9)
@@ -41,6 +44,6 @@ def test_the_module_writes_the_section_alone(tmp_path, capsys):
 
     assert main(["--out", str(tmp_path), "--blocks", "1", "--steps", "1", "--repeats", "12"]) == 0
     text = (tmp_path / "brain_overhead.md").read_text()
-    assert "12 pairs; per step" in text and "**The floor.**" in text
+    assert "12 pairs; per step" in text and "**The floor.**" in text and "In the warmdown phase" in text
     assert json.loads((tmp_path / "brain_overhead.json").read_text())["repeats"] == 12
     capsys.readouterr()

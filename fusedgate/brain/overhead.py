@@ -6,7 +6,9 @@ Model: the NanoChat ``tiny`` preset (depth 2, context 128, batch 16) with AdamW,
 ``base`` (AdamW alone), ``neutral`` (a brain whose trust gate has ended the policy, α = 0 — final, and
 the state the gate leaves almost every evaluation run in: a step is the base step and a counter) and
 ``learning`` (exploring as in a run, its trust held at α = 1 so the safety gate cannot turn it neutral
-during the measurement: the costliest case, sensing once per window and its knobs on).
+during the measurement: the costliest case, sensing once per window and its knobs on); and, on the
+optimizer step alone, ``warmdown`` (an ended brain inside the warmdown phase, ``fusedgate.brain.warmdown``,
+its test kept undecided: the losses read again, the test windows' lr at ½, no features).
 
 Two measurements. Full training steps (forward, backward, step) in alternating blocks, medians — the
 honest end-to-end number, but its noise is far above 0.1 %. And the optimizer step alone: for each brain
@@ -53,9 +55,12 @@ def _arms(config, preset):
             return model, base
         if kind == "neutral":   # α = 0 from the start: what every run is once the gate has ended the policy
             return model, OptBrain(base, alpha_start=0.0, alpha_min=0.0)
+        if kind == "warmdown":  # α = 0 inside an undecided warmdown test (window 1 on): the losses read again
+            return model, OptBrain(base, alpha_start=0.0, alpha_min=0.0, total_steps=100, warmdown=0.9,
+                                   warmdown_pairs=100, warmdown_z=10.0)
         return model, OptBrain(base, warmup_windows=1, alpha_start=1.0, z_shrink=10.0)
 
-    return {kind: build(kind) for kind in ("base", "neutral", "learning")}
+    return build
 
 
 def trimmed_mean(values: list[float], cut: float = 0.02) -> float:
@@ -75,11 +80,11 @@ def _step_only(arms, grads, repeats: int) -> tuple[list[float], dict, float, dic
     import torch
 
     base_times = []
-    extra = {k: [] for k in ("neutral", "learning")}
+    extra = {k: [] for k in arms if k != "base"}
     passes, on = [], {"clip": 0.0, "dampen": 0.0}
     loss = torch.tensor(3.0)
     for r in range(repeats):
-        for kind in ("neutral", "learning"):
+        for kind in extra:
             model, brain = arms[kind]
             brain_step = functools.partial(brain.step, loss=loss)
             order = (brain.base.step, brain_step) if r % 2 == 0 else (brain_step, brain.base.step)
@@ -115,7 +120,8 @@ def measure_overhead(blocks: int = 7, steps: int = 20, repeats: int = 200) -> di
     data = load_data(None, "byte", preset.max_corpus_bytes)
     config = GPTConfig.from_depth(preset.depth, data.vocab_size, preset.seq_len, preset.aspect_ratio,
                                   preset.head_dim)
-    arms = _arms(config, preset)
+    build = _arms(config, preset)
+    arms = {kind: build(kind) for kind in ("base", "neutral", "learning")}
 
     def one_step(kind, t):
         model, opt = arms[kind]
@@ -132,6 +138,9 @@ def measure_overhead(blocks: int = 7, steps: int = 20, repeats: int = 200) -> di
             for s in range(steps):
                 one_step(kind, block * steps + s)
             full[kind].append((time.perf_counter() - t0) / steps)
+    # step only: a fourth arm, built now since real losses would let its warmdown test decide (the
+    # optimizer-step pairs pass a constant loss, which keeps it undecided)
+    arms["warmdown"] = build("warmdown")
     for kind in arms:   # gradients everywhere, then the same ones copied into every arm
         one_step(kind, 0)
     grads = [p.grad.clone() for p in arms["base"][0].parameters()]
@@ -145,12 +154,14 @@ def measure_overhead(blocks: int = 7, steps: int = 20, repeats: int = 200) -> di
            "base_step_us": 1e6 * statistics.median(base_steps), "pass_us": 1e6 * pass_s,
            "duty": duty, "floor_us": 1e6 * floor, "floor": floor / base_full, "repeats": repeats,
            "method": "paired"}
-    for kind in ("neutral", "learning"):   # the order effect cancels in the mean over the two orders
+    for kind in paired:   # the order effect cancels in the mean over the two orders
         extra = (trimmed_mean(paired[kind][0::2]) + trimmed_mean(paired[kind][1::2])) / 2
-        out[kind] = {"full_ms": 1000 * statistics.median(full[kind]),
-                     "full_overhead": statistics.median(full[kind]) / base_full - 1.0,
-                     "step_extra_us": 1e6 * extra, "overhead": extra / base_full}
+        out[kind] = {"step_extra_us": 1e6 * extra, "overhead": extra / base_full}
+        if kind in full:
+            out[kind].update(full_ms=1000 * statistics.median(full[kind]),
+                             full_overhead=statistics.median(full[kind]) / base_full - 1.0)
     out["learning"]["report"] = arms["learning"][1].report()
+    out["warmdown"]["report"] = arms["warmdown"][1].report()
     return out
 
 

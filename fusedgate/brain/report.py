@@ -142,6 +142,12 @@ def overhead_paragraphs(overhead: dict) -> list[str]:
              f"**{le['step_extra_us']:.1f} µs while learning** ({100 * le['overhead']:.3f} %; trust held at "
              f"α = {le['report']['alpha']:g}, its knobs at the end: {le['report']['mean_decisions']}).",
              ""]
+    if "warmdown" in overhead:
+        w = overhead["warmdown"]
+        lines += [f"In the warmdown phase (the last quarter of a run of known length) a brain whose gate has ended the "
+                  f"policy reads the losses again, for the warmdown test: **{w['step_extra_us']:.1f} µs** per step "
+                  f"({100 * w['overhead']:.3f} %; its test kept undecided, status {w['report']['warmdown']['status']}).",
+                  ""]
     floor = _floor_sentence(overhead)
     return lines + ([floor, ""] if floor else [])
 
