@@ -144,10 +144,10 @@ def overhead_paragraphs(overhead: dict) -> list[str]:
              ""]
     if "warmdown" in overhead:
         w = overhead["warmdown"]
+        status = w["report"]["warmdown"]["status"]
         lines += [f"In the warmdown phase (the last quarter of a run of known length) a brain whose gate has ended the "
                   f"policy reads the losses again, for the warmdown test: **{w['step_extra_us']:.1f} µs** per step "
-                  f"({100 * w['overhead']:.3f} %; its test kept undecided, status {w['report']['warmdown']['status']}).",
-                  ""]
+                  f"({100 * w['overhead']:.3f} %; its test kept undecided, status {status}).", ""]
     floor = _floor_sentence(overhead)
     return lines + ([floor, ""] if floor else [])
 
