@@ -16,14 +16,18 @@ known length T (``BrainConfig.warmdown``; 0, or an unknown T, turns it off), in 
             0.01 — a linear warmdown from f to ≈ 0 at T
     reject  Σd < 0, or no commit after ``warmdown_pairs`` pairs: neutral (scale 1) to the end
 
-**The bound.** The phase only ever *lowers* the lr (every scale ≤ f ≤ 1), so it cannot blow a run up.
+Defaults: L = ¼, f = ½, z = 1.64, 2 pairs (chosen on the tuning family: ``bench/results/brain_tuning/``).
+
+**The bound.** The phase only ever *lowers* the lr (every scale is 1 or ≤ f ≤ 1), so it cannot blow a run up.
 While testing, at most ``warmdown_pairs`` windows run at f; a pair that sums below zero rejects at
 once. A false commit — a warmdown that does not lower the windows' level, taken anyway — needs t ≥ z
 on one of at most ``warmdown_pairs`` looks, probability ≤ ``warmdown_pairs``·P(N(0,1) ≥ z) ≈ 0.10
 for the defaults (2 pairs, z = 1.64) when the warmdown is neutral. Simulated (``tests/test_brain_warmdown.py``,
 d drawn N(δ·s, s²), 2000 runs, 2 pairs): at z = 1.64 it commits in 7 % of the runs at δ = 0, 0.6 % at δ = −1
-(harmful by one noise scale per pair) and 46 % at δ = +1 (90 % at δ = +2); at z = 1: 20 %, 3 % and 68 %. What the test does not see: a lower level now
-that costs later — the reason it runs only at the end, where "later" is at most L·T steps away.
+(harmful by one noise scale per pair) and 46 % at δ = +1 (90 % at δ = +2); at z = 1: 20 %, 3 % and 68 %.
+What the test does not see: a lower level now that costs later — the reason it runs only at the end,
+where "later" is at most L·T steps away — and the cost of its test windows on a chaotic run, where any
+change of the lr moves the final loss (``brain-eval``'s ``nudge`` scenario measures that floor).
 """
 
 from __future__ import annotations
