@@ -82,8 +82,9 @@ The defaults (α₀ = ⅛, z_shrink = 0, grow = 2) were chosen on the tuning fam
 10–14) over 17 candidate settings, by the rule fixed before the runs: every tuned-lr ratio ≤ 1.01, then
 the most rescues (⅓ and 3× lr), then the smallest worst ratio; the earlier α₀ = ½, z_shrink = ½ failed
 the first (regression/sgd 1.042, mlp/fusedgate 1.074) — see ``bench/results/brain_tuning/``; the
-evaluation on seeds 0–4 and the held-out family is ``bench/results/brain_eval.md``, at a second horizon
-(600 steps) ``bench/results/brain_eval_600/``. A second sweep (18 settings: the probe, shorter windows, a
+evaluation on seeds 0–4 and the held-out family is ``bench/results/brain_eval_gate_only.md``, at a second
+horizon (600 steps) ``bench/results/brain_eval_600_gate_only/`` (with the warmdown test, today's defaults:
+``bench/results/brain_eval.md`` and ``brain_eval_600/``). A second sweep (18 settings: the probe, shorter windows, a
 reward horizon) and a third (7: a slower hypergradient) found nothing that rescues more and keeps the
 tuned pairs within 1 %; a fourth (5: ``probe_up``, the probe only where the proposal raises the lr, which the
 short-horizon bias works against) rescued 3 of 6 ⅓-lr pairs but failed both tuned FusedGate pairs: one tested
