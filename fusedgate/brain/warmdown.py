@@ -16,6 +16,8 @@ known length T (``BrainConfig.warmdown``; 0, or an unknown T, turns it off), in 
             0.01 — a linear warmdown from f to ≈ 0 at T
     reject  Σd < 0, or no commit after ``warmdown_pairs`` pairs: neutral (scale 1) to the end
 
+A run that goes on past T after a commit stays at the floor scale 0.01: ``total_steps`` must be the run's length.
+
 Defaults: L = ¼, f = ½, z = 1.64, 2 pairs (chosen on the tuning family: ``bench/results/brain_tuning/``).
 
 **The bound.** The phase only ever *lowers* the lr (every scale is 1 or ≤ f ≤ 1), so it cannot blow a run up.
