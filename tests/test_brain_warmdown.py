@@ -55,6 +55,20 @@ def test_a_clear_win_commits_to_a_linear_warmdown_from_f():
     assert np.all(np.diff(after) < 0) and after.max() <= 0.5 and after.min() >= 0.01
 
 
+@pytest.mark.parametrize("start", [8, 9, 12])   # 8: the commit lands exactly at window T/K
+def test_a_commit_at_or_past_the_stated_length_gives_the_floor_not_an_error(start):
+    wd = machine(fraction=0.3, total=100, window=10)        # the run goes on past total_steps = 100
+    rng = np.random.default_rng(0)
+    wd.knobs_for(start, 0.0, 1.0, rng)
+    order = [int(r) for r in wd.order]
+    rewards = {1: 5.0, 0: 0.0}
+    wd.knobs_for(start + 1, rewards[order[0]], 1.0, rng)
+    wd.knobs_for(start + 2, rewards[order[1]], 1.0, rng)
+    assert wd.status == ON
+    scales = [wd.knobs_for(j, 0.0, 1.0, rng) for j in range(start + 3, start + 8)]
+    assert all(0.01 <= v <= 0.5 and math.isfinite(v) for v in scales) and scales[-1] == 0.01
+
+
 @pytest.mark.parametrize("d, status, pairs", [([-0.1], NO, 1), ([0.5, -0.6], NO, 2), ([0.5, 0.2], NO, 2),
                                              ([0.5, 0.95], ON, 2)])
 def test_a_loss_or_no_clear_win_within_the_pairs_rejects_for_good(d, status, pairs):

@@ -87,7 +87,8 @@ class WarmdownTest:
             self.pos += 1
             return self.scale if int(self.order[self.pos - 1]) == 1 else 1.0
         if self.status == ON:
-            left = (self.total - (j + 0.5) * self.window) / (self.total - self.commit * self.window)
+            span = max(self.total - self.commit * self.window, self.window)   # a commit at or past T: one window
+            left = (self.total - (j + 0.5) * self.window) / span
             return self.scale * min(1.0, max(LOWEST / self.scale, left))
         return 1.0
 
