@@ -14,6 +14,36 @@ def _deterministic_threads():
     yield
 
 
+def tiny_regression(seed: int = 0):
+    """A two-layer tanh MLP on 64 fixed samples of y = sin x₀ + x₁/2: (model, x, y), seeded."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(64, 8, generator=gen)
+    y = torch.sin(x[:, :1]) + 0.5 * x[:, 1:2]
+    return model, x, y
+
+
+def sliding_mse(model, x, y, t: int) -> torch.Tensor:
+    """The MSE on step t's batch: 16 consecutive samples starting at t mod 48."""
+    i = t % 48
+    return ((model(x[i:i + 16]) - y[i:i + 16]) ** 2).mean()
+
+
+@pytest.fixture
+def host_reads(monkeypatch) -> dict:
+    """Counts ``Tensor.cpu`` calls (the brain's host reads) in ``["n"]`` while the test runs."""
+    reads = {"n": 0}
+    original = torch.Tensor.cpu
+
+    def counted(self, *a, **k):
+        reads["n"] += 1
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counted)
+    return reads
+
+
 def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a − b| / max |b|: a tensor-level relative difference that tiny entries cannot blow up."""
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()

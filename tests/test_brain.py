@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import sliding_mse, tiny_regression
 
 from fusedgate import OptBrain
 from fusedgate.brain import BrainError
@@ -19,12 +20,8 @@ BASES = ["sgd", "adamw"]
 
 
 def make_problem(seed=0):
-    """A tiny two-group MLP regression with fixed data."""
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
-    gen = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(64, 8, generator=gen)
-    y = torch.sin(x[:, :1]) + 0.5 * x[:, 1:2]
+    """A tiny two-group MLP regression with fixed data (``conftest.tiny_regression``)."""
+    model, x, y = tiny_regression(seed)
     groups = [{"params": list(model[0].parameters())}, {"params": list(model[2].parameters())}]
     return model, groups, x, y
 
@@ -325,21 +322,14 @@ def test_a_group_the_clip_leaves_at_factor_one_keeps_its_gradients_bit_for_bit()
     torch.testing.assert_close(params[1].grad, grads[1] * 0.5, rtol=1e-6, atol=0.0)
 
 
-def test_a_brain_whose_gate_ended_the_policy_stops_sensing(monkeypatch):
+def test_a_brain_whose_gate_ended_the_policy_stops_sensing(host_reads):
     """α = 0 is final: from the window that ended the policy on, a step is the base step and a counter —
     no features, no window reads, the report as it was — and the run stays the base optimizer's."""
     model, groups, x, y = make_problem()
     brain = OptBrain(torch.optim.SGD(groups, lr=0.05, momentum=0.9), window=4, warmup_windows=1)
-    reads = {"n": 0}
-    original = torch.Tensor.cpu
-
-    def counted(self, *a, **k):
-        reads["n"] += 1
-        return original(self, *a, **k)
-
-    monkeypatch.setattr(torch.Tensor, "cpu", counted)
+    reads = host_reads
     for t in range(40):
-        loss = ((model(x[t % 48:t % 48 + 16]) - y[t % 48:t % 48 + 16]) ** 2).mean()
+        loss = sliding_mse(model, x, y, t)
         brain.zero_grad()
         loss.backward()
         # NaN losses through the first brain window: a bad window, α ⅛ → 1/32 < α_min → 0

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import sliding_mse, tiny_regression
 
 from fusedgate import OptBrain
 from fusedgate.brain.policy import BrainCore
@@ -116,27 +117,11 @@ def test_the_core_hands_the_phase_to_the_warmdown_and_its_knobs_are_the_scale_al
     assert core.warmdown.status in (ON, NO)
 
 
-def make_run(seed=0):
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
-    gen = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(64, 8, generator=gen)
-    y = torch.sin(x[:, :1]) + 0.5 * x[:, 1:2]
-    return model, x, y
-
-
-def test_an_ended_brain_wakes_for_the_phase_only_and_only_ever_lowers_the_lr(monkeypatch):
-    model, x, y = make_run()
+def test_an_ended_brain_wakes_for_the_phase_only_and_only_ever_lowers_the_lr(host_reads):
+    model, x, y = tiny_regression()
     base = torch.optim.SGD(model.parameters(), lr=0.1)
     brain = OptBrain(base, window=4, alpha_start=0.0, alpha_min=0.0, total_steps=80, warmdown=0.5)
-    reads = {"n": 0}
-    original = torch.Tensor.cpu
-
-    def counted(self, *a, **k):
-        reads["n"] += 1
-        return original(self, *a, **k)
-
-    monkeypatch.setattr(torch.Tensor, "cpu", counted)
+    reads = host_reads
     lrs = []
     seen = []
 
@@ -147,7 +132,7 @@ def test_an_ended_brain_wakes_for_the_phase_only_and_only_ever_lowers_the_lr(mon
     step, base.step = base.step, spy
     for t in range(80):
         seen.append((t, reads["n"]))
-        loss = ((model(x[t % 48:t % 48 + 16]) - y[t % 48:t % 48 + 16]) ** 2).mean()
+        loss = sliding_mse(model, x, y, t)
         brain.zero_grad()
         loss.backward()
         brain.step(loss=loss.detach())
@@ -161,13 +146,13 @@ def test_an_ended_brain_wakes_for_the_phase_only_and_only_ever_lowers_the_lr(mon
 
 def test_the_warmdown_state_survives_a_save_and_load_mid_test(tmp_path):
     def fresh():
-        model, x, y = make_run(3)
+        model, x, y = tiny_regression(3)
         return model, x, y, OptBrain(torch.optim.AdamW(model.parameters(), lr=3e-3), window=4, total_steps=64,
                                      warmdown=0.5, warmup_windows=1)
 
     def train(model, x, y, brain, steps):
         for t in steps:
-            loss = ((model(x[t % 48:t % 48 + 16]) - y[t % 48:t % 48 + 16]) ** 2).mean()
+            loss = sliding_mse(model, x, y, t)
             brain.zero_grad()
             loss.backward()
             brain.step(loss=loss.detach())
@@ -195,7 +180,7 @@ def test_the_warmdown_state_survives_a_save_and_load_mid_test(tmp_path):
 def test_a_corrupt_warmdown_state_is_refused_in_one_line(tmp_path, key, value, match):
     from fusedgate.brain import BrainError
 
-    model, _, _ = make_run()
+    model, _, _ = tiny_regression()
     brain = OptBrain(torch.optim.SGD(model.parameters(), lr=0.1), window=4, total_steps=40)
     brain.save(tmp_path / "b.npz")
     with np.load(tmp_path / "b.npz") as data:
