@@ -38,7 +38,9 @@ import statistics
 import time
 
 
-def _arms(config, preset):
+def _arm_builder(config, preset):
+    """``build(kind)`` -> (model, optimizer) of one arm, each on the same seeded model: ``base``, ``neutral``,
+    ``learning`` or ``warmdown`` (see the module docstring)."""
     import torch
 
     from fusedgate.brain import OptBrain
@@ -120,7 +122,7 @@ def measure_overhead(blocks: int = 7, steps: int = 20, repeats: int = 200) -> di
     data = load_data(None, "byte", preset.max_corpus_bytes)
     config = GPTConfig.from_depth(preset.depth, data.vocab_size, preset.seq_len, preset.aspect_ratio,
                                   preset.head_dim)
-    build = _arms(config, preset)
+    build = _arm_builder(config, preset)
     arms = {kind: build(kind) for kind in ("base", "neutral", "learning")}
 
     def one_step(kind, t):
