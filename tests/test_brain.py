@@ -184,7 +184,7 @@ def test_exploration_changes_decisions_and_the_policy_moves():
     model, groups, x, y = make_problem()
     # the gate held still (z thresholds out of reach): this test is about the cycle, not the trust
     brain = OptBrain(torch.optim.AdamW(groups, lr=3e-3), window=4, warmup_windows=2, seed=3, z_grow=10.0,
-                     z_shrink=10.0)
+                     z_shrink=10.0, ladder=0)
     seen = []
     for t in range(4 * 2 + 4 * 4 * 8):
         if t % 4 == 0:                        # the knobs in force for the window starting now
@@ -345,6 +345,7 @@ def test_a_brain_whose_gate_ended_the_policy_stops_sensing(host_reads):
 
 
 def test_a_brain_that_starts_at_zero_trust_is_the_base_optimizer_throughout():
-    brain_run = run("adamw", 30, dict(window=4, alpha_start=0.0, alpha_min=0.0))
+    # the ladder is a test of its own (an ended brain still runs it: tests/test_brain_ladder.py); off here
+    brain_run = run("adamw", 30, dict(window=4, alpha_start=0.0, alpha_min=0.0, ladder=0))
     assert not brain_run[2].learning and brain_run[2].report()["windows"] == 0
     assert_same_run(run("adamw", 30), brain_run)

@@ -120,7 +120,7 @@ def test_the_core_hands_the_phase_to_the_warmdown_and_its_knobs_are_the_scale_al
 def test_an_ended_brain_wakes_for_the_phase_only_and_only_ever_lowers_the_lr(host_reads):
     model, x, y = tiny_regression()
     base = torch.optim.SGD(model.parameters(), lr=0.1)
-    brain = OptBrain(base, window=4, alpha_start=0.0, alpha_min=0.0, total_steps=80, warmdown=0.5)
+    brain = OptBrain(base, window=4, alpha_start=0.0, alpha_min=0.0, total_steps=80, warmdown=0.5, ladder=0)
     reads = host_reads
     lrs = []
     seen = []

@@ -40,6 +40,8 @@ BOUNDS = {
     "overshoot_target": ("float", -1.0, 1.0),
     "warmdown": ("float", 0.0, 0.9), "warmdown_scale": ("float", 0.01, 1.0), "warmdown_pairs": ("int", 1, 100),
     "warmdown_z": ("float", 0.0, 10.0),
+    "ladder": ("int", 0, 10), "ladder_step": ("float", 1.0, 10.0), "ladder_pairs": ("int", 1, 100),
+    "ladder_z": ("float", 0.0, 10.0), "ladder_align": ("float", -1.0, 1.0),
 }
 
 
@@ -68,6 +70,9 @@ class BrainConfig:
     warmdown        L, the run's last fraction given to the warmdown test (0: off; needs total_steps)
     warmdown_scale  f, the test windows' scale and the warmdown's start   warmdown_pairs  most test pairs
     warmdown_z      the warmdown test's commit threshold
+    ladder          the lr ladder's most rungs (0: off; ``fusedgate.brain.ladder``)
+    ladder_step     u, the lr factor of a rung        ladder_pairs  most test pairs per rung
+    ladder_z        the ladder's climb threshold     ladder_align  the gradient alignment a rung needs to start
     sigma           base exploration scale per knob (scale, clip, dampen), in policy units
     """
 
@@ -95,6 +100,11 @@ class BrainConfig:
     warmdown_scale: float = 0.5
     warmdown_pairs: int = 2
     warmdown_z: float = 1.64
+    ladder: int = 2
+    ladder_step: float = 2.0
+    ladder_pairs: int = 2
+    ladder_z: float = 1.0
+    ladder_align: float = 0.5
     sigma: tuple[float, float, float] = (0.25, 0.25, 0.1)
 
     def __post_init__(self):

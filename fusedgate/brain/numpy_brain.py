@@ -49,6 +49,8 @@ class NumpyBrain(OptBrain):
             raise BrainError(f"loss must be a number, got {type(loss).__name__}") from None
         self._losses[self.step_count % self.window] = value
         self._have_loss = True
+        if self.core.guard < math.inf and self.learning and self.core.guarded_step(value):
+            self._knobs_changed()
         return self.decisions
 
     def record_grads(self, group: int, grad_flat, param_flat=None) -> None:

@@ -55,12 +55,12 @@ def _arm_builder(config, preset):
                                   for g in groups])
         if kind == "base":
             return model, base
-        if kind == "neutral":   # α = 0 from the start: what every run is once the gate has ended the policy
-            return model, OptBrain(base, alpha_start=0.0, alpha_min=0.0)
+        if kind == "neutral":   # α = 0 and the ladder done at ℓ = 1: what a run is once the gate has ended the policy
+            return model, OptBrain(base, alpha_start=0.0, alpha_min=0.0, ladder=0)
         if kind == "warmdown":  # α = 0 inside an undecided warmdown test (window 1 on): the losses read again
             return model, OptBrain(base, alpha_start=0.0, alpha_min=0.0, total_steps=100, warmdown=0.9,
-                                   warmdown_pairs=100, warmdown_z=10.0)
-        return model, OptBrain(base, warmup_windows=1, alpha_start=1.0, z_shrink=10.0)
+                                   warmdown_pairs=100, warmdown_z=10.0, ladder=0)
+        return model, OptBrain(base, warmup_windows=1, alpha_start=1.0, z_shrink=10.0)   # (one warm-up: no ladder)
 
     return build
 

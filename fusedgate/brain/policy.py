@@ -51,6 +51,7 @@ import numpy as np
 
 from fusedgate.brain.config import BrainConfig, BrainError
 from fusedgate.brain.safety import TrustGate
+from fusedgate.brain.ladder import LadderTest
 from fusedgate.brain.warmdown import WarmdownTest
 
 __all__ = ["BrainConfig", "BrainCore", "BrainError", "KNOBS", "knobs_from_z", "window_progress", "window_reward"]
@@ -159,9 +160,11 @@ class BrainCore:
         self.n_groups, self.window = n_groups, config.window
         self.gate = TrustGate.of(config)
         self.warmdown = WarmdownTest.of(config)
+        self.ladder = LadderTest.of(config)
         self.noise_sq = math.nan                    # EMA of the windows' squared log-loss residual noise
         self.reliability = np.ones(n_groups)        # per group: min(elements, sketch size)/sketch size
         self.prev_level = math.nan                  # the previous window's late log-loss level
+        self.guard = math.inf                       # a loss above this stops a ladder window (guarded_step)
         self.sigma = np.asarray(config.sigma, dtype=np.float64) * config.explore
         self.rng = np.random.Generator(np.random.PCG64(config.seed))
         g = n_groups
@@ -200,11 +203,11 @@ class BrainCore:
     def sensing(self, j: int) -> bool:
         """Whether window j's features are wanted: the main learner runs (not ended, not yet in the
         warmdown phase, ``fusedgate.brain.warmdown``)."""
-        return not self.ended and not self.warmdown.in_phase(j)
+        return (not self.ended or self.ladder.testing) and not self.warmdown.in_phase(j)
 
     def listening(self, j: int) -> bool:
-        """Whether window j's losses are wanted: by the main learner, or by the warmdown test."""
-        return self.sensing(j) or self.warmdown.listening(j)
+        """Whether window j's losses are wanted: by the main learner, the lr ladder or the warmdown test."""
+        return self.sensing(j) or self.ladder.testing or self.warmdown.listening(j)
 
     @property
     def probe_alpha(self) -> float:
@@ -247,6 +250,7 @@ class BrainCore:
         of its sensed step. Learns when a cycle completes and returns the knobs for the next window.
         ``next_window``: the run's index of that window (default: the windows consumed so far — a
         wrapper whose ended brain skips windows passes its step count // K)."""
+        self.guard = math.inf
         feats = np.asarray(group_features, dtype=np.float64)
         usable = self._check(np.asarray(losses, dtype=np.float64).reshape(-1), feats)
         lf = self._loss_features(usable)
@@ -255,25 +259,30 @@ class BrainCore:
         self.n_windows += 1
         reward = self._judge_window(usable)
         j = self.n_windows if next_window is None else int(next_window)
-        scale = self.warmdown.knobs_for(j, reward, self._warmdown_noise(), self.rng)
+        scale = self.warmdown.knobs_for(j, reward, self._test_noise(), self.rng)
         if scale is not None:              # the warmdown phase: its scale alone, the policy's knobs end
-            self.z = np.zeros((self.n_groups, 3))
-            self.decisions = knobs_from_z(self.z)
-            self.decisions[:, 0] = scale
+            self._set_knobs(np.zeros((self.n_groups, 3)), scale)
             self.cycle_pos = 0
             return self.decisions
         if self.n_windows < self.config.warmup_windows:
             return self.decisions
+        if self.ladder.testing:            # the lr ladder: its scale alone; a fresh cycle starts after it
+            rung = self.ladder.knobs_for(reward, self.pair_noise(), self.rng, self._alignment(feats))
+            if rung is not None:
+                self._set_knobs(np.zeros((self.n_groups, 3)), rung)
+                self.cycle_pos = len(ROLES)
+                if rung != 1.0 and math.isfinite(self.prev_level):
+                    self.guard = math.exp(self.prev_level + BLOWUP)
+                return self.decisions
         self._hypergradient(feats)
         if self._exploiting():
             # the last ``exploit`` fraction of the run: no more exploration or control windows, the
             # trusted policy mean α·μ of the current observation is applied (nothing is learnt)
             self._observe(lf, feats)
-            self.z = self.alpha * self._proposal()
-            self.decisions = knobs_from_z(self.z)
+            self._set_knobs(self.alpha * self._proposal())
             self.cycle_pos = 0
             return self.decisions
-        if self.n_windows > self.config.warmup_windows:
+        if self.n_windows > self.config.warmup_windows and self.cycle_pos < len(ROLES):
             self.cycle_r[self.cycle_pos] = reward
             self.cycle_pos += 1
             if self.cycle_pos == len(ROLES):
@@ -282,6 +291,32 @@ class BrainCore:
             self._start_cycle(lf, feats)
         self._set_decision()
         return self.decisions
+
+    def guarded_step(self, loss: float) -> bool:
+        """Per step while ``guard`` is finite (a ladder window at ℓ·u): a loss above it (twice the level
+        before the window) or not finite stops the ladder at ℓ for the rest of the run, from this step
+        on. Returns whether the knobs changed."""
+        if loss <= self.guard:
+            return False
+        self.guard = math.inf
+        self.ladder.stop()
+        self._set_knobs(np.zeros((self.n_groups, 3)))
+        return True
+
+    def _alignment(self, feats: np.ndarray) -> float:
+        """The groups' gradient alignment one window apart, weighted by ``reliability`` (their sketch's share)."""
+        a = feats[:, GROUP_FEATURES.index("alignment")]
+        w = self.reliability if self.reliability.sum() > 0 else np.ones(self.n_groups)   # no sizes seen: equal
+        return float(np.dot(w, a) / w.sum()) if np.all(np.isfinite(a)) else math.nan
+
+    def _set_knobs(self, z: np.ndarray, scale: float | None = None) -> None:
+        """The next window's knobs from z, every group's scale times the ladder's level ℓ (and, if given,
+        ``scale`` in place of z's), within the scale knob's range."""
+        self.z = z
+        self.decisions = knobs_from_z(z)
+        if scale is not None:
+            self.decisions[:, 0] = scale
+        self.decisions[:, 0] = np.clip(self.decisions[:, 0] * self.ladder.level, *SCALE_RANGE)
 
     def _judge_window(self, usable: np.ndarray) -> float:
         """The finished window's reward; a bad brain window (no reward, or a blow-up) drops the trust."""
@@ -349,7 +384,7 @@ class BrainCore:
             self.z = self._tested()
         else:
             self.z = self.alpha * np.clip(self.mu + role * self.sigma * self.eps, Z_LOW, Z_HIGH)
-        self.decisions = knobs_from_z(self.z)
+        self._set_knobs(self.z)
 
     def _tested(self) -> np.ndarray:
         """The tested window's z: min(1, probe·α)·μ, and for a scale that raises the lr (μ_scale > 0)
@@ -385,7 +420,7 @@ class BrainCore:
             d = r[MEAN] - r[0] if math.isfinite(r[MEAN]) else worst - r[0]
             self.gate.after_cycle(d, self.pair_noise())
 
-    def _warmdown_noise(self) -> float:
+    def _test_noise(self) -> float:
         """The warmdown test's noise scale: the larger of the main gate's RMS of d and the pair noise."""
         known = [v for v in (math.sqrt(self.gate.d_sq), self.pair_noise()) if math.isfinite(v)]
         return max(known, default=0.0)
@@ -405,5 +440,5 @@ class BrainCore:
             "bad_windows": self.n_bad_windows, "skipped_losses": self.n_skipped,
             "policy_norm": float(np.sqrt(np.sum(self.W ** 2) + np.sum(self.b ** 2))),
             "mean_decisions": {k: float(np.mean(self.decisions[:, i])) for i, k in enumerate(KNOBS)},
-            "warmdown": self.warmdown.report(),
+            "warmdown": self.warmdown.report(), "ladder": self.ladder.report(),
         }

@@ -19,15 +19,17 @@ import numpy as np
 from fusedgate.brain.config import BOUNDS, FIELDS, BrainConfig, BrainError, check_field
 from fusedgate.brain.policy import CLIP_RANGE, DAMPEN_RANGE, KNOBS, ROLES, SCALE_RANGE, RunningNorm
 from fusedgate.brain.safety import TrustGate
+from fusedgate.brain.ladder import STATUS as LADDER_STATUS
+from fusedgate.brain.ladder import LadderTest
 from fusedgate.brain.warmdown import STATUS, WarmdownTest
 from fusedgate.files import WriteError, write_atomic
 
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 STRUCTURE = ("n_groups", "window", "sketch_size", "seed")
 HYPER = tuple(f for f in FIELDS if f not in STRUCTURE)
 CORE_ARRAYS = ("W", "b", "sigma", "cycle_order", "cycle_r", "eps", "mu", "obs", "z", "decisions")
 CORE_SCALARS = ("e_sq", "n_windows", "n_cycles", "n_bad_windows", "n_skipped", "noise_sq", "prev_mean", "first_mean",
-                "slow_mean", "prev_level", "cycle_pos")
+                "slow_mean", "prev_level", "cycle_pos", "guard")
 MASK64 = (1 << 64) - 1
 MAX_COUNT = 10 ** 15       # steps, windows, pairs: far beyond any run
 MODES = ("numpy", "torch", "fusedgate")  # stored as an index: state dicts hold only numeric tensors
@@ -62,6 +64,8 @@ def snapshot_arrays(brain) -> dict[str, np.ndarray]:
         out[f"gate.{name}"] = np.array(value)
     for name, value in core.warmdown.state().items():
         out[f"warmdown.{name}"] = np.array(value)
+    for name, value in core.ladder.state().items():
+        out[f"ladder.{name}"] = np.array(value)
     for name in CORE_ARRAYS + CORE_SCALARS:
         out[f"core.{name}"] = np.array(getattr(core, name))
     for norm_name in ("loss_norm", "group_norm"):
@@ -140,6 +144,9 @@ def _check_ranges(arrays: dict[str, np.ndarray], source: str, brain) -> None:
                          f"[alpha_min={brain.core.config.alpha_min:g}, 1]")
     _bound(source, "core.cycle_pos", arrays["core.cycle_pos"], 0, len(ROLES), integer=True)
     _check_warmdown(arrays, source)
+    _check_ladder(arrays, source)
+    if not float(arrays["core.guard"]) > 0.0:
+        raise BrainError(f"{source}: core.guard={float(arrays['core.guard'])!r}: expected a loss level > 0 or inf")
     if not set(arrays["core.cycle_order"].tolist()) <= set(ROLES) | {0}:
         raise BrainError(f"{source}: core.cycle_order={arrays['core.cycle_order'].tolist()}: expected roles "
                          f"from {list(ROLES)}")
@@ -169,6 +176,23 @@ def _check_warmdown(arrays: dict[str, np.ndarray], source: str) -> None:
         raise BrainError(f"{source}: warmdown.order={arrays['warmdown.order'].tolist()}: expected the roles 0 and 1")
 
 
+def _check_ladder(arrays: dict[str, np.ndarray], source: str) -> None:
+    """The lr ladder's state (``fusedgate.brain.ladder``) against the ranges it keeps: ℓ = u^rungs."""
+    _bound(source, "ladder.status", arrays["ladder.status"], 0, len(LADDER_STATUS) - 1, integer=True)
+    _bound(source, "ladder.pos", arrays["ladder.pos"], 0, 2, integer=True)
+    _bound(source, "ladder.pairs", arrays["ladder.pairs"], 0, MAX_COUNT, integer=True)
+    _bound(source, "ladder.rungs", arrays["ladder.rungs"], 0, int(arrays["config.ladder"]), integer=True)
+    rungs, step = int(arrays["ladder.rungs"]), float(arrays["config.ladder_step"])
+    if not math.isclose(float(arrays["ladder.level"]), step ** rungs, rel_tol=1e-9):
+        raise BrainError(f"{source}: ladder.level={float(arrays['ladder.level'])!r} is not "
+                         f"ladder_step ** rungs = {step ** rungs:g}")
+    _bound(source, "ladder.sum_d", arrays["ladder.sum_d"], -1e300, 1e300)
+    if not np.all(np.isfinite(arrays["ladder.rewards"])):
+        raise BrainError(f"{source}: array 'ladder.rewards' is not finite")
+    if sorted(arrays["ladder.order"].tolist()) != [0, 1] and np.any(arrays["ladder.order"]):
+        raise BrainError(f"{source}: ladder.order={arrays['ladder.order'].tolist()}: expected the roles 0 and 1")
+
+
 def _check(arrays: dict[str, np.ndarray], template: dict[str, np.ndarray], source: str, brain) -> None:
     _check_header(arrays, source, brain)
     _check_shapes(arrays, template, source)
@@ -188,6 +212,8 @@ def restore_arrays(brain, arrays: dict[str, np.ndarray], source: str) -> None:
     core.gate.load({name: arrays[f"gate.{name}"] for name in core.gate.ARRAYS})
     core.warmdown = WarmdownTest.of(core.config)
     core.warmdown.load({name: arrays[f"warmdown.{name}"] for name in core.warmdown.ARRAYS})
+    core.ladder = LadderTest.of(core.config)
+    core.ladder.load({name: arrays[f"ladder.{name}"] for name in core.ladder.ARRAYS})
     for name in CORE_SCALARS:
         setattr(core, name, type(getattr(core, name))(arrays[f"core.{name}"]))
     for name in CORE_ARRAYS:

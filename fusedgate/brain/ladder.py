@@ -1,0 +1,130 @@
+"""The lr ladder: OptBrain's early test for a learning rate set too small, taken one rung at a time.
+
+A base lr several times too small costs a run dearly, and it is what a window-level test sees best:
+over one window a larger lr measures *worse* unless the lr really is too small (the short-horizon
+bias, ``policy.window_reward``), so a test that a larger lr wins errs in the safe direction. The main
+learner cannot use this: its gate starts the policy at trust α = ⅛ (``fusedgate.brain.safety``), where
+the scale it may apply is within [0.56, 1.33], too little for a ⅓-lr run's rescue to pass a test. So the
+ladder is a test of its own, right after the neutral warm-up windows, in windows of K steps, with its
+level ℓ (1 at the start) as the run's lr factor from then on:
+
+    start   a rung starts only while the gradients persist: their alignment one window apart (the
+            cosine of the sketched gradients, ``features``; the groups' mean, weighted by their
+            sketch's share) is ≥ a (``ladder_align``). A too-small lr moves slowly along a direction
+            that stays; at a large enough lr the gradient turns between windows
+    test    pairs of windows in a random order, one at ℓ·u (``ladder_step``) and one at ℓ; per pair
+            d = R_up − R_ℓ (the windows' rewards), and after n pairs t = Σd / (s·√n), s = the pair noise
+            the windows' loss residuals predict (``BrainCore.pair_noise``)
+    climb   t ≥ z (``ladder_z``): ℓ ← ℓ·u, and the next rung may start — at most ``ladder`` rungs
+    stop    Σd < 0, or no climb after ``ladder_pairs`` pairs, or the alignment below a at a rung's
+            start, or the last rung climbed: ℓ is kept
+    guard   in a window at ℓ·u the wrapper reads every step's loss (one host read per step, in these
+            windows only); a loss above twice the level before the window (or not finite) stops the
+            ladder at ℓ from that very step (``BrainCore.guarded_step``)
+
+After the ladder the main learner runs as before on top of ℓ: every window's scale, the neutral
+control's included, is ℓ × the policy's, and the warmdown test (``fusedgate.brain.warmdown``) scales
+from ℓ. ``ladder = 0`` turns it off (ℓ = 1); it needs two warm-up windows (the first alignment).
+
+**The bound.** ℓ ≤ u^``ladder``, and only ever ≥ 1: the ladder never lowers the lr. A rung is climbed
+falsely — at a larger lr that does not lower the windows' level — with probability ≤
+``ladder_pairs``·P(N(0,1) ≥ z) (the warmdown's sequential test: simulated with 2 pairs, 20 % at z = 1 and
+7 % at z = 1.64 for δ = 0; 3 % and 0.6 % when the larger lr is worse by one noise scale per pair).
+Each rung runs at most ``ladder_pairs`` windows at ℓ·u, a rung whose pair sums below zero stops the
+ladder at once, and a blow-up inside such a window ends it at the step it is seen (the step before
+it, at ℓ·u, is the one the guard cannot take back). What the test does not see: a larger lr that lowers
+the level now and raises it later (the bias runs the other way, but that is not a proof), and the cost
+of its windows on a chaotic run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+TEST, DONE = range(2)
+STATUS = ("testing", "done")
+
+
+class LadderTest:
+    """The state machine above. ``knobs_for(j, reward, s, rng)`` once per window from the first window
+    after the warm-up on, for the window j about to start (``reward``: that of window j − 1); returns
+    window j's scale over ℓ while testing (u or 1), ``None`` once the ladder is done (the main learner
+    decides, on top of ``level``)."""
+
+    ARRAYS = ("status", "rungs", "level", "pairs", "sum_d", "order", "pos", "rewards")
+
+    def __init__(self, rungs: int, step: float, z: float, max_pairs: int, align: float = -1.0):
+        self.max_rungs, self.step, self.z, self.max_pairs = int(rungs), float(step), float(z), int(max_pairs)
+        self.align = float(align)
+        self.status = TEST if rungs > 0 else DONE
+        self.rungs = 0                          # rungs climbed
+        self.level = 1.0                        # ℓ = step ** rungs
+        self.pairs, self.sum_d = 0, 0.0         # of the current rung
+        self.order = np.zeros(2, dtype=np.int64)  # this pair's roles: 1 = at ℓ·u, 0 = at ℓ
+        self.pos = 0                            # windows of this pair started (0: the rung's first pair is due)
+        self.rewards = np.zeros(2)              # by role
+
+    @classmethod
+    def of(cls, config) -> LadderTest:
+        return cls(config.ladder, config.ladder_step, config.ladder_z, config.ladder_pairs, config.ladder_align)
+
+    @property
+    def testing(self) -> bool:
+        return self.status == TEST
+
+    def knobs_for(self, reward: float, s: float, rng: np.random.Generator, alignment: float = 1.0) -> float | None:
+        """The next window's scale over ℓ while testing (None once done), after folding the last one's
+        reward; ``alignment``: the gradients' cosine one window apart, which a rung needs to start."""
+        if self.status != TEST:
+            return None
+        if self.pos > 0:                        # the window that just ended was one of this pair's
+            self._fold(reward, s)
+        if self.status == TEST and self.pos == 0 and self.pairs == 0 and not alignment >= self.align:
+            self.status = DONE                  # a new rung, but the gradients no longer persist
+        if self.status != TEST:
+            return None
+        if self.pos == 0:
+            self.order = rng.permutation(np.array([1, 0], dtype=np.int64))
+        self.pos += 1
+        return self.step if int(self.order[self.pos - 1]) == 1 else 1.0
+
+    def _fold(self, reward: float, s: float) -> None:
+        """The window just finished (of the current pair) had ``reward``; decide after the pair's second.
+        A window without a usable level stops the ladder."""
+        if not math.isfinite(reward):
+            self.status = DONE
+            return
+        self.rewards[int(self.order[self.pos - 1])] = reward
+        if self.pos < 2:
+            return
+        self.pos = 0
+        self.pairs += 1
+        self.sum_d += float(self.rewards[1] - self.rewards[0])
+        t = self.sum_d / (max(s, 1e-12) * math.sqrt(self.pairs))
+        if self.sum_d < 0.0 or (t < self.z and self.pairs >= self.max_pairs):
+            self.status = DONE
+        elif t >= self.z:
+            self.rungs += 1
+            self.level *= self.step
+            self.pairs, self.sum_d = 0, 0.0
+            if self.rungs >= self.max_rungs:
+                self.status = DONE
+
+    def stop(self) -> None:
+        """Done at the level reached (a guarded window blew up: ``BrainCore.guarded_step``)."""
+        self.status = DONE
+
+    def report(self) -> dict:
+        return {"status": STATUS[self.status], "rungs": self.rungs, "level": self.level}
+
+    def state(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.ARRAYS}
+
+    def load(self, values: dict) -> None:
+        for name in ("status", "rungs", "pairs", "pos"):
+            setattr(self, name, int(values[name]))
+        self.level, self.sum_d = float(values["level"]), float(values["sum_d"])
+        self.order = np.array(values["order"], dtype=np.int64)
+        self.rewards = np.array(values["rewards"], dtype=np.float64)
