@@ -28,8 +28,12 @@ def test_brain_eval_writes_table_json_and_plot(tmp_path, capsys):
     x3 = next(r for r in record["rows"] if r["scenario"] == "lr_x3")
     for seed, ratio in enumerate(x3["ratios"]):   # each ratio is brain / base of its own seed
         assert math.isclose(ratio, finals[(True, 3.0, False, seed)] / finals[(False, 3.0, False, seed)], rel_tol=1e-9)
+    levels = {(r["arm"]["lr_mult"], r["seed"]): r["report"]["ladder"]["level"] for r in record["runs"]
+              if r["arm"]["brain"]}
+    assert x3["ladder"] == [levels[(3.0, s)] for s in range(2)] and set(levels.values()) <= {1.0, 2.0, 4.0}
     text = (tmp_path / "brain_eval.md").read_text()
     assert "Command: `fusedgate brain-eval --tasks regression" in text and "gap closed" in text
+    assert "(ℓ " in text                                  # the ladder's level beside the trust
     capsys.readouterr()
 
 

@@ -135,7 +135,7 @@ def test_an_ended_brain_runs_the_ladder_alone_then_steps_at_the_level_without_re
         return step(*a, **k)
 
     step, base.step = base.step, spy
-    for t in range(60):                  # full-batch losses: no batch noise, lr 0.01 far too small
+    for _ in range(60):                  # full-batch losses: no batch noise, lr 0.01 far too small
         reads.append(host_reads["n"])
         loss = ((model(x) - y) ** 2).mean()
         brain.zero_grad()

@@ -243,8 +243,11 @@ def rows_from_runs(runs: list[dict], scenarios, tasks, optimizers, seeds) -> lis
                 row = summarise(scenario, task, opt, per_arm)
                 row["family"] = family(row)
                 brain_arm = ARMS[scenario].get(_brain_arm(scenario))
-                row["alpha"] = [r["report"]["alpha"] for r in runs if r["task"] == task and r["optimizer"] == opt
-                                and brain_arm is not None and r["arm"] == brain_arm]
+                brain_runs = [r for r in runs if r["task"] == task and r["optimizer"] == opt
+                              and brain_arm is not None and r["arm"] == brain_arm]
+                row["alpha"] = [r["report"]["alpha"] for r in brain_runs]
+                # the lr ladder's level ℓ (runs saved before the ladder have none)
+                row["ladder"] = [r["report"]["ladder"]["level"] for r in brain_runs if "ladder" in r["report"]]
                 rows.append(row)
     return rows
 

@@ -31,6 +31,11 @@ gradient and the window's net update): b_g,scale ← b_g,scale − κ·r_g·(o_g
 one-step hypergradient (``BrainCore._hypergradient``). It moves the *proposal* μ; what is applied is
 α·μ, so it acts only as far as the gate trusts it.
 
+Right after the warm-up the lr ladder (``fusedgate.brain.ladder``) runs its own windows, with the
+policy's knobs at z = 0: pairs at 2ℓ and ℓ, doubling the level ℓ while a paired test says the larger lr
+wins; every later window's scale — the neutral control's too — is ℓ times the policy's, and the cycles
+start when the ladder is done.
+
 The last ``warmdown`` fraction of a run of known length (``total_steps``) belongs to the warmdown test
 (``fusedgate.brain.warmdown``): there the policy's knobs end (z = 0) and the scale of every group is the
 test's (½ in its test windows, 1 in its neutral ones, then a linear warmdown if it passed, 1 if not).
@@ -50,8 +55,8 @@ import math
 import numpy as np
 
 from fusedgate.brain.config import BrainConfig, BrainError
-from fusedgate.brain.safety import TrustGate
 from fusedgate.brain.ladder import LadderTest
+from fusedgate.brain.safety import TrustGate
 from fusedgate.brain.warmdown import WarmdownTest
 
 __all__ = ["BrainConfig", "BrainCore", "BrainError", "KNOBS", "knobs_from_z", "window_progress", "window_reward"]

@@ -55,6 +55,8 @@ def scenario_table(scenario: str, rows: list[dict]) -> list[str]:
     for row in rows:
         cells = [row.get("family", ""), row["task"], row["optimizer"]] + [_f(row["mean"][a]) for a in arms]
         alpha = _f(statistics.fmean(row["alpha"]), 2) if row["alpha"] else "–"
+        if row.get("ladder"):           # the ladder's mean level ℓ beside the trust
+            alpha += f" (ℓ {_f(statistics.fmean(row['ladder']), 2)})"
         ci = interval_text(row, "–")
         if scenario in ("tuned", "fusedgate"):
             cells += [f"**{_f(row['ratio'])}**", ci, _spread(row["ratios"]), f"{row['wins']}/{len(row['seeds'])}",
@@ -93,7 +95,8 @@ def markdown(rows: list[dict], targets: list[dict], meta: dict, overhead: dict |
         "two, paired by seed (same init, batches and spikes; seeds 0…n−1); ratios are geometric means over "
         "seeds, < 1 = the brain helped. Fractions (gap closed, gain recovered) use the seed-mean losses. "
         "`α` = the brain's final trust (1 = full policy, 0 = exactly neutral: its safety gate, "
-        "`fusedgate/brain/safety.py`).",
+        "`fusedgate/brain/safety.py`), seed mean; `(ℓ …)` beside it = the lr ladder's level, seed mean "
+        "(1, 2 or 4 per run: `fusedgate/brain/ladder.py`).",
         "",
     ]
     if targets:

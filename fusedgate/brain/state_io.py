@@ -17,10 +17,10 @@ import zipfile
 import numpy as np
 
 from fusedgate.brain.config import BOUNDS, FIELDS, BrainConfig, BrainError, check_field
-from fusedgate.brain.policy import CLIP_RANGE, DAMPEN_RANGE, KNOBS, ROLES, SCALE_RANGE, RunningNorm
-from fusedgate.brain.safety import TrustGate
 from fusedgate.brain.ladder import STATUS as LADDER_STATUS
 from fusedgate.brain.ladder import LadderTest
+from fusedgate.brain.policy import CLIP_RANGE, DAMPEN_RANGE, KNOBS, ROLES, SCALE_RANGE, RunningNorm
+from fusedgate.brain.safety import TrustGate
 from fusedgate.brain.warmdown import STATUS, WarmdownTest
 from fusedgate.files import WriteError, write_atomic
 
