@@ -30,6 +30,44 @@ def sliding_mse(model, x, y, t: int) -> torch.Tensor:
     return ((model(x[i:i + 16]) - y[i:i + 16]) ** 2).mean()
 
 
+def resumed_against_uninterrupted(fresh, train, split: int, steps: int, folder: Path):
+    """``fresh()`` -> (model, x, y, brain); ``train(model, x, y, brain, range)``. One run trained for ``steps``;
+    another for ``split`` steps, its brain saved to a file and its model and base optimizer state copied into a
+    third fresh run, which trains on to ``steps``: asserts the parameters equal the uninterrupted run's bit for
+    bit and returns (the uninterrupted brain, the brain saved at ``split``, the resumed brain)."""
+    model, x, y, brain = fresh()
+    train(model, x, y, brain, range(steps))
+    model2, x2, y2, saved = fresh()
+    train(model2, x2, y2, saved, range(split))
+    saved.save(folder / "b.npz")
+    model3, x3, y3, resumed = fresh()
+    model3.load_state_dict(model2.state_dict())
+    resumed.base.load_state_dict(saved.base.state_dict())
+    resumed.load(folder / "b.npz")
+    train(model3, x3, y3, resumed, range(split, steps))
+    for p, q in zip(model.parameters(), model3.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    return brain, saved, resumed
+
+
+def load_error(brain, folder: Path, key: str, value) -> str:
+    """Save ``brain``, set array ``key`` of the file to ``value``, load it back: the BrainError's message,
+    checked to be one line."""
+    import numpy as np
+
+    from fusedgate.brain import BrainError
+
+    brain.save(folder / "b.npz")
+    with np.load(folder / "b.npz") as data:
+        arrays = {k: np.array(data[k]) for k in data.files}
+    arrays[key] = np.array(value, dtype=arrays[key].dtype)
+    np.savez(folder / "bad.npz", **arrays)
+    with pytest.raises(BrainError) as info:
+        brain.load(folder / "bad.npz")
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
 @pytest.fixture
 def host_reads(monkeypatch) -> dict:
     """Counts ``Tensor.cpu`` calls (the brain's host reads) in ``["n"]`` while the test runs."""

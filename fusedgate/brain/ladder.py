@@ -43,6 +43,8 @@ import math
 
 import numpy as np
 
+from fusedgate.brain.warmdown import sequential_verdict
+
 TEST, DONE = range(2)
 STATUS = ("testing", "done")
 
@@ -102,10 +104,10 @@ class LadderTest:
         self.pos = 0
         self.pairs += 1
         self.sum_d += float(self.rewards[1] - self.rewards[0])
-        t = self.sum_d / (max(s, 1e-12) * math.sqrt(self.pairs))
-        if self.sum_d < 0.0 or (t < self.z and self.pairs >= self.max_pairs):
+        verdict = sequential_verdict(self.sum_d, self.pairs, s, self.z, self.max_pairs)
+        if verdict is False:
             self.status = DONE
-        elif t >= self.z:
+        elif verdict:
             self.rungs += 1
             self.level *= self.step
             self.pairs, self.sum_d = 0, 0.0

@@ -29,20 +29,21 @@ Three modes, one learner (``fusedgate.brain.policy.BrainCore``, its knobs a ``Br
 Learning and safety (``fusedgate.brain.policy``, ``fusedgate.brain.safety``): decisions are held for a
 window of K steps; the first ``warmup_windows`` windows are exactly neutral (bit-identical to the base
 optimizer). Then the lr ladder (``fusedgate.brain.ladder``; ``ladder=0`` turns it off) tests pairs of
-windows at 2ℓ against ℓ and doubles the run's lr factor ℓ (1 at first, at most 4) only while a paired test
-says the larger lr wins and the gradients stay aligned from one window to the next. Then cycles of four windows (+ε, −ε, the policy mean, neutral) in random order train a
-linear Gaussian policy by antithetic ES, and a trust gate lets the policy's deviation from neutral
-grow only while a paired one-sided test says its windows beat the neutral ones. Over the last quarter of
-a run of known length (``total_steps``; FusedGate's own, for a FusedGate base) the policy ends and a
-second paired test decides whether to lower the lr linearly to the end (``fusedgate.brain.warmdown``;
-``warmdown=0`` turns it off). A NaN or inf ``loss=``
-is skipped by the learner (counted in ``report()['skipped_losses']``); the base step still runs. Once the
-gate has ended the policy (α = 0, final) or the brain is frozen, it stops sensing and learning: a step
-is then the base step and a counter until the warmdown phase (if any), where it reads the losses only.
-Host syncs: one per window, none per step — except in the ladder's windows at 2ℓ (at most four per run),
-where each step's loss is read so that a blow-up stops the ladder at once. ``OptBrain`` is not a ``torch.optim.Optimizer`` subclass:
-attach LR schedulers to the base optimizer. Save/load: ``save(path)``/``load(path)`` write/read
-``.npz`` without pickle; nothing is written anywhere else; there is no telemetry and no network.
+windows at 2ℓ against ℓ and doubles the run's lr factor ℓ (1 at first, at most 4) only while a paired
+test says the larger lr wins and the gradients stay aligned from one window to the next. Then cycles of
+four windows (+ε, −ε, the policy mean, neutral) in random order train a linear Gaussian policy by
+antithetic ES, and a trust gate lets the policy's deviation from neutral grow only while a paired
+one-sided test says its windows beat the neutral ones. Over the last quarter of a run of known length
+(``total_steps``; FusedGate's own, for a FusedGate base) the policy ends and a second paired test
+decides whether to lower the lr linearly to the end (``fusedgate.brain.warmdown``; ``warmdown=0`` turns
+it off). A NaN or inf ``loss=`` is skipped by the learner (counted in ``report()['skipped_losses']``);
+the base step still runs. Once the gate has ended the policy (α = 0, final) or the brain is frozen, it
+stops sensing and learning: a step is then the base step and a counter until the warmdown phase (if
+any), where it reads the losses only. Host syncs: one per window, none per step — except in the
+ladder's windows at 2ℓ (at most four per run), where each step's loss is read so that a blow-up stops
+the ladder at once. ``OptBrain`` is not a ``torch.optim.Optimizer`` subclass: attach LR schedulers to
+the base optimizer. Save/load: ``save(path)``/``load(path)`` write/read ``.npz`` without pickle;
+nothing is written anywhere else; there is no telemetry and no network.
 """
 
 from __future__ import annotations

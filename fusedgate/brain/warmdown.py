@@ -43,6 +43,16 @@ STATUS = ("off", "waiting", "testing", "on", "rejected")
 LOWEST = 0.01                            # the scale knob's floor (policy.SCALE_RANGE)
 
 
+def sequential_verdict(sum_d: float, pairs: int, s: float, z: float, max_pairs: int) -> bool | None:
+    """The one-sided paired test the warmdown and the lr ladder (``fusedgate.brain.ladder``) share: after
+    ``pairs`` pairs whose differences sum to Σd, t = Σd / (s·√n). False (fail) on Σd < 0, or t < z after
+    ``max_pairs`` pairs; True (pass) on t ≥ z; None: another pair."""
+    t = sum_d / (max(s, 1e-12) * math.sqrt(pairs))
+    if sum_d < 0.0 or (t < z and pairs >= max_pairs):
+        return False
+    return True if t >= z else None
+
+
 class WarmdownTest:
     """The state machine above. ``knobs_for(j, reward, s)`` once per window, for the window j about to
     start (``reward``: that of window j − 1); returns the scale of window j, or ``None`` before the
@@ -107,10 +117,10 @@ class WarmdownTest:
             return
         self.pairs += 1
         self.sum_d += float(self.rewards[1] - self.rewards[0])
-        t = self.sum_d / (max(s, 1e-12) * math.sqrt(self.pairs))
-        if self.sum_d < 0.0 or (t < self.z and self.pairs >= self.max_pairs):
+        verdict = sequential_verdict(self.sum_d, self.pairs, s, self.z, self.max_pairs)
+        if verdict is False:
             self.status = NO
-        elif t >= self.z:
+        elif verdict:
             self.status, self.commit = ON, j
         else:
             self._new_pair(rng)
