@@ -4,6 +4,7 @@ its scenario arithmetic against hand-computed numbers, and its usage errors (one
 import json
 import math
 import os
+import re
 
 import pytest
 
@@ -28,12 +29,9 @@ def test_brain_eval_writes_table_json_and_plot(tmp_path, capsys):
     x3 = next(r for r in record["rows"] if r["scenario"] == "lr_x3")
     for seed, ratio in enumerate(x3["ratios"]):   # each ratio is brain / base of its own seed
         assert math.isclose(ratio, finals[(True, 3.0, False, seed)] / finals[(False, 3.0, False, seed)], rel_tol=1e-9)
-    levels = {(r["arm"]["lr_mult"], r["seed"]): r["report"]["ladder"]["level"] for r in record["runs"]
-              if r["arm"]["brain"]}
-    assert x3["ladder"] == [levels[(3.0, s)] for s in range(2)] and set(levels.values()) <= {1.0, 2.0, 4.0}
+    assert x3["ladder"] == [] and not re.search(r"\(ℓ \d", (tmp_path / "brain_eval.md").read_text())  # ladder off
     text = (tmp_path / "brain_eval.md").read_text()
     assert "Command: `fusedgate brain-eval --tasks regression" in text and "gap closed" in text
-    assert "(ℓ " in text                                  # the ladder's level beside the trust
     capsys.readouterr()
 
 
@@ -91,6 +89,20 @@ def test_init_file_errors_are_one_line(tmp_path, capsys):
     assert "unknown OptBrain argument" in _init_error(tmp_path, capsys, b'{"explre": 0.5}')
     assert "window" in _init_error(tmp_path, capsys, b'{"window": 1}')
     assert "cannot read" in _init_error(tmp_path, capsys, None, name="")   # a folder
+
+
+def test_the_ladders_level_is_kept_per_seed_and_shown_beside_the_trust(tmp_path, capsys):
+    init = tmp_path / "ladder.json"
+    init.write_text('{"ladder": 2}')
+    out = tmp_path / "out"
+    assert main(["brain-eval", *TINY, "--scenarios", "lr_div3", "--init", str(init), "--out", str(out)]) == 0
+    record = json.loads((out / "brain_eval.json").read_text())
+    levels = [r["report"]["ladder"]["level"] for r in sorted(record["runs"], key=lambda r: r["seed"])
+              if r["arm"]["brain"]]
+    row = record["rows"][0]
+    assert row["ladder"] == levels and len(levels) == 2 and set(levels) <= {1.0, 2.0, 4.0}
+    assert re.search(r"\(ℓ \d", (out / "brain_eval.md").read_text())
+    capsys.readouterr()
 
 
 def test_init_file_arguments_reach_the_brain(tmp_path, capsys):

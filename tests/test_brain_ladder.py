@@ -30,10 +30,10 @@ def drive(ladder, d_per_pair, s=1.0, seed=0, windows=40):
     return scales
 
 
-def test_on_by_default_and_off_at_zero_rungs():
-    ladder = BrainCore(2).ladder
+def test_off_by_default_and_on_with_rungs_as_evaluated():
+    assert BrainCore(2).ladder.status == DONE and BrainCore(2).ladder.level == 1.0
+    ladder = BrainCore(2, ladder=2).ladder
     assert (ladder.status, ladder.max_rungs, ladder.step, ladder.z, ladder.align) == (TEST, 2, 2.0, 1.0, 0.5)
-    assert BrainCore(2, ladder=0).ladder.status == DONE and BrainCore(2, ladder=0).ladder.level == 1.0
     assert LadderTest(0, 2.0, 1.64, 2).knobs_for(0.0, 1.0, np.random.default_rng(0)) is None
 
 
@@ -69,7 +69,7 @@ def test_a_rung_starts_only_while_the_gradients_persist():
 def test_after_a_single_warm_up_window_the_ladder_stops_at_once():
     """The first alignment is measured in the second window; with one warm-up window the first rung finds
     none (0 < a) and the main learner starts right there, as it would without a ladder."""
-    with_ladder, without = BrainCore(2, warmup_windows=1, seed=4), BrainCore(2, warmup_windows=1, seed=4, ladder=0)
+    with_ladder, without = BrainCore(2, warmup_windows=1, seed=4, ladder=2), BrainCore(2, warmup_windows=1, seed=4)
     rng = np.random.default_rng(0)
     for j in range(12):
         losses = np.exp(-0.01 * np.arange(10 * j, 10 * j + 10)) * (1 + 0.01 * rng.standard_normal(10))

@@ -70,7 +70,7 @@ class BrainConfig:
     warmdown        L, the run's last fraction given to the warmdown test (0: off; needs total_steps)
     warmdown_scale  f, the test windows' scale and the warmdown's start   warmdown_pairs  most test pairs
     warmdown_z      the warmdown test's commit threshold
-    ladder          the lr ladder's most rungs (0: off; ``fusedgate.brain.ladder``)
+    ladder          the lr ladder's most rungs (0, the default: off; ``fusedgate.brain.ladder``; 2 was evaluated)
     ladder_step     u, the lr factor of a rung        ladder_pairs  most test pairs per rung
     ladder_z        the ladder's climb threshold     ladder_align  the gradient alignment a rung needs to start
     sigma           base exploration scale per knob (scale, clip, dampen), in policy units
@@ -100,7 +100,7 @@ class BrainConfig:
     warmdown_scale: float = 0.5
     warmdown_pairs: int = 2
     warmdown_z: float = 1.64
-    ladder: int = 2
+    ladder: int = 0
     ladder_step: float = 2.0
     ladder_pairs: int = 2
     ladder_z: float = 1.0

@@ -246,8 +246,9 @@ def rows_from_runs(runs: list[dict], scenarios, tasks, optimizers, seeds) -> lis
                 brain_runs = [r for r in runs if r["task"] == task and r["optimizer"] == opt
                               and brain_arm is not None and r["arm"] == brain_arm]
                 row["alpha"] = [r["report"]["alpha"] for r in brain_runs]
-                # the lr ladder's level ℓ (runs saved before the ladder have none)
-                row["ladder"] = [r["report"]["ladder"]["level"] for r in brain_runs if "ladder" in r["report"]]
+                # the lr ladder's level ℓ, where it was on (runs saved before the ladder have none)
+                row["ladder"] = [r["report"]["ladder"]["level"] for r in brain_runs
+                                 if r["report"].get("ladder", {}).get("status", "off") != "off"]
                 rows.append(row)
     return rows
 

@@ -24,7 +24,16 @@ level ℓ (1 at the start) as the run's lr factor from then on:
 
 After the ladder the main learner runs as before on top of ℓ: every window's scale, the neutral
 control's included, is ℓ × the policy's, and the warmdown test (``fusedgate.brain.warmdown``) scales
-from ℓ. ``ladder = 0`` turns it off (ℓ = 1); it needs two warm-up windows (the first alignment).
+from ℓ. It needs two warm-up windows (the first alignment is measured in the second).
+
+**Off by default** (``ladder = 0``: ℓ = 1); ``ladder=2`` turns on what was evaluated (×2 rungs, z = 1, a = 0.5,
+2 pairs: chosen on the tuning family's seeds 10–14, ``bench/results/brain_tuning/README.md``, sweeps 7–9). On the
+evaluation's seeds 0–4 (``bench/results/brain_eval_ladder/``, ``brain_eval_600_ladder/``) it closes ≥ 50 % of a ⅓-lr
+gap on 3 of 9 tuning pairs at 300 steps (none without it) but is more than 1 % worse at the tuned lr on more pairs at
+both horizons (300 steps: 3 tuning and 1 held-out pair, against 2 and 0; 600: 1 and 2, against 0 and 1). Where
+the ladder never starts, a run is the default's bit for bit; the losses are false climbs at the tuned lr (9 of 45
+tuning runs climbed; per seed at 300 steps mlp/FusedGate ×1.011 → ×1.425, mlp/SGD ×1.011 → ×1.236, cnn/SGD
+×0.999 → ×1.073) and tests that rejected on a chaotic pair (mlp/FusedGate ×0.929 → ×1.018).
 
 **The bound.** ℓ ≤ u^``ladder``, and only ever ≥ 1: the ladder never lowers the lr. A rung is climbed
 falsely — at a larger lr that does not lower the windows' level — with probability ≤
@@ -119,7 +128,8 @@ class LadderTest:
         self.status = DONE
 
     def report(self) -> dict:
-        return {"status": STATUS[self.status], "rungs": self.rungs, "level": self.level}
+        status = STATUS[self.status] if self.max_rungs else "off"
+        return {"status": status, "rungs": self.rungs, "level": self.level}
 
     def state(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in self.ARRAYS}

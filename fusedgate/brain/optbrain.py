@@ -28,9 +28,10 @@ Three modes, one learner (``fusedgate.brain.policy.BrainCore``, its knobs a ``Br
 
 Learning and safety (``fusedgate.brain.policy``, ``fusedgate.brain.safety``): decisions are held for a
 window of K steps; the first ``warmup_windows`` windows are exactly neutral (bit-identical to the base
-optimizer). Then the lr ladder (``fusedgate.brain.ladder``; ``ladder=0`` turns it off) tests pairs of
-windows at 2ℓ against ℓ and doubles the run's lr factor ℓ (1 at first, at most 4) only while a paired
-test says the larger lr wins and the gradients stay aligned from one window to the next. Then cycles of
+optimizer). Then, if turned on (``ladder=2``; off by default), the lr ladder (``fusedgate.brain.ladder``)
+tests pairs of windows at 2ℓ against ℓ and doubles the run's lr factor ℓ (1 at first, at most 4) only
+while a paired test says the larger lr wins and the gradients stay aligned from one window to the next.
+Then cycles of
 four windows (+ε, −ε, the policy mean, neutral) in random order train a linear Gaussian policy by
 antithetic ES, and a trust gate lets the policy's deviation from neutral grow only while a paired
 one-sided test says its windows beat the neutral ones. Over the last quarter of a run of known length

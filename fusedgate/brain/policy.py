@@ -31,7 +31,7 @@ gradient and the window's net update): b_g,scale ← b_g,scale − κ·r_g·(o_g
 one-step hypergradient (``BrainCore._hypergradient``). It moves the *proposal* μ; what is applied is
 α·μ, so it acts only as far as the gate trusts it.
 
-Right after the warm-up the lr ladder (``fusedgate.brain.ladder``) runs its own windows, with the
+Right after the warm-up the lr ladder (``fusedgate.brain.ladder``, off by default) runs its own windows, with the
 policy's knobs at z = 0: pairs at 2ℓ and ℓ, doubling the level ℓ while a paired test says the larger lr
 wins; every later window's scale — the neutral control's too — is ℓ times the policy's, and the cycles
 start when the ladder is done.

@@ -38,7 +38,7 @@ by helpful policies: one better by δ = 1 at the trust it runs at reaches full t
 (Σα = 62 of 100 cycles; δ = 0.5: 24 %, Σα = 15), since an unlucky first pair ends it too — and at
 α = ⅛ a policy's δ is about ⅛ of what it would be at full trust.
 
-The bound is the policy's, relative to the lr ladder's level ℓ (``fusedgate.brain.ladder``, with its own
+The bound is the policy's, relative to the lr ladder's level ℓ (``fusedgate.brain.ladder``, off by default; with its own
 bound: ℓ ∈ {1, 2, 4}, each doubling on a passed paired test, and it only ever raises the lr): the neutral
 windows run at ℓ and the policy's at ℓ × its knobs. Over the last ``warmdown`` fraction of a run of known length
 the policy's knobs end and the warmdown test takes over (``fusedgate.brain.warmdown``, with its own bound): it
