@@ -78,6 +78,16 @@ def test_after_a_single_warm_up_window_the_ladder_stops_at_once():
     assert with_ladder.ladder.status == DONE and with_ladder.ladder.level == 1.0
 
 
+def test_the_warmdown_phase_ends_an_unfinished_ladder():
+    core = BrainCore(1, window=4, warmup_windows=2, ladder=3, ladder_align=-1.0, ladder_pairs=100, ladder_z=10.0,
+                     total_steps=32, warmdown=0.5)
+    for _ in range(3):                              # flat losses: the ladder never decides by itself
+        core.end_window(np.ones(4), np.zeros((1, 7)))
+    assert core.ladder.testing and core.warmdown.first == 4
+    core.end_window(np.ones(4), np.zeros((1, 7)))   # window 4 is the phase's first
+    assert core.ladder.status == DONE and core.ladder.level == 1.0 and core.decisions[0, 0] in (0.5, 1.0)
+
+
 def test_a_window_without_a_usable_loss_stops_the_ladder():
     ladder = LadderTest(2, 2.0, 1.64, 2)
     rng = np.random.default_rng(0)

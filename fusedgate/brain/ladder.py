@@ -59,9 +59,9 @@ STATUS = ("testing", "done")
 
 
 class LadderTest:
-    """The state machine above. ``knobs_for(j, reward, s, rng)`` once per window from the first window
-    after the warm-up on, for the window j about to start (``reward``: that of window j − 1); returns
-    window j's scale over ℓ while testing (u or 1), ``None`` once the ladder is done (the main learner
+    """The state machine above. ``knobs_for(reward, s, rng, alignment)`` once per window from the first
+    window after the warm-up on, for the window about to start (``reward``: that of the one just ended);
+    returns its scale over ℓ while testing (u or 1), ``None`` once the ladder is done (the main learner
     decides, on top of ``level``)."""
 
     ARRAYS = ("status", "rungs", "level", "pairs", "sum_d", "order", "pos", "rewards")

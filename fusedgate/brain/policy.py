@@ -206,8 +206,9 @@ class BrainCore:
         return self.gate.alpha == 0.0
 
     def sensing(self, j: int) -> bool:
-        """Whether window j's features are wanted: the main learner runs (not ended, not yet in the
-        warmdown phase, ``fusedgate.brain.warmdown``)."""
+        """Whether window j's features are wanted: the main learner runs (not ended) or the lr ladder tests
+        (its rungs read the gradient alignment), and the warmdown phase (``fusedgate.brain.warmdown``) has
+        not begun."""
         return (not self.ended or self.ladder.testing) and not self.warmdown.in_phase(j)
 
     def listening(self, j: int) -> bool:
@@ -264,8 +265,10 @@ class BrainCore:
         self.n_windows += 1
         reward = self._judge_window(usable)
         j = self.n_windows if next_window is None else int(next_window)
-        scale = self.warmdown.knobs_for(j, reward, self._test_noise(), self.rng)
+        scale = self.warmdown.knobs_for(j, reward, self._warmdown_noise(), self.rng)
         if scale is not None:              # the warmdown phase: its scale alone, the policy's knobs end
+            if self.ladder.testing:        # (a run too short for the ladder to finish: it ends at ℓ)
+                self.ladder.stop()
             self._set_knobs(np.zeros((self.n_groups, 3)), scale)
             self.cycle_pos = 0
             return self.decisions
@@ -425,7 +428,7 @@ class BrainCore:
             d = r[MEAN] - r[0] if math.isfinite(r[MEAN]) else worst - r[0]
             self.gate.after_cycle(d, self.pair_noise())
 
-    def _test_noise(self) -> float:
+    def _warmdown_noise(self) -> float:
         """The warmdown test's noise scale: the larger of the main gate's RMS of d and the pair noise."""
         known = [v for v in (math.sqrt(self.gate.d_sq), self.pair_noise()) if math.isfinite(v)]
         return max(known, default=0.0)
