@@ -41,10 +41,10 @@ it off). A NaN or inf ``loss=`` is skipped by the learner (counted in ``report()
 the base step still runs. Once the gate has ended the policy (α = 0, final) or the brain is frozen, it
 stops sensing and learning: a step is then the base step and a counter until the warmdown phase (if
 any), where it reads the losses only. Host syncs: one per window, none per step — except in the
-ladder's windows at 2ℓ (at most ``ladder``·``ladder_pairs`` per run), where each step's loss is read so that a blow-up stops
-the ladder at once. ``OptBrain`` is not a ``torch.optim.Optimizer`` subclass: attach LR schedulers to
-the base optimizer. Save/load: ``save(path)``/``load(path)`` write/read ``.npz`` without pickle;
-nothing is written anywhere else; there is no telemetry and no network.
+ladder's windows at 2ℓ (at most ``ladder``·``ladder_pairs`` a run), where each step's loss is read so
+that a blow-up stops the ladder at once. ``OptBrain`` is not a ``torch.optim.Optimizer`` subclass:
+attach LR schedulers to the base optimizer. Save/load: ``save(path)``/``load(path)`` write/read
+``.npz`` without pickle; nothing is written anywhere else; there is no telemetry and no network.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ TorchBrain applies the knobs through the *generic mechanism* (``fusedgate.brain.
 group's lr × scale for the base step, its gradient clipped to τ = m̂·c/(1−c), its update smoothed by
 dampen. Per step it only copies the loss into a device buffer (nothing at all once the gate has ended
 the policy, or while frozen: then it neither senses nor learns — until the warmdown phase, where it
-copies the loss again but senses no features), and in the lr ladder's windows at 2ℓ (if it is on) reads it (one host
-read per step, at most ``ladder``·``ladder_pairs`` windows a run: a blow-up stops the ladder at that step); once per window the knobs become a
+copies the loss again but senses no features), and in the lr ladder's windows at 2ℓ (if it is on)
+reads it (one host read per step, at most ``ladder``·``ladder_pairs`` windows a run: a blow-up stops
+the ladder at that step); once per window the knobs become a
 *plan* (lr factors, clip ratios, dampen groups) so the per-step path is a few list looks, and ``None``
 when nothing is to be done (then the step is the base's own step).
 
