@@ -30,6 +30,20 @@ def sliding_mse(model, x, y, t: int) -> torch.Tensor:
     return ((model(x[i:i + 16]) - y[i:i + 16]) ** 2).mean()
 
 
+def record_lrs(base) -> list[float]:
+    """Wrap ``base.step`` so that each call first appends group 0's lr (the lr that step runs at) to the
+    returned list."""
+    lrs: list[float] = []
+    step = base.step
+
+    def spy(*a, **k):
+        lrs.append(base.param_groups[0]["lr"])
+        return step(*a, **k)
+
+    base.step = spy
+    return lrs
+
+
 def resumed_against_uninterrupted(fresh, train, split: int, steps: int, folder: Path):
     """``fresh()`` -> (model, x, y, brain); ``train(model, x, y, brain, range)``. One run trained for ``steps``;
     another for ``split`` steps, its brain saved to a file and its model and base optimizer state copied into a

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import load_error, resumed_against_uninterrupted, sliding_mse, tiny_regression
+from conftest import load_error, record_lrs, resumed_against_uninterrupted, sliding_mse, tiny_regression
 
 from fusedgate import OptBrain
 from fusedgate.brain.ladder import DONE, TEST, LadderTest
@@ -139,13 +139,7 @@ def test_an_ended_brain_runs_the_ladder_alone_then_steps_at_the_level_without_re
     model, x, y = tiny_regression()
     base = torch.optim.SGD(model.parameters(), lr=0.01)
     brain = OptBrain(base, window=4, warmup_windows=2, ladder=2, alpha_start=0.0, alpha_min=0.0, warmdown=0.0)
-    lrs, reads = [], []
-
-    def spy(*a, **k):
-        lrs.append(base.param_groups[0]["lr"])
-        return step(*a, **k)
-
-    step, base.step = base.step, spy
+    reads, lrs = [], record_lrs(base)
     for _ in range(60):                  # full-batch losses: no batch noise, lr 0.01 far too small
         reads.append(host_reads["n"])
         loss = ((model(x) - y) ** 2).mean()
@@ -208,13 +202,7 @@ def test_the_wrappers_apply_a_stop_to_the_step_whose_loss_blew_up(mode):
     base = torch.optim.SGD(model.parameters(), lr=0.01)
     kw = dict(window=4, warmup_windows=2, ladder=2, ladder_align=-1.0, seed=3)
     brain = OptBrain(base, **kw) if mode == "torch" else OptBrain(None, n_groups=1, **kw)
-    lrs = []
-
-    def spy(*a, **k):
-        lrs.append(base.param_groups[0]["lr"])
-        return step(*a, **k)
-
-    step, base.step = base.step, spy
+    lrs = record_lrs(base)
     scales = []
     for t in range(40):
         up = brain.core.guard < math.inf

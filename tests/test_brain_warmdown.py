@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import load_error, resumed_against_uninterrupted, sliding_mse, tiny_regression
+from conftest import load_error, record_lrs, resumed_against_uninterrupted, sliding_mse, tiny_regression
 
 from fusedgate import OptBrain
 from fusedgate.brain.policy import BrainCore
@@ -123,14 +123,7 @@ def test_an_ended_brain_wakes_for_the_phase_only_and_only_ever_lowers_the_lr(hos
     base = torch.optim.SGD(model.parameters(), lr=0.1)
     brain = OptBrain(base, window=4, alpha_start=0.0, alpha_min=0.0, total_steps=80, warmdown=0.5, ladder=0)
     reads = host_reads
-    lrs = []
-    seen = []
-
-    def spy(*a, **k):
-        lrs.append(base.param_groups[0]["lr"])
-        return step(*a, **k)
-
-    step, base.step = base.step, spy
+    seen, lrs = [], record_lrs(base)
     for t in range(80):
         seen.append((t, reads["n"]))
         loss = sliding_mse(model, x, y, t)
