@@ -2,7 +2,9 @@
 
 import math
 
-from fusedgate.bench.brain_sweep import pair_row, summary
+import pytest
+
+from fusedgate.bench.brain_sweep import pair_row, seed_range, summary
 from fusedgate.brain.scenarios import geomean
 from fusedgate.brain.tasks import run_arm
 
@@ -17,3 +19,11 @@ def test_a_pair_row_and_its_summary_from_short_real_runs():
     out = summary("neutral", neutral, {"regression/sgd": row, "regression/fusedgate": dict(row, x3=0.5)}, 1.0)
     assert out["worst_tuned"] == 1.0 and out["n_tuned_ok"] == 2 and out["x3_ok"] == 0   # FusedGate pairs not counted
     assert geomean([2.0, 8.0, math.nan]) == 4.0
+
+
+def test_a_seed_range_is_inclusive_and_never_reaches_the_evaluation_seeds():
+    assert seed_range("10-29") == range(10, 30) and seed_range("5-5") == range(5, 6)
+    for bad, says in [("0-19", "are the evaluation's"), ("4-9", "are the evaluation's"), ("12-10", "FIRST ≤ LAST"),
+                      ("10", "expected FIRST-LAST"), ("a-b", "expected FIRST-LAST")]:
+        with pytest.raises(SystemExit, match=says):
+            seed_range(bad)

@@ -132,7 +132,9 @@ def test_the_level_multiplies_every_later_window_the_neutral_control_and_the_war
     controls = [s for j, s, role in after if role == 0 and core.alpha > 0]
     assert all(s == 4.0 for s in controls)
     warm = [s for j, status, s, _ in seen if j >= core.warmdown.first]
-    assert warm and all(s <= 4.0 for s in warm)                          # the warmdown scales from ℓ
+    partners = [s for s in warm if s > 4.0]                              # the warmdown scales from ℓ: its
+    assert warm and all(s == 4.0 * core.config.warmdown_partner for s in partners)   # partner windows at 1.5ℓ
+    assert len(partners) <= core.config.warmdown_pairs
 
 
 def test_an_ended_brain_runs_the_ladder_alone_then_steps_at_the_level_without_reads(host_reads):

@@ -1,5 +1,5 @@
 """fusedgate.brain.warmdown: the warmdown test's state machine, its bound in simulation, and the wrappers'
-use of it (an ended brain wakes for the phase only; the base lr is lowered, never raised)."""
+use of it (an ended brain wakes for the phase only; the base lr is raised only in the guarded partner windows)."""
 
 import math
 import re
@@ -14,12 +14,12 @@ from fusedgate.brain.policy import BrainCore
 from fusedgate.brain.warmdown import NO, OFF, ON, TEST, WAIT, WarmdownTest
 
 
-def machine(fraction=0.3, scale=0.5, z=1.0, pairs=2, total=100, window=10):
-    return WarmdownTest(fraction, scale, z, pairs, total, window)
+def machine(fraction=0.3, scale=0.5, z=1.0, pairs=2, total=100, window=10, partner=1.5):
+    return WarmdownTest(fraction, scale, z, pairs, total, window, partner)
 
 
 def drive(wd, d_per_pair, s=1.0, seed=0):
-    """Feed pairs whose warmdown window beats the neutral one by d (rewards d and 0); returns the scales."""
+    """Feed pairs whose window at f beats its partner by d (rewards d and 0); returns the scales."""
     rng = np.random.default_rng(seed)
     scales, j, reward = [], wd.first, 0.0
     pairs = iter(d_per_pair)
@@ -28,7 +28,7 @@ def drive(wd, d_per_pair, s=1.0, seed=0):
         scales.append(scale)
         if wd.status == TEST and wd.pos == 1:
             d = next(pairs, 0.0)
-        reward = d if scale != 1.0 else 0.0
+        reward = d if scale == wd.scale else 0.0
         j += 1
     return scales
 
@@ -49,7 +49,7 @@ def test_a_clear_win_commits_to_a_linear_warmdown_from_f():
     wd = machine(fraction=0.5, total=200, window=10, scale=0.5)
     scales = drive(wd, [5.0])
     assert wd.status == ON and wd.pairs == 1 and wd.commit == wd.first + 2
-    assert sorted(scales[:2]) == [0.5, 1.0]                                    # one test window each way
+    assert sorted(scales[:2]) == [0.5, 1.5]                                    # one test window each way
     after = np.array(scales[2:])
     c, T, K = wd.commit, wd.total, wd.window
     want = 0.5 * np.maximum(0.01 / 0.5, (T - (np.arange(c, c + len(after)) + 0.5) * K) / (T - c * K))
@@ -113,12 +113,12 @@ def test_the_core_hands_the_phase_to_the_warmdown_and_its_knobs_are_the_scale_al
         knobs = core.end_window(losses, np.zeros((2, 7)))
         if j >= first:
             assert not core.sensing(j) and core.listening(j) == (core.warmdown.status in (TEST, ON))
-            assert np.all(knobs[:, 1:] == (1.0, 0.0)) and np.all(knobs[:, 0] <= 1.0)
+            assert np.all(knobs[:, 1:] == (1.0, 0.0)) and np.all(knobs[:, 0] <= 1.5)
             assert np.all(knobs[:, 0] == knobs[0, 0])                      # one scale for every group
     assert core.warmdown.status in (ON, NO)
 
 
-def test_an_ended_brain_wakes_for_the_phase_only_and_only_ever_lowers_the_lr(host_reads):
+def test_an_ended_brain_wakes_for_the_phase_only_and_raises_the_lr_only_in_its_partner_windows(host_reads):
     model, x, y = tiny_regression()
     base = torch.optim.SGD(model.parameters(), lr=0.1)
     brain = OptBrain(base, window=4, alpha_start=0.0, alpha_min=0.0, total_steps=80, warmdown=0.5, ladder=0)
@@ -133,7 +133,9 @@ def test_an_ended_brain_wakes_for_the_phase_only_and_only_ever_lowers_the_lr(hos
     first = brain.core.warmdown.first                       # window 10 of 20: step 40
     assert dict(seen)[(first - 1) * 4] == 0                  # nothing read before the window before the phase
     assert reads["n"] > 0                                    # and the phase's windows were read
-    assert max(lrs) == 0.1 and lrs[:first * 4] == [0.1] * (first * 4)
+    assert lrs[:first * 4] == [0.1] * (first * 4)
+    above = [lr for lr in lrs if lr > 0.1]                   # the partner windows at 2 − f = 1.5
+    assert len(above) <= brain.config.warmdown_pairs * 4 and all(lr == pytest.approx(0.15) for lr in above)
     assert brain.report()["warmdown"]["status"] in ("on", "rejected")
     assert base.param_groups[0]["lr"] == 0.1                # restored after every step
 
@@ -164,3 +166,49 @@ def test_a_corrupt_warmdown_state_is_refused_in_one_line(tmp_path, key, value, m
     model, _, _ = tiny_regression()
     brain = OptBrain(torch.optim.SGD(model.parameters(), lr=0.1), window=4, total_steps=40)
     assert re.search(match, load_error(brain, tmp_path, key, value))
+
+
+def test_the_default_pair_keeps_the_base_lr_on_average_and_a_neutral_partner_is_the_earlier_design():
+    config = OptBrain(torch.optim.SGD(tiny_regression()[0].parameters(), lr=0.1)).config
+    assert (config.warmdown_scale + config.warmdown_partner) / 2 == 1.0
+    for partner in (1.0, 1.5):
+        wd = machine(fraction=0.5, total=200, window=10, partner=partner)
+        assert sorted(drive(wd, [0.5, 0.2])[:4]) == [0.5, 0.5, partner, partner]
+
+
+def run_with_losses(loss_of_step, steps=80, **kw):
+    """An ended brain (α = 0) on SGD at lr 0.1, fed ``loss_of_step(t, scale)`` as its loss (scale: the lr factor
+    step t runs at): (brain, the lrs of the steps)."""
+    model, x, y = tiny_regression()
+    base = torch.optim.SGD(model.parameters(), lr=0.1)
+    brain = OptBrain(base, window=4, alpha_start=0.0, alpha_min=0.0, total_steps=steps, warmdown=0.5, ladder=0, **kw)
+    lrs = record_lrs(base)
+    for t in range(steps):
+        loss = sliding_mse(model, x, y, t)
+        brain.zero_grad()
+        loss.backward()
+        brain.step(loss=torch.tensor(loss_of_step(t, float(brain.core.decisions[0, 0]))))
+    return brain, lrs
+
+
+@pytest.mark.parametrize("blowup", [101.0, math.inf])
+def test_a_partner_window_that_blows_up_rejects_the_warmdown_at_that_step(blowup):
+    """Losses 1 everywhere except a jump to 101 (or inf) in the first partner window's second step: that step
+    and every later one run at the base lr, and the test is rejected."""
+    hit = []
+
+    def loss(t, scale):
+        if scale > 1.0 and not hit:
+            hit.append(t)
+        return blowup if hit and t == hit[0] + 1 else 1.0
+
+    brain, lrs = run_with_losses(loss)
+    t = hit[0] + 1                                    # the step whose loss (before its update) blew up
+    assert lrs[t - 1] == pytest.approx(0.15) and set(lrs[t:]) == {0.1}
+    assert brain.report()["warmdown"]["status"] == "rejected" and brain.core.guard == math.inf
+
+
+def test_a_partner_window_below_the_guard_runs_to_its_end():
+    brain, lrs = run_with_losses(lambda t, scale: 99.0 if scale > 1.0 else 1.0)   # below 100×: no divergence
+    above = [i for i, lr in enumerate(lrs) if lr > 0.1]
+    assert above and len(above) % 4 == 0                                    # whole windows at 1.5

@@ -39,7 +39,7 @@ BOUNDS = {
     "horizon": ("float", 0.0, 1e9), "exploit": ("float", 0.0, 1.0), "hypergrad": ("float", 0.0, 10.0),
     "overshoot_target": ("float", -1.0, 1.0),
     "warmdown": ("float", 0.0, 0.9), "warmdown_scale": ("float", 0.01, 1.0), "warmdown_pairs": ("int", 1, 100),
-    "warmdown_z": ("float", 0.0, 10.0),
+    "warmdown_z": ("float", 0.0, 10.0), "warmdown_partner": ("float", 1.0, 2.0),
     "ladder": ("int", 0, 10), "ladder_step": ("float", 1.0, 10.0), "ladder_pairs": ("int", 1, 100),
     "ladder_z": ("float", 0.0, 10.0), "ladder_align": ("float", -1.0, 1.0),
 }
@@ -70,6 +70,8 @@ class BrainConfig:
     warmdown        L, the run's last fraction given to the warmdown test (0: off; needs total_steps)
     warmdown_scale  f, the test windows' scale and the warmdown's start   warmdown_pairs  most test pairs
     warmdown_z      the warmdown test's commit threshold
+    warmdown_partner  p, the scale of the window each test window at f is paired with (1.5 = 2 − f: the pair's
+                    mean lr is the base's, so a rejected test costs no progress to first order; 1: neutral)
     ladder          the lr ladder's most rungs (0, the default: off; ``fusedgate.brain.ladder``; 2 was evaluated)
     ladder_step     u, the lr factor of a rung        ladder_pairs  most test pairs per rung
     ladder_z        the ladder's climb threshold     ladder_align  the gradient alignment a rung needs to start
@@ -100,6 +102,7 @@ class BrainConfig:
     warmdown_scale: float = 0.5
     warmdown_pairs: int = 2
     warmdown_z: float = 1.64
+    warmdown_partner: float = 1.5
     ladder: int = 0
     ladder_step: float = 2.0
     ladder_pairs: int = 2

@@ -37,14 +37,15 @@ antithetic ES, and a trust gate lets the policy's deviation from neutral grow on
 one-sided test says its windows beat the neutral ones. Over the last quarter of a run of known length
 (``total_steps``; FusedGate's own, for a FusedGate base) the policy ends and a second paired test
 decides whether to lower the lr linearly to the end (``fusedgate.brain.warmdown``; ``warmdown=0`` turns
-it off). A NaN or inf ``loss=`` is skipped by the learner (counted in ``report()['skipped_losses']``);
-the base step still runs. Once the gate has ended the policy (α = 0, final) or the brain is frozen, it
-stops sensing and learning: a step is then the base step and a counter until the warmdown phase (if
-any), where it reads the losses only. Host syncs: one per window, none per step — except in the
-ladder's windows at 2ℓ (at most ``ladder``·``ladder_pairs`` a run), where each step's loss is read so
-that a blow-up stops the ladder at once. ``OptBrain`` is not a ``torch.optim.Optimizer`` subclass:
-attach LR schedulers to the base optimizer. Save/load: ``save(path)``/``load(path)`` write/read
-``.npz`` without pickle; nothing is written anywhere else; there is no telemetry and no network.
+it off). A NaN or inf ``loss=`` is skipped by the learner (counted in ``report()['skipped_losses']``); the base step
+still runs. Once the gate has ended the policy (α = 0, final) or the brain is frozen, it stops sensing and
+learning: a step is then the base step and a counter until the warmdown phase (if any), where it reads the
+losses only. Host syncs: one per window, none per step — except in the windows that raise the lr above the
+level they start from: the ladder's at 2ℓ (at most ``ladder``·``ladder_pairs`` a run) and the warmdown test's
+partner windows at 1.5× (at most ``warmdown_pairs``), where each step's loss is read so that a blow-up ends
+that test at once. ``OptBrain`` is not a ``torch.optim.Optimizer`` subclass: attach LR schedulers to the base
+optimizer. Save/load: ``save(path)``/``load(path)`` write/read ``.npz`` without pickle; nothing is written
+anywhere else; there is no telemetry and no network.
 """
 
 from __future__ import annotations

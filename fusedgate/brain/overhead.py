@@ -8,7 +8,8 @@ the state the gate leaves almost every evaluation run in: a step is the base ste
 ``learning`` (exploring as in a run, its trust held at α = 1 so the safety gate cannot turn it neutral
 during the measurement: the costliest case, sensing once per window and its knobs on); and, on the
 optimizer step alone, ``warmdown`` (an ended brain inside the warmdown phase, ``fusedgate.brain.warmdown``,
-its test kept undecided: the losses read again, the test windows' lr at ½, no features).
+its test kept undecided: the losses read again, the test windows' lr at ½ and 1.5 — each step's loss read in
+the windows at 1.5, the guard, which a real run does in at most ``warmdown_pairs`` windows — no features).
 
 Two measurements. Full training steps (forward, backward, step) in alternating blocks, medians — the
 honest end-to-end number, but its noise is far above 0.1 %. And the optimizer step alone: for each brain

@@ -38,7 +38,7 @@ start when the ladder is done.
 
 The last ``warmdown`` fraction of a run of known length (``total_steps``) belongs to the warmdown test
 (``fusedgate.brain.warmdown``): there the policy's knobs end (z = 0) and the scale of every group is the
-test's (½ in its test windows, 1 in its neutral ones, then a linear warmdown if it passed, 1 if not).
+test's (½ and 1.5 in its paired test windows, then a linear warmdown if it passed, 1 if not).
 
 Non-finite losses (a NaN or inf ``loss=``) are skipped: a window's reward and loss features use its
 finite, positive losses only, and the skipped ones are counted (``skipped_losses``). A window with
@@ -76,6 +76,10 @@ Z_HIGH = np.array([math.log(SCALE_RANGE[1]), math.log(CLIP_RANGE[1]), DAMPEN_RAN
 MEAN = 2                 # the role of a window at the policy mean α·μ (no noise)
 ROLES = (1, -1, MEAN, 0)  # +ε, −ε, the policy mean, the neutral control: one cycle
 BLOWUP = math.log(2.0)  # a brain window whose late loss level is 2× the previous window's: a blow-up
+# a loss in a warmdown partner window (1.5× the lr) this many times the largest of the window before: a
+# divergence. A larger lr's own noise stays below it: on the tuning family (seeds 10–29, tuned and 3× lr)
+# those windows reach at most 24× — at 3× the lr, and the runs recover — and ≤ 6.3× at the tuned lr
+PARTNER_BLOWUP = 100.0
 
 
 def knobs_from_z(z: np.ndarray) -> np.ndarray:
@@ -169,7 +173,7 @@ class BrainCore:
         self.noise_sq = math.nan                    # EMA of the windows' squared log-loss residual noise
         self.reliability = np.ones(n_groups)        # per group: min(elements, sketch size)/sketch size
         self.prev_level = math.nan                  # the previous window's late log-loss level
-        self.guard = math.inf                       # a loss above this stops a ladder window (guarded_step)
+        self.guard = math.inf                       # a loss above this ends a guarded window (guarded_step)
         self.sigma = np.asarray(config.sigma, dtype=np.float64) * config.explore
         self.rng = np.random.Generator(np.random.PCG64(config.seed))
         g = n_groups
@@ -271,6 +275,8 @@ class BrainCore:
                 self.ladder.stop()
             self._set_knobs(np.zeros((self.n_groups, 3)), scale)
             self.cycle_pos = 0
+            if scale > 1.0 and usable.size:    # a partner window of the warmdown test: guarded
+                self.guard = PARTNER_BLOWUP * float(np.max(usable))
             return self.decisions
         if self.n_windows < self.config.warmup_windows:
             return self.decisions
@@ -301,13 +307,18 @@ class BrainCore:
         return self.decisions
 
     def guarded_step(self, loss: float) -> bool:
-        """Per step while ``guard`` is finite (a ladder window at ℓ·u): a loss above it (twice the level
-        before the window) or not finite stops the ladder at ℓ for the rest of the run, from this step
-        on. Returns whether the knobs changed."""
+        """Per step while ``guard`` is finite (a window above the lr it started from: a ladder window at
+        ℓ·u, its guard twice the level before the window; or the warmdown test's partner window, its guard
+        ``PARTNER_BLOWUP`` × the largest loss before it): a loss above it or not finite stops that test —
+        the ladder at ℓ, the warmdown rejected — for the rest of the run, from this step on. Returns
+        whether the knobs changed."""
         if loss <= self.guard:
             return False
         self.guard = math.inf
-        self.ladder.stop()
+        if self.warmdown.testing:
+            self.warmdown.reject()
+        else:
+            self.ladder.stop()
         self._set_knobs(np.zeros((self.n_groups, 3)))
         return True
 

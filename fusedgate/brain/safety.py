@@ -41,8 +41,8 @@ by helpful policies: one better by δ = 1 at the trust it runs at reaches full t
 The bound is the policy's, relative to the lr ladder's level ℓ (``fusedgate.brain.ladder``, off by default; with its own
 bound: ℓ ∈ {1, 2, 4}, each doubling on a passed paired test, and it only ever raises the lr): the neutral
 windows run at ℓ and the policy's at ℓ × its knobs. Over the last ``warmdown`` fraction of a run of known length
-the policy's knobs end and the warmdown test takes over (``fusedgate.brain.warmdown``, with its own bound): it
-only ever lowers the lr from ℓ.
+the policy's knobs end and the warmdown test takes over (``fusedgate.brain.warmdown``, with its own bound): outside
+its at most ``warmdown_pairs`` guarded partner windows (at 1.5 ℓ) it only ever lowers the lr from ℓ.
 
 What the bound does *not* cover, stated because it is measured rather than assumed: the test's d is
 the progress over one window (a short horizon), so a knob whose cost appears only later (a smaller lr

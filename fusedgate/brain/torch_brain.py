@@ -100,7 +100,7 @@ class TorchBrain(OptBrain):
         k = self.step_count % self.window
         if learning:
             self.features.record_loss(k, loss)
-            if self.core.guard < math.inf and self.core.guarded_step(float(loss)):   # a ladder window: one read
+            if self.core.guard < math.inf and self.core.guarded_step(float(loss)):   # a guarded window: one read
                 self._knobs_changed()
         else:
             self.features.new_step()
