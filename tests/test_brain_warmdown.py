@@ -118,26 +118,37 @@ def test_the_core_hands_the_phase_to_the_warmdown_and_its_knobs_are_the_scale_al
     assert core.warmdown.status in (ON, NO)
 
 
-def test_an_ended_brain_wakes_for_the_phase_only_and_raises_the_lr_only_in_its_partner_windows(host_reads):
+def run_ended_brain(loss_of_step, steps=80):
+    """An ended brain (α = 0) on SGD at lr 0.1 over the tiny regression, fed ``loss_of_step(t, scale, loss)`` as
+    step t's loss (scale: the lr factor step t runs at; loss: the batch's real loss): (brain, the lrs of the steps)."""
     model, x, y = tiny_regression()
     base = torch.optim.SGD(model.parameters(), lr=0.1)
-    brain = OptBrain(base, window=4, alpha_start=0.0, alpha_min=0.0, total_steps=80, warmdown=0.5, ladder=0)
-    reads = host_reads
-    seen, lrs = [], record_lrs(base)
-    for t in range(80):
-        seen.append((t, reads["n"]))
+    brain = OptBrain(base, window=4, alpha_start=0.0, alpha_min=0.0, total_steps=steps, warmdown=0.5, ladder=0)
+    lrs = record_lrs(base)
+    for t in range(steps):
         loss = sliding_mse(model, x, y, t)
         brain.zero_grad()
         loss.backward()
-        brain.step(loss=loss.detach())
+        brain.step(loss=torch.as_tensor(loss_of_step(t, float(brain.core.decisions[0, 0]), loss)))
+    return brain, lrs
+
+
+def test_an_ended_brain_wakes_for_the_phase_only_and_raises_the_lr_only_in_its_partner_windows(host_reads):
+    seen = []
+
+    def real_loss(t, scale, loss):
+        seen.append((t, host_reads["n"]))
+        return loss.detach()
+
+    brain, lrs = run_ended_brain(real_loss)
     first = brain.core.warmdown.first                       # window 10 of 20: step 40
     assert dict(seen)[(first - 1) * 4] == 0                  # nothing read before the window before the phase
-    assert reads["n"] > 0                                    # and the phase's windows were read
+    assert host_reads["n"] > 0                               # and the phase's windows were read
     assert lrs[:first * 4] == [0.1] * (first * 4)
     above = [lr for lr in lrs if lr > 0.1]                   # the partner windows at 2 − f = 1.5
     assert len(above) <= brain.config.warmdown_pairs * 4 and all(lr == pytest.approx(0.15) for lr in above)
     assert brain.report()["warmdown"]["status"] in ("on", "rejected")
-    assert base.param_groups[0]["lr"] == 0.1                # restored after every step
+    assert brain.base.param_groups[0]["lr"] == 0.1          # restored after every step
 
 
 def test_the_warmdown_state_survives_a_save_and_load_mid_test(tmp_path):
@@ -176,39 +187,24 @@ def test_the_default_pair_keeps_the_base_lr_on_average_and_a_neutral_partner_is_
         assert sorted(drive(wd, [0.5, 0.2])[:4]) == [0.5, 0.5, partner, partner]
 
 
-def run_with_losses(loss_of_step, steps=80, **kw):
-    """An ended brain (α = 0) on SGD at lr 0.1, fed ``loss_of_step(t, scale)`` as its loss (scale: the lr factor
-    step t runs at): (brain, the lrs of the steps)."""
-    model, x, y = tiny_regression()
-    base = torch.optim.SGD(model.parameters(), lr=0.1)
-    brain = OptBrain(base, window=4, alpha_start=0.0, alpha_min=0.0, total_steps=steps, warmdown=0.5, ladder=0, **kw)
-    lrs = record_lrs(base)
-    for t in range(steps):
-        loss = sliding_mse(model, x, y, t)
-        brain.zero_grad()
-        loss.backward()
-        brain.step(loss=torch.tensor(loss_of_step(t, float(brain.core.decisions[0, 0]))))
-    return brain, lrs
-
-
 @pytest.mark.parametrize("blowup", [101.0, math.inf])
 def test_a_partner_window_that_blows_up_rejects_the_warmdown_at_that_step(blowup):
     """Losses 1 everywhere except a jump to 101 (or inf) in the first partner window's second step: that step
     and every later one run at the base lr, and the test is rejected."""
     hit = []
 
-    def loss(t, scale):
+    def loss(t, scale, _):
         if scale > 1.0 and not hit:
             hit.append(t)
         return blowup if hit and t == hit[0] + 1 else 1.0
 
-    brain, lrs = run_with_losses(loss)
+    brain, lrs = run_ended_brain(loss)
     t = hit[0] + 1                                    # the step whose loss (before its update) blew up
     assert lrs[t - 1] == pytest.approx(0.15) and set(lrs[t:]) == {0.1}
     assert brain.report()["warmdown"]["status"] == "rejected" and brain.core.guard == math.inf
 
 
 def test_a_partner_window_below_the_guard_runs_to_its_end():
-    brain, lrs = run_with_losses(lambda t, scale: 99.0 if scale > 1.0 else 1.0)   # below 100×: no divergence
+    brain, lrs = run_ended_brain(lambda t, scale, _: 99.0 if scale > 1.0 else 1.0)   # below 100×: no divergence
     above = [i for i, lr in enumerate(lrs) if lr > 0.1]
     assert above and len(above) % 4 == 0                                    # whole windows at 1.5
