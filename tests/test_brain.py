@@ -123,6 +123,24 @@ def test_scale_multiplies_the_update_sgd_and_adam():
         torch.testing.assert_close(d, p.detach() - b, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("sigma, dampens", [(None, False), ((0.25, 0.25, 0.1), True)])
+def test_the_dampen_knob_is_off_unless_its_exploration_scale_is_set(sigma, dampens):
+    """σ_dampen = 0 (the default): the knob is never explored, so it stays 0 and no smoothing buffer is
+    ever kept, even with full trust; σ_dampen > 0 explores it."""
+    kwargs = dict(window=4, warmup_windows=1, alpha_start=1.0, z_shrink=10.0, explore=4.0)
+    model, groups, x, y = make_problem()
+    brain = OptBrain(torch.optim.AdamW(groups), **(kwargs if sigma is None else {**kwargs, "sigma": sigma}))
+    damped_steps = 0
+    for t in range(200):
+        loss = sliding_mse(model, x, y, t)
+        brain.zero_grad()
+        loss.backward()
+        brain.step(loss=loss.detach())
+        damped_steps += bool(brain._dampen_buf)
+    assert brain.report()["cycles"] > 10
+    assert (damped_steps > 0) == dampens and (brain.core.mu[:, 2] != 0).any() == dampens
+
+
 def test_clip_limits_the_group_grad_norm_to_its_running_norm():
     delta, grads, norms, _ = single_step_update("plain", {0: (1.0, 0.5, 0.0), 1: (1.0, 2.0, 0.0)},
                                                 steps_before=6)
@@ -259,6 +277,7 @@ def count_host_reads(monkeypatch, wrapped, steps):
     base = torch.optim.SGD(groups, lr=0.05, momentum=0.9)
     opt = OptBrain(base, window=5, warmup_windows=1, seed=2) if wrapped else base
     if wrapped:
+        opt.features._loss_host = None   # the losses' device path, a GPU's (on the CPU they are read: no sync)
         opt.freeze({0: (1.5, 0.5, 0.3), 1: (0.8, 1.0, 0.0)})   # every generic mechanism active
         opt.frozen = False
     per_step = []
@@ -320,6 +339,33 @@ def test_a_group_the_clip_leaves_at_factor_one_keeps_its_gradients_bit_for_bit()
     assert params[0].grad._version == versions[0] and torch.equal(params[0].grad, grads[0])   # not even written
     assert params[1].grad._version > versions[1]
     torch.testing.assert_close(params[1].grad, grads[1] * 0.5, rtol=1e-6, atol=0.0)
+
+
+def test_the_clip_norms_only_the_groups_it_clips():
+    """A group whose clip is off keeps its running norm m̂ (and its count of measured steps) as it was; the
+    clipping group's m̂ is the bias-corrected EMA of its norms on every step."""
+    from fusedgate.brain.torch_features import TorchFeatures
+
+    gen = torch.Generator().manual_seed(1)
+    params = [torch.nn.Parameter(torch.randn(8, 4, generator=gen)), torch.nn.Parameter(torch.randn(5, generator=gen))]
+    features = TorchFeatures([[params[0]], [params[1]]], window=4, sketch_size=8, seed=0)
+    norms_1 = []
+    for k in range(3):
+        for p in params:
+            p.grad = (1.0 + k) * torch.randn(p.shape, generator=gen)
+        norms_1.append(float(params[1].grad.norm()))
+        features.record_loss(k, 1.0)
+        if k == 0:
+            features.grad_norms()                             # every group measured once
+            first = float(params[0].grad.norm())
+        else:
+            features.clip_(np.array([math.inf, 100.0]))       # group 1 alone; τ far above ‖g‖: factor 1
+        features.end_step()
+    assert features.norm_count.tolist() == [1, 3]
+    m = features.running_norm()
+    assert m[0].item() == pytest.approx(first, rel=1e-6)
+    ema = sum((1 - NORM_BETA) * NORM_BETA ** (2 - i) * x for i, x in enumerate(norms_1))
+    assert m[1].item() == pytest.approx(ema / (1 - NORM_BETA ** 3), rel=1e-5)
 
 
 def test_a_brain_whose_gate_ended_the_policy_stops_sensing(host_reads):

@@ -170,6 +170,8 @@ def saved_arrays(tmp_path):
     ("gate.alpha", 3.0, r"gate.alpha=3.0 is out of range"),
     ("config.explore", -1.0, r"config.explore=-1.0: expected a finite number in \[0, 10\]"),
     ("core.decisions", 50.0, r"core.decisions: scale outside \[0.01, 10\]"),
+    ("feat.norm_weight", 2.0, r"the running gradient norms \(feat.norm_\*\) are corrupt"),
+    ("feat.norm_count", 0, r"the running gradient norms \(feat.norm_\*\) are corrupt"),
 ])
 def test_a_loaded_state_is_range_checked_like_the_constructor(tmp_path, key, value, match):
     brain, arrays = saved_arrays(tmp_path)

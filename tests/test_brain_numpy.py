@@ -217,16 +217,17 @@ def test_torch_features_match_the_numpy_reference():
         loss = ((model(x[step:step + 8]) - y[step:step + 8]) ** 2).mean()
         opt.zero_grad()
         loss.backward()
-        sense, clipping = step % 4 == 3, step in (4, 5)   # the clip knob "on" at steps 4 and 5
+        sense = step % 4 == 3
+        clipping = {4: (0, 1), 5: (0, 1), 8: (1,), 9: (1,)}.get(step, ())   # the groups whose clip is "on"
         ts.record_loss(step % 4, loss.detach())
         if sense:
             ts.sense()
         if clipping:
-            ts.grad_norms()
+            ts.grad_norms(clipping)
         ts.end_step()
         for g, params in enumerate(groups):
             flat = lambda ts_: torch.cat([t.detach().reshape(-1) for t in ts_]).double().numpy()
-            ns.record(g, flat([p.grad for p in params]), flat(params), sense=sense, measure_norm=clipping)
+            ns.record(g, flat([p.grad for p in params]), flat(params), sense=sense, measure_norm=g in clipping)
         opt.step()
         if step % 4 == 3:
             losses, tf = ts.read_window()
@@ -235,6 +236,7 @@ def test_torch_features_match_the_numpy_reference():
             assert losses[-1] == pytest.approx(loss.item())
             assert (np.all(np.abs(nf[:, 2]) > 0)) == (step >= 7)   # alignment: one window apart
     np.testing.assert_allclose(ts.running_norm().numpy(), [ns.running_norm(0), ns.running_norm(1)], rtol=1e-5)
+    assert ts.norm_count.tolist() == ns.norm_count.tolist() == [5, 7]   # 3 sensed steps + the clipping ones
 
 
 def test_an_ended_numpy_brain_asks_for_no_gradients():

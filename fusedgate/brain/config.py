@@ -75,7 +75,9 @@ class BrainConfig:
     ladder          the lr ladder's most rungs (0, the default: off; ``fusedgate.brain.ladder``; 2 was evaluated)
     ladder_step     u, the lr factor of a rung        ladder_pairs  most test pairs per rung
     ladder_z        the ladder's climb threshold     ladder_align  the gradient alignment a rung needs to start
-    sigma           base exploration scale per knob (scale, clip, dampen), in policy units
+    sigma           base exploration scale per knob (scale, clip, dampen), in policy units; dampen's 0 (the
+                    default) keeps that knob at 0 — it is never explored, so never on and never paid for
+                    (``bench/results/brain_tuning``, eleventh sweep); (0.25, 0.25, 0.1) turns it on
     """
 
     window: int = 10
@@ -108,7 +110,7 @@ class BrainConfig:
     ladder_pairs: int = 2
     ladder_z: float = 1.0
     ladder_align: float = 0.5
-    sigma: tuple[float, float, float] = (0.25, 0.25, 0.1)
+    sigma: tuple[float, float, float] = (0.25, 0.25, 0.0)
 
     def __post_init__(self):
         for name in BOUNDS:

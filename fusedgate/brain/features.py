@@ -49,6 +49,40 @@ def sketch_indices(numel: int, size: int, seed: int, group: int) -> np.ndarray:
     return np.sort(rng.integers(0, numel, size=size))
 
 
+def _row_norms(a: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.sum(a * a, axis=1))
+
+
+def _cosine(a: np.ndarray, b: np.ndarray, denom: np.ndarray) -> np.ndarray:
+    """Row-wise a·b / denom, 0 where denom is 0."""
+    return np.where(denom > 0, np.sum(a * b, axis=1) / np.where(denom > 0, denom, 1.0), 0.0)
+
+
+def sketch_features(gnorm, m_prev, gs, prev_gs=None, ps=None, prev_ps=None, pnorm=None) -> np.ndarray:
+    """The (G, 7) features of G groups at a sensed step, in float64 from what was measured there: ‖g‖
+    (``gnorm``, G), m̂ before this step (``m_prev``, NaN for a group without one), the gradient's sketch
+    (``gs``, G × S) and the one a window before (``prev_gs``, None in the first window), the parameters'
+    sketches now and a window before (``ps``, ``prev_ps``) and ‖p‖ (``pnorm``); a feature whose inputs
+    are not given is 0. The one implementation of the module docstring's table, for both modes."""
+    gnorm, m_prev, gs = (np.asarray(v, dtype=np.float64) for v in (gnorm, m_prev, gs))
+    f = np.zeros((gs.shape[0], N_GROUP_FEATURES))
+    f[:, 0] = np.log(np.maximum(gnorm, TINY))
+    known = np.isfinite(m_prev)
+    f[:, 1] = np.where(known, f[:, 0] - np.log(np.maximum(np.where(known, m_prev, 1.0), TINY)), 0.0)
+    g_norm = _row_norms(gs)
+    if prev_gs is not None:
+        f[:, 2] = _cosine(gs, prev_gs, g_norm * _row_norms(prev_gs))
+        f[:, 3] = np.mean(np.sign(gs) * np.sign(prev_gs) < 0, axis=1)
+    if ps is not None and prev_ps is not None:
+        dp = ps - prev_ps
+        du = _row_norms(dp)
+        f[:, 4] = np.log(np.maximum(du, TINY)) - np.log(np.maximum(_row_norms(prev_ps), TINY))
+        f[:, 5] = _cosine(gs, dp, g_norm * du)
+    if pnorm is not None:
+        f[:, 6] = np.log(np.maximum(np.asarray(pnorm, dtype=np.float64), TINY))
+    return f
+
+
 class NumpyFeatures:
     """Numpy-mode features: ``record(group, grad_flat, param_flat, sense, measure_norm)`` per group and step;
     ``sense``: the window's last step (all features), ``measure_norm``: fold ‖g‖ into m̂ (clip on)."""
@@ -88,35 +122,24 @@ class NumpyFeatures:
         if not (sense or measure_norm):
             return
         gnorm = float(np.linalg.norm(grad))
-        if not sense:
-            self._fold_norm(group, gnorm)
-            return
-        idx = self._idx[group]
-        log_g = np.log(max(gnorm, TINY))
-        m_prev = self.running_norm(group)
-        f = np.zeros(N_GROUP_FEATURES)
-        f[0] = log_g
-        f[1] = log_g - np.log(max(m_prev, TINY)) if self.norm_count[group] else 0.0
-        gs = grad[idx]
-        if self.has_prev_grad[group]:
-            prev = self.prev_grad[group]
-            denom = np.linalg.norm(gs) * np.linalg.norm(prev)
-            f[2] = float(np.dot(gs, prev) / denom) if denom > 0 else 0.0
-            f[3] = float(np.mean(np.sign(gs) * np.sign(prev) < 0))
-        if param is not None:
-            ps = param[idx]
-            if self.has_prev_param[group]:
-                du = np.linalg.norm(ps - self.prev_param[group])
-                f[4] = np.log(max(du, TINY)) - np.log(max(np.linalg.norm(self.prev_param[group]), TINY))
-                denom = np.linalg.norm(gs) * du
-                f[5] = float(np.dot(gs, ps - self.prev_param[group]) / denom) if denom > 0 else 0.0
-            f[6] = np.log(max(float(np.linalg.norm(param)), TINY))
-            self.prev_param[group] = ps
-            self.has_prev_param[group] = True
-        self.prev_grad[group] = gs
-        self.has_prev_grad[group] = True
+        if sense:
+            self._sense(group, grad, param, gnorm)
         self._fold_norm(group, gnorm)
-        self.feat[group] = f
+
+    def _sense(self, group: int, grad: np.ndarray, param: np.ndarray | None, gnorm: float) -> None:
+        """The group's features at this step (``sketch_features``), then its sketches become the previous ones."""
+        idx = self._idx[group]
+        gs = grad[idx][None]
+        ps = None if param is None else param[idx][None]
+        prev_gs = self.prev_grad[group][None] if self.has_prev_grad[group] else None
+        prev_ps = self.prev_param[group][None] if ps is not None and self.has_prev_param[group] else None
+        pnorm = None if param is None else [np.linalg.norm(param)]
+        self.feat[group] = sketch_features([gnorm], [self.running_norm(group)], gs, prev_gs, ps, prev_ps, pnorm)[0]
+        self.prev_grad[group] = gs[0]
+        self.has_prev_grad[group] = True
+        if ps is not None:
+            self.prev_param[group] = ps[0]
+            self.has_prev_param[group] = True
 
     def _fold_norm(self, group: int, gnorm: float) -> None:
         self.norm_ema[group] = NORM_BETA * self.norm_ema[group] + (1.0 - NORM_BETA) * gnorm

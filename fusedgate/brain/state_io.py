@@ -24,7 +24,7 @@ from fusedgate.brain.safety import TrustGate
 from fusedgate.brain.warmdown import STATUS, WarmdownTest
 from fusedgate.files import WriteError, write_atomic
 
-FORMAT_VERSION = 8
+FORMAT_VERSION = 9
 STRUCTURE = ("n_groups", "window", "sketch_size", "seed")
 HYPER = tuple(f for f in FIELDS if f not in STRUCTURE)
 CORE_ARRAYS = ("W", "b", "sigma", "cycle_order", "cycle_r", "eps", "mu", "obs", "z", "decisions")

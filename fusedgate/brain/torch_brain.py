@@ -206,6 +206,10 @@ class TorchBrain(OptBrain):
         if not np.array_equal(arrays["feat.numel"], numel):
             raise BrainError(f"{source}: group sizes {arrays['feat.numel'].tolist()} do not match this "
                              f"optimizer's {numel.tolist()}")
+        count, weight, ema = arrays["feat.norm_count"], arrays["feat.norm_weight"], arrays["feat.norm_ema"]
+        if np.any(count < 0) or not np.all((weight >= 0) & (weight <= 1)) or not np.all(np.isfinite(ema) & (ema >= 0)) \
+                or not np.array_equal(count > 0, weight > 0):
+            raise BrainError(f"{source}: the running gradient norms (feat.norm_*) are corrupt")
         for g in np.nonzero(arrays["dampen_valid"])[0]:
             for i, p in enumerate(self.features.params_of_group[g]):
                 buf = arrays.get(f"dampen_buf.{g}.{i}")

@@ -1,13 +1,17 @@
-"""The torch side of the OptBrain's features: the seven of ``fusedgate.brain.features`` computed on the
-parameters' device once per window, and read back with one host sync per window.
+"""The torch side of the OptBrain's features: what the seven of ``fusedgate.brain.features`` are computed
+from is measured on the parameters' device once per window and read back with the window's one host sync;
+the features themselves are then computed on the host, by the same ``sketch_features`` as in numpy mode.
 
-Cost model (why it is built this way): a step of the base optimizer is a few passes over the
-parameters; anything the brain adds *per step* is paid on every step. So per step it only
-copy the loss into a K-slot buffer on the device (one tiny kernel, no sync); the features are measured on one step per
-window (the window's last) while the brain learns, and the group gradient norms on every step only while
-the clip knob is on (the clip needs them). Every read here is a read: gradients and parameters are only gathered,
-normed and copied from, so a neutral brain leaves the base optimizer's trajectory bit-identical.
-``clip_`` is the one writer: it scales a group's gradients by min(1, τ/‖g‖), τ = m̂·c/(1−c).
+Cost model (why it is built this way): a step of the base optimizer is a few passes over the parameters;
+anything the brain adds *per step* is paid on every step. So per step it only copies the loss into a K-slot
+buffer on the device (one tiny kernel, no sync; on the CPU, where a read costs no sync, the loss is read and
+written into the buffer's memory from the host: no kernel). On one step per window (the window's last) while the brain
+learns, ``sense`` measures the group norms of the gradients and the parameters, m̂ and the two S-coordinate
+sketches into one device buffer (a few passes and one concatenation); on every other step only the gradient
+norms of the groups whose clip knob is on (the clip needs them; the other groups' gradients are not read).
+Every read here is a read: gradients and parameters are only gathered, normed and copied from, so a neutral
+brain leaves the base optimizer's trajectory bit-identical. ``clip_`` is the one writer: it scales a group's
+gradients by min(1, τ/‖g‖), τ = m̂·c/(1−c).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import numpy as np
 import torch
 
 from fusedgate.brain.config import BrainError
-from fusedgate.brain.features import NORM_BETA, TINY, sketch_indices
+from fusedgate.brain.features import NORM_BETA, TINY, sketch_features, sketch_indices
 from fusedgate.brain.policy import N_GROUP_FEATURES
 
 
@@ -34,68 +38,80 @@ class TorchFeatures:
         for gi, group in enumerate(groups):
             if not group or sum(p.numel() for p in group) == 0:
                 raise BrainError(f"param group {gi} has no elements")
-        self.device = params[0].device
+        self.device = dev = params[0].device
         self.params = params
         self.n_groups, self.window, self.sketch_size = len(groups), window, sketch_size
+        g, s = self.n_groups, sketch_size
         self.numel = np.array([sum(p.numel() for p in group) for group in groups], dtype=np.int64)
-        group_of = [gi for gi, group in enumerate(groups) for _ in group]
-        self.group_index = torch.tensor(group_of, device=self.device, dtype=torch.long)
-        self.params_of_group = [[p for p, g in zip(params, group_of) if g == gi] for gi in range(len(groups))]
-        # the sketch as one gather: flat offsets of the S coordinates of each group in a concatenation
-        # of that group's tensors; per parameter, (local index, position in the (G·S) sketch)
-        self._gather: list[tuple[torch.Tensor, torch.Tensor] | None] = []
-        for gi, group in enumerate(groups):
-            idx = sketch_indices(int(self.numel[gi]), sketch_size, seed, gi)
-            offsets = np.cumsum([0] + [p.numel() for p in group])
-            for pi in range(len(group)):
-                mask = (idx >= offsets[pi]) & (idx < offsets[pi + 1])
-                if not mask.any():
-                    self._gather.append(None)
-                    continue
-                local = torch.tensor(idx[mask] - offsets[pi], device=self.device, dtype=torch.long)
-                pos = torch.tensor(gi * sketch_size + np.nonzero(mask)[0], device=self.device, dtype=torch.long)
-                self._gather.append((local, pos))
-        g, s, dev = self.n_groups, sketch_size, self.device
+        self._group_of = [gi for gi, group in enumerate(groups) for _ in group]
+        self._all = tuple(range(g))
+        self.group_index = torch.tensor(self._group_of, device=dev, dtype=torch.long)
+        self.params_of_group = [[p for p, gp in zip(params, self._group_of) if gp == gi] for gi in range(g)]
+        self._sketch_at = [index for gi, group in enumerate(groups)
+                           for index in self._sketch_indices(group, gi, seed)]
         self.loss_buf = torch.full((window,), float("nan"), dtype=torch.float64, device=dev)
-        self.feat = torch.zeros(g, N_GROUP_FEATURES, dtype=torch.float32, device=dev)
-        self.prev_grad = torch.zeros(g, s, dtype=torch.float32, device=dev)
-        self.prev_param = torch.zeros(g, s, dtype=torch.float32, device=dev)
+        self._loss_host = self.loss_buf.numpy() if dev.type == "cpu" else None   # the same memory, on the CPU
+        self._sensed = torch.zeros(3 * g + 2 * g * s, dtype=torch.float32, device=dev)   # ‖g‖, ‖p‖, m̂, ŝ(g), ŝ(p)
+        self._sensed_now = False
+        # m̂ per group: an EMA of its measured norms and its bias correction 1 − β^n (the same EMA of 1s),
+        # each folded only on the steps that group's norm is measured; n, the steps measured, on the host
         self.norm_ema = torch.zeros(g, dtype=torch.float32, device=dev)
-        self.norm_count = 0
+        self.norm_weight = torch.zeros(g, dtype=torch.float32, device=dev)
+        self.norm_count = np.zeros(g, dtype=np.int64)
+        # on the host: the last sensed step's features and sketches (float32: the values are the tensors')
+        self.feat = np.zeros((g, N_GROUP_FEATURES))
+        self.prev_grad = np.zeros((g, s), dtype=np.float32)
+        self.prev_param = np.zeros((g, s), dtype=np.float32)
         self.has_prev = False
         self._present_cache: dict[tuple[bool, ...], torch.Tensor] = {}
         self._gnorm: torch.Tensor | None = None
-        self._ratio_cache: tuple[bytes, torch.Tensor | None] = (b"", None)
+        self._measured: tuple[int, ...] = ()
+        self._fold_cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._ratio_cache: tuple = (None, (), None)   # (the ratios array, its clipped groups, its device ratios)
+        self._every_group_measured = False            # norm_count > 0 everywhere (from the first sensed step on)
+
+    def _sketch_indices(self, group: list[torch.Tensor], gi: int, seed: int) -> list[torch.Tensor | None]:
+        """Per parameter of group gi, the local flat indices of its share of the group's S sketch coordinates
+        (None if it holds none). The coordinates are sorted and the parameters in order, so concatenating
+        the gathered pieces of every parameter gives the (G·S) sketch in order."""
+        idx = sketch_indices(int(self.numel[gi]), self.sketch_size, seed, gi)
+        offsets = np.cumsum([0] + [p.numel() for p in group])
+        out = []
+        for pi in range(len(group)):
+            local = idx[(idx >= offsets[pi]) & (idx < offsets[pi + 1])] - offsets[pi]
+            out.append(torch.tensor(local, device=self.device, dtype=torch.long) if local.size else None)
+        return out
 
     # ---- helpers --------------------------------------------------------------------------------
-    def _sketch(self, tensors: list[torch.Tensor | None]) -> torch.Tensor:
-        out = torch.zeros(self.n_groups * self.sketch_size, dtype=torch.float32, device=self.device)
-        for spec, t in zip(self._gather, tensors):
-            if spec is not None and t is not None:
-                out.index_copy_(0, spec[1], t.detach().reshape(-1).index_select(0, spec[0]).float())
-        return out.view(self.n_groups, self.sketch_size)
+    def _sketch(self, tensors: list[torch.Tensor | None]) -> list[torch.Tensor]:
+        """The pieces of the (G·S) sketch of ``tensors`` (the parameters or their gradients, in order), to
+        be concatenated; a missing tensor's coordinates are 0."""
+        pieces = [torch.take(t, at) if t is not None else torch.zeros(at.numel(), device=self.device)
+                  for at, t in zip(self._sketch_at, tensors) if at is not None]
+        return [x if x.dtype == torch.float32 else x.float() for x in pieces]
 
-    def _group_norms(self, tensors: list[torch.Tensor | None]) -> torch.Tensor:
-        present = tuple(t is not None for t in tensors)
+    def _group_norms(self, tensors: list[torch.Tensor | None], groups: tuple[int, ...]) -> torch.Tensor:
+        """(G,) the L2 norm over each group's tensors, for the groups in ``groups`` (0 for the others)."""
+        chosen = set(groups)
+        present = tuple(t is not None and g in chosen for t, g in zip(tensors, self._group_of))
         index = self._present_cache.get(present)
         if index is None:
             index = self.group_index[torch.tensor(present, device=self.device)]
             self._present_cache[present] = index
         out = torch.zeros(self.n_groups, dtype=torch.float32, device=self.device)
-        kept = [t.detach() for t in tensors if t is not None]
+        kept = [t for t, keep in zip(tensors, present) if keep]   # (callers run under no_grad)
         if kept:
             if any(t.is_sparse for t in kept):
                 raise BrainError("OptBrain does not support sparse gradients")
             norms = torch._foreach_norm(kept)
-            sq = torch.stack([n.float() for n in norms]).square()
+            sq = torch.stack([n if n.dtype == torch.float32 else n.float() for n in norms]).square()
             out.index_add_(0, index, sq)
         return out.sqrt()
 
     def running_norm(self) -> torch.Tensor:
-        """m̂ per group (G,): bias-corrected EMA of the group grad norm over the measured steps."""
-        if self.norm_count == 0:
-            return torch.full_like(self.norm_ema, float("nan"))
-        return self.norm_ema / (1.0 - NORM_BETA ** self.norm_count)
+        """m̂ per group (G,): bias-corrected EMA of the group grad norm over its measured steps (0/0 = NaN
+        for a group not measured yet)."""
+        return self.norm_ema / self.norm_weight
 
     # ---- per step ---------------------------------------------------------------------------------
     def new_step(self) -> None:
@@ -103,87 +119,127 @@ class TorchFeatures:
         self._gnorm = None
 
     def record_loss(self, k: int, loss) -> None:
-        """Start a step and copy its loss into slot k of the window's buffer (on the device, no sync)."""
+        """Start a step and copy its loss into slot k of the window's buffer (on the device, no sync; on the
+        CPU, where a read costs no sync, a host write instead of a kernel)."""
         self.new_step()
-        if isinstance(loss, torch.Tensor):
+        if self._loss_host is not None:
+            self._loss_host[k] = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+        elif isinstance(loss, torch.Tensor):
             self.loss_buf[k].copy_(loss.detach().reshape(()))
         else:
             self.loss_buf[k].fill_(float(loss))
 
-    def grad_norms(self) -> torch.Tensor:
-        """This step's group gradient norms (G,), measured once per step on demand."""
-        if self._gnorm is None:
-            self._gnorm = self._group_norms([p.grad for p in self.params])
+    @torch.no_grad()
+    def grad_norms(self, groups: tuple[int, ...] | None = None) -> torch.Tensor:
+        """This step's gradient norms (G,) of ``groups`` (default: every group; 0 for the others), measured
+        once per step on demand; asked for a group not measured yet, it measures the union again."""
+        wanted = self._all if groups is None else tuple(groups)
+        if self._gnorm is None or not set(wanted) <= set(self._measured):
+            if self._gnorm is not None:
+                wanted = tuple(sorted(set(wanted) | set(self._measured)))
+            self._gnorm = self._group_norms([p.grad for p in self.params], wanted)
+            self._measured = wanted
         return self._gnorm
 
+    @torch.no_grad()
     def sense(self) -> None:
-        """Measure the seven features on this step (the window's last), before the update."""
-        gnorm = self.grad_norms()
-        pnorm = self._group_norms(list(self.params))
-        gs = self._sketch([p.grad for p in self.params])
-        ps = self._sketch(list(self.params))
-        log_g = gnorm.clamp_min(TINY).log()
-        zero = torch.zeros_like(gnorm)
-        spike = log_g - self.running_norm().clamp_min(TINY).log() if self.norm_count else zero
-        if self.has_prev:
-            denom = gs.norm(dim=1) * self.prev_grad.norm(dim=1)
-            dot = (gs * self.prev_grad).sum(dim=1)
-            align = torch.where(denom > 0, dot / denom.clamp_min(TINY), zero)
-            osc = ((gs.sign() * self.prev_grad.sign()) < 0).float().mean(dim=1)
-            dp = ps - self.prev_param
-            du = dp.norm(dim=1)
-            ratio = du.clamp_min(TINY).log() - self.prev_param.norm(dim=1).clamp_min(TINY).log()
-            denom = gs.norm(dim=1) * du
-            over = torch.where(denom > 0, (gs * dp).sum(dim=1) / denom.clamp_min(TINY), zero)
-        else:
-            align = osc = ratio = over = zero
-        torch.stack([log_g, spike, align, osc, ratio, over, pnorm.clamp_min(TINY).log()], dim=1, out=self.feat)
-        self.prev_grad.copy_(gs)
-        self.prev_param.copy_(ps)
-        self.has_prev = True
+        """Measure what the window's features are computed from, on this step (the window's last) before the
+        update: ‖g‖, ‖p‖ and m̂ per group and the sketches ŝ(g), ŝ(p), into one device buffer."""
+        grads = [p.grad for p in self.params]
+        pieces = [self.grad_norms(), self._group_norms(list(self.params), self._all), self.running_norm(),
+                  *self._sketch(grads), *self._sketch(list(self.params))]
+        torch.cat(pieces, out=self._sensed)
+        self._sensed_now = True
 
+    @torch.no_grad()
     def clip_(self, ratios: np.ndarray) -> None:
-        """Scale group g's gradients by min(1, m̂_g·ratios[g]/‖g‖) where ratios[g] is finite."""
-        if self.norm_count == 0:
-            return  # no running norm yet: nothing to clip against
-        key = ratios.tobytes()
-        if self._ratio_cache[0] != key:   # knobs change once per window: one upload per window, not per step
-            self._ratio_cache = (key, torch.as_tensor(np.where(np.isfinite(ratios), ratios, 0.0),
-                                                      dtype=torch.float32, device=self.device))
-        factor = (self.running_norm() * self._ratio_cache[1] / self.grad_norms().clamp_min(TINY)).clamp_max(1.0)
-        clipped = np.nonzero(np.isfinite(ratios))[0]
+        """Scale group g's gradients by min(1, m̂_g·ratios[g]/‖g‖) where ratios[g] is finite and m̂_g exists
+        (a group without one has nothing to clip against); only those groups' gradients are normed.
+        ``ratios``: one window's array, not changed in place (what is derived from it is kept for the window)."""
+        clipped, ratio = self._clip_plan(ratios)
+        if not self._every_group_measured:
+            clipped = tuple(g for g in clipped if self.norm_count[g] > 0)
+        if not clipped:
+            return
+        factor = (self.running_norm() * ratio / self.grad_norms(clipped).clamp_min(TINY)).clamp_max(1.0)
         if self.device.type == "cpu":   # reading the factors costs no sync here: a group at factor 1 is left alone
-            clipped = clipped[~(factor.numpy()[clipped] >= 1.0)]   # (×1 is exact; NaN factors still multiply)
+            host = factor.numpy()
+            clipped = [g for g in clipped if not host[g] >= 1.0]   # (×1 is exact; NaN factors still multiply)
         for gi in clipped:
             grads = [p.grad for p in self.params_of_group[gi] if p.grad is not None]
             if grads:
                 torch._foreach_mul_(grads, factor[gi])
 
+    def _clip_plan(self, ratios: np.ndarray) -> tuple[tuple[int, ...], torch.Tensor]:
+        """(the groups with a finite ratio, the ratios on the device with 0 for the others), derived once per
+        ``ratios`` array — once per window, not per step (one upload)."""
+        if self._ratio_cache[0] is not ratios:
+            finite = np.isfinite(ratios)
+            device_ratios = torch.as_tensor(np.where(finite, ratios, 0.0), dtype=torch.float32, device=self.device)
+            self._ratio_cache = (ratios, tuple(int(g) for g in np.nonzero(finite)[0]), device_ratios)
+        return self._ratio_cache[1], self._ratio_cache[2]
+
     def end_step(self) -> None:
-        """Fold this step's raw grad norm into m̂, if it was measured (sensed step or clipping)."""
-        if self._gnorm is not None:
+        """Fold this step's raw grad norms into m̂, for the groups measured (all on a sensed step, the
+        clipping ones otherwise)."""
+        if self._gnorm is None:
+            return
+        if self._measured == self._all:
             self.norm_ema.mul_(NORM_BETA).add_(self._gnorm, alpha=1.0 - NORM_BETA)
-            self.norm_count += 1
-            self._gnorm = None
+            self.norm_weight.mul_(NORM_BETA).add_(1.0 - NORM_BETA)
+        else:                                # β_g = β on the measured groups, 1 (unchanged) on the rest
+            beta, rest = self._fold_factors(self._measured)
+            self.norm_ema.mul_(beta).addcmul_(self._gnorm, rest)
+            self.norm_weight.mul_(beta).add_(rest)
+        self.norm_count[list(self._measured)] += 1
+        self._every_group_measured = self._every_group_measured or self._measured == self._all
+        self._gnorm = None
+
+    def _fold_factors(self, groups: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(β_g, 1 − β_g) on the device for a set of measured groups; uploaded once per set (the clip's
+        groups change at most once per window)."""
+        factors = self._fold_cache.get(groups)
+        if factors is None:
+            if len(self._fold_cache) >= 16:
+                self._fold_cache.clear()
+            beta, rest = torch.ones(self.n_groups, dtype=torch.float32), torch.zeros(self.n_groups, dtype=torch.float32)
+            beta[list(groups)], rest[list(groups)] = NORM_BETA, 1.0 - NORM_BETA
+            factors = (beta.to(self.device), rest.to(self.device))
+            self._fold_cache[groups] = factors
+        return factors
 
     def read_window(self) -> tuple[np.ndarray, np.ndarray]:
-        """(losses (K,), features (G, 7)) of the finished window — the one host sync — and reset."""
-        host = torch.cat([self.loss_buf, self.feat.double().flatten()]).cpu().numpy()
-        return host[: self.window].copy(), host[self.window:].reshape(self.n_groups, N_GROUP_FEATURES)
+        """(losses (K,), features (G, 7)) of the finished window — the one host sync. The features are the
+        window's sensed step's (``sketch_features`` on the host), or the last ones if it sensed none."""
+        if not self._sensed_now:
+            return self.loss_buf.cpu().numpy().copy(), self.feat.copy()
+        host = torch.cat([self.loss_buf, self._sensed.double()]).cpu().numpy()
+        g, s, k = self.n_groups, self.sketch_size, self.window
+        gnorm, pnorm, m_prev = host[k:k + g], host[k + g:k + 2 * g], host[k + 2 * g:k + 3 * g]
+        gs, ps = host[k + 3 * g:].reshape(2, g, s)
+        prev_gs, prev_ps = (self.prev_grad, self.prev_param) if self.has_prev else (None, None)
+        self.feat = sketch_features(gnorm, m_prev, gs, prev_gs, ps, prev_ps, pnorm)
+        self.prev_grad, self.prev_param = gs.astype(np.float32), ps.astype(np.float32)
+        self.has_prev, self._sensed_now = True, False
+        return host[:k].copy(), self.feat.copy()
 
     # ---- save / load ------------------------------------------------------------------------------
-    TENSORS = ("loss_buf", "feat", "prev_grad", "prev_param", "norm_ema")
-    SCALARS = ("norm_count", "has_prev")
+    TENSORS = ("loss_buf", "norm_ema", "norm_weight")
+    HOST = ("feat", "prev_grad", "prev_param", "norm_count", "has_prev")
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         out = {name: getattr(self, name).detach().cpu().numpy().copy() for name in self.TENSORS}
-        out.update({name: np.array(getattr(self, name)) for name in self.SCALARS})
+        out.update({name: np.array(getattr(self, name)) for name in self.HOST})
         out["numel"] = self.numel.copy()
         return out
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         for name in self.TENSORS:
             getattr(self, name).copy_(torch.from_numpy(np.asarray(arrays[name])))
-        self.norm_count = int(arrays["norm_count"])
+        self.feat = np.array(arrays["feat"], dtype=np.float64)
+        self.prev_grad = np.array(arrays["prev_grad"], dtype=np.float32)
+        self.prev_param = np.array(arrays["prev_param"], dtype=np.float32)
+        self.norm_count = np.array(arrays["norm_count"], dtype=np.int64)
+        self._every_group_measured = bool(self.norm_count.all())
         self.has_prev = bool(arrays["has_prev"])
-        self._gnorm = None
+        self._gnorm, self._sensed_now = None, False
