@@ -20,6 +20,10 @@ def test_overhead_measures_every_arm_and_states_the_floor():
     # the warmdown arm: step only, α = 0, its test still undecided after 31 steps of a constant loss
     assert math.isfinite(out["warmdown"]["step_extra_us"]) and "full_ms" not in out["warmdown"]
     assert out["warmdown"]["report"]["alpha"] == 0.0 and out["warmdown"]["report"]["warmdown"]["status"] == "testing"
+    # the sensing arm: learning (α = 1, its windows read and judged) with its knobs still exactly neutral
+    sensing = out["sensing"]["report"]
+    assert math.isfinite(out["sensing"]["step_extra_us"]) and sensing["alpha"] == 1.0 and sensing["windows"] == 3
+    assert sensing["mean_decisions"] == {"scale": 1.0, "clip": 1.0, "dampen": 0.0}
     expect = (out["duty"]["clip"] + 4 * out["duty"]["dampen"]) * out["pass_us"]
     assert math.isclose(out["floor_us"], expect, rel_tol=1e-9)
     assert math.isclose(out["floor"], out["floor_us"] / (1000 * out["base_full_ms"]), rel_tol=1e-9)
@@ -45,5 +49,6 @@ def test_the_module_writes_the_section_alone(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--blocks", "1", "--steps", "1", "--repeats", "12"]) == 0
     text = (tmp_path / "brain_overhead.md").read_text()
     assert "12 pairs; per step" in text and "**The floor.**" in text and "In the warmdown phase" in text
+    assert "Learning with nothing to learn" in text
     assert json.loads((tmp_path / "brain_overhead.json").read_text())["repeats"] == 12
     capsys.readouterr()

@@ -7,7 +7,7 @@ so that the brain costs almost nothing on the other steps. For group g at such a
 L2 norm over all of the group's elements, ŝ_t a fixed random *sketch* of S coordinates of the group
 (sampled with replacement, seeded; the same coordinates every step, so sketch statistics are unbiased
 estimates of the full ones at O(S) cost) and m̂ the bias-corrected EMA (β = 0.9) of ‖g‖ over the
-steps on which it was measured before (the sensed steps, plus every step while the clip knob is on):
+steps on which it was measured before (the sensed steps, plus every step while the group's clip knob is on):
 
     log_grad_norm     log ‖g_t‖
     grad_spike        log ‖g_t‖ − log m̂                             (0 before any measurement)
@@ -17,10 +17,11 @@ steps on which it was measured before (the sensed steps, plus every step while t
     overshoot         cos(ŝ(g_t), ŝ(p_t) − ŝ(p_{t−K}))  — > 0: the window's update overshot
     log_param_norm    log ‖p_t‖
 
-Logs are of max(x, 1e-30); a feature without history is 0. ``TorchFeatures`` computes these on the
-parameters' device and reads them back once per window;
-``NumpyFeatures`` computes the same numbers in numpy for numpy mode and is the reference the tests
-compare the torch path against.
+Logs are of max(x, 1e-30); a feature without history is 0. ``sketch_features`` is the table's one
+implementation (float64, on the host). ``TorchFeatures`` measures its inputs (the norms, m̂ and the
+sketches) on the parameters' device and reads them back once per window; ``NumpyFeatures`` measures
+them in numpy for numpy mode, from the flat arrays the caller hands in, and is the reference the tests
+compare the torch path's measurements against.
 """
 
 from __future__ import annotations

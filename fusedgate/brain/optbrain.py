@@ -13,7 +13,10 @@ them), each exactly the identity at its neutral value (1, 1, 0):
   guard the brain can tighten; see ``fusedgate.brain.features.clip_ratio``.
 * **dampen** d ∈ [0, 1]: the applied update is smoothed, u_t = (1−d)·Δ_t + d·u_{t−1}, with Δ_t the
   base optimizer's own update. Memory: while d > 0 the group keeps one buffer u (1× its params) and a
-  transient copy of its params during the step; at d = 0 nothing is kept and the buffer restarts.
+  transient copy of its params during the step; at d = 0 nothing is kept and the buffer restarts. Off by
+  default: its exploration scale σ_dampen is 0, so the learner never moves it from 0 (it earned nothing
+  on the tuning family and costs four passes per step while on); ``sigma=(0.25, 0.25, 0.1)`` or
+  ``freeze`` turn it on.
 
 Three modes, one learner (``fusedgate.brain.policy.BrainCore``, its knobs a ``BrainConfig``):
 ``OptBrain(base)`` returns the class that fits the base —

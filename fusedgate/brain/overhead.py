@@ -7,7 +7,9 @@ Model: the NanoChat ``tiny`` preset (depth 2, context 128, batch 16) with AdamW,
 the state the gate leaves almost every evaluation run in: a step is the base step and a counter) and
 ``learning`` (exploring as in a run, its trust held at α = 1 so the safety gate cannot turn it neutral
 during the measurement: the costliest case, sensing once per window and its knobs on); and, on the
-optimizer step alone, ``warmdown`` (an ended brain inside the warmdown phase, ``fusedgate.brain.warmdown``,
+optimizer step alone, ``sensing`` (the learning arm with nothing to learn — σ = 0 and no hypergradient, so its
+knobs stay at neutral: the sensing, the window's read and the learner's bookkeeping alone, what learning
+costs before any knob acts) and ``warmdown`` (an ended brain inside the warmdown phase, ``fusedgate.brain.warmdown``,
 its test kept undecided: the losses read again, the test windows' lr at ½ and 1.5 — each step's loss read in
 the windows at 1.5, the guard, which a real run does in at most ``warmdown_pairs`` windows — no features).
 
@@ -41,7 +43,7 @@ import time
 
 def _arm_builder(config, preset):
     """``build(kind)`` -> (model, optimizer) of one arm, each on the same seeded model: ``base``, ``neutral``,
-    ``learning`` or ``warmdown`` (see the module docstring)."""
+    ``learning``, ``sensing`` or ``warmdown`` (see the module docstring)."""
     import torch
 
     from fusedgate.brain import OptBrain
@@ -58,6 +60,9 @@ def _arm_builder(config, preset):
             return model, base
         if kind == "neutral":   # α = 0 and the ladder done at ℓ = 1: what a run is once the gate has ended the policy
             return model, OptBrain(base, alpha_start=0.0, alpha_min=0.0, ladder=0)
+        if kind == "sensing":   # learning at α = 1 with nothing to learn (σ = 0, κ = 0): its knobs stay neutral
+            return model, OptBrain(base, warmup_windows=1, alpha_start=1.0, z_shrink=10.0, sigma=(0.0, 0.0, 0.0),
+                                   hypergrad=0.0)
         if kind == "warmdown":  # α = 0 inside an undecided warmdown test (window 1 on): the losses read again
             return model, OptBrain(base, alpha_start=0.0, alpha_min=0.0, total_steps=100, warmdown=0.9,
                                    warmdown_pairs=100, warmdown_z=10.0, ladder=0)
@@ -144,6 +149,7 @@ def measure_overhead(blocks: int = 7, steps: int = 20, repeats: int = 200) -> di
     # step only: a fourth arm, built now since real losses would let its warmdown test decide (the
     # optimizer-step pairs pass a constant loss, which keeps it undecided)
     arms["warmdown"] = build("warmdown")
+    arms["sensing"] = build("sensing")
     for kind in arms:   # gradients everywhere, then the same ones copied into every arm
         one_step(kind, 0)
     grads = [p.grad.clone() for p in arms["base"][0].parameters()]
@@ -165,6 +171,7 @@ def measure_overhead(blocks: int = 7, steps: int = 20, repeats: int = 200) -> di
                              full_overhead=statistics.median(full[kind]) / base_full - 1.0)
     out["learning"]["report"] = arms["learning"][1].report()
     out["warmdown"]["report"] = arms["warmdown"][1].report()
+    out["sensing"]["report"] = arms["sensing"][1].report()
     return out
 
 

@@ -15,9 +15,10 @@ dampen) by
 
     scale = exp(clamp(z₀, ln 0.01, ln 10))    clip = exp(clamp(z₁, ln 0.1, ln 5))    dampen = clamp(z₂, 0, 1)
 
-so z = 0 gives exactly (1, 1, 0). The reward R of a window (``window_reward``) is minus the change of
-its late log-loss level from the previous window's, minus ``horizon`` × its late slope (horizon 0 by
-default: the level reached). Per cycle, with s² a running mean of e²:
+so z = 0 gives exactly (1, 1, 0); with σ_dampen = 0 (the default) z₂ stays 0 — the ES updates below are
+multiples of σ⊙ε and the hypergradient moves the scale alone — so dampen is never on. The reward R of a
+window (``window_reward``) is minus the change of its late log-loss level from the previous window's,
+minus ``horizon`` × its late slope (horizon 0 by default: the level reached). Per cycle, with s² a running mean of e²:
 
     e = (R₊ − R₋)/2            A = clamp(e/s, −3, 3)          (antithetic ES advantage)
     b_g ← (1−λ)·b_g + η·A·σ⊙ε_g        W ← (1−λ)·W + (η/13)·A·mean_g (σ⊙ε_g) o_gᵀ

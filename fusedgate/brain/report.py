@@ -145,6 +145,11 @@ def overhead_paragraphs(overhead: dict) -> list[str]:
              f"**{le['step_extra_us']:.1f} µs while learning** ({100 * le['overhead']:.3f} %; trust held at "
              f"α = {le['report']['alpha']:g}, its knobs at the end: {le['report']['mean_decisions']}).",
              ""]
+    if "sensing" in overhead:
+        s = overhead["sensing"]
+        lines += [f"Learning with nothing to learn (α = 1, σ = 0, no hypergradient: its knobs stay neutral — the "
+                  f"sensing, the window's read and the learner's bookkeeping alone): **{s['step_extra_us']:.1f} µs** "
+                  f"per step ({100 * s['overhead']:.3f} %).", ""]
     if "warmdown" in overhead:
         w = overhead["warmdown"]
         status = w["report"]["warmdown"]["status"]

@@ -138,6 +138,8 @@ class TorchBrain(OptBrain):
                 self._dampen_valid[g] = False
                 self._dampen_buf.pop(g, None)
         clip = ratios if np.isfinite(ratios).any() else None
+        if clip is not None:
+            self.features.plan_clip(clip)
         self._plan = (scaled, clip, damped) if scaled or clip is not None or damped else None
 
     def _generic_step(self, loss, plan) -> None:

@@ -45,7 +45,6 @@ class TorchFeatures:
         self.numel = np.array([sum(p.numel() for p in group) for group in groups], dtype=np.int64)
         self._group_of = [gi for gi, group in enumerate(groups) for _ in group]
         self._all = tuple(range(g))
-        self.group_index = torch.tensor(self._group_of, device=dev, dtype=torch.long)
         self.params_of_group = [[p for p, gp in zip(params, self._group_of) if gp == gi] for gi in range(g)]
         self._sketch_at = [index for gi, group in enumerate(groups)
                            for index in self._sketch_indices(group, gi, seed)]
@@ -92,12 +91,8 @@ class TorchFeatures:
 
     def _group_norms(self, tensors: list[torch.Tensor | None], groups: tuple[int, ...]) -> torch.Tensor:
         """(G,) the L2 norm over each group's tensors, for the groups in ``groups`` (0 for the others)."""
-        chosen = set(groups)
-        present = tuple(t is not None and g in chosen for t, g in zip(tensors, self._group_of))
-        index = self._present_cache.get(present)
-        if index is None:
-            index = self.group_index[torch.tensor(present, device=self.device)]
-            self._present_cache[present] = index
+        present = self._present(tensors, groups)
+        index = self._norm_index(present)
         out = torch.zeros(self.n_groups, dtype=torch.float32, device=self.device)
         kept = [t for t, keep in zip(tensors, present) if keep]   # (callers run under no_grad)
         if kept:
@@ -107,6 +102,21 @@ class TorchFeatures:
             sq = torch.stack([n if n.dtype == torch.float32 else n.float() for n in norms]).square()
             out.index_add_(0, index, sq)
         return out.sqrt()
+
+    def _present(self, tensors: list[torch.Tensor | None], groups: tuple[int, ...]) -> tuple[bool, ...]:
+        chosen = set(groups)
+        return tuple(t is not None and g in chosen for t, g in zip(tensors, self._group_of))
+
+    def _norm_index(self, present: tuple[bool, ...]) -> torch.Tensor:
+        """The group of each tensor ``present`` marks, on the device: made (uploaded) once per pattern."""
+        index = self._present_cache.get(present)
+        if index is None:
+            if len(self._present_cache) >= 64:
+                self._present_cache.clear()
+            index = torch.tensor([g for g, keep in zip(self._group_of, present) if keep], dtype=torch.long,
+                                 device=self.device)
+            self._present_cache[present] = index
+        return index
 
     def running_norm(self) -> torch.Tensor:
         """m̂ per group (G,): bias-corrected EMA of the group grad norm over its measured steps (0/0 = NaN
@@ -170,13 +180,22 @@ class TorchFeatures:
             if grads:
                 torch._foreach_mul_(grads, factor[gi])
 
+    def plan_clip(self, ratios: np.ndarray) -> None:
+        """Derive what ``clip_`` needs for a window's ``ratios`` now (at the window's end, beside its one host
+        sync): the groups with a finite ratio, the ratios on the device (0 for the others) and the EMA factors
+        for folding those groups' norms — so that no step of the window uploads anything."""
+        finite = np.isfinite(ratios)
+        clipped = tuple(int(g) for g in np.nonzero(finite)[0])
+        device_ratios = torch.as_tensor(np.where(finite, ratios, 0.0), dtype=torch.float32, device=self.device)
+        self._ratio_cache = (ratios, clipped, device_ratios)
+        if clipped:
+            self._fold_factors(clipped)
+            self._norm_index(self._present([p.grad for p in self.params], clipped))   # the gradients there now
+
     def _clip_plan(self, ratios: np.ndarray) -> tuple[tuple[int, ...], torch.Tensor]:
-        """(the groups with a finite ratio, the ratios on the device with 0 for the others), derived once per
-        ``ratios`` array — once per window, not per step (one upload)."""
+        """(the groups with a finite ratio, their device ratios) of ``ratios``, planned once per array."""
         if self._ratio_cache[0] is not ratios:
-            finite = np.isfinite(ratios)
-            device_ratios = torch.as_tensor(np.where(finite, ratios, 0.0), dtype=torch.float32, device=self.device)
-            self._ratio_cache = (ratios, tuple(int(g) for g in np.nonzero(finite)[0]), device_ratios)
+            self.plan_clip(ratios)
         return self._ratio_cache[1], self._ratio_cache[2]
 
     def end_step(self) -> None:
