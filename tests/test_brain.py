@@ -277,7 +277,7 @@ def count_host_reads(monkeypatch, wrapped, steps):
     base = torch.optim.SGD(groups, lr=0.05, momentum=0.9)
     opt = OptBrain(base, window=5, warmup_windows=1, seed=2) if wrapped else base
     if wrapped:
-        opt.features._loss_host = None   # the losses' device path, a GPU's (on the CPU they are read: no sync)
+        opt.features.on_host = False   # the device path, a GPU's (on the CPU the small arithmetic is numpy's)
         opt.freeze({0: (1.5, 0.5, 0.3), 1: (0.8, 1.0, 0.0)})   # every generic mechanism active
         opt.frozen = False
     per_step = []
@@ -341,14 +341,17 @@ def test_a_group_the_clip_leaves_at_factor_one_keeps_its_gradients_bit_for_bit()
     torch.testing.assert_close(params[1].grad, grads[1] * 0.5, rtol=1e-6, atol=0.0)
 
 
-def test_the_clip_norms_only_the_groups_it_clips():
+@pytest.mark.parametrize("on_host", [True, False], ids=["host-path", "device-path"])
+def test_the_clip_norms_only_the_groups_it_clips(on_host):
     """A group whose clip is off keeps its running norm m̂ (and its count of measured steps) as it was; the
-    clipping group's m̂ is the bias-corrected EMA of its norms on every step."""
+    clipping group's m̂ is the bias-corrected EMA of its norms on every step (the CPU's numpy path and the
+    device's torch path, here on the CPU)."""
     from fusedgate.brain.torch_features import TorchFeatures
 
     gen = torch.Generator().manual_seed(1)
     params = [torch.nn.Parameter(torch.randn(8, 4, generator=gen)), torch.nn.Parameter(torch.randn(5, generator=gen))]
     features = TorchFeatures([[params[0]], [params[1]]], window=4, sketch_size=8, seed=0)
+    features.on_host = on_host
     norms_1 = []
     for k in range(3):
         for p in params:
@@ -395,3 +398,20 @@ def test_a_brain_that_starts_at_zero_trust_is_the_base_optimizer_throughout():
     brain_run = run("adamw", 30, dict(window=4, alpha_start=0.0, alpha_min=0.0, ladder=0))
     assert not brain_run[2].learning and brain_run[2].report()["windows"] == 0
     assert_same_run(run("adamw", 30), brain_run)
+
+
+def test_a_bfloat16_model_takes_the_device_path_on_the_cpu():
+    """numpy has no bfloat16: such parameters are sensed by torch ops even on the CPU (the float32 path's
+    numpy arithmetic is for float32/float64 only), and its features are finite."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 4).to(torch.bfloat16)
+    brain = OptBrain(torch.optim.SGD(model.parameters(), lr=0.01), window=4, warmup_windows=1)
+    assert not brain.features.on_host
+    x = torch.randn(16, 8, dtype=torch.bfloat16)
+    for _ in range(12):
+        loss = model(x).float().square().mean()
+        brain.zero_grad()
+        loss.backward()
+        brain.step(loss=loss.detach())
+    assert brain.features.has_prev and np.isfinite(brain.features.feat).all()
+    assert brain.features.norm_count.tolist()[0] >= 3       # the three sensed steps (and any clipping ones)

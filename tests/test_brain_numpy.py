@@ -205,11 +205,15 @@ def test_numpy_mode_api_and_errors():
     assert brain.clip_threshold(0) == pytest.approx(2.0)   # running norm of ‖ones(4)‖ = 2, ratio 1
 
 
-def test_torch_features_match_the_numpy_reference():
+@pytest.mark.parametrize("on_host", [True, False], ids=["host-path", "device-path"])
+def test_torch_features_match_the_numpy_reference(on_host):
+    """Both torch paths (the CPU's numpy arithmetic and the device's kernels, here on the CPU) against numpy."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
     groups = [list(model[0].parameters()), list(model[2].parameters())]
     ts = TorchFeatures(groups, window=4, sketch_size=16, seed=5)
+    assert ts.on_host                                  # float32 on the CPU
+    ts.on_host = on_host
     ns = NumpyFeatures(2, sketch_size=16, seed=5)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     x, y = torch.randn(32, 6), torch.randn(32, 3)

@@ -27,7 +27,10 @@ def test_overhead_measures_every_arm_and_states_the_floor():
     expect = (out["duty"]["clip"] + 4 * out["duty"]["dampen"]) * out["pass_us"]
     assert math.isclose(out["floor_us"], expect, rel_tol=1e-9)
     assert math.isclose(out["floor"], out["floor_us"] / (1000 * out["base_full_ms"]), rel_tol=1e-9)
-    assert f"{out['floor_us']:.0f} µs" in _floor_sentence(out)
+    assert math.isclose(out["sense_floor_us"], 2 * out["pass_us"] / 10, rel_tol=1e-9)   # two reads per window
+    sentence = _floor_sentence(out)
+    assert f"{out['floor_us']:.0f} µs" in sentence and f"at least {out['floor_us'] + out['sense_floor_us']:.0f} µs" \
+        in sentence
 
 
 def test_trimmed_mean_drops_the_tails_only():

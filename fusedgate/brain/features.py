@@ -26,6 +26,8 @@ compare the torch path's measurements against.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from fusedgate.brain.config import BrainError
@@ -50,13 +52,12 @@ def sketch_indices(numel: int, size: int, seed: int, group: int) -> np.ndarray:
     return np.sort(rng.integers(0, numel, size=size))
 
 
-def _row_norms(a: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.sum(a * a, axis=1))
+def _log(x: float) -> float:
+    return math.log(max(x, TINY))          # (NaN stays NaN)
 
 
-def _cosine(a: np.ndarray, b: np.ndarray, denom: np.ndarray) -> np.ndarray:
-    """Row-wise a·b / denom, 0 where denom is 0."""
-    return np.where(denom > 0, np.sum(a * b, axis=1) / np.where(denom > 0, denom, 1.0), 0.0)
+def _ratio(num: float, denom: float) -> float:
+    return num / denom if denom > 0 else 0.0
 
 
 def sketch_features(gnorm, m_prev, gs, prev_gs=None, ps=None, prev_ps=None, pnorm=None) -> np.ndarray:
@@ -64,24 +65,40 @@ def sketch_features(gnorm, m_prev, gs, prev_gs=None, ps=None, prev_ps=None, pnor
     (``gnorm``, G), m̂ before this step (``m_prev``, NaN for a group without one), the gradient's sketch
     (``gs``, G × S) and the one a window before (``prev_gs``, None in the first window), the parameters'
     sketches now and a window before (``ps``, ``prev_ps``) and ‖p‖ (``pnorm``); a feature whose inputs
-    are not given is 0. The one implementation of the module docstring's table, for both modes."""
-    gnorm, m_prev, gs = (np.asarray(v, dtype=np.float64) for v in (gnorm, m_prev, gs))
-    f = np.zeros((gs.shape[0], N_GROUP_FEATURES))
-    f[:, 0] = np.log(np.maximum(gnorm, TINY))
-    known = np.isfinite(m_prev)
-    f[:, 1] = np.where(known, f[:, 0] - np.log(np.maximum(np.where(known, m_prev, 1.0), TINY)), 0.0)
-    g_norm = _row_norms(gs)
+    are not given is 0. The one implementation of the module docstring's table, for both modes. A
+    window's sketches are a few hundred numbers, so numpy calls, not arithmetic, are the cost: numpy
+    takes every row dot product in one pass over stacked rows, the rest is a few floats per group."""
+    gs = np.asarray(gs, dtype=np.float64)
+    left, right = [gs], [gs]                              # ‖ŝ(g)‖²
     if prev_gs is not None:
-        f[:, 2] = _cosine(gs, prev_gs, g_norm * _row_norms(prev_gs))
-        f[:, 3] = np.mean(np.sign(gs) * np.sign(prev_gs) < 0, axis=1)
+        prev_gs = np.asarray(prev_gs, dtype=np.float64)
+        left += [prev_gs, gs]                             # ‖ŝ(g′)‖², ŝ(g)·ŝ(g′)
+        right += [prev_gs, prev_gs]
+        flips = (np.count_nonzero(np.sign(gs) * np.sign(prev_gs) < 0, axis=1) / gs.shape[1]).tolist()
     if ps is not None and prev_ps is not None:
-        dp = ps - prev_ps
-        du = _row_norms(dp)
-        f[:, 4] = np.log(np.maximum(du, TINY)) - np.log(np.maximum(_row_norms(prev_ps), TINY))
-        f[:, 5] = _cosine(gs, dp, g_norm * du)
-    if pnorm is not None:
-        f[:, 6] = np.log(np.maximum(np.asarray(pnorm, dtype=np.float64), TINY))
-    return f
+        prev_ps = np.asarray(prev_ps, dtype=np.float64)
+        dp = np.asarray(ps, dtype=np.float64) - prev_ps
+        left += [dp, prev_ps, gs]                         # ‖Δŝ(p)‖², ‖ŝ(p′)‖², ŝ(g)·Δŝ(p)
+        right += [dp, prev_ps, dp]
+    dots = (np.stack(left) * np.stack(right)).sum(axis=2).T.tolist()   # G rows of the dot products above
+    gnorm = np.asarray(gnorm, dtype=np.float64).reshape(-1).tolist()
+    m_prev = np.asarray(m_prev, dtype=np.float64).reshape(-1).tolist()
+    pnorm = None if pnorm is None else np.asarray(pnorm, dtype=np.float64).reshape(-1).tolist()
+    rows = []
+    for g, dot in enumerate(dots):
+        row = [_log(gnorm[g]), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+        g_norm = math.sqrt(dot[0])
+        if math.isfinite(m_prev[g]):
+            row[1] = row[0] - _log(m_prev[g])
+        if prev_gs is not None:
+            row[2], row[3] = _ratio(dot[2], g_norm * math.sqrt(dot[1])), flips[g]
+        if len(dot) > 3:
+            du, u = math.sqrt(dot[-3]), math.sqrt(dot[-2])
+            row[4], row[5] = _log(du) - _log(u), _ratio(dot[-1], g_norm * du)
+        if pnorm is not None:
+            row[6] = _log(pnorm[g])
+        rows.append(row)
+    return np.array(rows).reshape(len(dots), N_GROUP_FEATURES)
 
 
 class NumpyFeatures:

@@ -25,9 +25,11 @@ measured on one step per window, and a median would hide that step's cost.
 The floor. The generic mechanism's knobs touch every gradient or parameter of a group: the clip reads
 the gradients for their norm (one pass) and, when a group clips, scales them (a second); dampen copies
 the parameters before the step and then needs Δ, u and before + u (4 passes, each at least a read).
-With P the time of one read of every gradient (``torch._foreach_norm``) and f_clip, f_dampen the
-shares of parameter-steps on which the learning arm had each knob on, no implementation of these
-knobs costs less than (f_clip + 4·f_dampen)·P; the report states it beside the measurement.
+With P the time of one read of every gradient (the brain's own, ``TorchFeatures.group_norms``: on the
+CPU a BLAS dot per tensor, about half a ``torch._foreach_norm``) and f_clip, f_dampen the shares of
+parameter-steps on which the learning arm had each knob on, no implementation of these knobs costs less
+than (f_clip + 4·f_dampen)·P; and sensing reads every gradient and every parameter once per window of K
+steps (their norms), at least 2P/K per step. The report states both beside the measurement.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def trimmed_mean(values: list[float], cut: float = 0.02) -> float:
 def _step_only(arms, grads, repeats: int) -> tuple[list[float], dict, float, dict]:
     """For each brain arm, its own base optimizer's step and the brain's step on the same memory, the
     same gradients copied in before each, alternating: (the base-step times, per brain arm the paired
-    differences brain − base, P = the median time of one ``_foreach_norm`` over the gradients, the
+    differences brain − base, P = the median time of the brain's own read of every gradient, the
     learning arm's knob duty cycle: per knob, the mean over steps of the share of the parameters it
     acted on)."""
     import numpy as np
@@ -111,9 +113,10 @@ def _step_only(arms, grads, repeats: int) -> tuple[list[float], dict, float, dic
             base_s, brain_s = spent if r % 2 == 0 else spent[::-1]
             base_times.append(base_s)
             extra[kind].append(brain_s - base_s)
-        kept = [p.grad for p in arms["learning"][0].parameters()]
+        features = arms["learning"][1].features
+        grads = [p.grad for p in arms["learning"][0].parameters()]
         t0 = time.perf_counter()
-        torch._foreach_norm(kept)
+        features.group_norms(grads, tuple(range(features.n_groups)))   # the brain's own read of them
         passes.append(time.perf_counter() - t0)
     return base_times, extra, statistics.median(passes), {k: v / repeats for k, v in on.items()}
 
@@ -156,12 +159,14 @@ def measure_overhead(blocks: int = 7, steps: int = 20, repeats: int = 200) -> di
     base_steps, paired, pass_s, duty = _step_only(arms, grads, repeats)
     base_full = statistics.median(full["base"])
     floor = (duty["clip"] + 4 * duty["dampen"]) * pass_s
+    sense_floor = 2 * pass_s / arms["learning"][1].window
     out = {"model": "nanochat tiny (depth 2, context 128, batch 16), AdamW",
            "params": sum(p.numel() for p in arms["base"][0].parameters()),
            "groups": len(arms["base"][1].param_groups), "base_full_ms": 1000 * base_full,
            "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan,
            "base_step_us": 1e6 * statistics.median(base_steps), "pass_us": 1e6 * pass_s,
-           "duty": duty, "floor_us": 1e6 * floor, "floor": floor / base_full, "repeats": repeats,
+           "duty": duty, "floor_us": 1e6 * floor, "floor": floor / base_full,
+           "sense_floor_us": 1e6 * sense_floor, "repeats": repeats,
            "method": "paired"}
     for kind in paired:   # the order effect cancels in the mean over the two orders
         extra = (trimmed_mean(paired[kind][0::2]) + trimmed_mean(paired[kind][1::2])) / 2

@@ -120,6 +120,26 @@ class RunningNorm:
         return np.clip(np.nan_to_num(z, nan=0.0, posinf=5.0, neginf=-5.0), -5.0, 5.0)
 
 
+def line_fit(y: list[float]) -> tuple[float, float, float]:
+    """(mean, slope, rms) of the least-squares line through (i, y_i), i = 0…n−1: slope = Σ tᵢ(yᵢ − ȳ)/Σ tᵢ²
+    with tᵢ = i − (n−1)/2, rms = √(mean of the squared residuals); slope and rms are 0 for n < 2. In plain
+    floats: a window holds a few numbers, and numpy's cost per call would be most of the work."""
+    n = len(y)
+    mean = sum(y) / n
+    if n < 2:
+        return mean, 0.0, 0.0
+    centre = 0.5 * (n - 1)
+    slope = sum((i - centre) * (v - mean) for i, v in enumerate(y)) / (n * (n * n - 1) / 12.0)
+    rms = math.sqrt(sum((v - mean - slope * (i - centre)) ** 2 for i, v in enumerate(y)) / n)
+    return mean, slope, rms
+
+
+def _usable(losses) -> list[float] | None:
+    """The losses as floats, or None if one is not finite or not positive."""
+    values = np.asarray(losses, dtype=np.float64).reshape(-1).tolist()
+    return values if all(0.0 < v < math.inf for v in values) else None
+
+
 def window_reward(losses: np.ndarray, prev_level: float, horizon: float) -> tuple[float, float]:
     """(reward, level) of one window. With ℓ the log-losses of the window's second half (after the
     transient of a knob change), level = mean(ℓ) and slope = their least-squares slope per step:
@@ -132,16 +152,10 @@ def window_reward(losses: np.ndarray, prev_level: float, horizon: float) -> tupl
     *now* — a smaller lr, at the noise floor: the short-horizon bias; a horizon as long as the rest of
     the run weighs that against the slower progress a smaller lr makes. Without a previous level the
     level term is 0. NaN when a loss is not finite or not positive."""
-    losses = np.asarray(losses, dtype=np.float64)
-    if losses.size < 2 or not np.all(np.isfinite(losses)) or np.any(losses <= 0):
+    values = _usable(losses)
+    if values is None or len(values) < 2:
         return math.nan, math.nan
-    y = np.log(losses[losses.size // 2:])
-    level = float(np.mean(y))
-    slope = 0.0
-    if y.size >= 2:
-        t = np.arange(y.size, dtype=np.float64)
-        t -= t.mean()
-        slope = float(np.dot(t, y - level) / np.dot(t, t))
+    level, slope, _ = line_fit([math.log(v) for v in values[len(values) // 2:]])
     change = level - prev_level if math.isfinite(prev_level) else 0.0
     return -(change + horizon * slope), level
 
@@ -149,15 +163,11 @@ def window_reward(losses: np.ndarray, prev_level: float, horizon: float) -> tupl
 def window_progress(losses: np.ndarray) -> tuple[float, float]:
     """(progress, noise) of one window: progress = -K·slope of the least-squares fit of log-loss on
     step index, noise = std of its residuals. NaN when a loss is not finite or not positive."""
-    losses = np.asarray(losses, dtype=np.float64)
-    if losses.size < 2 or not np.all(np.isfinite(losses)):
+    values = _usable(losses)
+    if values is None or len(values) < 2:
         return math.nan, math.nan
-    y = np.log(np.maximum(losses, 1e-30))
-    t = np.arange(losses.size, dtype=np.float64)
-    t -= t.mean()
-    slope = float(np.dot(t, y - y.mean()) / np.dot(t, t))
-    resid = y - y.mean() - slope * t
-    return -slope * losses.size, float(np.sqrt(np.mean(resid * resid)))
+    _, slope, noise = line_fit([math.log(v) for v in values])
+    return -slope * len(values), noise
 
 
 class BrainCore:
@@ -228,7 +238,7 @@ class BrainCore:
     # ---- observations -------------------------------------------------------------------------
     def _loss_features(self, losses: np.ndarray) -> np.ndarray:
         progress, noise = window_progress(losses)
-        log_mean = float(np.log(np.mean(losses))) if losses.size else math.nan
+        log_mean = math.log(sum(losses.tolist()) / losses.size) if losses.size else math.nan
         if math.isnan(self.first_mean):
             self.first_mean = log_mean
         if math.isnan(self.slow_mean):

@@ -179,12 +179,20 @@ def _floor_sentence(overhead: dict) -> str:
     if "floor" not in overhead:
         return ""
     duty, share = overhead["duty"], overhead["pass_us"] / (1000 * overhead["base_full_ms"])
-    return (f"**The floor.** One read of every gradient (`torch._foreach_norm`) costs {overhead['pass_us']:.0f} µs "
+    sensing = overhead.get("sense_floor_us")
+    reads = ("the brain's own: a BLAS dot per tensor on the CPU" if sensing is not None else "`torch._foreach_norm`")
+    text = (f"**The floor.** One read of every gradient ({reads}) costs {overhead['pass_us']:.0f} µs "
             f"({100 * share:.3f} % of the full step). While learning, the clip acted on {100 * duty['clip']:.0f} % "
             "of the parameter-steps (≥ 1 pass: the norm; a second when a group clips) and dampen on "
             f"{100 * duty['dampen']:.0f} % (≥ 4: a copy, Δ, u, before + u), so no implementation of these knobs "
-            f"costs less than {overhead['floor_us']:.0f} µs (**{100 * overhead['floor']:.3f} %**) per step "
-            "here.")
+            f"costs less than {overhead['floor_us']:.0f} µs (**{100 * overhead['floor']:.3f} %**) per step here.")
+    if sensing is not None:   # since the sensing floor was added
+        total = overhead["floor_us"] + sensing
+        text += (f" Sensing reads every gradient and parameter once per window (their norms): ≥ {sensing:.0f} µs "
+                 f"per step more, so learning as measured costs at least {total:.0f} µs "
+                 f"(**{total / (10 * overhead['base_full_ms']):.3f} %**); the rest of the measured cost is the "
+                 "host's small work: the sketches, the window's read, the learner's bookkeeping.")
+    return text
 
 
 def plot(rows: list[dict], path: str) -> None:

@@ -129,15 +129,15 @@ class TorchBrain(OptBrain):
     def _make_plan(self) -> None:
         """Turn the window's knobs into what the generic mechanism does on each of its steps (once per
         window): lr factors, clip ratios, dampen groups; ``None`` when it has nothing to do."""
-        knobs = np.where(self._generic, self.core.decisions, np.broadcast_to(NEUTRAL, self._generic.shape))
-        scaled = [(g, float(knobs[g, 0])) for g in range(self.n_groups) if knobs[g, 0] != 1.0]
-        ratios = np.array([clip_ratio(c) for c in knobs[:, 1]])
-        damped = [(g, float(knobs[g, 2])) for g in range(self.n_groups) if knobs[g, 2] > 0.0]
-        for g in range(self.n_groups):
-            if knobs[g, 2] <= 0.0:             # the smoothing restarts when dampen turns on again
+        knobs = np.where(self._generic, self.core.decisions, np.broadcast_to(NEUTRAL, self._generic.shape)).tolist()
+        scaled = [(g, s) for g, (s, _, _) in enumerate(knobs) if s != 1.0]
+        ratios = [clip_ratio(c) for _, c, _ in knobs]
+        damped = [(g, d) for g, (_, _, d) in enumerate(knobs) if d > 0.0]
+        for g, (_, _, d) in enumerate(knobs):
+            if d <= 0.0 and g in self._dampen_buf:   # the smoothing restarts when dampen turns on again
                 self._dampen_valid[g] = False
-                self._dampen_buf.pop(g, None)
-        clip = ratios if np.isfinite(ratios).any() else None
+                del self._dampen_buf[g]
+        clip = np.array(ratios) if any(r < math.inf for r in ratios) else None
         if clip is not None:
             self.features.plan_clip(clip)
         self._plan = (scaled, clip, damped) if scaled or clip is not None or damped else None

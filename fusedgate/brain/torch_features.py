@@ -4,11 +4,18 @@ the features themselves are then computed on the host, by the same ``sketch_feat
 
 Cost model (why it is built this way): a step of the base optimizer is a few passes over the parameters;
 anything the brain adds *per step* is paid on every step. So per step it only copies the loss into a K-slot
-buffer on the device (one tiny kernel, no sync; on the CPU, where a read costs no sync, the loss is read and
-written into the buffer's memory from the host: no kernel). On one step per window (the window's last) while the brain
+buffer on the device (one tiny kernel, no sync). On one step per window (the window's last) while the brain
 learns, ``sense`` measures the group norms of the gradients and the parameters, m̂ and the two S-coordinate
 sketches into one device buffer (a few passes and one concatenation); on every other step only the gradient
 norms of the groups whose clip knob is on (the clip needs them; the other groups' gradients are not read).
+
+On the CPU (float32/float64 parameters: ``on_host``) a read costs no sync, and what costs is the number of
+calls: right after a base step a small torch op costs ≈ 20 µs, a numpy call a few (cold caches). So there the same
+buffers are numpy views of the same memory, and the small work is numpy's or plain floats: the loss written
+from the host, the norms as BLAS dots, the sketches gathered, m̂ folded and the clip factors computed on the
+host; only the clip's scaling is a torch op (it writes the gradients, and autograd's version counters must
+see it). Both paths compute the same quantities (``tests/test_brain_numpy.py`` checks each against numpy mode).
+
 Every read here is a read: gradients and parameters are only gathered, normed and copied from, so a neutral
 brain leaves the base optimizer's trajectory bit-identical. ``clip_`` is the one writer: it scales a group's
 gradients by min(1, τ/‖g‖), τ = m̂·c/(1−c).
@@ -48,21 +55,29 @@ class TorchFeatures:
         self.params_of_group = [[p for p, gp in zip(params, self._group_of) if gp == gi] for gi in range(g)]
         self._sketch_at = [index for gi, group in enumerate(groups)
                            for index in self._sketch_indices(group, gi, seed)]
+        # on the CPU, where a read costs no sync, the small reductions and the arithmetic on a few numbers are
+        # numpy's, on views of the same memory: a numpy call costs a fraction of a torch op's dispatch (dtypes
+        # numpy lacks, bfloat16, take the device path)
+        self.on_host = dev.type == "cpu" and all(p.dtype in (torch.float32, torch.float64) for p in params)
         self.loss_buf = torch.full((window,), float("nan"), dtype=torch.float64, device=dev)
-        self._loss_host = self.loss_buf.numpy() if dev.type == "cpu" else None   # the same memory, on the CPU
+        self._loss_host = self.loss_buf.numpy() if self.on_host else None
         self._sensed = torch.zeros(3 * g + 2 * g * s, dtype=torch.float32, device=dev)   # ‖g‖, ‖p‖, m̂, ŝ(g), ŝ(p)
+        self._sensed_host = self._sensed.numpy() if self.on_host else None
+        self._sketch_host = [None if i is None else i.numpy() for i in self._sketch_at] if self.on_host else None
         self._sensed_now = False
         # m̂ per group: an EMA of its measured norms and its bias correction 1 − β^n (the same EMA of 1s),
         # each folded only on the steps that group's norm is measured; n, the steps measured, on the host
         self.norm_ema = torch.zeros(g, dtype=torch.float32, device=dev)
         self.norm_weight = torch.zeros(g, dtype=torch.float32, device=dev)
         self.norm_count = np.zeros(g, dtype=np.int64)
+        self._ema_host = self.norm_ema.numpy() if self.on_host else None
+        self._weight_host = self.norm_weight.numpy() if self.on_host else None
         # on the host: the last sensed step's features and sketches (float32: the values are the tensors')
         self.feat = np.zeros((g, N_GROUP_FEATURES))
         self.prev_grad = np.zeros((g, s), dtype=np.float32)
         self.prev_param = np.zeros((g, s), dtype=np.float32)
         self.has_prev = False
-        self._present_cache: dict[tuple[bool, ...], torch.Tensor] = {}
+        self._present_cache: dict[tuple[bool, ...], torch.Tensor | np.ndarray] = {}
         self._gnorm: torch.Tensor | None = None
         self._measured: tuple[int, ...] = ()
         self._fold_cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -89,32 +104,44 @@ class TorchFeatures:
                   for at, t in zip(self._sketch_at, tensors) if at is not None]
         return [x if x.dtype == torch.float32 else x.float() for x in pieces]
 
-    def _group_norms(self, tensors: list[torch.Tensor | None], groups: tuple[int, ...]) -> torch.Tensor:
-        """(G,) the L2 norm over each group's tensors, for the groups in ``groups`` (0 for the others)."""
+    def group_norms(self, tensors: list[torch.Tensor | None], groups: tuple[int, ...]) -> torch.Tensor:
+        """(G,) float32, the L2 norm over each group's tensors, for the groups in ``groups`` (0 for the others):
+        per tensor Σ x² (one ``_foreach_norm`` on the device), summed per group."""
         present = self._present(tensors, groups)
-        index = self._norm_index(present)
-        out = torch.zeros(self.n_groups, dtype=torch.float32, device=self.device)
         kept = [t for t, keep in zip(tensors, present) if keep]   # (callers run under no_grad)
+        if any(t.is_sparse for t in kept):
+            raise BrainError("OptBrain does not support sparse gradients")
+        if self.on_host:
+            return torch.from_numpy(self._group_norms_on_host(kept, self._norm_index(present)))
+        out = torch.zeros(self.n_groups, dtype=torch.float32, device=self.device)
         if kept:
-            if any(t.is_sparse for t in kept):
-                raise BrainError("OptBrain does not support sparse gradients")
             norms = torch._foreach_norm(kept)
-            sq = torch.stack([n if n.dtype == torch.float32 else n.float() for n in norms]).square()
-            out.index_add_(0, index, sq)
+            out.index_add_(0, self._norm_index(present),
+                           torch.stack([n if n.dtype == torch.float32 else n.float() for n in norms]).square())
         return out.sqrt()
+
+    def _group_norms_on_host(self, kept: list[torch.Tensor], index: np.ndarray) -> np.ndarray:
+        """``group_norms`` on the CPU: Σ x² per tensor by numpy (a BLAS dot: after a base step, half the time
+        of ``_foreach_norm`` here), summed per group in float64."""
+        sq = np.zeros(self.n_groups)
+        for t, gi in zip(kept, index):
+            flat = t.detach().numpy()
+            sq[gi] += float(np.vdot(flat, flat))
+        return np.sqrt(sq).astype(np.float32)
 
     def _present(self, tensors: list[torch.Tensor | None], groups: tuple[int, ...]) -> tuple[bool, ...]:
         chosen = set(groups)
         return tuple(t is not None and g in chosen for t, g in zip(tensors, self._group_of))
 
-    def _norm_index(self, present: tuple[bool, ...]) -> torch.Tensor:
-        """The group of each tensor ``present`` marks, on the device: made (uploaded) once per pattern."""
+    def _norm_index(self, present: tuple[bool, ...]) -> torch.Tensor | np.ndarray:
+        """The group of each tensor ``present`` marks (on the device, or a numpy array on the host): made
+        (uploaded) once per pattern."""
         index = self._present_cache.get(present)
         if index is None:
             if len(self._present_cache) >= 64:
                 self._present_cache.clear()
-            index = torch.tensor([g for g, keep in zip(self._group_of, present) if keep], dtype=torch.long,
-                                 device=self.device)
+            index = np.array([g for g, keep in zip(self._group_of, present) if keep], dtype=np.int64)
+            index = index if self.on_host else torch.as_tensor(index, device=self.device)
             self._present_cache[present] = index
         return index
 
@@ -132,8 +159,8 @@ class TorchFeatures:
         """Start a step and copy its loss into slot k of the window's buffer (on the device, no sync; on the
         CPU, where a read costs no sync, a host write instead of a kernel)."""
         self.new_step()
-        if self._loss_host is not None:
-            self._loss_host[k] = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+        if self.on_host:
+            self._loss_host[k] = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
         elif isinstance(loss, torch.Tensor):
             self.loss_buf[k].copy_(loss.detach().reshape(()))
         else:
@@ -147,7 +174,7 @@ class TorchFeatures:
         if self._gnorm is None or not set(wanted) <= set(self._measured):
             if self._gnorm is not None:
                 wanted = tuple(sorted(set(wanted) | set(self._measured)))
-            self._gnorm = self._group_norms([p.grad for p in self.params], wanted)
+            self._gnorm = self.group_norms([p.grad for p in self.params], wanted)
             self._measured = wanted
         return self._gnorm
 
@@ -156,10 +183,26 @@ class TorchFeatures:
         """Measure what the window's features are computed from, on this step (the window's last) before the
         update: ‖g‖, ‖p‖ and m̂ per group and the sketches ŝ(g), ŝ(p), into one device buffer."""
         grads = [p.grad for p in self.params]
-        pieces = [self.grad_norms(), self._group_norms(list(self.params), self._all), self.running_norm(),
-                  *self._sketch(grads), *self._sketch(list(self.params))]
-        torch.cat(pieces, out=self._sensed)
+        if self.on_host:
+            self._sense_on_host(grads)
+        else:
+            pieces = [self.grad_norms(), self.group_norms(list(self.params), self._all), self.running_norm(),
+                      *self._sketch(grads), *self._sketch(list(self.params))]
+            torch.cat(pieces, out=self._sensed)
         self._sensed_now = True
+
+    def _sense_on_host(self, grads: list[torch.Tensor | None]) -> None:
+        """``sense`` on the CPU: the same buffer, written by numpy through its view."""
+        g, gs = self.n_groups, self.n_groups * self.sketch_size
+        out = self._sensed_host
+        out[:g] = self.grad_norms().numpy()
+        out[g:2 * g] = self.group_norms(list(self.params), self._all).numpy()
+        with np.errstate(divide="ignore", invalid="ignore"):   # 0/0: NaN, a group not measured yet
+            out[2 * g:3 * g] = self._ema_host / self._weight_host
+        for tensors, at in ((grads, 3 * g), (self.params, 3 * g + gs)):
+            out[at:at + gs] = np.concatenate(
+                [t.detach().numpy().reshape(-1)[i] if t is not None else np.zeros(i.size, np.float32)
+                 for i, t in zip(self._sketch_host, tensors) if i is not None])
 
     @torch.no_grad()
     def clip_(self, ratios: np.ndarray) -> None:
@@ -171,14 +214,25 @@ class TorchFeatures:
             clipped = tuple(g for g in clipped if self.norm_count[g] > 0)
         if not clipped:
             return
+        if self.on_host:
+            self._clip_on_host(clipped, ratios)
+            return
         factor = (self.running_norm() * ratio / self.grad_norms(clipped).clamp_min(TINY)).clamp_max(1.0)
-        if self.device.type == "cpu":   # reading the factors costs no sync here: a group at factor 1 is left alone
-            host = factor.numpy()
-            clipped = [g for g in clipped if not host[g] >= 1.0]   # (×1 is exact; NaN factors still multiply)
         for gi in clipped:
             grads = [p.grad for p in self.params_of_group[gi] if p.grad is not None]
             if grads:
                 torch._foreach_mul_(grads, factor[gi])
+
+    def _clip_on_host(self, clipped: tuple[int, ...], ratios: np.ndarray) -> None:
+        """``clip_`` on the CPU: the factors are host floats, and a group at factor 1 is left alone (×1 is
+        exact, so only the writes are saved; a NaN factor still multiplies)."""
+        gnorm = self.grad_norms(clipped).numpy()
+        for gi in clipped:
+            m = float(self._ema_host[gi]) / float(self._weight_host[gi])
+            factor = m * float(ratios[gi]) / max(float(gnorm[gi]), TINY)   # (max keeps a NaN norm NaN)
+            grads = [p.grad for p in self.params_of_group[gi] if p.grad is not None]
+            if grads and not factor >= 1.0:
+                torch._foreach_mul_(grads, factor)
 
     def plan_clip(self, ratios: np.ndarray) -> None:
         """Derive what ``clip_`` needs for a window's ``ratios`` now (at the window's end, beside its one host
@@ -186,10 +240,12 @@ class TorchFeatures:
         for folding those groups' norms — so that no step of the window uploads anything."""
         finite = np.isfinite(ratios)
         clipped = tuple(int(g) for g in np.nonzero(finite)[0])
-        device_ratios = torch.as_tensor(np.where(finite, ratios, 0.0), dtype=torch.float32, device=self.device)
+        device_ratios = None if self.on_host else torch.as_tensor(np.where(finite, ratios, 0.0),
+                                                                 dtype=torch.float32, device=self.device)
         self._ratio_cache = (ratios, clipped, device_ratios)
         if clipped:
-            self._fold_factors(clipped)
+            if not self.on_host:
+                self._fold_factors(clipped)
             self._norm_index(self._present([p.grad for p in self.params], clipped))   # the gradients there now
 
     def _clip_plan(self, ratios: np.ndarray) -> tuple[tuple[int, ...], torch.Tensor]:
@@ -200,17 +256,23 @@ class TorchFeatures:
 
     def end_step(self) -> None:
         """Fold this step's raw grad norms into m̂, for the groups measured (all on a sensed step, the
-        clipping ones otherwise)."""
+        clipping ones otherwise): m ← β·m + (1 − β)·‖g‖ and w ← β·w + (1 − β) there, m̂ = m/w."""
         if self._gnorm is None:
             return
-        if self._measured == self._all:
+        if self.on_host:                     # numpy scalars on the arrays' memory: their own float32 precision
+            ema, weight, gnorm = self._ema_host, self._weight_host, self._gnorm.numpy()
+            for gi in self._measured:
+                ema[gi] = NORM_BETA * ema[gi] + (1.0 - NORM_BETA) * gnorm[gi]
+                weight[gi] = NORM_BETA * weight[gi] + (1.0 - NORM_BETA)
+        elif self._measured == self._all:
             self.norm_ema.mul_(NORM_BETA).add_(self._gnorm, alpha=1.0 - NORM_BETA)
             self.norm_weight.mul_(NORM_BETA).add_(1.0 - NORM_BETA)
         else:                                # β_g = β on the measured groups, 1 (unchanged) on the rest
             beta, rest = self._fold_factors(self._measured)
             self.norm_ema.mul_(beta).addcmul_(self._gnorm, rest)
             self.norm_weight.mul_(beta).add_(rest)
-        self.norm_count[list(self._measured)] += 1
+        for gi in self._measured:
+            self.norm_count[gi] += 1
         self._every_group_measured = self._every_group_measured or self._measured == self._all
         self._gnorm = None
 
@@ -232,15 +294,19 @@ class TorchFeatures:
         window's sensed step's (``sketch_features`` on the host), or the last ones if it sensed none."""
         if not self._sensed_now:
             return self.loss_buf.cpu().numpy().copy(), self.feat.copy()
-        host = torch.cat([self.loss_buf, self._sensed.double()]).cpu().numpy()
-        g, s, k = self.n_groups, self.sketch_size, self.window
-        gnorm, pnorm, m_prev = host[k:k + g], host[k + g:k + 2 * g], host[k + 2 * g:k + 3 * g]
-        gs, ps = host[k + 3 * g:].reshape(2, g, s)
+        if self.on_host:
+            losses, sensed = self._loss_host.copy(), self._sensed_host.astype(np.float64)
+        else:
+            host = torch.cat([self.loss_buf, self._sensed.double()]).cpu().numpy()
+            losses, sensed = host[:self.window].copy(), host[self.window:]
+        g, s = self.n_groups, self.sketch_size
+        gnorm, pnorm, m_prev = sensed[:g], sensed[g:2 * g], sensed[2 * g:3 * g]
+        gs, ps = sensed[3 * g:].reshape(2, g, s)
         prev_gs, prev_ps = (self.prev_grad, self.prev_param) if self.has_prev else (None, None)
         self.feat = sketch_features(gnorm, m_prev, gs, prev_gs, ps, prev_ps, pnorm)
         self.prev_grad, self.prev_param = gs.astype(np.float32), ps.astype(np.float32)
         self.has_prev, self._sensed_now = True, False
-        return host[:k].copy(), self.feat.copy()
+        return losses, self.feat.copy()
 
     # ---- save / load ------------------------------------------------------------------------------
     TENSORS = ("loss_buf", "norm_ema", "norm_weight")
