@@ -49,6 +49,36 @@ def test_scenario_fractions_against_hand_computed_values():
     assert met == {"constant": True}
 
 
+def test_targets_name_what_cannot_count_and_count_only_what_applies():
+    """The schedule target is judged where the schedule has a gain (a schedule worse than the constant lr
+    leaves nothing to recover: n/a, not a miss, but at least one optimizer must apply); the 3× target names
+    the pairs whose base at 3× is within 1 % of its tuned loss (nothing to rescue) — and still counts them
+    as not rescued."""
+    def sched(opt, schedule):
+        return summarise("schedule", "nanochat", opt, {"const": {0: 3.0}, "const+brain": {0: 2.9},
+                                                       "schedule": {0: schedule}})
+
+    def target(rows, head):
+        return next(t for t in targets(rows) if t["target"].startswith(head))
+
+    worse = sched("sgd", 3.3)                              # the schedule ×1.1 of the constant lr
+    assert math.isnan(worse["recovered"])
+    t = target([worse, sched("adamw", 2.8)], "constant")
+    assert t["met"] and "sgd n/a (schedule/const 1.100: no gain)" in t["measured"] and "adamw 50 %" in t["measured"]
+    assert not target([worse], "constant")["met"]          # nothing applies: nothing shown
+    assert not target([worse, sched("adamw", 2.0)], "constant")["met"]   # 10 % of a 1.0 gain
+
+    def x3(task, opt, at_3x, brain):
+        return summarise("lr_x3", task, opt, {"base": {0: 1.0}, "base@m": {0: at_3x}, "brain@m": {0: brain}})
+
+    rows = [x3("a", "sgd", 2.0, 1.0), x3("a", "adamw", 0.5, 0.5), x3("b", "sgd", 1.005, 1.0),
+            x3("b", "adamw", 2.0, 1.9), x3("c", "sgd", 2.0, 1.0), x3("c", "adamw", 2.0, 1.0)]
+    t = target(rows, "3×")
+    assert t["measured"] == ("3 of 6; of the rest, 2 with nothing to rescue (the base at 3× within 1 % of its "
+                             "tuned loss or better: a/adamw ×0.500, b/sgd ×1.005)")
+    assert not t["met"]
+
+
 def test_planted_spikes_and_fixed_clip_are_real():
     spikes = spike_steps(0, 300)
     assert spikes and min(spikes) >= 10 and spike_steps(0, 300) == spikes
