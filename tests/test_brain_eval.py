@@ -79,6 +79,19 @@ def test_targets_name_what_cannot_count_and_count_only_what_applies():
     assert not t["met"]
 
 
+def test_a_seed_range_trains_those_seeds_and_says_so(tmp_path, capsys):
+    """``--seeds FIRST-LAST``: seeds no choice was made on; the runs, rows, command line and report name them."""
+    args = [a if a != "2" else "30-31" for a in TINY]
+    assert main(["brain-eval", *args, "--scenarios", "tuned", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "brain_eval.json").read_text())
+    assert sorted({r["seed"] for r in record["runs"]}) == [30, 31] and record["rows"][0]["seeds"] == [30, 31]
+    assert "--seeds 30-31" in record["meta"]["command"]
+    reference = run_arm("regression", "sgd", 31, Arm(brain=False), steps=30)["final"]
+    assert record["rows"][0]["finals"]["base"][1] == reference        # seed 31's own run
+    assert "seeds 30…31" in (tmp_path / "brain_eval.md").read_text()
+    capsys.readouterr()
+
+
 def test_planted_spikes_and_fixed_clip_are_real():
     spikes = spike_steps(0, 300)
     assert spikes and min(spikes) >= 10 and spike_steps(0, 300) == spikes
@@ -90,7 +103,8 @@ def test_planted_spikes_and_fixed_clip_are_real():
 
 @pytest.mark.parametrize("bad", [["--tasks", "nope"], ["--seeds", "0"], ["--optimizers", "sgd,lbfgs"],
                                  ["--steps", "-3"], ["--window", "2"], ["--threads", "0"],
-                                 ["--seeds", "9" * 5000]])
+                                 ["--seeds", "9" * 5000], ["--seeds", "5-3"], ["--seeds", "-2"], ["--seeds", "3-"],
+                                 ["--seeds", "0-1000"]])
 def test_brain_eval_rejects_bad_arguments_in_one_line(bad, capsys):
     with pytest.raises(SystemExit) as info:
         main(["brain-eval", *bad])

@@ -78,6 +78,24 @@ def _count(flag: str, minimum: int = 1):
     return parse
 
 
+def _seeds(text: str) -> range:
+    """``N`` (seeds 0…N−1) or ``FIRST-LAST`` (inclusive, e.g. 30-49: seeds no choice was made on)."""
+    first, dash, last = text.partition("-")
+    try:
+        seeds = (range(int(first), int(last) + 1) if dash else range(int(text))) if len(text) <= 25 else None
+    except ValueError:
+        seeds = None
+    if seeds is None or not 1 <= len(seeds) <= MAX["--seeds"] or seeds.start < 0 or seeds.stop > 10 ** 9:
+        raise argparse.ArgumentTypeError(f"expected a count in [1, {MAX['--seeds']}] or FIRST-LAST (0 ≤ FIRST ≤ "
+                                         f"LAST, at most {MAX['--seeds']} seeds), got {text[:25]!r}")
+    return seeds
+
+
+def seeds_argument(seeds: range) -> str:
+    """``--seeds`` as it would be typed for ``seeds``."""
+    return str(len(seeds)) if seeds.start == 0 else f"{seeds.start}-{seeds.stop - 1}"
+
+
 def _one_line_error(parser: argparse.ArgumentParser):
     def error(message: str):
         print(f"{parser.prog}: error: {message}", file=sys.stderr)
@@ -95,7 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma list (default: sgd,adamw,fusedgate)")
     parser.add_argument("--scenarios", type=_csv(SCENARIOS), default=list(SCENARIOS),
                         help=f"comma list of {', '.join(SCENARIOS)} (default: all)")
-    parser.add_argument("--seeds", type=_count("--seeds"), default=5, help="seeds per task × optimizer (default 5)")
+    parser.add_argument("--seeds", type=_seeds, default=range(5),
+                        help="N (seeds 0…N−1) or FIRST-LAST, per task × optimizer (default 5: seeds 0…4)")
     parser.add_argument("--steps", type=_count("--steps"), default=None,
                         help="override every task's step count (default: the task's own)")
     parser.add_argument("--window", type=_count("--window", 3), default=None,
@@ -197,7 +216,8 @@ def check_out(out: str) -> str:
 # ---- the grid -------------------------------------------------------------------------------------
 def command_line(args) -> str:
     parts = ["fusedgate brain-eval", "--tasks", ",".join(args.tasks), "--optimizers", ",".join(args.optimizers),
-             "--scenarios", ",".join(args.scenarios), "--seeds", str(args.seeds), "--threads", str(args.threads)]
+             "--scenarios", ",".join(args.scenarios), "--seeds", seeds_argument(args.seeds),
+             "--threads", str(args.threads)]
     for flag, value in (("--steps", args.steps), ("--window", args.window), ("--init", args.init)):
         if value is not None:
             parts += [flag, str(value)]
@@ -217,14 +237,14 @@ def run_grid(args, brain_kwargs: dict) -> tuple[list[dict], list[dict]]:
         for opt in args.optimizers:
             chosen = [s for s in args.scenarios if applies(s, task, opt)]
             if chosen:
-                jobs += [(task, opt, seed, arm) for seed in range(args.seeds) for arm in arms_for(chosen)]
+                jobs += [(task, opt, seed, arm) for seed in args.seeds for arm in arms_for(chosen)]
     runs = []
     bar = tqdm(jobs, desc="brain-eval", unit="run", disable=args.no_progress, file=sys.stderr)
     for task, opt, seed, arm in bar:
         bar.set_postfix_str(f"{task} {opt} seed {seed}")
         runs.append(run_arm(task, opt, seed, arm, steps=args.steps, brain_kwargs=brain_kwargs))
     bar.close()
-    return runs, rows_from_runs(runs, args.scenarios, args.tasks, args.optimizers, range(args.seeds))
+    return runs, rows_from_runs(runs, args.scenarios, args.tasks, args.optimizers, args.seeds)
 
 
 def rows_from_runs(runs: list[dict], scenarios, tasks, optimizers, seeds) -> list[dict]:

@@ -76,7 +76,16 @@ def scenario_table(scenario: str, rows: list[dict]) -> list[str]:
     return [f"### {TITLES[scenario]}", "", markdown_table(head, table), ""]
 
 
+def seed_text(seeds) -> str:
+    """The seeds as "a…b" when consecutive, else a comma list."""
+    seeds = sorted(set(seeds))
+    if seeds and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}…{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
+    return ", ".join(map(str, seeds))
+
+
 def markdown(rows: list[dict], targets: list[dict], meta: dict, overhead: dict | None, state) -> str:
+    seeds = seed_text(s for row in rows for s in row["seeds"])
     lines = [
         "# OptBrain evaluation: its promises, measured",
         "",
@@ -89,10 +98,10 @@ def markdown(rows: list[dict], targets: list[dict], meta: dict, overhead: dict |
            "--from` (the same runs, summarised by the current code)." if meta.get("rewritten_from") else ""),
         "",
         "Two task families: **tuning** (regression, mlp, nanochat — OptBrain's defaults were chosen on "
-        "these, on seeds 10–14) and **heldout** (logreg, cnn, charrnn — `fusedgate/brain/heldout.py`, "
+        "these, on seeds 10–29) and **heldout** (logreg, cnn, charrnn — `fusedgate/brain/heldout.py`, "
         "committed before any tuning and never used for a choice). Every number is a final loss (regression: "
         "MSE; mlp, logreg, cnn: cross-entropy; nanochat, charrnn: validation bits per byte) or a ratio of "
-        "two, paired by seed (same init, batches and spikes; seeds 0…n−1); ratios are geometric means over "
+        f"two, paired by seed (same init, batches and spikes; seeds {seeds}); ratios are geometric means over "
         "seeds, < 1 = the brain helped. Fractions (gap closed, gain recovered) use the seed-mean losses. "
         "`α` = the brain's final trust (1 = full policy, 0 = exactly neutral: its safety gate, "
         "`fusedgate/brain/safety.py`), seed mean; `(ℓ …)` beside it = the lr ladder's level, seed mean "
