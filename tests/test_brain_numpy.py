@@ -9,7 +9,7 @@ import torch
 from fusedgate import OptBrain
 from fusedgate.brain import BrainError
 from fusedgate.brain.features import NumpyFeatures, clip_ratio
-from fusedgate.brain.policy import BrainCore, knobs_from_z, window_progress
+from fusedgate.brain.policy import BrainCore, knobs_from_z, line_fit, window_progress, window_reward
 from fusedgate.brain.torch_features import TorchFeatures
 
 
@@ -170,6 +170,29 @@ def test_knob_mapping_and_progress():
     assert progress == pytest.approx(0.6) and noise == pytest.approx(0.0, abs=1e-12)
     assert math.isnan(window_progress(np.array([1.0, np.inf, 1.0]))[0])
     assert clip_ratio(0.5) == 1.0 and clip_ratio(1.0) == math.inf and clip_ratio(0.1) == pytest.approx(1 / 9)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 10])
+def test_line_fit_and_the_window_statistics_match_numpys_least_squares(n):
+    rng = np.random.default_rng(n)
+    y = rng.standard_normal(n).tolist()
+    mean, slope, rms = line_fit(y)
+    assert mean == pytest.approx(np.mean(y), rel=1e-12, abs=1e-15)
+    if n < 2:
+        assert slope == rms == 0.0
+        return
+    fit_slope, intercept = np.polyfit(np.arange(n), y, 1)
+    resid = np.array(y) - (fit_slope * np.arange(n) + intercept)
+    assert slope == pytest.approx(fit_slope, rel=1e-9, abs=1e-12)
+    assert rms == pytest.approx(math.sqrt(np.mean(resid ** 2)), rel=1e-9, abs=1e-12)
+    losses = np.exp(np.array(y))
+    progress, noise = window_progress(losses)
+    assert progress == pytest.approx(-fit_slope * n, rel=1e-9, abs=1e-12) and noise == pytest.approx(rms)
+    late = np.log(losses[n // 2:])
+    late_slope = np.polyfit(np.arange(late.size), late, 1)[0] if late.size > 1 else 0.0
+    reward, level = window_reward(losses, 0.25, 7.0)
+    assert level == pytest.approx(late.mean()) and reward == pytest.approx(-(late.mean() - 0.25) - 7.0 * late_slope)
+    assert math.isnan(window_reward(np.append(losses, 0.0), 0.25, 7.0)[0])   # a loss ≤ 0: no reward
 
 
 def test_numpy_mode_api_and_errors():
