@@ -271,6 +271,59 @@ def worker(rank: int, world: int, store: str, out: str, load_from: list[str]) ->
     exit_rank(0)   # barrier, destroy, os._exit: gloo's teardown abort cannot fail a finished rank
 
 
+def _brain_run(rank: int, world: int, base: str, sync_ranks: bool) -> dict:
+    """An OptBrain over AdamW under DDP (``base="ddp"``) or over FusedGate's ZeRO-2 (``"zero2"``: the gradients
+    are each rank's own until FusedGate averages them inside its step), every rank passing its own loss, in a
+    run whose last quarter holds the warmdown test (its partner windows read every step's loss)."""
+    from fusedgate.brain import OptBrain
+
+    model = Net()
+    if base == "ddp":
+        forward = nn.parallel.DistributedDataParallel(model)
+        inner = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    else:
+        forward, inner = model, make_optimizer(model, "nanochat", "zero2")
+    steps = 48                            # window 3: 11 learning windows (2 cycles), then the warmdown test
+    brain = OptBrain(inner, window=3, warmup_windows=1, alpha_start=1.0, z_shrink=10.0, explore=2.0,
+                     total_steps=steps, sync_ranks=sync_ranks)
+    share = GLOBAL_BATCH // world
+    for step in range(steps):
+        tokens, targets = global_batch(step)
+        loss = F.cross_entropy(forward(tokens[rank * share:(rank + 1) * share]),
+                               targets[rank * share:(rank + 1) * share])
+        loss.backward()
+        brain.step(loss=loss.detach())
+        brain.zero_grad(set_to_none=True)
+    return {"params": params_of(model), "policy": {"b": torch.from_numpy(brain.core.b.copy()),
+                                                   "decisions": torch.from_numpy(brain.core.decisions.copy())},
+            "report": brain.report()}
+
+
+def brain_worker(rank: int, world: int, store: str, out: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    out = Path(out)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
+    try:
+        result = {f"{base}/{'synced' if sync else 'own'}": _brain_run(rank, world, base, sync)
+                  for base in ("ddp", "zero2") for sync in (True, False)}
+        torch.save(result, out / f"rank{rank}_of_{world}.pt")
+    except BaseException:
+        (out / f"error_rank{rank}_of_{world}.txt").write_text(traceback.format_exc())
+        dist.destroy_process_group()
+        raise
+    exit_rank(0)
+
+
+def spawn_brain(world: int, out: Path, timeout_s: float = 300.0) -> list[dict]:
+    """``brain_worker`` on ``world`` gloo processes; their results, by rank."""
+    import torch._dynamo  # noqa: F401  (as in spawn)
+    ctx = mp.start_processes(brain_worker, args=(world, str(out / f"brain_store_{world}"), str(out)),
+                             nprocs=world, join=False, start_method=START_METHOD)
+    return join_ranks(ctx, world, out, timeout_s, poll_s=2.0)
+
+
 def spawn(world: int, out: Path, load_from: list[Path] = (), timeout_s: float = 300.0) -> list[dict]:
     """Run ``worker`` on ``world`` gloo processes (forked; a file store: no ports); their results, by rank."""
     store = out / f"store_{world}"

@@ -415,3 +415,10 @@ def test_a_bfloat16_model_takes_the_device_path_on_the_cpu():
         brain.step(loss=loss.detach())
     assert brain.features.has_prev and np.isfinite(brain.features.feat).all()
     assert brain.features.norm_count.tolist()[0] >= 3       # the three sensed steps (and any clipping ones)
+
+
+def test_sync_ranks_must_be_a_bool_and_a_single_process_averages_nothing():
+    model, groups, _, _ = make_problem()
+    with pytest.raises(BrainError, match="sync_ranks must be True or False"):
+        OptBrain(torch.optim.SGD(groups, lr=0.1), sync_ranks="yes")
+    assert OptBrain(torch.optim.SGD(groups, lr=0.1))._ranks is None   # no process group: nothing to average

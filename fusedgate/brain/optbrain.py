@@ -46,9 +46,14 @@ learning: a step is then the base step and a counter until the warmdown phase (i
 losses only. Host syncs: one per window, none per step — except in the windows that raise the lr above the
 level they start from: the ladder's at 2ℓ (at most ``ladder``·``ladder_pairs`` a run) and the warmdown test's
 partner windows at 1.5× (at most ``warmdown_pairs``), where each step's loss is read so that a blow-up ends
-that test at once. ``OptBrain`` is not a ``torch.optim.Optimizer`` subclass: attach LR schedulers to the base
-optimizer. Save/load: ``save(path)``/``load(path)`` write/read ``.npz`` without pickle; nothing is written
-anywhere else; there is no telemetry and no network.
+that test at once. Several ranks (torch.distributed initialized, more than one rank in ``process_group``, the
+default group if None): every rank passes its own ``loss=``, and a torch-mode brain averages what it learns
+from over the ranks — the window's losses and what it sensed, one all-reduce each per window, and a guarded
+step's loss — so every rank decides the same knobs (under DDP, and over FusedGate's ZeRO-2, where the gradients
+are each rank's own until its step averages them); every rank must step its brain. ``sync_ranks=False``: each
+rank its own brain (for ranks that hold different parameters). ``OptBrain`` is not a ``torch.optim.Optimizer``
+subclass: attach LR schedulers to the base optimizer. Save/load: ``save(path)``/``load(path)`` write/read
+``.npz`` without pickle; nothing is written anywhere else; there is no telemetry and no network.
 """
 
 from __future__ import annotations

@@ -31,6 +31,19 @@ from fusedgate.brain.torch_features import TorchFeatures
 NEUTRAL = (1.0, 1.0, 0.0)
 
 
+def ranks_to_average(sync_ranks: bool, process_group):
+    """The process group whose ranks the brain averages its numbers over: ``process_group`` (None: the default
+    group) when ``sync_ranks`` and torch.distributed runs with more than one rank there; else None."""
+    import torch.distributed as dist
+
+    if not isinstance(sync_ranks, bool):
+        raise BrainError(f"sync_ranks must be True or False, got {sync_ranks!r}")
+    if not (sync_ranks and dist.is_available() and dist.is_initialized()):
+        return None
+    group = process_group if process_group is not None else dist.group.WORLD
+    return group if dist.get_world_size(group) > 1 else None
+
+
 def check_loss(loss) -> None:
     """A real number or a one-element real tensor (NaN/inf are accepted: the learner skips them)."""
     if isinstance(loss, torch.Tensor):
@@ -45,7 +58,8 @@ class TorchBrain(OptBrain):
 
     mode = "torch"
 
-    def __init__(self, base_optimizer, n_groups: int | None = None, *, config: BrainConfig | None = None, **knobs):
+    def __init__(self, base_optimizer, n_groups: int | None = None, *, config: BrainConfig | None = None,
+                 sync_ranks: bool = True, process_group=None, **knobs):
         if not (hasattr(base_optimizer, "step") and hasattr(base_optimizer, "param_groups")):
             raise BrainError(f"base_optimizer must be a torch optimizer (with step and param_groups), "
                              f"got {type(base_optimizer).__name__}")
@@ -61,6 +75,7 @@ class TorchBrain(OptBrain):
         self._dampen_valid = np.zeros(self.n_groups, dtype=bool)
         self._generic = np.ones((self.n_groups, 3), dtype=bool)   # (group, knob) -> the generic mechanism?
         self._plan = None                                          # neutral knobs: the generic mechanism idles
+        self._ranks = ranks_to_average(sync_ranks, process_group)
 
     def _complete(self, config: BrainConfig, base) -> BrainConfig:
         return config
@@ -100,7 +115,7 @@ class TorchBrain(OptBrain):
         k = self.step_count % self.window
         if learning:
             self.features.record_loss(k, loss)
-            if self.core.guard < math.inf and self.core.guarded_step(float(loss)):   # a guarded window: one read
+            if self.core.guard < math.inf and self.core.guarded_step(self._rank_mean(loss)):   # a guarded window
                 self._knobs_changed()
         else:
             self.features.new_step()
@@ -116,8 +131,20 @@ class TorchBrain(OptBrain):
         self.features.end_step()
         self.step_count += 1
         if learning and self.step_count % self.window == 0:
+            if self._ranks is not None:
+                self.features.average_over(self._ranks)
             self._end_window(*self.features.read_window())
         return loss
+
+    def _rank_mean(self, loss) -> float:
+        """The step's loss as a float (a host read), averaged over the ranks when there are several."""
+        if self._ranks is None:
+            return float(loss)
+        import torch.distributed as dist
+
+        value = torch.tensor([float(loss)], dtype=torch.float64, device=self.features.device)
+        dist.all_reduce(value, op=dist.ReduceOp.SUM, group=self._ranks)
+        return float(value) / dist.get_world_size(self._ranks)
 
     def _base_step(self, loss) -> None:
         self.base.step()

@@ -289,6 +289,19 @@ class TorchFeatures:
             self._fold_cache[groups] = factors
         return factors
 
+    @torch.no_grad()
+    def average_over(self, group) -> None:
+        """Average the window's losses (and, if this window was sensed, what was sensed) over the ranks of the
+        process group ``group``, in place: one all-reduce each, so that every rank's learner reads the same
+        numbers (under DDP the sensed values agree already, up to rounding; with gradients averaged inside
+        the base step, as ZeRO-2 does, they are the ranks' mean)."""
+        import torch.distributed as dist
+
+        world = dist.get_world_size(group)
+        for buffer in (self.loss_buf, self._sensed) if self._sensed_now else (self.loss_buf,):
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=group)
+            buffer.div_(world)
+
     def read_window(self) -> tuple[np.ndarray, np.ndarray]:
         """(losses (K,), features (G, 7)) of the finished window — the one host sync. The features are the
         window's sensed step's (``sketch_features`` on the host), or the last ones if it sensed none."""
