@@ -422,3 +422,15 @@ def test_sync_ranks_must_be_a_bool_and_a_single_process_averages_nothing():
     with pytest.raises(BrainError, match="sync_ranks must be True or False"):
         OptBrain(torch.optim.SGD(groups, lr=0.1), sync_ranks="yes")
     assert OptBrain(torch.optim.SGD(groups, lr=0.1))._ranks is None   # no process group: nothing to average
+
+
+@pytest.mark.parametrize("on_host", [True, False], ids=["host-path", "device-path"])
+def test_sparse_gradients_are_refused_in_one_line(on_host):
+    embed = torch.nn.Embedding(10, 4, sparse=True)
+    brain = OptBrain(torch.optim.SGD(embed.parameters(), lr=0.1), window=3)
+    brain.features.on_host = on_host
+    with pytest.raises(BrainError, match="does not support sparse gradients"):
+        for _ in range(3):                       # the window's last step senses the gradients
+            brain.zero_grad()
+            embed(torch.tensor([1, 2])).sum().backward()
+            brain.step(loss=1.0)

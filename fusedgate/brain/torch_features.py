@@ -77,7 +77,7 @@ class TorchFeatures:
         self.prev_grad = np.zeros((g, s), dtype=np.float32)
         self.prev_param = np.zeros((g, s), dtype=np.float32)
         self.has_prev = False
-        self._present_cache: dict[tuple[bool, ...], torch.Tensor | np.ndarray] = {}
+        self._present_cache: dict[tuple[bool, ...], torch.Tensor] = {}
         self._gnorm: torch.Tensor | None = None
         self._measured: tuple[int, ...] = ()
         self._fold_cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -107,12 +107,12 @@ class TorchFeatures:
     def group_norms(self, tensors: list[torch.Tensor | None], groups: tuple[int, ...]) -> torch.Tensor:
         """(G,) float32, the L2 norm over each group's tensors, for the groups in ``groups`` (0 for the others):
         per tensor Σ x² (one ``_foreach_norm`` on the device), summed per group."""
+        if self.on_host:
+            return torch.from_numpy(self._group_norms_on_host(tensors, groups))
         present = self._present(tensors, groups)
         kept = [t for t, keep in zip(tensors, present) if keep]   # (callers run under no_grad)
         if any(t.is_sparse for t in kept):
             raise BrainError("OptBrain does not support sparse gradients")
-        if self.on_host:
-            return torch.from_numpy(self._group_norms_on_host(kept, self._norm_index(present)))
         out = torch.zeros(self.n_groups, dtype=torch.float32, device=self.device)
         if kept:
             norms = torch._foreach_norm(kept)
@@ -120,28 +120,31 @@ class TorchFeatures:
                            torch.stack([n if n.dtype == torch.float32 else n.float() for n in norms]).square())
         return out.sqrt()
 
-    def _group_norms_on_host(self, kept: list[torch.Tensor], index: np.ndarray) -> np.ndarray:
+    def _group_norms_on_host(self, tensors: list[torch.Tensor | None], groups: tuple[int, ...]) -> np.ndarray:
         """``group_norms`` on the CPU: Σ x² per tensor by numpy (a BLAS dot: after a base step, half the time
         of ``_foreach_norm`` here), summed per group in float64."""
-        sq = np.zeros(self.n_groups)
-        for t, gi in zip(kept, index):
-            flat = t.detach().numpy()
-            sq[gi] += float(np.vdot(flat, flat))
-        return np.sqrt(sq).astype(np.float32)
+        chosen = set(groups)
+        sq = [0.0] * self.n_groups
+        for t, gi in zip(tensors, self._group_of):
+            if t is not None and gi in chosen:
+                if t.is_sparse:
+                    raise BrainError("OptBrain does not support sparse gradients")
+                flat = t.detach().numpy()
+                sq[gi] += float(np.vdot(flat, flat))
+        return np.sqrt(np.array(sq)).astype(np.float32)
 
     def _present(self, tensors: list[torch.Tensor | None], groups: tuple[int, ...]) -> tuple[bool, ...]:
         chosen = set(groups)
         return tuple(t is not None and g in chosen for t, g in zip(tensors, self._group_of))
 
-    def _norm_index(self, present: tuple[bool, ...]) -> torch.Tensor | np.ndarray:
-        """The group of each tensor ``present`` marks (on the device, or a numpy array on the host): made
-        (uploaded) once per pattern."""
+    def _norm_index(self, present: tuple[bool, ...]) -> torch.Tensor:
+        """The group of each tensor ``present`` marks, on the device: made (uploaded) once per pattern."""
         index = self._present_cache.get(present)
         if index is None:
             if len(self._present_cache) >= 64:
                 self._present_cache.clear()
-            index = np.array([g for g, keep in zip(self._group_of, present) if keep], dtype=np.int64)
-            index = index if self.on_host else torch.as_tensor(index, device=self.device)
+            index = torch.tensor([g for g, keep in zip(self._group_of, present) if keep], dtype=torch.long,
+                                 device=self.device)
             self._present_cache[present] = index
         return index
 
@@ -243,9 +246,8 @@ class TorchFeatures:
         device_ratios = None if self.on_host else torch.as_tensor(np.where(finite, ratios, 0.0),
                                                                  dtype=torch.float32, device=self.device)
         self._ratio_cache = (ratios, clipped, device_ratios)
-        if clipped:
-            if not self.on_host:
-                self._fold_factors(clipped)
+        if clipped and not self.on_host:
+            self._fold_factors(clipped)
             self._norm_index(self._present([p.grad for p in self.params], clipped))   # the gradients there now
 
     def _clip_plan(self, ratios: np.ndarray) -> tuple[tuple[int, ...], torch.Tensor]:
