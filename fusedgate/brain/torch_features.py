@@ -39,6 +39,10 @@ class TorchFeatures:
         params = [p for group in groups for p in group]
         if not params:
             raise BrainError("the base optimizer has no parameters")
+        sharded = [type(p.detach()).__name__ for p in params if type(p.detach()) is not torch.Tensor]
+        if sharded:
+            raise BrainError(f"OptBrain needs plain tensors as parameters, got {sharded[0]} (FSDP2-sharded "
+                             "parameters are not supported: wrap the optimizer of an unsharded or DDP model)")
         devices = {p.device for p in params}
         if len(devices) != 1:
             raise BrainError(f"OptBrain needs all parameters on one device, got {sorted(map(str, devices))}")
