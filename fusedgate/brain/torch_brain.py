@@ -291,8 +291,10 @@ class FusedGateBrain(TorchBrain):
         return isinstance(optimizer, FusedGate)
 
     def __init__(self, base_optimizer, n_groups: int | None = None, *, config: BrainConfig | None = None,
-                 **knobs):
-        super().__init__(base_optimizer, n_groups, config=config, **knobs)
+                 process_group=None, **knobs):
+        if process_group is None:   # the ranks FusedGate itself was given, if any
+            process_group = getattr(getattr(base_optimizer, "_sync", None), "group", None)
+        super().__init__(base_optimizer, n_groups, config=config, process_group=process_group, **knobs)
         spec = base_optimizer.spec
         self._gate_group = np.array([any(base_optimizer.is_gated(g, i, p) for i, p in enumerate(g["params"]))
                                      for g in base_optimizer.param_groups], dtype=bool)
