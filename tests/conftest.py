@@ -209,6 +209,31 @@ def _shard_average(model, tokens, targets, shards: int) -> torch.Tensor:
     return sum(losses[1:], losses[0]) / shards
 
 
+def run_gloo_rank(rank: int, world: int, store: str, out: str, work) -> None:
+    """The body of one gloo rank of a multi-process test: one thread, a file-store process group, ``work()``
+    (-> its results), saved as ``out/rank{r}_of_{world}.pt`` for ``join_ranks``; a failure is written to
+    ``out/error_rank{r}_of_{world}.txt`` and re-raised."""
+    import datetime
+    import traceback
+
+    import torch.distributed as dist
+
+    from fusedgate.ranks import exit_rank
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    out = Path(out)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
+    try:
+        torch.save(work(), out / f"rank{rank}_of_{world}.pt")
+    except BaseException:
+        (out / f"error_rank{rank}_of_{world}.txt").write_text(traceback.format_exc())
+        dist.destroy_process_group()
+        raise
+    exit_rank(0)   # barrier, destroy, os._exit: gloo's teardown abort cannot fail a finished rank
+
+
 def join_ranks(ctx, world: int, out: Path, timeout_s: float, poll_s: float = 1.0) -> list[dict]:
     """Wait for the processes of ``torch.multiprocessing.start_processes`` (killing them past ``timeout_s``);
     the results they saved as ``out/rank{r}_of_{world}.pt``, by rank."""

@@ -8,9 +8,6 @@ follow the same mathematics, and differ only by the rounding of the gradient ave
 from __future__ import annotations
 
 import copy
-import datetime
-import os
-import traceback
 import warnings
 from pathlib import Path
 
@@ -18,12 +15,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import join_ranks, train_on_slices
+from conftest import join_ranks, run_gloo_rank, train_on_slices
 from torch import nn
 
 from fusedgate.distributed import state_bytes
 from fusedgate.optimizer import FusedGate
-from fusedgate.ranks import exit_rank
 from fusedgate.spec import GateSpec
 
 GLOBAL_BATCH = 48          # divisible by 1, 2, 3
@@ -251,24 +247,17 @@ def _refusals(rank: int, world: int) -> dict[str, str]:
     return out
 
 
+def _all_runs(rank: int, world: int, out: Path, load_from: list[Path]) -> dict:
+    result = _zero2_runs(rank, world, out, load_from)
+    for preset in PRESETS:
+        result[f"ddp/{preset}"], _ = _ddp_run(rank, world, preset)
+        result[f"ddp_auto/{preset}"], result[f"ddp_auto_mode/{preset}"] = _ddp_run(rank, world, preset, "auto")
+    result["refusals"] = _refusals(rank, world)
+    return result
+
+
 def worker(rank: int, world: int, store: str, out: str, load_from: list[str]) -> None:
-    torch.set_num_threads(1)
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    out = Path(out)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=120))
-    try:
-        result = _zero2_runs(rank, world, out, [Path(p) for p in load_from])
-        for preset in PRESETS:
-            result[f"ddp/{preset}"], _ = _ddp_run(rank, world, preset)
-            result[f"ddp_auto/{preset}"], result[f"ddp_auto_mode/{preset}"] = _ddp_run(rank, world, preset, "auto")
-        result["refusals"] = _refusals(rank, world)
-        torch.save(result, out / f"rank{rank}_of_{world}.pt")
-    except BaseException:
-        (out / f"error_rank{rank}_of_{world}.txt").write_text(traceback.format_exc())
-        dist.destroy_process_group()
-        raise
-    exit_rank(0)   # barrier, destroy, os._exit: gloo's teardown abort cannot fail a finished rank
+    run_gloo_rank(rank, world, store, out, lambda: _all_runs(rank, world, Path(out), [Path(p) for p in load_from]))
 
 
 def _brain_run(rank: int, world: int, base: str, sync_ranks: bool) -> dict:
@@ -315,22 +304,15 @@ def _brain_on_fsdp2(world: int) -> str:
     return "accepted"
 
 
+def _brain_runs(rank: int, world: int) -> dict:
+    result = {f"{base}/{'synced' if sync else 'own'}": _brain_run(rank, world, base, sync)
+              for base in ("ddp", "zero2") for sync in (True, False)}
+    result["fsdp2"] = _brain_on_fsdp2(world)
+    return result
+
+
 def brain_worker(rank: int, world: int, store: str, out: str) -> None:
-    torch.set_num_threads(1)
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    out = Path(out)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=120))
-    try:
-        result = {f"{base}/{'synced' if sync else 'own'}": _brain_run(rank, world, base, sync)
-                  for base in ("ddp", "zero2") for sync in (True, False)}
-        result["fsdp2"] = _brain_on_fsdp2(world)
-        torch.save(result, out / f"rank{rank}_of_{world}.pt")
-    except BaseException:
-        (out / f"error_rank{rank}_of_{world}.txt").write_text(traceback.format_exc())
-        dist.destroy_process_group()
-        raise
-    exit_rank(0)
+    run_gloo_rank(rank, world, store, out, lambda: _brain_runs(rank, world))
 
 
 def spawn_brain(world: int, out: Path, timeout_s: float = 300.0) -> list[dict]:

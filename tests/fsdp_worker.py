@@ -7,21 +7,17 @@ the same mathematics up to the rounding of the average."""
 
 from __future__ import annotations
 
-import datetime
-import os
-import traceback
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import join_ranks, train_on_slices
+from conftest import join_ranks, run_gloo_rank, train_on_slices
 from torch import nn
 
 from fusedgate.distributed import state_bytes
 from fusedgate.optimizer import FusedGate
-from fusedgate.ranks import exit_rank
 from fusedgate.spec import GateSpec
 
 GLOBAL_BATCH = 24          # divisible by 1, 2, 3
@@ -280,47 +276,40 @@ def _teacher_forced(rank: int, world: int, preset: str, steps: int = 3) -> dict:
     return worst
 
 
+def _job(rank: int, world: int, out: Path, load_from: str, job: str) -> dict:
+    result = {}
+    if job == "triton":
+        result["triton"] = _triton_shards(rank, world)
+    elif job == "triton_forced":
+        result.update({preset: _teacher_forced(rank, world, preset) for preset in PRESETS[1:]})
+        result["nonfinite"] = _nonfinite(rank, world, backend="triton")
+    elif load_from:
+        result["resumed"], result["loaded_global"] = _resume(Path(load_from), rank, world)
+        result["resumed_flat"], result["loaded_global_flat"] = _resume(Path(f"{load_from}_flat"), rank, world,
+                                                                       flat=True)
+        if world > 1:
+            result["resumed_whole"] = _resume_whole_sharded(Path(f"{load_from}.pt"), rank, world)
+    if world > 1 and job == "main":
+        for preset in PRESETS:
+            model = shard(Net(), world)
+            opt = make_optimizer(model, preset)
+            saver = None
+            if preset == "gated" and world == 2:
+                def saver(step, model=model, opt=opt):
+                    if step == SAVE_AT:
+                        result["saved_global"] = opt._global.clone()
+                        _save(model, opt, out / "dcp_world2")
+            train(model, opt, 0, STEPS, rank, world, on_step=saver)
+            result[f"fsdp2/{preset}"] = full_params(model)
+            result[f"traffic/{preset}"] = opt._sync.traffic_bytes(opt)
+            result[f"state_bytes/{preset}"] = state_bytes(opt)
+        result["refusals"] = _refusals(world)
+        result["nonfinite"] = _nonfinite(rank, world)
+    return result
+
+
 def worker(rank: int, world: int, store: str, out: str, load_from: str, job: str = "main") -> None:
-    torch.set_num_threads(1)
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    out = Path(out)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=120))
-    try:
-        result = {}
-        if job == "triton":
-            result["triton"] = _triton_shards(rank, world)
-        elif job == "triton_forced":
-            result.update({preset: _teacher_forced(rank, world, preset) for preset in PRESETS[1:]})
-            result["nonfinite"] = _nonfinite(rank, world, backend="triton")
-        elif load_from:
-            result["resumed"], result["loaded_global"] = _resume(Path(load_from), rank, world)
-            result["resumed_flat"], result["loaded_global_flat"] = _resume(Path(f"{load_from}_flat"), rank, world,
-                                                                           flat=True)
-            if world > 1:
-                result["resumed_whole"] = _resume_whole_sharded(Path(f"{load_from}.pt"), rank, world)
-        if world > 1 and job == "main":
-            for preset in PRESETS:
-                model = shard(Net(), world)
-                opt = make_optimizer(model, preset)
-                saver = None
-                if preset == "gated" and world == 2:
-                    def saver(step, model=model, opt=opt):
-                        if step == SAVE_AT:
-                            result["saved_global"] = opt._global.clone()
-                            _save(model, opt, out / "dcp_world2")
-                train(model, opt, 0, STEPS, rank, world, on_step=saver)
-                result[f"fsdp2/{preset}"] = full_params(model)
-                result[f"traffic/{preset}"] = opt._sync.traffic_bytes(opt)
-                result[f"state_bytes/{preset}"] = state_bytes(opt)
-            result["refusals"] = _refusals(world)
-            result["nonfinite"] = _nonfinite(rank, world)
-        torch.save(result, out / f"rank{rank}_of_{world}.pt")
-    except BaseException:
-        (out / f"error_rank{rank}_of_{world}.txt").write_text(traceback.format_exc())
-        dist.destroy_process_group()
-        raise
-    exit_rank(0)   # barrier, destroy, os._exit: gloo's teardown abort cannot fail a finished rank
+    run_gloo_rank(rank, world, store, out, lambda: _job(rank, world, Path(out), load_from, job))
 
 
 def spawn(world: int, out: Path, load_from: Path | None = None, timeout_s: float = 240.0,
