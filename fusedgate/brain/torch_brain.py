@@ -26,7 +26,7 @@ import torch
 from fusedgate.brain.config import BrainConfig, BrainError
 from fusedgate.brain.features import clip_ratio
 from fusedgate.brain.optbrain import OptBrain
-from fusedgate.brain.torch_features import TorchFeatures
+from fusedgate.brain.torch_features import TorchFeatures, mean_over_ranks_
 
 NEUTRAL = (1.0, 1.0, 0.0)
 
@@ -140,11 +140,8 @@ class TorchBrain(OptBrain):
         """The step's loss as a float (a host read), averaged over the ranks when there are several."""
         if self._ranks is None:
             return float(loss)
-        import torch.distributed as dist
-
         value = torch.tensor([float(loss)], dtype=torch.float64, device=self.features.device)
-        dist.all_reduce(value, op=dist.ReduceOp.SUM, group=self._ranks)
-        return float(value) / dist.get_world_size(self._ranks)
+        return float(mean_over_ranks_(value, self._ranks))
 
     def _base_step(self, loss) -> None:
         self.base.step()

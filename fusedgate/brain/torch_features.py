@@ -31,6 +31,14 @@ from fusedgate.brain.features import NORM_BETA, TINY, sketch_features, sketch_in
 from fusedgate.brain.policy import N_GROUP_FEATURES
 
 
+def mean_over_ranks_(buffer: torch.Tensor, group) -> torch.Tensor:
+    """``buffer`` ← its mean over the ranks of the process group ``group`` (one all-reduce, in place)."""
+    import torch.distributed as dist
+
+    dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=group)
+    return buffer.div_(dist.get_world_size(group))
+
+
 class TorchFeatures:
     """The features of torch param groups. Per step: ``record_loss``; on the window's last step
     ``sense`` (before the update); ``clip_`` while clipping; ``read_window`` every K steps."""
@@ -301,12 +309,8 @@ class TorchFeatures:
         process group ``group``, in place: one all-reduce each, so that every rank's learner reads the same
         numbers (under DDP the sensed values agree already, up to rounding; with gradients averaged inside
         the base step, as ZeRO-2 does, they are the ranks' mean)."""
-        import torch.distributed as dist
-
-        world = dist.get_world_size(group)
         for buffer in (self.loss_buf, self._sensed) if self._sensed_now else (self.loss_buf,):
-            dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=group)
-            buffer.div_(world)
+            mean_over_ranks_(buffer, group)
 
     def read_window(self) -> tuple[np.ndarray, np.ndarray]:
         """(losses (K,), features (G, 7)) of the finished window — the one host sync. The features are the
