@@ -288,26 +288,9 @@ def _brain_run(rank: int, world: int, base: str, sync_ranks: bool) -> dict:
             "report": brain.report()}
 
 
-def _brain_on_fsdp2(world: int) -> str:
-    """The one-line refusal of an OptBrain over FSDP2-sharded (DTensor) parameters."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    from fusedgate.brain import BrainError, OptBrain
-
-    model = Net()
-    fully_shard(model, mesh=init_device_mesh("cpu", (world,)))
-    try:
-        OptBrain(torch.optim.AdamW(model.parameters(), lr=3e-3))
-    except BrainError as exc:
-        return str(exc)
-    return "accepted"
-
-
 def _brain_runs(rank: int, world: int) -> dict:
     result = {f"{base}/{'synced' if sync else 'own'}": _brain_run(rank, world, base, sync)
               for base in ("ddp", "zero2") for sync in (True, False)}
-    result["fsdp2"] = _brain_on_fsdp2(world)
     return result
 
 

@@ -244,6 +244,9 @@ def test_step_input_errors():
         OptBrain(torch.optim.SGD(groups, lr=0.1), window=1)
     with pytest.raises(BrainError, match="freeze"):
         brain.freeze({0: (20.0, 1.0, 0.0)})
+    odd = torch.Tensor._make_subclass(type("Odd", (torch.Tensor,), {}), torch.zeros(3), True)
+    with pytest.raises(BrainError, match="needs plain tensors .or FSDP2 DTensors. as parameters, got Odd"):
+        OptBrain(torch.optim.SGD([odd], lr=0.1))
     # a float loss and a closure work too
     brain.step(loss=loss.item())
     brain.step(closure=lambda: ((model(x) - y) ** 2).mean())

@@ -38,7 +38,3 @@ def test_without_the_average_each_rank_learns_from_its_own_loss_and_they_part(ra
     parted = any(not torch.equal(p, run[1]["params"][name]) for name, p in run[0]["params"].items())
     assert parted == (base == "ddp")
 
-
-def test_fsdp2_sharded_parameters_are_refused_in_one_line(ranks):
-    message = ranks[0]["fsdp2"]
-    assert message.startswith("OptBrain needs plain tensors as parameters, got DTensor") and "\n" not in message

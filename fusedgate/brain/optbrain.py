@@ -50,10 +50,14 @@ that test at once. Several ranks (torch.distributed initialized, more than one r
 default group if None): every rank passes its own ``loss=``, and a torch-mode brain averages what it learns
 from over the ranks — the window's losses and what it sensed, one all-reduce each per window, and a guarded
 step's loss — so every rank decides the same knobs (under DDP, and over FusedGate's ZeRO-2, where the gradients
-are each rank's own until its step averages them); every rank must step its brain. ``sync_ranks=False``: each
-rank its own brain (for ranks that hold different parameters). ``OptBrain`` is not a ``torch.optim.Optimizer``
-subclass: attach LR schedulers to the base optimizer. Save/load: ``save(path)``/``load(path)`` write/read
-``.npz`` without pickle; nothing is written anywhere else; there is no telemetry and no network.
+are each rank's own until its step averages them); every rank must step its brain. Over FSDP2-sharded
+parameters (DTensors, ``Shard(0)`` on a 1-D mesh) the features are the whole parameters' on every rank
+(``fusedgate.brain.sharded_features``: the norms and sketches all-reduced over the mesh, the losses averaged) and
+each rank applies the knobs to its own rows. ``sync_ranks=False``: each rank its own brain (for ranks that hold
+different parameters; refused over FSDP2, whose ranks share every parameter). ``OptBrain`` is not a
+``torch.optim.Optimizer`` subclass: attach LR schedulers to the base optimizer. Save/load: ``save(path)``/
+``load(path)`` write/read ``.npz`` without pickle; nothing is written anywhere else; there is no telemetry and no
+network.
 """
 
 from __future__ import annotations

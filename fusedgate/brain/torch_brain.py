@@ -53,6 +53,17 @@ def check_loss(loss) -> None:
         raise BrainError(f"loss must be a float or a 0-d tensor, got {type(loss).__name__}")
 
 
+def features_of(groups: list[list[torch.Tensor]], config: BrainConfig) -> TorchFeatures:
+    """The features of the base's param groups: ``ShardedFeatures`` over FSDP2 (DTensor) parameters, else
+    ``TorchFeatures``."""
+    args = (groups, config.window, config.sketch_size, config.seed)
+    if all(type(p.detach()) is torch.Tensor for group in groups for p in group):
+        return TorchFeatures(*args)
+    from fusedgate.brain.sharded_features import ShardedFeatures, is_sharded
+
+    return (ShardedFeatures if is_sharded([p for group in groups for p in group]) else TorchFeatures)(*args)
+
+
 class TorchBrain(OptBrain):
     """``OptBrain(torch_optimizer, **knobs)``: the knobs through the generic mechanism."""
 
@@ -69,13 +80,22 @@ class TorchBrain(OptBrain):
         config = self._complete(BrainConfig.from_kwargs(config, **knobs), base_optimizer)
         self.base = base_optimizer
         self._init_learner(len(groups), config)
-        self.features = TorchFeatures([list(g["params"]) for g in groups], config.window, config.sketch_size,
-                                      config.seed)
+        self.features = features_of([list(g["params"]) for g in groups], config)
         self._dampen_buf: dict[int, list] = {}       # group -> per-param smoothed update u
         self._dampen_valid = np.zeros(self.n_groups, dtype=bool)
         self._generic = np.ones((self.n_groups, 3), dtype=bool)   # (group, knob) -> the generic mechanism?
         self._plan = None                                          # neutral knobs: the generic mechanism idles
-        self._ranks = ranks_to_average(sync_ranks, process_group)
+        self._ranks = self._ranks_of(sync_ranks, process_group)
+
+    def _ranks_of(self, sync_ranks: bool, process_group):
+        """The ranks to average over (``ranks_to_average``); over FSDP2 parameters the mesh's by default, and
+        never none: a rank's brain alone would take collectives the others do not."""
+        if not self.features.sharded:
+            return ranks_to_average(sync_ranks, process_group)
+        if sync_ranks is False and self.features.world > 1:
+            raise BrainError("sync_ranks=False cannot hold over FSDP2 parameters: the ranks share each "
+                             "parameter, so they must decide the same knobs")
+        return ranks_to_average(sync_ranks, process_group if process_group is not None else self.features.group)
 
     def _complete(self, config: BrainConfig, base) -> BrainConfig:
         return config
@@ -171,7 +191,7 @@ class TorchBrain(OptBrain):
         scaled, clip, damped = plan
         if clip is not None:
             self.features.clip_(clip)
-        before = {g: [p.detach().clone() for p in self.features.params_of_group[g]] for g, _ in damped}
+        before = {g: [p.clone() for p in self.features.group_values(g)] for g, _ in damped}
         groups = self.base.param_groups
         saved = []
         try:
@@ -188,7 +208,7 @@ class TorchBrain(OptBrain):
     def _dampen(self, g: int, d: float, before: list[torch.Tensor]) -> None:
         """u ← u + (1−d)(Δ − u), params ← before + u, with Δ the base's update (in place).
         Three passes over the group after the step: Δ into the params, u, then before + u into the params."""
-        params = [p.detach() for p in self.features.params_of_group[g]]
+        params = self.features.group_values(g)
         if self._dampen_valid[g]:
             buf = self._dampen_buf[g]
             torch._foreach_sub_(params, before)
@@ -237,7 +257,7 @@ class TorchBrain(OptBrain):
                 or not np.array_equal(count > 0, weight > 0):
             raise BrainError(f"{source}: the running gradient norms (feat.norm_*) are corrupt")
         for g in np.nonzero(arrays["dampen_valid"])[0]:
-            for i, p in enumerate(self.features.params_of_group[g]):
+            for i, p in enumerate(self.features.group_values(g)):
                 buf = arrays.get(f"dampen_buf.{g}.{i}")
                 if buf is None or buf.shape != tuple(p.shape):
                     raise BrainError(f"{source}: dampen buffer {g}.{i} is missing or has the wrong shape")
@@ -248,7 +268,7 @@ class TorchBrain(OptBrain):
         self._dampen_valid = np.array(arrays["dampen_valid"], dtype=bool)
         self._dampen_buf = {}
         for g in np.nonzero(self._dampen_valid)[0]:
-            params = self.features.params_of_group[g]
+            params = self.features.group_values(g)
             self._dampen_buf[int(g)] = [torch.from_numpy(np.array(arrays[f"dampen_buf.{g}.{i}"])).to(
                 device=p.device, dtype=p.dtype) for i, p in enumerate(params)]
         self._knobs_changed()

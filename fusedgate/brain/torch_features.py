@@ -16,6 +16,10 @@ from the host, the norms as BLAS dots, the sketches gathered, m̂ folded and the
 host; only the clip's scaling is a torch op (it writes the gradients, and autograd's version counters must
 see it). Both paths compute the same quantities (``tests/test_brain_numpy.py`` checks each against numpy mode).
 
+Over FSDP2 shards ``ShardedFeatures`` (``sharded_features.py``) keeps all of this and changes only what a rank
+holds: its rows (``grads``, ``values``), with the group norms' sums of squares and the sketches summed over the
+mesh, so that every rank reads the whole parameters' features.
+
 Every read here is a read: gradients and parameters are only gathered, normed and copied from, so a neutral
 brain leaves the base optimizer's trajectory bit-identical. ``clip_`` is the one writer: it scales a group's
 gradients by min(1, τ/‖g‖), τ = m̂·c/(1−c).
@@ -43,14 +47,13 @@ class TorchFeatures:
     """The features of torch param groups. Per step: ``record_loss``; on the window's last step
     ``sense`` (before the update); ``clip_`` while clipping; ``read_window`` every K steps."""
 
+    sharded = False   # the parameters are whole here (``ShardedFeatures``: FSDP2 shards)
+
     def __init__(self, groups: list[list[torch.Tensor]], window: int, sketch_size: int, seed: int):
         params = [p for group in groups for p in group]
         if not params:
             raise BrainError("the base optimizer has no parameters")
-        sharded = [type(p.detach()).__name__ for p in params if type(p.detach()) is not torch.Tensor]
-        if sharded:
-            raise BrainError(f"OptBrain needs plain tensors as parameters, got {sharded[0]} (FSDP2-sharded "
-                             "parameters are not supported: wrap the optimizer of an unsharded or DDP model)")
+        self._check_kind(params)
         devices = {p.device for p in params}
         if len(devices) != 1:
             raise BrainError(f"OptBrain needs all parameters on one device, got {sorted(map(str, devices))}")
@@ -70,7 +73,7 @@ class TorchFeatures:
         # on the CPU, where a read costs no sync, the small reductions and the arithmetic on a few numbers are
         # numpy's, on views of the same memory: a numpy call costs a fraction of a torch op's dispatch (dtypes
         # numpy lacks, bfloat16, take the device path)
-        self.on_host = dev.type == "cpu" and all(p.dtype in (torch.float32, torch.float64) for p in params)
+        self.on_host = self._host_path(params)
         self.loss_buf = torch.full((window,), float("nan"), dtype=torch.float64, device=dev)
         self._loss_host = self.loss_buf.numpy() if self.on_host else None
         self._sensed = torch.zeros(3 * g + 2 * g * s, dtype=torch.float32, device=dev)   # ‖g‖, ‖p‖, m̂, ŝ(g), ŝ(p)
@@ -95,6 +98,37 @@ class TorchFeatures:
         self._fold_cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         self._ratio_cache: tuple = (None, (), None)   # (the ratios array, its clipped groups, its device ratios)
         self._every_group_measured = False            # norm_count > 0 everywhere (from the first sensed step on)
+
+    def _check_kind(self, params: list[torch.Tensor]) -> None:
+        """Plain tensors only (FSDP2's DTensors are ``ShardedFeatures``'): a one-line BrainError otherwise."""
+        other = [type(p.detach()).__name__ for p in params if type(p.detach()) is not torch.Tensor]
+        if other:
+            raise BrainError(f"OptBrain needs plain tensors (or FSDP2 DTensors) as parameters, got {other[0]}")
+
+    def _host_path(self, params: list[torch.Tensor]) -> bool:
+        """Whether the small work is numpy's (CPU, float32/float64 parameters; see the module docstring)."""
+        return self.device.type == "cpu" and all(p.dtype in (torch.float32, torch.float64) for p in params)
+
+    # ---- what is read and written: the tensors this process holds -------------------------------------
+    def grads(self) -> list[torch.Tensor | None]:
+        """The gradients of the parameters, in order (None where a parameter has none)."""
+        return [p.grad for p in self.params]
+
+    def values(self) -> list[torch.Tensor]:
+        """The parameters' values, in order (detached: reads, and the dampen's in-place writes)."""
+        return [p.detach() for p in self.params]
+
+    def group_grads(self, gi: int) -> list[torch.Tensor]:
+        """Group gi's gradients that exist (what the clip scales in place)."""
+        return [p.grad for p in self.params_of_group[gi] if p.grad is not None]
+
+    def group_values(self, gi: int) -> list[torch.Tensor]:
+        """Group gi's parameter values (what the dampen reads and writes in place)."""
+        return [p.detach() for p in self.params_of_group[gi]]
+
+    def _sum_over_shards(self, squares: torch.Tensor) -> torch.Tensor:
+        """Per-group sums of squares (G,) over the whole parameters: here they are whole already."""
+        return squares
 
     def _sketch_indices(self, group: list[torch.Tensor], gi: int, seed: int) -> list[torch.Tensor | None]:
         """Per parameter of group gi, the local flat indices of its share of the group's S sketch coordinates
@@ -130,7 +164,7 @@ class TorchFeatures:
             norms = torch._foreach_norm(kept)
             out.index_add_(0, self._norm_index(present),
                            torch.stack([n if n.dtype == torch.float32 else n.float() for n in norms]).square())
-        return out.sqrt()
+        return self._sum_over_shards(out).sqrt()
 
     def _group_norms_on_host(self, tensors: list[torch.Tensor | None], groups: tuple[int, ...]) -> np.ndarray:
         """``group_norms`` on the CPU: Σ x² per tensor by numpy (a BLAS dot: after a base step, half the time
@@ -189,7 +223,7 @@ class TorchFeatures:
         if self._gnorm is None or not set(wanted) <= set(self._measured):
             if self._gnorm is not None:
                 wanted = tuple(sorted(set(wanted) | set(self._measured)))
-            self._gnorm = self.group_norms([p.grad for p in self.params], wanted)
+            self._gnorm = self.group_norms(self.grads(), wanted)
             self._measured = wanted
         return self._gnorm
 
@@ -197,24 +231,24 @@ class TorchFeatures:
     def sense(self) -> None:
         """Measure what the window's features are computed from, on this step (the window's last) before the
         update: ‖g‖, ‖p‖ and m̂ per group and the sketches ŝ(g), ŝ(p), into one device buffer."""
-        grads = [p.grad for p in self.params]
+        grads, values = self.grads(), self.values()
         if self.on_host:
-            self._sense_on_host(grads)
+            self._sense_on_host(grads, values)
         else:
-            pieces = [self.grad_norms(), self.group_norms(list(self.params), self._all), self.running_norm(),
-                      *self._sketch(grads), *self._sketch(list(self.params))]
+            pieces = [self.grad_norms(), self.group_norms(values, self._all), self.running_norm(),
+                      *self._sketch(grads), *self._sketch(values)]
             torch.cat(pieces, out=self._sensed)
         self._sensed_now = True
 
-    def _sense_on_host(self, grads: list[torch.Tensor | None]) -> None:
+    def _sense_on_host(self, grads: list[torch.Tensor | None], values: list[torch.Tensor]) -> None:
         """``sense`` on the CPU: the same buffer, written by numpy through its view."""
         g, gs = self.n_groups, self.n_groups * self.sketch_size
         out = self._sensed_host
         out[:g] = self.grad_norms().numpy()
-        out[g:2 * g] = self.group_norms(list(self.params), self._all).numpy()
+        out[g:2 * g] = self.group_norms(values, self._all).numpy()
         with np.errstate(divide="ignore", invalid="ignore"):   # 0/0: NaN, a group not measured yet
             out[2 * g:3 * g] = self._ema_host / self._weight_host
-        for tensors, at in ((grads, 3 * g), (self.params, 3 * g + gs)):
+        for tensors, at in ((grads, 3 * g), (values, 3 * g + gs)):
             out[at:at + gs] = np.concatenate(
                 [t.detach().numpy().reshape(-1)[i] if t is not None else np.zeros(i.size, np.float32)
                  for i, t in zip(self._sketch_host, tensors) if i is not None])
@@ -234,7 +268,7 @@ class TorchFeatures:
             return
         factor = (self.running_norm() * ratio / self.grad_norms(clipped).clamp_min(TINY)).clamp_max(1.0)
         for gi in clipped:
-            grads = [p.grad for p in self.params_of_group[gi] if p.grad is not None]
+            grads = self.group_grads(gi)
             if grads:
                 torch._foreach_mul_(grads, factor[gi])
 
@@ -245,7 +279,7 @@ class TorchFeatures:
         for gi in clipped:
             m = float(self._ema_host[gi]) / float(self._weight_host[gi])
             factor = m * float(ratios[gi]) / max(float(gnorm[gi]), TINY)   # (max keeps a NaN norm NaN)
-            grads = [p.grad for p in self.params_of_group[gi] if p.grad is not None]
+            grads = self.group_grads(gi)
             if grads and not factor >= 1.0:
                 torch._foreach_mul_(grads, factor)
 
@@ -260,7 +294,7 @@ class TorchFeatures:
         self._ratio_cache = (ratios, clipped, device_ratios)
         if clipped and not self.on_host:
             self._fold_factors(clipped)
-            self._norm_index(self._present([p.grad for p in self.params], clipped))   # the gradients there now
+            self._norm_index(self._present(self.grads(), clipped))   # the gradients there now
 
     def _clip_plan(self, ratios: np.ndarray) -> tuple[tuple[int, ...], torch.Tensor]:
         """(the groups with a finite ratio, their device ratios) of ``ratios``, planned once per array."""
