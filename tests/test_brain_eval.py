@@ -257,6 +257,17 @@ def test_from_rewrites_the_report_from_saved_runs_without_training(tmp_path, cap
     capsys.readouterr()
 
 
+def test_from_without_a_selection_rewrites_the_saved_tables_in_their_order(tmp_path, capsys):
+    """Not every scenario in the default order: the saved run's own (here nudge before tuned)."""
+    first, again = tmp_path / "first", tmp_path / "again"
+    assert main(["brain-eval", *TINY, "--scenarios", "nudge,tuned", "--out", str(first)]) == 0
+    assert main(["brain-eval", "--from", str(first / "brain_eval.json"), "--out", str(again), "--no-progress"]) == 0
+    saved, redone = (json.loads((d / "brain_eval.json").read_text()) for d in (first, again))
+    assert [r["scenario"] for r in saved["rows"]] == ["nudge", "tuned"]
+    assert redone["rows"] == saved["rows"]
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "cannot read it"), ("{", "not valid JSON"), ("[]", "not a brain_eval.json"),
     ('{"meta": {}, "runs": [{"task": "regression"}]}', "run 0 is not a brain-eval run"),

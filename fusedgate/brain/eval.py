@@ -105,14 +105,14 @@ def _one_line_error(parser: argparse.ArgumentParser):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.error = _one_line_error(parser)
-    parser.add_argument("--tasks", type=_tasks, default=list(TASKS),
+    parser.add_argument("--tasks", type=_tasks, default=None,
                         help="comma list of tasks or families: tuning = " + ",".join(FAMILIES["tuning"])
                              + " (the defaults were tuned on these); heldout = " + ",".join(FAMILIES["heldout"])
-                             + " (never tuned on); all (default: all)")
-    parser.add_argument("--optimizers", type=_csv(OPTIMIZERS), default=list(OPTIMIZERS),
-                        help="comma list (default: sgd,adamw,fusedgate)")
-    parser.add_argument("--scenarios", type=_csv(SCENARIOS), default=list(SCENARIOS),
-                        help=f"comma list of {', '.join(SCENARIOS)} (default: all)")
+                             + " (never tuned on); all (default: all; with --from, the saved run's)")
+    parser.add_argument("--optimizers", type=_csv(OPTIMIZERS), default=None,
+                        help="comma list (default: sgd,adamw,fusedgate; with --from, the saved run's)")
+    parser.add_argument("--scenarios", type=_csv(SCENARIOS), default=None,
+                        help=f"comma list of {', '.join(SCENARIOS)} (default: all; with --from, the saved run's)")
     parser.add_argument("--seeds", type=_seeds, default=range(5),
                         help="N (seeds 0…N−1) or FIRST-LAST, per task × optimizer (default 5: seeds 0…4)")
     parser.add_argument("--steps", type=_count("--steps"), default=None,
@@ -196,6 +196,24 @@ def read_runs(path: str) -> tuple[dict, list[dict]]:
     if not runs:
         raise UsageError(f"--from {path}: it holds no runs")
     return record, runs
+
+
+SELECTION = (("tasks", "task", TASKS), ("optimizers", "optimizer", OPTIMIZERS), ("scenarios", "scenario", SCENARIOS))
+
+
+def select(args, record: dict | None = None) -> None:
+    """Fill the selections not given on the command line: with every task, optimizer and scenario, or from
+    a saved run (``record``) with those of its rows, in their order (so that ``--from`` rewrites the same
+    tables in the same order, and builds none the run did not ask for). One-line UsageError when no
+    scenario applies to the selection."""
+    rows = [r for r in (record or {}).get("rows") or [] if isinstance(r, dict)]
+    for name, key, every in SELECTION:
+        if getattr(args, name) is None:
+            saved = [v for v in dict.fromkeys(r.get(key) for r in rows) if v in every]
+            setattr(args, name, saved or list(every))
+    if not any(applies(s, t, o) for s in args.scenarios for t in args.tasks for o in args.optimizers):
+        raise UsageError(f"no scenario of {','.join(args.scenarios)} applies to tasks {','.join(args.tasks)} × "
+                         f"optimizers {','.join(args.optimizers)} (fusedgate: nanochat × fusedgate only)")
 
 
 def check_out(out: str) -> str:
@@ -330,9 +348,8 @@ def main(args: argparse.Namespace) -> int:
         brain_kwargs = read_init(args.init)
         if args.window is not None:
             brain_kwargs["window"] = args.window
-        if not any(applies(s, t, o) for s in args.scenarios for t in args.tasks for o in args.optimizers):
-            raise UsageError(f"no scenario of {','.join(args.scenarios)} applies to tasks {','.join(args.tasks)} × "
-                             f"optimizers {','.join(args.optimizers)} (fusedgate: nanochat × fusedgate only)")
+        if args.from_json is None:
+            select(args)
         out = check_out(args.out)
     except UsageError as exc:
         print(f"fusedgate brain-eval: error: {exc}", file=sys.stderr)
@@ -340,6 +357,7 @@ def main(args: argparse.Namespace) -> int:
     if args.from_json is not None:
         try:
             record, runs = read_runs(args.from_json)
+            select(args, record)
             rows, meta, overhead, state = rerender(record, runs, args)
         except UsageError as exc:
             print(f"fusedgate brain-eval: error: {exc}", file=sys.stderr)
