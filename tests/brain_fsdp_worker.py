@@ -9,6 +9,8 @@ the same global batch.
 * ``_brain_run``: an OptBrain over AdamW (and over FusedGate's FSDP2 path) that learns and clips; its
   parameters, policy and report, for the ranks to agree and for a single process over the whole batch.
 * ``_resumed``: that run saved mid-window and resumed in fresh objects, each rank its own ``.npz``.
+* ``_resumed_dcp``: the same run without the dampen (the default) saved and resumed through
+  ``torch.distributed.checkpoint``: model and AdamW as DCP's state dicts, the brain's arrays beside them.
 * ``_refusals``: what cannot hold over shards, each in one line."""
 
 from __future__ import annotations
@@ -118,14 +120,16 @@ def _train(model, brain, rank: int, world: int, start: int = 0, stop: int = STEP
             "policy": {"b": torch.from_numpy(brain.core.b.copy())}}
 
 
-def _model_and_brain(base: str, world: int, seed: int = 0):
+def _model_and_brain(base: str, world: int, seed: int = 0, dampen: bool = True):
     """``Net`` (sharded over ``world`` ranks if more than one) and an OptBrain over AdamW (``base="adamw"``:
-    three groups, the dampen's exploration on too) or over FusedGate's gated preset (``"fusedgate"``)."""
+    three groups, the dampen's exploration on too unless ``dampen=False``) or over FusedGate's gated preset
+    (``"fusedgate"``)."""
     model = Net(seed)
     if world > 1:
         shard(model, world)
     if base == "adamw":
-        return model, OptBrain(torch.optim.AdamW(groups_of(model), lr=3e-3), **BRAIN, sigma=(0.25, 0.25, 0.1))
+        sigma = (0.25, 0.25, 0.1 if dampen else 0.0)
+        return model, OptBrain(torch.optim.AdamW(groups_of(model), lr=3e-3), **BRAIN, sigma=sigma)
     spec = GateSpec.gated().replace(lr=MUON_LR, weight_decay=0.01)
     return model, OptBrain(FusedGate(model.named_parameters(), spec=spec, total_steps=STEPS), **BRAIN)
 
@@ -152,6 +156,36 @@ def _resumed(rank: int, world: int, directory: Path) -> dict:
     return {**_train(model, brain, rank, world, SAVE_AT, STEPS), "damped_at_save": torch.from_numpy(damped)}
 
 
+def _resumed_dcp(rank: int, world: int, directory: Path) -> dict:
+    """The AdamW run without the dampen, straight and saved at ``SAVE_AT`` through DCP (one checkpoint for
+    all ranks: the brain's arrays are the same on every rank, so DCP stores them once), loaded into fresh
+    objects and run to the end."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    def state(model, brain) -> dict:
+        return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, brain.base),
+                "brain": brain.state_dict()["optbrain"]}
+
+    straight = _train(*_model_and_brain("adamw", world, dampen=False), rank, world)
+    model, brain = _model_and_brain("adamw", world, dampen=False)
+    _train(model, brain, rank, world, 0, SAVE_AT)
+    checkpoint = str(directory / f"brain_dcp_of_{world}")
+    dcp.save(state(model, brain), checkpoint_id=checkpoint)
+    model, brain = _model_and_brain("adamw", world, seed=1, dampen=False)
+    loaded = state(model, brain)
+    dcp.load(loaded, checkpoint_id=checkpoint)
+    set_model_state_dict(model, loaded["model"])
+    set_optimizer_state_dict(model, brain.base, loaded["optim"])
+    brain.load_state_dict({**brain.base.state_dict(), "optbrain": loaded["brain"]})
+    return {"straight": straight, "resumed": _train(model, brain, rank, world, SAVE_AT, STEPS)}
+
+
 def _refusals(rank: int, world: int) -> dict:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -176,7 +210,8 @@ def _refusals(rank: int, world: int) -> dict:
 def _runs(rank: int, world: int, directory: Path) -> dict:
     return {"features": _features_teacher_forced(rank, world),
             **{base: brain_run(base, rank, world) for base in ("adamw", "fusedgate")},
-            "resumed": _resumed(rank, world, directory), "refusals": _refusals(rank, world)}
+            "resumed": _resumed(rank, world, directory), "resumed_dcp": _resumed_dcp(rank, world, directory),
+            "refusals": _refusals(rank, world)}
 
 
 def worker(rank: int, world: int, store: str, out: str) -> None:

@@ -77,6 +77,17 @@ def test_a_rank_resumes_from_its_own_checkpoint_bit_identically(ranks):
             assert torch.equal(resumed["params"][name], p), name
 
 
+def test_a_run_resumes_through_torch_distributed_checkpoint_bit_identically(ranks):
+    """The default brain (no dampen) saved mid-window with DCP beside the model and AdamW, loaded into fresh
+    objects on every rank."""
+    for rank in ranks:
+        resumed, straight = rank["resumed_dcp"]["resumed"], rank["resumed_dcp"]["straight"]
+        assert resumed["report"] == straight["report"]
+        assert torch.equal(resumed["policy"]["b"], straight["policy"]["b"])
+        for name, p in straight["params"].items():
+            assert torch.equal(resumed["params"][name], p), name
+
+
 @pytest.mark.parametrize("case, start", [
     ("own", "sync_ranks=False cannot hold over FSDP2 parameters"),
     ("mixed", "OptBrain got FSDP2 (DTensor) and 7 plain parameters"),

@@ -15,7 +15,8 @@ mesh's group each, on the same calls on every rank):
 So every rank reads the same features as one process over the gathered parameters would (up to the rounding
 of the reductions' order), decides the same knobs, and applies them to its own rows: the lr factor to its
 base step, the clip factor min(1, τ/‖g‖) (‖g‖ the whole group's) to its local gradient rows, and the dampen
-to its local parameter rows (its buffer is the local rows too, so a checkpoint of it is per rank).
+to its local parameter rows (its buffer is the local rows too, so a checkpoint of it is per rank; without
+the dampen every array of the brain's state is the same on every rank, and DCP can store it once).
 Cost: the norms' all-reduce on every step that needs them (G floats: the sensed step and the clipping
 groups'), and the two sketches' all-reduces of G·S floats once per window; nothing else communicates.
 """
