@@ -66,6 +66,49 @@ def test_a_rung_starts_only_while_the_gradients_persist():
     assert ladder.status == DONE and ladder.rungs == 1 and ladder.level == 2.0   # rung 2 found 0.2 < 0.5
 
 
+def drive_aligned(ladder, start, at_level, at_up, windows=12):
+    """Clear wins (the larger-lr window's reward 5, the other's 0) with the gradients' alignment read
+    ``start`` before the first window and, across each window, ``at_level`` or ``at_up`` by its scale."""
+    rng = np.random.default_rng(0)
+    reward, alignment = 0.0, start
+    for _ in range(windows):
+        scale = ladder.knobs_for(reward, 1.0, rng, alignment=alignment)
+        if scale is None:
+            break
+        reward, alignment = (5.0, at_up) if scale != 1.0 else (0.0, at_level)
+    return ladder
+
+
+@pytest.mark.parametrize("start, at_level, at_up, rungs", [
+    (0.9, 0.9, -0.9, 1),    # the readings across the larger-lr windows do not count
+    (0.9, 0.2, 0.9, 1),     # mean at ℓ (0.9 + 0.2) / 2 = 0.55 ≥ 0.5; ...
+    (0.6, 0.3, 0.9, 0),     # ... (0.6 + 0.3) / 2 = 0.45 < 0.5: stopped before the verdict, a clear win
+    (0.9, math.nan, 0.9, 0),  # a reading that cannot be taken stops it
+])
+def test_a_rung_climbs_only_while_its_windows_at_the_level_keep_the_gradients_aligned(start, at_level, at_up,
+                                                                                     rungs):
+    ladder = drive_aligned(LadderTest(1, 2.0, 1.0, 2, align=0.5), start, at_level, at_up)
+    assert ladder.status == DONE and ladder.rungs == rungs and ladder.level == 2.0 ** rungs
+    assert math.isfinite(ladder.align_sum) and abs(ladder.align_sum) <= ladder.align_n   # a state load accepts
+
+
+def test_the_alignment_readings_restart_with_each_rung():
+    """Rung 1 starts on the reading across rung 0's last window (0.5, at its new ℓ) and its mean counts
+    only its own readings, (0.5 + 0.3) / 2 = 0.4 < 0.5: it stops there. Had rung 0's readings (1.0, 0.5)
+    been kept, the mean would be 0.575 and it would climb."""
+    ladder = LadderTest(2, 2.0, 1.0, 2, align=0.5)
+    rng = np.random.default_rng(0)
+    reward, alignment = 0.0, 1.0
+    for _ in range(12):
+        scale = ladder.knobs_for(reward, 1.0, rng, alignment=alignment)
+        if scale is None:
+            break
+        reward = 5.0 if scale != 1.0 else 0.0
+        alignment = 0.5 if ladder.rungs == 0 else (0.3 if scale == 1.0 else 0.9)
+    assert ladder.status == DONE and ladder.rungs == 1 and ladder.align_n == 2
+    assert ladder.align_sum == pytest.approx(0.8)
+
+
 def test_after_a_single_warm_up_window_the_ladder_stops_at_once():
     """The first alignment is measured in the second window; with one warm-up window the first rung finds
     none (0 < a) and the main learner starts right there, as it would without a ladder."""
@@ -177,7 +220,9 @@ def test_the_ladder_state_survives_a_save_and_load_mid_test(tmp_path):
                                                ("ladder.rungs", 3, "ladder.rungs=3 is out of range"),
                                                ("ladder.level", 3.0, "ladder.level=3.0 is not ladder_step"),
                                                ("ladder.rewards", [np.nan, 0.0], "'ladder.rewards' is not finite"),
-                                               ("ladder.order", [1, 1], "expected the roles 0 and 1")])
+                                               ("ladder.order", [1, 1], "expected the roles 0 and 1"),
+                                               ("ladder.align_n", -1, "ladder.align_n=-1 is out of range"),
+                                               ("ladder.align_sum", 5.0, "ladder.align_sum=5.0 is out of range")])
 def test_a_corrupt_ladder_state_is_refused_in_one_line(tmp_path, key, value, match):
     model, _, _ = tiny_regression()
     brain = OptBrain(torch.optim.SGD(model.parameters(), lr=0.1), window=4, ladder=2)

@@ -74,7 +74,9 @@ class BrainConfig:
                     mean lr is the base's, so a rejected test costs no progress to first order; 1: neutral)
     ladder          the lr ladder's most rungs (0, the default: off; ``fusedgate.brain.ladder``; 2 was evaluated)
     ladder_step     u, the lr factor of a rung        ladder_pairs  most test pairs per rung
-    ladder_z        the ladder's climb threshold     ladder_align  the gradient alignment a rung needs to start
+    ladder_z        the ladder's climb threshold
+    ladder_align    a, the gradient alignment a rung needs at its start and, averaged over its windows at ℓ,
+                    at each pair's end
     sigma           base exploration scale per knob (scale, clip, dampen), in policy units; dampen's 0 (the
                     default) keeps that knob at 0 — it is never explored, so never on and never paid for
                     (``bench/results/brain_tuning``, eleventh sweep); (0.25, 0.25, 0.1) turns it on

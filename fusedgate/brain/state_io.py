@@ -24,7 +24,7 @@ from fusedgate.brain.safety import TrustGate
 from fusedgate.brain.warmdown import STATUS, WarmdownTest
 from fusedgate.files import WriteError, write_atomic
 
-FORMAT_VERSION = 9
+FORMAT_VERSION = 10
 STRUCTURE = ("n_groups", "window", "sketch_size", "seed")
 HYPER = tuple(f for f in FIELDS if f not in STRUCTURE)
 CORE_ARRAYS = ("W", "b", "sigma", "cycle_order", "cycle_r", "eps", "mu", "obs", "z", "decisions")
@@ -187,6 +187,9 @@ def _check_ladder(arrays: dict[str, np.ndarray], source: str) -> None:
         raise BrainError(f"{source}: ladder.level={float(arrays['ladder.level'])!r} is not "
                          f"ladder_step ** rungs = {step ** rungs:g}")
     _bound(source, "ladder.sum_d", arrays["ladder.sum_d"], -1e300, 1e300)
+    _bound(source, "ladder.align_n", arrays["ladder.align_n"], 0, MAX_COUNT, integer=True)
+    _bound(source, "ladder.align_sum", arrays["ladder.align_sum"], -int(arrays["ladder.align_n"]),
+           int(arrays["ladder.align_n"]))
     if not np.all(np.isfinite(arrays["ladder.rewards"])):
         raise BrainError(f"{source}: array 'ladder.rewards' is not finite")
     if sorted(arrays["ladder.order"].tolist()) != [0, 1] and np.any(arrays["ladder.order"]):
