@@ -42,9 +42,9 @@ keep their direction across the test's own windows at ℓ when the lr is too sma
 and turn when it is tuned (0.17, 0.16, −0.25 in the three false climbs, whose start readings had passed) — the persist
 step. With it, against the defaults on the same base runs (``bench/results/brain_eval_ladder_persist/``): at 300 steps
 8 of 9 tuning and 9 of 9 held-out pairs within 1 % at the tuned lr (the defaults 7 and 9; no climb on mlp), and ≥ 50 %
-of a ⅓-lr gap closed on 4 of 9 tuning and 1 of 9 held-out pairs (the defaults none); 600 steps in that folder. It
-stays opt-in until the tuned-lr promise has been measured with it on the fresh seeds the defaults were
-(``bench/results/brain_eval_fresh_seeds/``).
+of a ⅓-lr gap closed on 4 of 9 tuning and 1 of 9 held-out pairs (the defaults none); at 600 steps 9 and 8 within
+1 % (9 and 8) and 3 and 0 rescues. It stays opt-in until the tuned-lr promise has been measured with it on
+the fresh seeds the defaults were (``bench/results/brain_eval_fresh_seeds/``).
 
 **The bound.** ℓ ≤ u^``ladder``, and only ever ≥ 1: the ladder never lowers the lr. A rung is climbed
 falsely — at a larger lr that does not lower the windows' level — with probability ≤
