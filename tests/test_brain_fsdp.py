@@ -66,26 +66,26 @@ def test_every_knob_acts_on_the_shards(ranks):
     assert knobs[..., 0].min() < 1 < knobs[..., 0].max() and knobs[..., 1].min() < 1 and knobs[..., 2].max() > 0
 
 
+def assert_same_run(resumed: dict, straight: dict) -> None:
+    """A resumed run equals the straight one bit for bit: report, policy and every whole parameter."""
+    assert resumed["report"] == straight["report"]
+    assert torch.equal(resumed["policy"]["b"], straight["policy"]["b"])
+    for name, p in straight["params"].items():
+        assert torch.equal(resumed["params"][name], p), name
+
+
 def test_a_rank_resumes_from_its_own_checkpoint_bit_identically(ranks):
     """Saved mid-window with dampen buffers (each rank's rows) in two groups, loaded into fresh objects."""
     for rank in ranks:
-        resumed, straight = rank["resumed"], rank["adamw"]
-        assert resumed["damped_at_save"].tolist() == [False, True, True]
-        assert resumed["report"] == straight["report"]
-        assert torch.equal(resumed["policy"]["b"], straight["policy"]["b"])
-        for name, p in straight["params"].items():
-            assert torch.equal(resumed["params"][name], p), name
+        assert rank["resumed"]["damped_at_save"].tolist() == [False, True, True]
+        assert_same_run(rank["resumed"], rank["adamw"])
 
 
 def test_a_run_resumes_through_torch_distributed_checkpoint_bit_identically(ranks):
     """The default brain (no dampen) saved mid-window with DCP beside the model and AdamW, loaded into fresh
     objects on every rank."""
     for rank in ranks:
-        resumed, straight = rank["resumed_dcp"]["resumed"], rank["resumed_dcp"]["straight"]
-        assert resumed["report"] == straight["report"]
-        assert torch.equal(resumed["policy"]["b"], straight["policy"]["b"])
-        for name, p in straight["params"].items():
-            assert torch.equal(resumed["params"][name], p), name
+        assert_same_run(rank["resumed_dcp"]["resumed"], rank["resumed_dcp"]["straight"])
 
 
 @pytest.mark.parametrize("case, start", [

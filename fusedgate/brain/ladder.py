@@ -133,10 +133,11 @@ class LadderTest:
         self.pos = 0
         self.pairs += 1
         self.sum_d += float(self.rewards[1] - self.rewards[0])
-        verdict = sequential_verdict(self.sum_d, self.pairs, s, self.z, self.max_pairs)
         if not self.align_sum / self.align_n >= self.align:
             self.status = DONE                  # the gradients turn at ℓ: the start reading was noise
-        elif verdict is False:
+            return
+        verdict = sequential_verdict(self.sum_d, self.pairs, s, self.z, self.max_pairs)
+        if verdict is False:
             self.status = DONE
         elif verdict:
             self.rungs += 1
