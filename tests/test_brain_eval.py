@@ -52,8 +52,9 @@ def test_scenario_fractions_against_hand_computed_values():
 def test_targets_name_what_cannot_count_and_count_only_what_applies():
     """The schedule target is judged where the schedule has a gain (a schedule worse than the constant lr
     leaves nothing to recover: n/a, not a miss, but at least one optimizer must apply); the 3× target names
-    the pairs whose base at 3× is within 1 % of its tuned loss (nothing to rescue) — and still counts them
-    as not rescued."""
+    the pairs whose base at 3× is within 1 % of its tuned loss (nothing to rescue), those where it costs less
+    than ×1/0.9 (the tuned lr itself would not reach the target) and the misses without a reason — and still
+    counts every one of them as not rescued."""
     def sched(opt, schedule):
         return summarise("schedule", "nanochat", opt, {"const": {0: 3.0}, "const+brain": {0: 2.9},
                                                        "schedule": {0: schedule}})
@@ -75,8 +76,17 @@ def test_targets_name_what_cannot_count_and_count_only_what_applies():
             x3("b", "adamw", 2.0, 1.9), x3("c", "sgd", 2.0, 1.0), x3("c", "adamw", 2.0, 1.0)]
     t = target(rows, "3×")
     assert t["measured"] == ("3 of 6; of the rest, 2 with nothing to rescue (the base at 3× within 1 % of its "
-                             "tuned loss or better: a/adamw ×0.500, b/sgd ×1.005)")
+                             "tuned loss or better: a/adamw ×0.500, b/sgd ×1.005); real misses: b/adamw 0.950")
     assert not t["met"]
+    # the base at 3× costs ×1.05: its tuned lr's run is 0.952 × the 3× run, so no return to it reaches 0.9
+    rows[-1] = x3("c", "adamw", 1.05, 1.0)
+    assert target(rows, "3×")["measured"] == (
+        "2 of 6; of the rest, 2 with nothing to rescue (the base at 3× within 1 % of its tuned loss or better: "
+        "a/adamw ×0.500, b/sgd ×1.005); 1 where the tuned lr itself would not reach 0.9 (the base at 3× costs less "
+        "than ×1.11: c/adamw ×1.050); real misses: b/adamw 0.950")
+    rows = [x3(task, opt, 2.0, 1.0 if task != "c" else 1.9) for task in "abc" for opt in ("sgd", "adamw")]
+    assert target(rows, "3×")["measured"] == "4 of 6; missed: c/sgd 0.950, c/adamw 0.950"
+    assert target(rows, "3×")["met"]
 
 
 def test_a_seed_range_trains_those_seeds_and_says_so(tmp_path, capsys):
