@@ -9,10 +9,10 @@ a check that every base run is the same in both (the A/B is only paired if it is
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
-import sys
 from collections import defaultdict
 
 
@@ -43,4 +43,11 @@ def main(defaults_dir: str, ladder_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("defaults_dir", help="a brain-eval --out folder of the defaults' run")
+    parser.add_argument("ladder_dir", help="the ladder's run on the same seeds and steps")
+    args = parser.parse_args()
+    try:
+        main(args.defaults_dir, args.ladder_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        parser.exit(1, f"compare.py: cannot read the runs: {exc}\n")
