@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from fusedgate.brain.scenarios import summarise, targets
+from fusedgate.brain.scenarios import summarise, targets, train_level
 from fusedgate.brain.tasks import Arm, run_arm, spike_steps
 from fusedgate.cli import main
 
@@ -32,7 +32,22 @@ def test_brain_eval_writes_table_json_and_plot(tmp_path, capsys):
     assert x3["ladder"] == [] and not re.search(r"\(ℓ \d", (tmp_path / "brain_eval.md").read_text())  # ladder off
     text = (tmp_path / "brain_eval.md").read_text()
     assert "Command: `fusedgate brain-eval --tasks regression" in text and "gap closed" in text
+    # the training levels' ratio beside the final losses': the last 10 curve points' means, paired by seed
+    tail = {(r["arm"]["brain"], r["seed"]): sum(r["curve"][-10:]) / len(r["curve"][-10:]) for r in record["runs"]
+            if r["arm"]["lr_mult"] == 1.0 and not r["arm"]["schedule"]}
+    tuned = next(r for r in record["rows"] if r["scenario"] == "tuned")
+    expected = math.sqrt(tail[(True, 0)] / tail[(False, 0)] * tail[(True, 1)] / tail[(False, 1)])
+    assert math.isclose(tuned["train_ratio"], expected, rel_tol=1e-9) and "train brain/base" in text
     capsys.readouterr()
+
+
+def test_a_training_level_is_the_curves_last_ten_points_or_nan():
+    """``train_level``: the mean of the last 10 points (all of a shorter curve), NaN if one is not finite
+    (a diverged run; JSON writes NaN as None) or the curve is empty."""
+    assert train_level([9.0, 9.0] + [1.0, 2.0] * 5) == 1.5
+    assert train_level([4.0, 2.0]) == 3.0
+    assert math.isnan(train_level([1.0] * 9 + [math.inf])) and math.isnan(train_level([1.0, None]))
+    assert math.isnan(train_level([]))
 
 
 def test_scenario_fractions_against_hand_computed_values():

@@ -29,7 +29,7 @@ import sys
 import time
 
 from fusedgate.brain.overhead import measure_overhead, state_bytes_8_groups
-from fusedgate.brain.scenarios import ARMS, SCENARIOS, applies, arms_for, family, summarise, targets
+from fusedgate.brain.scenarios import ARMS, SCENARIOS, applies, arms_for, family, summarise, targets, train_ratio
 from fusedgate.brain.tasks import FAMILIES, OPTIMIZERS, TASKS
 from fusedgate.files import ReadError, WriteError, check_writable_folder, read_text
 
@@ -284,6 +284,8 @@ def rows_from_runs(runs: list[dict], scenarios, tasks, optimizers, seeds) -> lis
                 brain_runs = [r for r in runs if r["task"] == task and r["optimizer"] == opt
                               and brain_arm is not None and r["arm"] == brain_arm]
                 row["alpha"] = [r["report"]["alpha"] for r in brain_runs]
+                if scenario in ("tuned", "fusedgate"):
+                    row["train_ratio"] = train_ratio(runs, task, opt, ARMS[scenario], seeds)
                 # the lr ladder's level ℓ, where it was on (runs saved before the ladder have none)
                 row["ladder"] = [r["report"]["ladder"]["level"] for r in brain_runs
                                  if r["report"].get("ladder", {}).get("status", "off") != "off"]

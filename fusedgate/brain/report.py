@@ -41,9 +41,9 @@ def _div(row: dict) -> str:
 def scenario_table(scenario: str, rows: list[dict]) -> list[str]:
     arms = list(ARMS[scenario])
     head = ["family", "task", "optimizer"] + [f"{a} (mean)" for a in arms] + {
-        "tuned": ["ratio brain/base", "95 % CI", "min–max", "brain better", "α"],
+        "tuned": ["ratio brain/base", "95 % CI", "min–max", "brain better", "train brain/base", "α"],
         "nudge": ["ratio base×1.01/base", "95 % CI", "min–max", "lower"],
-        "fusedgate": ["ratio brain/base", "95 % CI", "min–max", "brain better", "α"],
+        "fusedgate": ["ratio brain/base", "95 % CI", "min–max", "brain better", "train brain/base", "α"],
         "lr_x3": ["cost of the mis-set lr", "ratio brain/base", "95 % CI", "min–max", "brain better", "gap closed",
                   "α"],
         "lr_div3": ["cost of the mis-set lr", "ratio brain/base", "95 % CI", "min–max", "brain better", "gap closed",
@@ -60,7 +60,7 @@ def scenario_table(scenario: str, rows: list[dict]) -> list[str]:
         ci = interval_text(row, "–")
         if scenario in ("tuned", "fusedgate"):
             cells += [f"**{_f(row['ratio'])}**", ci, _spread(row["ratios"]), f"{row['wins']}/{len(row['seeds'])}",
-                      alpha]
+                      _f(row.get("train_ratio", math.nan), 3), alpha]
         elif scenario == "nudge":
             cells += [f"**{_f(row['ratio'])}**", ci, _spread(row["ratios"]), f"{row['wins']}/{len(row['seeds'])}"]
         elif scenario in ("lr_x3", "lr_div3"):
@@ -105,7 +105,10 @@ def markdown(rows: list[dict], targets: list[dict], meta: dict, overhead: dict |
         "seeds, < 1 = the brain helped. Fractions (gap closed, gain recovered) use the seed-mean losses. "
         "`α` = the brain's final trust (1 = full policy, 0 = exactly neutral: its safety gate, "
         "`fusedgate/brain/safety.py`), seed mean; `(ℓ …)` beside it = the lr ladder's level, seed mean "
-        "(1, 2 or 4 per run: `fusedgate/brain/ladder.py`).",
+        "(1, 2 or 4 per run: `fusedgate/brain/ladder.py`). `train brain/base` = the same ratio of the training "
+        "levels (the mean of a run's last 10 train-loss points, one minibatch each every 10 steps: its last 100 "
+        "steps, so a warmdown at the very end shows in the final loss more than here): a final loss on held-out "
+        "data up while this is down points to overfitting, not to a slower optimisation.",
         "",
     ]
     if targets:

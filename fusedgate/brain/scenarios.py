@@ -81,6 +81,27 @@ def geomean_interval(values: list[float], confidence: float = 0.95) -> tuple[flo
     return math.exp(m - half), math.exp(m + half)
 
 
+TRAIN_TAIL = 10     # a run's training level: the mean of the last this many points of its train-loss curve
+
+
+def train_level(curve: list[float]) -> float:
+    """The level a run's training loss ends at: the mean of the last ``TRAIN_TAIL`` points of its curve (one
+    minibatch loss every 10 steps: its last 100 steps), NaN if any of them is not finite or the curve is empty.
+    Beside a final loss on held-out data it tells a slower optimisation from overfitting: the held-out loss up
+    while this is down points to the second."""
+    tail = [x if x is not None else math.nan for x in curve[-TRAIN_TAIL:]]
+    return statistics.fmean(tail) if tail and all(math.isfinite(x) for x in tail) else math.nan
+
+
+def train_ratio(runs: list[dict], task: str, optimizer: str, arms: dict[str, Arm], seeds) -> float:
+    """brain/base of the training levels (``train_level``) of the runs of ``arms`` (its "brain" and "base"),
+    paired by seed, geometric mean over ``seeds``."""
+    level = {(r["arm"], r["seed"]): train_level(r["curve"]) for r in runs
+             if r["task"] == task and r["optimizer"] == optimizer}
+    pairs = [(level[(arms["brain"], s)], level[(arms["base"], s)]) for s in seeds]
+    return geomean([b / a if a > 0 else math.nan for b, a in pairs])
+
+
 def _mean(values: list[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return statistics.fmean(finite) if finite else math.nan
