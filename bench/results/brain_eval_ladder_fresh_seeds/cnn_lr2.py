@@ -10,18 +10,12 @@ each as the ratio ×2 / ×1; geometric means over seeds, and the count of seeds 
 
 from __future__ import annotations
 
-import math
-import statistics
-
 import torch
 
+from fusedgate.brain.scenarios import geomean, train_level
 from fusedgate.brain.tasks import Arm, run_arm
 
 SEEDS = range(30, 50)
-
-
-def geomean(xs: list[float]) -> float:
-    return math.exp(statistics.fmean(math.log(x) for x in xs))
 
 
 def main() -> None:
@@ -34,7 +28,7 @@ def main() -> None:
         for seed in SEEDS:
             runs = [run_arm("cnn", "fusedgate", seed, Arm(lr_mult=m), steps=steps) for m in (1.0, 2.0)]
             final.append(runs[1]["final"] / runs[0]["final"])
-            train.append(statistics.fmean(runs[1]["curve"][-10:]) / statistics.fmean(runs[0]["curve"][-10:]))
+            train.append(train_level(runs[1]["curve"]) / train_level(runs[0]["curve"]))
         print(f"| {steps} | {geomean(final):.3f} | {sum(r > 1 for r in final)} of {len(final)} | "
               f"{geomean(train):.3f} | {sum(r < 1 for r in train)} of {len(train)} |")
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 from collections import defaultdict
+
+from fusedgate.brain.scenarios import geomean
 
 
 def runs_of(folder: str) -> dict[tuple, dict]:
@@ -31,14 +32,14 @@ def main(defaults_dir: str, ladder_dir: str) -> None:
     for key in (k for k in defaults if k[3]):
         base = key[:3] + (False,)
         d, l_, climbed, same = logs[key[:2]]
-        d.append(math.log(defaults[key]["final"] / defaults[base]["final"]))
-        l_.append(math.log(ladder[key]["final"] / ladder[base]["final"]))
+        d.append(defaults[key]["final"] / defaults[base]["final"])
+        l_.append(ladder[key]["final"] / ladder[base]["final"])
         logs[key[:2]] = (d, l_, climbed + (ladder[key]["report"]["ladder"]["level"] > 1),
                          same + (ladder[key]["final"] == defaults[key]["final"]))
     print("| task | optimizer | defaults brain/base | ladder brain/base | ladder climbed | brain runs identical |")
     print("|---|---|---|---|---|---|")
     for (task, opt), (d, l_, climbed, same) in logs.items():
-        print(f"| {task} | {opt} | {math.exp(sum(d) / len(d)):.4f} | {math.exp(sum(l_) / len(l_)):.4f} | "
+        print(f"| {task} | {opt} | {geomean(d):.4f} | {geomean(l_):.4f} | "
               f"{climbed} of {len(d)} | {same} of {len(d)} |")
 
 
