@@ -29,13 +29,24 @@ import sys
 import time
 
 from fusedgate.brain.overhead import measure_overhead, state_bytes_8_groups
-from fusedgate.brain.scenarios import ARMS, SCENARIOS, applies, arms_for, family, summarise, targets, train_ratio
+from fusedgate.brain.scenarios import (
+    ARMS,
+    EXTRA_ARMS,
+    SCENARIOS,
+    applies,
+    arms_for,
+    family,
+    summarise,
+    targets,
+    train_ratio,
+)
 from fusedgate.brain.tasks import FAMILIES, OPTIMIZERS, TASKS
 from fusedgate.files import ReadError, WriteError, check_writable_folder, read_text
 
 DEFAULT_OUT = os.path.join("fusedgate-results", "brain_eval")
 MAX_INIT_BYTES = 1_000_000  # OptBrain arguments are a few hundred bytes
 MAX_RUNS_BYTES = 512_000_000  # a 5-seed run of every scenario writes ~1.4 MB
+LATER_ARM_FIELDS = {"restore_lr"}   # ``Arm`` fields a file saved before them lacks (read as their defaults)
 MAX = {"--seeds": 1000, "--steps": 1_000_000, "--window": 100_000, "--threads": 1024}
 
 
@@ -179,11 +190,12 @@ def read_runs(path: str) -> tuple[dict, list[dict]]:
             record.get("meta"), dict):
         raise UsageError(f"--from {path}: not a brain_eval.json (no 'meta' object and 'runs' list)")
     fields = {f.name for f in dataclasses.fields(Arm)}
+    required = fields - LATER_ARM_FIELDS
     runs = []
     for i, run in enumerate(record["runs"]):
         try:
             arm = run["arm"]
-            if not isinstance(arm, dict) or set(arm) != fields:
+            if not isinstance(arm, dict) or not required <= set(arm) <= fields:
                 raise TypeError(f"arm {arm!r}")
             final = math.nan if run["final"] is None else float(run["final"])
             if run["task"] not in TASKS or run["optimizer"] not in OPTIMIZERS or type(run["seed"]) is not int:
@@ -276,8 +288,10 @@ def rows_from_runs(runs: list[dict], scenarios, tasks, optimizers, seeds) -> lis
                 if not applies(scenario, task, opt) or any((task, opt, arm, s) not in finals
                                                            for arm in ARMS[scenario].values() for s in seeds):
                     continue
-                per_arm = {name: {s: finals[(task, opt, arm, s)] for s in seeds}
-                           for name, arm in ARMS[scenario].items()}
+                extra = {name: arm for name, arm in EXTRA_ARMS.get(scenario, {}).items()   # where they ran
+                         if all((task, opt, arm, s) in finals for s in seeds)}
+                arms = {**ARMS[scenario], **extra}
+                per_arm = {name: {s: finals[(task, opt, arm, s)] for s in seeds} for name, arm in arms.items()}
                 row = summarise(scenario, task, opt, per_arm)
                 row["family"] = family(row)
                 brain_arm = ARMS[scenario].get(_brain_arm(scenario))

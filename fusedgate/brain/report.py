@@ -7,7 +7,7 @@ import statistics
 
 import numpy as np
 
-from fusedgate.brain.scenarios import ARMS, SCENARIOS, interval_text
+from fusedgate.brain.scenarios import ARMS, EXTRA_ARMS, SCENARIOS, interval_text
 from fusedgate.files import markdown_table
 
 TITLES = {
@@ -19,6 +19,11 @@ TITLES = {
     "clipping": "Planted gradient spikes: brain vs fixed clip vs none",
     "fusedgate": "FusedGate on NanoChat: the brain driving its gate keys vs FusedGate alone",
 }
+
+
+# the gray diamond beside a pair's brain ratios: the scenario's reference arm
+OTHER_LABEL = {"schedule_ratio": "schedule / const", "clip_ratio": "fixed clip / none",
+               "restored_ratio": "tuned lr restored after the warm-up / base@m"}
 
 
 def _f(x: float, digits: int = 4) -> str:
@@ -39,7 +44,8 @@ def _div(row: dict) -> str:
 
 
 def scenario_table(scenario: str, rows: list[dict]) -> list[str]:
-    arms = list(ARMS[scenario])
+    extra = [a for a in EXTRA_ARMS.get(scenario, {}) if any(a in row["mean"] for row in rows)]   # where they ran
+    arms = list(ARMS[scenario]) + extra
     head = ["family", "task", "optimizer"] + [f"{a} (mean)" for a in arms] + {
         "tuned": ["ratio brain/base", "95 % CI", "min–max", "brain better", "train brain/base", "α"],
         "nudge": ["ratio base×1.01/base", "95 % CI", "min–max", "lower"],
@@ -50,10 +56,10 @@ def scenario_table(scenario: str, rows: list[dict]) -> list[str]:
                     "α"],
         "schedule": ["schedule/const", "brain/const", "min–max", "brain better", "gain recovered", "α"],
         "clipping": ["fixed clip/none", "brain/none", "min–max", "brain/fixed clip", "α"],
-    }.get(scenario, []) + ["diverged"]
+    }.get(scenario, []) + (["restored/base@m", "restored: gap closed"] if extra else []) + ["diverged"]
     table = []
     for row in rows:
-        cells = [row.get("family", ""), row["task"], row["optimizer"]] + [_f(row["mean"][a]) for a in arms]
+        cells = [row.get("family", ""), row["task"], row["optimizer"]] + [_f(row["mean"].get(a)) for a in arms]
         alpha = _f(statistics.fmean(row["alpha"]), 2) if row["alpha"] else "–"
         if row.get("ladder"):           # the ladder's mean level ℓ beside the trust
             alpha += f" (ℓ {_f(statistics.fmean(row['ladder']), 2)})"
@@ -72,6 +78,8 @@ def scenario_table(scenario: str, rows: list[dict]) -> list[str]:
         elif scenario == "clipping":
             cells += [_f(row["clip_ratio"]), f"**{_f(row['ratio'])}**", _spread(row["ratios"]),
                       _f(row["brain_vs_clip"]), alpha]
+        if extra:
+            cells += [_f(row.get("restored_ratio")), _pct(row.get("restored_gap_closed"))]
         table.append(cells + [_div(row)])
     return [f"### {TITLES[scenario]}", "", markdown_table(head, table), ""]
 
@@ -108,7 +116,9 @@ def markdown(rows: list[dict], targets: list[dict], meta: dict, overhead: dict |
         "(1, 2 or 4 per run: `fusedgate/brain/ladder.py`). `train brain/base` = the same ratio of the training "
         "levels (the mean of a run's last 10 train-loss points, one minibatch each every 10 steps: its last 100 "
         "steps, so a warmdown at the very end shows in the final loss more than here): a final loss on held-out "
-        "data up while this is down points to overfitting, not to a slower optimisation.",
+        "data up while this is down points to overfitting, not to a slower optimisation. `restored` (3× and ⅓ lr) = "
+        "no brain: the mis-set lr for the brain's neutral warm-up, the tuned lr from its first window on — how much "
+        "of a mis-set lr's cost is still to be rescued when a brain may first act.",
         "",
     ]
     if targets:
@@ -227,11 +237,11 @@ def plot(rows: list[dict], path: str) -> None:
             ax.scatter(i + rng.uniform(-0.12, 0.12, len(r)), r, color=colors[row["optimizer"]], alpha=0.75, s=22,
                        zorder=3)
             ax.hlines(row["ratio"], i - 0.28, i + 0.28, color="black", lw=2.2, zorder=4)
-            other = {"schedule": "schedule_ratio", "clipping": "clip_ratio"}.get(scenario)
-            if other and math.isfinite(row[other]):
+            other = {"schedule": "schedule_ratio", "clipping": "clip_ratio", "lr_x3": "restored_ratio",
+                     "lr_div3": "restored_ratio"}.get(scenario)
+            if other and row.get(other) is not None and math.isfinite(row[other]):
                 ax.scatter([i + 0.3], [row[other]], marker="D", color="gray", s=30, zorder=4,
-                           label=("schedule / const" if scenario == "schedule" else "fixed clip / none")
-                           if i == 0 else None)
+                           label=OTHER_LABEL[other] if i == 0 else None)
         ax.axhline(1.0, color="gray", ls="--", lw=1)
         if scenario == "lr_x3":
             ax.axhline(0.9, color="tab:red", ls=":", lw=1, label="target 0.9")

@@ -13,7 +13,11 @@ mean log-ratio: with few seeds and a chaotic pair it is wide, and says so):
   base trajectory spreads the tuned-lr ratio this much, whatever the brain does.
 * ``lr_x3`` / ``lr_div3`` — the base at 3× and ⅓ of its tuned lr, with and without the brain:
   ratio L(brain@m)/L(base@m), and the fraction of the gap to the tuned lr that the brain closes,
-  (L(base@m) − L(brain@m)) / (L(base@m) − L(base@1)). Promise (3×): ratio ≤ 0.9.
+  (L(base@m) − L(brain@m)) / (L(base@m) − L(base@1)). Promise (3×): ratio ≤ 0.9. Beside them, no
+  brain, ``restored@m``: the mis-set lr through the brain's neutral warm-up and the tuned lr from its
+  first window on (``Arm.restore_lr``) — what setting the lr right as early as a brain may act reaches:
+  L(restored@m)/L(base@m) and its gap closed. Where that ratio is above 0.9 at 3×, the cost of the
+  mis-set lr is paid during the warm-up, and returning to the tuned lr does not rescue the run.
 * ``schedule`` — constant lr + brain vs constant lr vs the warmup + warmdown schedule: the fraction of
   the schedule's gain the brain recovers, (L(const) − L(const+brain)) / (L(const) − L(schedule)).
   Promise: ≥ 30 % on NanoChat.
@@ -47,14 +51,19 @@ ARMS: dict[str, dict[str, Arm]] = {
                  "brain": Arm(spikes=True, brain=True)},
     "fusedgate": {"base": Arm(), "brain": Arm(brain=True)},
 }
+# arms a scenario trains and reports beside its own, but does without: runs saved before them have none
+EXTRA_ARMS: dict[str, dict[str, Arm]] = {
+    "lr_x3": {"restored@m": Arm(lr_mult=3.0, restore_lr=True)},
+    "lr_div3": {"restored@m": Arm(lr_mult=1 / 3, restore_lr=True)},
+}
 MIN_GAP = 0.01
 
 
 def arms_for(scenarios: list[str]) -> list[Arm]:
-    """The distinct arms the chosen scenarios need, in a stable order."""
+    """The distinct arms the chosen scenarios train (their own and their extra ones), in a stable order."""
     out: list[Arm] = []
     for name in scenarios:
-        for arm in ARMS[name].values():
+        for arm in (*ARMS[name].values(), *EXTRA_ARMS.get(name, {}).values()):
             if arm not in out:
                 out.append(arm)
     return out
@@ -135,6 +144,10 @@ def summarise(scenario: str, task: str, optimizer: str, finals: dict[str, dict[i
                    gap_closed=_fraction(mean["base@m"] - mean["brain@m"], mean["base@m"] - mean["base"],
                                         mean["base"]),
                    mis_set_cost=mean["base@m"] / mean["base"] if mean["base"] > 0 else math.nan)
+        restored = "restored@m" in per
+        row.update(restored_ratio=geomean(ratios("restored@m", "base@m")) if restored else math.nan,
+                   restored_gap_closed=_fraction(mean["base@m"] - mean["restored@m"], mean["base@m"] - mean["base"],
+                                                 mean["base"]) if restored else math.nan)
     elif scenario == "schedule":
         r = ratios("const+brain", "const")
         row.update(ratio=geomean(r), ratios=r, wins=sum(x < 1 for x in r if math.isfinite(x)),
@@ -180,17 +193,26 @@ def _pair_cost(row: dict) -> str:
 X3_RESCUE = 0.9      # the 3× target: brain/base at most this
 
 
+def _number(row: dict, key: str) -> float:
+    """``row[key]`` as a float, NaN where it is missing (a run saved before it) or None (NaN in JSON)."""
+    value = row.get(key)
+    return math.nan if value is None else float(value)
+
+
 def _x3_target(fam: str, x3: list[dict]) -> dict:
     """The 3× target's row: the pairs rescued (brain/base ≤ 0.9), and for the rest the measured reason a pair
     cannot count, where there is one — the base at 3× within 1 % of its tuned loss or better (nothing to
     rescue), or costing it less than ×1/0.9 (then even the tuned lr's own run is above 0.9 × the 3× run:
-    restoring the lr would not reach the target, only beating the tuned lr would) — and the pairs missed
-    without one. ``met`` is the count alone: a reason explains a miss, it does not turn it into a rescue."""
+    restoring the lr would not reach the target, only beating the tuned lr would), or, measured, the tuned lr
+    restored at the end of the brain's warm-up ending above 0.9 × the 3× run (the cost is paid before a brain
+    may act) — and the pairs missed without one. ``met`` is the count alone: a reason explains a miss, it does
+    not turn it into a rescue."""
     good = [r for r in x3 if r["ratio"] <= X3_RESCUE]
     rest = [r for r in x3 if r not in good]
     free = [r for r in rest if r.get("mis_set_cost", math.nan) <= 1.0 + MIN_GAP]
     short = [r for r in rest if 1.0 + MIN_GAP < r.get("mis_set_cost", math.nan) < 1.0 / X3_RESCUE]
-    missed = [r for r in rest if r not in free and r not in short]
+    late = [r for r in rest if r not in free and r not in short and _number(r, "restored_ratio") > X3_RESCUE]
+    missed = [r for r in rest if r not in free and r not in short and r not in late]
     reasons = []
     if free:
         reasons.append(f"{len(free)} with nothing to rescue (the base at 3× within 1 % of its tuned loss or better: "
@@ -198,6 +220,10 @@ def _x3_target(fam: str, x3: list[dict]) -> dict:
     if short:
         reasons.append(f"{len(short)} where the tuned lr itself would not reach {X3_RESCUE:g} (the base at 3× costs "
                        f"less than ×{1.0 / X3_RESCUE:.2f}: {', '.join(_pair_cost(r) for r in short)})")
+    if late:
+        names = ", ".join(f"{r['task']}/{r['optimizer']} {r['restored_ratio']:.3f}" for r in late)
+        reasons.append(f"{len(late)} where the tuned lr restored after the brain's warm-up would not reach "
+                       f"{X3_RESCUE:g} either (restored/base at 3×: {names})")
     measured = f"{len(good)} of {len(x3)}" + (f"; of the rest, {'; '.join(reasons)}" if reasons else "")
     if missed:
         names = ", ".join(f"{r['task']}/{r['optimizer']} {r['ratio']:.3f}" for r in missed)
@@ -222,8 +248,13 @@ def _family_targets(fam: str, rows: list[dict]) -> list[dict]:
     div3 = pick("lr_div3")
     if div3:
         good = [r for r in div3 if math.isfinite(r["gap_closed"]) and r["gap_closed"] >= 0.5]
+        measured = f"{len(good)} of {len(div3)}"
+        restored = [r for r in div3 if math.isfinite(_number(r, "restored_gap_closed"))]
+        if restored:   # what the plain correction at the brain's first window reaches, beside it
+            reach = sum(_number(r, "restored_gap_closed") >= 0.5 for r in restored)
+            measured += f" (the tuned lr restored after the brain's warm-up, no brain: {reach} of {len(div3)})"
         out.append({"family": fam, "target": "⅓ lr: ≥ 50 % of the gap to the tuned lr closed on ≥ 7 of 9 pairs",
-                    "measured": f"{len(good)} of {len(div3)}", "met": len(good) >= 7 and len(div3) == 9})
+                    "measured": measured, "met": len(good) >= 7 and len(div3) == 9})
     x3 = [r for r in pick("lr_x3") if r["optimizer"] in ("sgd", "adamw")]
     if x3:
         out.append(_x3_target(fam, x3))

@@ -29,7 +29,11 @@ of the peak) with the peak lr tuned for the schedule (``SCHEDULE_PEAK`` × the t
 ``spikes``: planted gradient spikes — on each step from step 10 on, with
 probability 3 % (seeded by (seed, step)), every gradient is multiplied by 30 after ``backward``;
 ``clip``: a fixed global grad-norm clip (``torch.nn.utils.clip_grad_norm_``) at 2× the median grad
-norm of the first 10 (spike-free) steps.
+norm of the first 10 (spike-free) steps; ``restore_lr``: no brain, the mis-set lr (``lr_mult``) for as
+long as an OptBrain would stay neutral — its warm-up, ``warmup_windows``·``window`` steps of the run's
+brain config — and the tuned lr from then on (every lr × 1/``lr_mult``): the plain correction a brain
+could make at its first window, to tell a mis-set lr that a rescue can still repair from one whose cost is
+paid before any brain may act.
 """
 
 from __future__ import annotations
@@ -187,18 +191,36 @@ def make_optimizer(name: str, groups: list[dict], total_steps: int) -> torch.opt
 class Arm:
     """One training condition: the base optimizer (``brain``: wrapped in an OptBrain) with every lr
     times ``lr_mult``, optionally under the warmup + warmdown ``schedule``, with planted gradient
-    ``spikes`` and a fixed ``clip``."""
+    ``spikes``, a fixed ``clip``, and the lr restored to the tuned one after the brain's warm-up (``restore_lr``)."""
 
     brain: bool = False
     lr_mult: float = 1.0
     schedule: bool = False
     spikes: bool = False
     clip: bool = False
+    restore_lr: bool = False
 
 
 def spike_steps(seed: int, steps: int) -> set[int]:
     """The steps whose gradients are multiplied by SPIKE_FACTOR (a pure function of seed and step)."""
     return {t for t in range(SPIKE_FROM, steps) if np.random.default_rng([seed, 9, t]).random() < SPIKE_PROB}
+
+
+def warmup_steps(brain_kwargs: dict | None) -> int:
+    """The steps an OptBrain with ``brain_kwargs`` keeps exactly neutral before it may act: its
+    ``warmup_windows`` windows of ``window`` steps."""
+    from fusedgate.brain.config import BrainConfig
+
+    config = BrainConfig.from_kwargs(None, **(brain_kwargs or {}))
+    return config.warmup_windows * config.window
+
+
+def restoring(lr_mult: float, at: int, then: Callable[[int], float] | None) -> Callable[[int], float]:
+    """The lr factor of a ``restore_lr`` arm: 1 before step ``at``, 1/``lr_mult`` from it on; times ``then``."""
+    def factor(step: int) -> float:
+        return (1.0 if step < at else 1.0 / lr_mult) * (then(step) if then is not None else 1.0)
+
+    return factor
 
 
 def _global_grad_norm(params) -> float:
@@ -213,6 +235,10 @@ def run_arm(task: str, optimizer: str, seed: int, arm: Arm, steps: int | None = 
     from fusedgate.brain import OptBrain
     from fusedgate.nanochat.schedule import Schedule
 
+    if arm.restore_lr:
+        if arm.brain:
+            raise ValueError("an arm restores its lr itself or has a brain, not both")
+        lr_factor = restoring(arm.lr_mult, warmup_steps(brain_kwargs), lr_factor)
     problem = BUILDERS[task](seed)
     steps = steps or problem.steps
     groups = [dict(g) for g in problem.groups[optimizer]]
