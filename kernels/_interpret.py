@@ -37,6 +37,28 @@ def helper(fn):
     return triton.jit(fn)
 
 
+def interpreted_by(replacement):
+    """``@helper`` for a device function whose interpreter form is ``replacement`` instead of itself."""
+    def decorate(fn):
+        return replacement if INTERPRET else helper(fn)
+
+    return decorate
+
+
+def scalar_bound(x):
+    """Under the interpreter: a kernel's scalar (an int argument or a load), as the Python int ``range`` needs
+    for a loop bound. Triton 3.6's interpreter converts a tensor bound with ``int(data)``, which NumPy 2
+    refuses for the one-element 1-d array such a scalar holds there (newer Triton takes the element itself)."""
+    return int(x.handle.data.reshape(-1)[0]) if hasattr(x, "handle") else int(x)
+
+
+@interpreted_by(scalar_bound)
+def loop_bound(x):
+    """A kernel's loop bound, ``range(loop_bound(n))``: itself when compiling, ``scalar_bound`` under the
+    interpreter."""
+    return x
+
+
 def _zeros(shape, dtype):
     import triton.language as tl
 

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from fusedgate import reference as R
-from fusedgate.kernels._interpret import library
+from fusedgate.kernels._interpret import library, loop_bound
 
 _zeros = library(tl.zeros)
 
@@ -52,7 +52,7 @@ def _gram_kernel(X, A, n, k, sxb, sxr, sxc, PRECISION: tl.constexpr,
     rows_j = bj * BM + tl.arange(0, BM)
     x = X + bb * sxb
     acc = _zeros((BM, BM), tl.float32)
-    for k0 in range(0, k, BK):
+    for k0 in range(0, loop_bound(k), BK):
         cols = k0 + tl.arange(0, BK)
         xi = tl.load(x + rows_i[:, None] * sxr + cols[None, :] * sxc,
                      mask=(rows_i[:, None] < n) & (cols[None, :] < k), other=0.0)
@@ -77,7 +77,7 @@ def _poly_kernel(A, B, n, coef_b, coef_c, PRECISION: tl.constexpr, BM: tl.conste
     cols_j = bj * BM + tl.arange(0, BM)
     a = A + bb * n * n
     acc = _zeros((BM, BM), tl.float32)
-    for k0 in range(0, n, BK):
+    for k0 in range(0, loop_bound(n), BK):
         kk = k0 + tl.arange(0, BK)
         left = tl.load(a + rows_i[:, None] * n + kk[None, :], mask=(rows_i[:, None] < n) & (kk[None, :] < n),
                        other=0.0)
@@ -104,7 +104,7 @@ def _update_kernel(X, B, Y, n, k, coef_a, PRECISION: tl.constexpr,
     x = X + bb * n * k
     b = B + bb * n * n
     acc = _zeros((BM, BN), tl.float32)
-    for k0 in range(0, n, BK):
+    for k0 in range(0, loop_bound(n), BK):
         kk = k0 + tl.arange(0, BK)
         left = tl.load(b + rows[:, None] * n + kk[None, :], mask=(rows[:, None] < n) & (kk[None, :] < n), other=0.0)
         right = tl.load(x + kk[:, None] * k + cols[None, :], mask=(kk[:, None] < n) & (cols[None, :] < k), other=0.0)

@@ -23,7 +23,7 @@ import triton.language as tl
 
 from fusedgate import gate as G
 from fusedgate.kernels import slots as S
-from fusedgate.kernels._interpret import helper, library
+from fusedgate.kernels._interpret import helper, library, loop_bound
 
 _sum = library(tl.sum)
 _max = library(tl.max)
@@ -103,7 +103,7 @@ def _applied(chunk_start, flags, i, FBLOCK: tl.constexpr):
     c0 = tl.load(chunk_start + i)
     c1 = tl.load(chunk_start + i + 1)
     bad = _zeros((FBLOCK,), tl.int32)
-    for c in range(c0, c1, FBLOCK):
+    for c in range(loop_bound(c0), loop_bound(c1), FBLOCK):
         offs = c + tl.arange(0, FBLOCK)
         bad = tl.maximum(bad, tl.load(flags + offs, mask=offs < c1, other=0))
     return _max(bad, axis=0) == 0
@@ -235,7 +235,7 @@ def _param_sums(chunk_start, partials, i, FBLOCK: tl.constexpr):
     c1 = tl.load(chunk_start + i + 1)
     cols = tl.arange(0, N_PS)
     acc = _zeros((FBLOCK, N_PS), tl.float32)
-    for c in range(c0, c1, FBLOCK):
+    for c in range(loop_bound(c0), loop_bound(c1), FBLOCK):
         rows = c + tl.arange(0, FBLOCK)
         acc += tl.load(partials + rows[:, None] * N_PS + cols[None, :], mask=(rows < c1)[:, None], other=0.0)
     return cols, _sum(acc, axis=0)

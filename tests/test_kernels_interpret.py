@@ -54,3 +54,21 @@ def test_kernels_run_without_rewriting_triton(first, mode):
                           env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == mode
+
+
+def test_a_loop_bound_is_a_python_int_under_the_interpreter_whatever_shape_triton_gives_a_scalar():
+    """Triton 3.6's interpreter holds a kernel's scalar (an int argument, a scalar load) as a one-element 1-d
+    array and converts a ``range`` bound with ``int(data)``, which NumPy 2 refuses; newer Triton holds a 0-d
+    one. ``loop_bound`` hands ``range`` the Python int either way (checked on the real Triton 3.6 and 3.9: the
+    kernel tests pass on both)."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime.interpreter import TensorHandle
+
+    from fusedgate.kernels import _interpret
+
+    assert _interpret.INTERPRET and _interpret.loop_bound is _interpret.scalar_bound   # no CUDA here
+    for data in (np.array([7], np.int32), np.array(7, np.int32)):
+        bound = _interpret.loop_bound(tl.core.tensor(TensorHandle(data, tl.int32), tl.int32))
+        assert type(bound) is int and list(range(0, bound, 3)) == [0, 3, 6]
+    assert _interpret.loop_bound(5) == 5
