@@ -36,7 +36,7 @@ BRAIN = dict(window=WINDOW, warmup_windows=1, alpha_start=1.0, z_shrink=10.0, ex
              sketch_size=SKETCH)
 SAVE_AT = 29               # in window 9 (steps 27–29), where the dampen is on in two groups
 CLIP = np.array([0.5, np.inf, 1.5])   # group 0's gradients held under half their running norm; group 2's over it
-START_METHOD = "fork"
+START_METHOD = "forkserver"   # as dist_worker.START_METHOD
 
 
 def groups_of(model) -> list[dict]:
@@ -220,7 +220,6 @@ def worker(rank: int, world: int, store: str, out: str) -> None:
 
 def spawn(world: int, out: Path, timeout_s: float = 300.0) -> list[dict]:
     """``worker`` on ``world`` gloo processes; their results, by rank."""
-    import torch._dynamo  # noqa: F401  (torch's optimizers import it on first use: once here, not per child)
     ctx = mp.start_processes(worker, args=(world, str(out / f"brain_fsdp_store_{world}"), str(out)),
                              nprocs=world, join=False, start_method=START_METHOD)
     return join_ranks(ctx, world, out, timeout_s, poll_s=1.0)

@@ -1,4 +1,5 @@
 import functools
+import multiprocessing
 import os
 import sysconfig
 import tempfile
@@ -33,6 +34,16 @@ def needs_single_rounding_fma():
     teacher-forced): they need ``fma_rounds_once``."""
     return pytest.mark.skipif(not fma_rounds_once(), reason="this Triton's interpreter rounds tl.fma twice "
                               "(Triton 3.6), unlike a GPU and newer interpreters")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _forkserver_imports_torch():
+    """The gloo ranks start from a forkserver (``*_worker.START_METHOD``), not by forking this process: a
+    process that has run autograd cannot fork one that runs it again (torch refuses, in its CUDA builds). The
+    server imports torch, torch._dynamo (torch's optimizers import it on first use) and fusedgate once, so each rank
+    starts about as fast as a fork."""
+    multiprocessing.set_forkserver_preload(["torch", "torch._dynamo", "fusedgate"])
+    yield
 
 
 @pytest.fixture(autouse=True)

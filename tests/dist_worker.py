@@ -26,9 +26,10 @@ GLOBAL_BATCH = 48          # divisible by 1, 2, 3
 STEPS = 20
 SAVE_AT = 10
 VOCAB, WIDTH, WIDE, CLASSES = 128, 8, 12, 5   # the embedding has 1024 elements: split element-wise
-# fork: the children inherit the imported torch (a spawned child spends seconds importing torch and
-# torch._dynamo); the parent runs no process group and the children use one thread each
-START_METHOD = "fork"
+# forkserver: the children fork from a server that imported torch and fusedgate once (``conftest``: a spawned
+# child spends seconds importing them, and a child forked from pytest, which has run autograd, cannot run it
+# again in torch's CUDA builds); the parent runs no process group and the children use one thread each
+START_METHOD = "forkserver"
 
 
 class Net(nn.Module):
@@ -300,16 +301,15 @@ def brain_worker(rank: int, world: int, store: str, out: str) -> None:
 
 def spawn_brain(world: int, out: Path, timeout_s: float = 300.0) -> list[dict]:
     """``brain_worker`` on ``world`` gloo processes; their results, by rank."""
-    import torch._dynamo  # noqa: F401  (as in spawn)
     ctx = mp.start_processes(brain_worker, args=(world, str(out / f"brain_store_{world}"), str(out)),
                              nprocs=world, join=False, start_method=START_METHOD)
     return join_ranks(ctx, world, out, timeout_s, poll_s=2.0)
 
 
 def spawn(world: int, out: Path, load_from: list[Path] = (), timeout_s: float = 300.0) -> list[dict]:
-    """Run ``worker`` on ``world`` gloo processes (forked; a file store: no ports); their results, by rank."""
+    """Run ``worker`` on ``world`` gloo processes (from the forkserver; a file store: no ports); their results, by
+    rank."""
     store = out / f"store_{world}"
-    import torch._dynamo  # noqa: F401  (torch's optimizers import it on first use: once here, not per child)
     ctx = mp.start_processes(worker, args=(world, str(store), str(out), [str(p) for p in load_from]),
                              nprocs=world, join=False, start_method=START_METHOD)
     return join_ranks(ctx, world, out, timeout_s, poll_s=5.0)

@@ -26,7 +26,7 @@ SAVE_AT = 10
 VOCAB, WIDTH, ODD, CLASSES = 30, 8, 7, 2
 MUON_LR = 1e-4             # see dist_worker.MUON_LR: small enough that the rank count is only rounding
 PRESETS = ("adamw", "nanochat", "gated")
-START_METHOD = "fork"
+START_METHOD = "forkserver"   # as dist_worker.START_METHOD
 
 
 class Net(nn.Module):
@@ -314,7 +314,7 @@ def worker(rank: int, world: int, store: str, out: str, load_from: str, job: str
 
 def spawn(world: int, out: Path, load_from: Path | None = None, timeout_s: float = 240.0,
           job: str = "main") -> list[dict]:
-    """Run ``worker`` on ``world`` gloo processes (forked; a file store); their results, by rank."""
+    """Run ``worker`` on ``world`` gloo processes (from the forkserver; a file store); their results, by rank."""
     store = out / f"store_fsdp_{job}_{world}"
     ctx = mp.start_processes(worker, args=(world, str(store), str(out), str(load_from or ""), job),
                              nprocs=world, join=False, start_method=START_METHOD)
