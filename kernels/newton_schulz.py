@@ -13,6 +13,8 @@ polynomial in A): only the blocks on and above the diagonal are computed, each i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -21,6 +23,18 @@ from fusedgate import reference as R
 from fusedgate.kernels._interpret import library, loop_bound
 
 _zeros = library(tl.zeros)
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How the three kernels are launched: output blocks of ``block`` × ``block``, the reduction in steps of
+    ``block_k``, ``num_warps`` warps per program, ``num_stages`` software-pipelined loads (Triton's defaults
+    for the last two). The interpreter ignores the last two."""
+
+    block: int = 64
+    block_k: int = 32
+    num_warps: int = 4
+    num_stages: int = 3
 
 
 def _normalise_wide(x: torch.Tensor, norm_scale: float = 1.0, norm_eps: float = 1e-7) -> tuple[torch.Tensor, bool]:
@@ -115,10 +129,10 @@ def _update_kernel(X, B, Y, n, k, coef_a, PRECISION: tl.constexpr,
              mask=block_mask)
 
 
-def newton_schulz_triton(x: torch.Tensor, steps: int, block: int = 64, block_k: int = 32) -> torch.Tensor:
+def newton_schulz_triton(x: torch.Tensor, steps: int, tiling: Tiling = Tiling()) -> torch.Tensor:
     """Quintic Newton–Schulz of x ([rows, cols] or [k, rows, cols], float32/bfloat16/float16) with the
     Triton kernels above: 3 launches per iteration for the whole batch. float32 inputs use exact-fp32 dots."""
-    return _iterate_triton(x, [R.NS_COEFFS] * steps, *R.NORMALISATION["quintic"], block, block_k)
+    return _iterate_triton(x, [R.NS_COEFFS] * steps, *R.NORMALISATION["quintic"], tiling)
 
 
 def polar_iteration_triton(x: torch.Tensor, coefficients, norm_scale: float, norm_eps: float,
@@ -127,8 +141,8 @@ def polar_iteration_triton(x: torch.Tensor, coefficients, norm_scale: float, nor
     return _iterate_triton(x.to(dtype), coefficients, norm_scale, norm_eps).to(x.dtype)
 
 
-def _iterate_triton(x: torch.Tensor, coefficients, norm_scale: float, norm_eps: float, block: int = 64,
-                    block_k: int = 32) -> torch.Tensor:
+def _iterate_triton(x: torch.Tensor, coefficients, norm_scale: float, norm_eps: float,
+                    tiling: Tiling = Tiling()) -> torch.Tensor:
     batched = x.dim() == 3
     X, tall = _normalise_wide(x if batched else x.unsqueeze(0), norm_scale, norm_eps)
     X = X.contiguous()
@@ -137,13 +151,15 @@ def _iterate_triton(x: torch.Tensor, coefficients, norm_scale: float, norm_eps: 
     A = torch.empty(count, n, n, dtype=X.dtype, device=X.device)
     Bm = torch.empty_like(A)
     Y = torch.empty_like(X)
+    block = tiling.block
     tiles_n = triton.cdiv(n, block)
+    shape = dict(BK=tiling.block_k, num_warps=tiling.num_warps, num_stages=tiling.num_stages)
     for a, b, c in coefficients:
         _gram_kernel[(tiles_n, tiles_n, count)](X, A, n, k, X.stride(0), X.stride(1), X.stride(2),
-                                                PRECISION=precision, BM=block, BK=block_k)
-        _poly_kernel[(tiles_n, tiles_n, count)](A, Bm, n, b, c, PRECISION=precision, BM=block, BK=block_k)
+                                                PRECISION=precision, BM=block, **shape)
+        _poly_kernel[(tiles_n, tiles_n, count)](A, Bm, n, b, c, PRECISION=precision, BM=block, **shape)
         _update_kernel[(tiles_n, triton.cdiv(k, block), count)](X, Bm, Y, n, k, a, PRECISION=precision,
-                                                                BM=block, BN=block, BK=block_k)
+                                                                BM=block, BN=block, **shape)
         X, Y = Y, X
     out = X.mT if tall else X
     return out if batched else out[0]
