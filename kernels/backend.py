@@ -33,6 +33,7 @@ were after the previous step.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -111,27 +112,54 @@ def _check_state(state: dict, p: torch.Tensor, gated: bool, adam: bool) -> None:
         raise ValueError(f"state['sensors'] must hold {G.N_SLOTS} slots, got {state['sensors'].numel()}")
 
 
-class Operands:
-    """Contiguous views of a bucket's tensors and their pointer-table rows; ``finish`` copies results
-    back into params that were not contiguous (their update ran on a contiguous copy). Without the Adam
-    direction (``adam`` False) a gated matrix has no ``exp_avg_sq``: its pointer is 0, never dereferenced."""
+def _state_tensors(state: dict, gated: bool) -> tuple:
+    """What the kernels read through addresses: (m, v or None, sensors — AdamW: the skip count —, step, P₁, P₂)."""
+    return (state["exp_avg"], state.get("exp_avg_sq"), state["sensors" if gated else "skipped"], state["step"],
+            state["m_decay_prod"], state["v_decay_prod"])
 
-    def __init__(self, bucket: Stack, adam: bool = True):
-        self.rows, self.keep, self.copy_back = [], [], []
-        for p, grad, state in zip(bucket.params, bucket.grads, bucket.states):
-            _check_state(state, p, bucket.gated, adam)
-            grad = grad if grad.is_contiguous() else grad.contiguous()
+
+class CheckedStates:
+    """Weak references to the state tensors of a bucket as ``_check_state`` last passed them (with ``adam``)."""
+
+    def __init__(self, adam: bool, held: list[tuple]):
+        self.adam = adam
+        self.refs = [[None if t is None else weakref.ref(t) for t in tensors] for tensors in held]
+
+    def still(self, adam: bool, held: list[tuple]) -> bool:
+        """Whether ``held`` are those very tensors (none replaced, added or removed)."""
+        return adam == self.adam and len(held) == len(self.refs) and all(
+            (t is None) if r is None else (r() is t) for refs, tensors in zip(self.refs, held)
+            for r, t in zip(refs, tensors))
+
+
+class Operands:
+    """Contiguous views of a bucket's tensors and their pointer-table rows (the addresses of p, grad, then
+    ``_state_tensors``, 0 for an absent v); ``finish`` copies results back into params that were not contiguous
+    (their update ran on a contiguous copy). Without the Adam direction (``adam`` False) a gated matrix has no
+    ``exp_avg_sq``: its pointer is 0, never dereferenced.
+
+    The state is checked (``_check_state``: dtype, shape, device, contiguity) on a bucket's first step and
+    whenever one of its state tensors is not the tensor last checked (a loaded state, a tensor replaced), not
+    on every step: a tensor keeps its dtype, shape and device (short of ``set_``/``resize_``)."""
+
+    def __init__(self, bucket: Stack, lay: L.BucketLayout, adam: bool = True):
+        self.copy_back, grads, works = [], [], []
+        for p, grad in zip(bucket.params, bucket.grads):
+            grads.append(grad if grad.is_contiguous() else grad.contiguous())
             work = p.detach()
             if not work.is_contiguous():
                 work = work.contiguous()
                 self.copy_back.append((p, work))
-            self.keep += [grad, work]
-            # AdamW: the skip count in the sensors' column
-            sensors = state["sensors"].data_ptr() if bucket.gated else state["skipped"].data_ptr()
-            second = state["exp_avg_sq"].data_ptr() if "exp_avg_sq" in state else 0
-            self.rows.append([work.data_ptr(), grad.data_ptr(), state["exp_avg"].data_ptr(), second, sensors,
-                              state["step"].data_ptr(), state["m_decay_prod"].data_ptr(),
-                              state["v_decay_prod"].data_ptr()])
+            works.append(work)
+        self.keep = grads + works   # alive until the kernels that read their addresses are queued
+        held = [_state_tensors(state, bucket.gated) for state in bucket.states]
+        if lay.checked_states is None or not lay.checked_states.still(adam, held):
+            for p, state in zip(bucket.params, bucket.states):
+                _check_state(state, p, bucket.gated, adam)
+            held = [_state_tensors(state, bucket.gated) for state in bucket.states]   # copies made contiguous
+            lay.checked_states = CheckedStates(adam, held)
+        self.rows = [[w.data_ptr(), g.data_ptr()] + [0 if t is None else t.data_ptr() for t in tensors]
+                     for w, g, tensors in zip(works, grads, held)]
 
     def finish(self) -> None:
         for p, work in self.copy_back:
@@ -160,9 +188,10 @@ def _orthogonalise_runs(layout: L.BucketLayout, bucket: Stack, buffer: torch.Ten
         x = buffer[start:start + count * rows * cols].view(count, rows, cols)
         states = bucket.states[index:index + count]
         moment = torch.stack([s["normuon_sq"] for s in states]) if engine.normuon else None
-        # a fresh (aligned) copy: CPU kernels may round differently on a misaligned view
-        o, moment_new = R.orthogonalise(x.float().clone(), engine, hp.ns_steps, moment, hp.normuon_beta2, ns_dtype,
-                                        iterate)
+        # the CPU: a fresh (aligned) float32 copy, as CPU kernels may round differently on a misaligned view;
+        # CUDA: the bf16 buffer itself, which the iteration reads as it is (a copy and two casts fewer)
+        u = x.float().clone() if x.device.type == "cpu" else x
+        o, moment_new = R.orthogonalise(u, engine, hp.ns_steps, moment, hp.normuon_beta2, ns_dtype, iterate)
         x.copy_(o)
         if engine.normuon:
             applied = layout.coefs[index:index + count, S.C_APPLIED] != 0
@@ -170,12 +199,21 @@ def _orthogonalise_runs(layout: L.BucketLayout, bucket: Stack, buffer: torch.Ten
             torch._foreach_copy_([s["normuon_sq"] for s in states], list(moment_new.unbind(0)))
 
 
+def device_iteration(iterate: Callable, device: torch.device) -> Callable:
+    """The polynomial iteration on ``device``: on CUDA the plain torch form becomes
+    ``reference.polar_iteration_gemm``, each step's sums folded into its products (as the compiled backend
+    does): 5 element-wise passes fewer per step over bf16 operands, rounded once in the GEMM instead of
+    after each op. On the CPU the plain form, bit for bit nanochat's; a Triton ``iterate`` as given."""
+    return R.polar_iteration_gemm if iterate is R.polar_iteration and device.type == "cuda" else iterate
+
+
 def _gated_stack(stack: Stack, gate: Gate, iterate: Callable, cache: dict) -> None:
     """One gated step of a group's matrix params (``reference.gated_matrix_stack`` for each run)."""
     use_ortho = gate.uses[0]
+    iterate = device_iteration(iterate, stack.params[0].device)
     for bucket in buckets(stack):
-        ops = Operands(bucket, adam=gate.uses[1])
         lay = cached_layout(cache, "gated", stack.hyper.units, bucket)
+        ops = Operands(bucket, lay, adam=gate.uses[1])
         ptrs = lay.pointers(ops.rows)
         if lay.n_chunks:
             K.nonfinite_kernel[(lay.n_chunks,)](ptrs, lay.chunk_param, lay.chunk_off, lay.numel_table, lay.flags,
@@ -254,15 +292,15 @@ def launch_finalize(lay: L.BucketLayout, ptrs: torch.Tensor, gate: Gate, chunk_s
     spec = gate.spec
     SK.finalize_kernel[(lay.n,)](ptrs, chunk_start, partials, lay.coefs, 1.0 - spec.ema_grad_norm,
                                  1.0 - spec.ema_update_ratio, 1.0 - spec.ema_grad_alignment,
-                                 1.0 if gate.measures else 0.0, FBLOCK=L.FBLOCK)
+                                 1.0 if gate.measures else 0.0, FBLOCK=L.FBLOCK, num_warps=L.SUMS_WARPS)
 
 
 def _adamw_stack(stack: Stack, cache: dict) -> None:
     """One AdamW step of a group's params (``reference.adamw_step`` for each)."""
     hp = stack.hyper
     for bucket in buckets(stack):
-        ops = Operands(bucket)
         lay = cached_layout(cache, "adamw", None, bucket)
+        ops = Operands(bucket, lay)
         ptrs = lay.pointers(ops.rows)
         p_dtype, g_dtype = TL_DTYPES[bucket.params[0].dtype], TL_DTYPES[bucket.grads[0].dtype]
         chunks = (lay.chunk_param, lay.chunk_off, lay.numel_table)

@@ -18,6 +18,7 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from fusedgate.kernels import layout as L
 from fusedgate.kernels import newton_schulz as NS
 from fusedgate.kernels import scalar_kernels as SK
 from fusedgate.kernels import step_kernels as K
@@ -72,13 +73,14 @@ def variants():
         yield f"moments/bf16/{'blend' if use_adam else 'ortho'}", K.moments_kernel, moments, \
             {"G_DTYPE": tl.bfloat16, "S_DTYPE": tl.bfloat16, "USE_CLIP": True, "NESTEROV": True,
              "USE_ADAM": use_adam, "BLOCK": 1024}
-        yield f"gate/{'blend' if use_adam else 'ortho'}", SK.gate_kernel, gate, {"USE_ADAM": use_adam, "FBLOCK": 256}
-    yield "adamw", SK.adamw_kernel, adamw, {"FBLOCK": 256}
-    yield "finalize", SK.finalize_kernel, finalize, {"FBLOCK": 256}
+        yield f"gate/{'blend' if use_adam else 'ortho'}", SK.gate_kernel, gate, \
+            {"USE_ADAM": use_adam, "FBLOCK": L.FBLOCK}
+    yield "adamw", SK.adamw_kernel, adamw, {"FBLOCK": L.FBLOCK}
+    yield "finalize", SK.finalize_kernel, finalize, {"FBLOCK": L.FBLOCK}
     yield "param_sums", SK.param_sums_kernel, {"chunk_start": P, "partials": "*fp32", "out": "*fp32",
-                                                "FBLOCK": "constexpr"}, {"FBLOCK": 256}
+                                                "FBLOCK": "constexpr"}, {"FBLOCK": L.FBLOCK}
     yield "param_flags", SK.param_flags_kernel, {"chunk_start": P, "flags": "*i32", "out": "*i32",
-                                                  "FBLOCK": "constexpr"}, {"FBLOCK": 256}
+                                                  "FBLOCK": "constexpr"}, {"FBLOCK": L.FBLOCK}
     yield "ns/gram", NS._gram_kernel, {"X": "*bf16", "A": "*bf16", **{k: "i32" for k in ("n", "k", "sxb", "sxr",
                                        "sxc")}, "PRECISION": "constexpr", "BM": "constexpr", "BK": "constexpr"}, ns
     yield "ns/poly", NS._poly_kernel, {"A": "*bf16", "B": "*bf16", "n": "i32", **floats("coef_b", "coef_c"),

@@ -25,7 +25,12 @@ from fusedgate.kernels._interpret import INTERPRET
 
 # Elements per program: large blocks keep the interpreter's per-program overhead down.
 BLOCK = 4096 if INTERPRET else 1024
-FBLOCK = 256  # chunks per iteration of the per-parameter reductions
+# The per-parameter reductions (gate_kernel's finite test, finalize_kernel's sums) run one program per parameter,
+# looping over its chunks FBLOCK at a time: one dependent load per trip, so a 67M-element matrix (65,536 chunks)
+# paid 256 trips at FBLOCK = 256, about 0.5 ms on an H200 (bench/results/nvidia-h200/README.md). The sums' tile
+# (FBLOCK × 8 float32) takes 128 registers a thread at 8 warps (SUMS_WARPS; 255 at 4), the flags' 128 at 1 warp.
+FBLOCK = 1024
+SUMS_WARPS = 8
 
 
 def to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -90,8 +95,9 @@ class BucketLayout:
         self.partials = torch.zeros(max(self.n_chunks, 1), S.N_PS, dtype=torch.float32, device=device)
         self.coefs = torch.zeros(self.n, S.N_COEF, dtype=torch.float32, device=device)
         self._ns_buffer: torch.Tensor | None = None
-        self._pointer_key = None
+        self._pointer_rows: list[list[int]] | None = None
         self.ptrs: torch.Tensor | None = None
+        self.checked_states = None   # backend.CheckedStates: the state tensors backend.Operands last checked
         self._poles_key = None
         self.poles64: torch.Tensor | None = None
 
@@ -111,10 +117,9 @@ class BucketLayout:
 
     def pointers(self, rows: list[list[int]]) -> torch.Tensor:
         """The pointer table for these addresses (rebuilt only when an address changed)."""
-        key = tuple(a for row in rows for a in row)
-        if key != self._pointer_key:
+        if rows != self._pointer_rows:
             self.ptrs = to_device(rows, torch.int64, self.device)
-            self._pointer_key = key
+            self._pointer_rows = [list(row) for row in rows]
         return self.ptrs
 
     def poles(self, values: list[float]) -> torch.Tensor:

@@ -55,8 +55,10 @@ def gated_stacks(stacks: list[Stack], gate: Gate, iterate: Callable, cache: dict
     (``fsdp.interleave``), in the reference FSDP2 path's run order (so the owners are the same)."""
     runs = [bucket for stack in stacks for run in R.same_shape_runs(stack.params)
             for bucket in B.buckets(R.take(stack, run))]
-    B.check_device(fsdp.local(runs[0].params[0]).device)
-    step = functools.partial(run_step, gate=gate, iterate=iterate, cache=cache, round=round)
+    device = fsdp.local(runs[0].params[0]).device
+    B.check_device(device)
+    step = functools.partial(run_step, gate=gate, iterate=B.device_iteration(iterate, device), cache=cache,
+                             round=round)
     fsdp.interleave(step, [(run,) for run in runs])
 
 
@@ -67,8 +69,8 @@ def run_step(run: Stack, *, gate: Gate, iterate: Callable, cache: dict, round: f
     shards = fsdp.Shards(*R.matrix_view_shape(torch.Size(whole)), round.world)
     bucket = fsdp.local_stack(run)
     fsdp.check_rows(bucket.params[0], shards, round.rank)
-    ops = B.Operands(bucket, adam=gate.uses[1])
     lay = B.cached_layout(cache, f"fsdp2 {whole}", run.hyper.units, bucket, functools.partial(ShardLayout, whole=whole))
+    ops = B.Operands(bucket, lay, adam=gate.uses[1])
     ptrs = lay.pointers(ops.rows)
     if lay.n_chunks:
         K.nonfinite_kernel[(lay.n_chunks,)](ptrs, lay.chunk_param, lay.chunk_off, lay.numel_table, lay.flags,
@@ -117,7 +119,8 @@ def _orthogonalised(lay: ShardLayout, ptrs: torch.Tensor, bucket: Stack, gate: G
 def _reduced_sums(lay: ShardLayout, round: fsdp.Round):
     """``matrix_sums`` ← the whole matrices' six sums: param_sums_kernel over the local chunks, then one
     all-reduce (SUM) of the (K, 6) values. A generator yielding after the all-reduce's launch."""
-    SK.param_sums_kernel[(lay.n,)](lay.chunk_start, lay.partials, lay.matrix_sums, FBLOCK=L.FBLOCK)
+    SK.param_sums_kernel[(lay.n,)](lay.chunk_start, lay.partials, lay.matrix_sums, FBLOCK=L.FBLOCK,
+                                   num_warps=L.SUMS_WARPS)
     sums = lay.matrix_sums[:, :len(G.SUMS)].contiguous()
     reducing = dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=round.group, async_op=True)
     yield

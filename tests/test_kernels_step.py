@@ -149,3 +149,64 @@ def test_group_of_empty_params_only():
     assert [int(tri.state[p]["step"]) for p in tp] == [2, 2]
     worst = worst_differences(rp, ref, tp, tri)
     assert worst["sensors"] <= 1e-6
+
+
+@pytest.mark.parametrize("spec", [busy_spec("adam", (0.0, 0.0)), GateSpec.adamw()], ids=["gated", "adamw"])
+def test_a_replaced_state_tensor_is_checked_also_once_the_tables_are_cached(spec):
+    """The kernels read the state through its addresses: a state tensor of the wrong dtype, or a view of the
+    right one with the wrong shape (the same address), is refused with one line on the step after it is put in."""
+    rp, ref, tp, tri = twin_optimizers([(6, 5)], spec)
+    for s in range(2):
+        step_both(rp, ref, tp, tri, random_grads([(6, 5)], s), 1.0)
+    state = tri.state[tp[0]]
+    good = state["exp_avg"]
+    state["exp_avg"] = good.double()
+    with pytest.raises(ValueError, match=r"state\['exp_avg'\] must be a float32 tensor of the param's shape"):
+        tri.step(loss=torch.tensor(1.0))
+    state["exp_avg"] = good[:3]
+    with pytest.raises(ValueError, match=r"got torch.float32 \(3, 5\)"):
+        tri.step(loss=torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("spec", [busy_spec("adam", (0.0, 0.0)), GateSpec.adamw()], ids=["gated", "adamw"])
+def test_a_non_contiguous_moment_put_in_later_is_made_contiguous(spec):
+    rp, ref, tp, tri = twin_optimizers([(6, 5)], spec)
+    for s in range(2):
+        step_both(rp, ref, tp, tri, random_grads([(6, 5)], s), 1.0)
+    state = tri.state[tp[0]]
+    state["exp_avg"] = state["exp_avg"].t().contiguous().t()    # the same values, column-major
+    assert not state["exp_avg"].is_contiguous()
+    step_both(rp, ref, tp, tri, random_grads([(6, 5)], 2), 1.0)
+    assert state["exp_avg"].is_contiguous()
+    assert worst_differences(rp, ref, tp, tri)["param"] <= TOL["param"]
+
+
+def test_the_iteration_on_cuda_folds_the_sums_into_the_products():
+    """On CUDA the Triton backend runs the plain torch iteration as ``polar_iteration_gemm`` (as the compiled
+    backend does), which is the same polynomial; on the CPU the plain form stays (nanochat's, bit for bit), and a
+    Triton iteration is kept wherever it was asked for."""
+    from fusedgate import reference as R
+    from fusedgate.kernels.newton_schulz import polar_iteration_triton
+    assert backend.device_iteration(R.polar_iteration, torch.device("cuda")) is R.polar_iteration_gemm
+    assert backend.device_iteration(R.polar_iteration, torch.device("cpu")) is R.polar_iteration
+    assert backend.device_iteration(polar_iteration_triton, torch.device("cuda")) is polar_iteration_triton
+    x = torch.randn(3, 12, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    coefficients = R.Engine.of(GateSpec.nanochat()).coefficients(5)
+    plain = R.polar_iteration(x, coefficients, *R.NORMALISATION["polar_express"], torch.float64)
+    folded = R.polar_iteration_gemm(x, coefficients, *R.NORMALISATION["polar_express"], torch.float64)
+    assert rel(folded, plain) <= 1e-12
+
+
+@pytest.mark.parametrize("iterate", ["plain", "gemm"])
+def test_orthogonalising_the_bf16_buffer_itself_equals_its_float32_copy(iterate):
+    """On CUDA the backend hands ``reference.orthogonalise`` its bf16 buffer instead of a float32 copy: the
+    iteration casts to bf16 first, so the result is the same bit for bit (here on the CPU, in bf16)."""
+    from fusedgate import reference as R
+    fn = R.polar_iteration if iterate == "plain" else R.polar_iteration_gemm
+    engine = R.Engine.of(GateSpec.nanochat())
+    x = torch.randn(2, 16, 24, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    moment = torch.rand(2, 1, 24, generator=torch.Generator().manual_seed(2))
+    as_is, m1 = R.orthogonalise(x, engine, 5, moment, 0.95, torch.bfloat16, fn)
+    copied, m2 = R.orthogonalise(x.float().clone(), engine, 5, moment, 0.95, torch.bfloat16, fn)
+    assert as_is.dtype == copied.dtype == torch.float32
+    assert torch.equal(as_is, copied) and torch.equal(m1, m2)
