@@ -140,6 +140,17 @@ def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
 
 
+def resynchronise(params, opt, ref_params, ref) -> None:
+    """Teacher forcing: ``opt``'s params, per-param state and global gate state set to the reference twin's."""
+    with torch.no_grad():
+        for a, b in zip(params, ref_params):
+            a.copy_(b)
+            for key, value in ref.state[b].items():
+                opt.state[a][key].copy_(value)
+        if ref._global is not None:
+            opt._global.copy_(ref._global)
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> str:
     """1 MB of this Python's stdlib source in one file: real text the trainer loads in milliseconds."""

@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import max_rel_diff
+from conftest import max_rel_diff, resynchronise
 
 from fusedgate import FusedGate, GateSpec
 
@@ -77,14 +77,6 @@ def test_compiled_matches_the_eager_reference_step_by_step(preset, modulated):
             graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs   # the schedule recompiled nothing
     assert cmp.skipped_steps() == ref.skipped_steps()
-
-
-def resynchronise(params, opt, ref_params, ref) -> None:
-    with torch.no_grad():
-        for a, b in zip(params, ref_params):
-            a.copy_(b)
-            for key, value in ref.state[b].items():
-                opt.state[a][key].copy_(value)
 
 
 FALLBACK = textwrap.dedent("""

@@ -12,6 +12,7 @@ bf16 Newton–Schulz had drifted 2.6e-2 of the motion apart after 20 steps.
 
 import pytest
 import torch
+from conftest import resynchronise
 from twins import busy_spec, random_grads, rel
 
 from fusedgate import FusedGate, GateSpec
@@ -45,16 +46,6 @@ def test_cuda_triton_matches_cuda_reference_free_running_in_fp32():
     for a, b in zip(tri, ref):
         assert rel(a.detach(), b.detach()) <= 1e-5
     assert all(info["skipped"] == 0 for info in opt.gate_state().values())
-
-
-def resynchronise(tri_params, tri, ref_params, ref) -> None:
-    """The Triton twin's params, per-param state and gate state set to the reference's."""
-    with torch.no_grad():
-        for a, b in zip(tri_params, ref_params):
-            a.copy_(b)
-            for key, value in ref.state[b].items():
-                tri.state[a][key].copy_(value)
-        tri._global.copy_(ref._global)
 
 
 @pytest.mark.parametrize("dtype, ortho", [(torch.float32, (1.0, 0.5)), (torch.bfloat16, (0.0, 0.0)),
