@@ -13,6 +13,8 @@
 #   4 train     fusedgate train --preset small --device cuda, one process per --compare entry
 #               (baseline, fusedgate:nanochat, fusedgate:gated), shortened to fit
 #   5 profile   a torch.profiler table of one FusedGate step at d20, if time is left
+#   6 probe     python -m fusedgate.bench.gpu_probe (host, graph and kernel time of the steps, Newton–Schulz
+#               tilings, ...) in the time still left, its tables appended to profile.txt
 # then a report (train.json, train.md, bench.md with the targets, bench.png). All of it goes flat into $OUT,
 # 8 files: env.txt (versions, nvidia-smi, each stage's log and exit status), pytest.log, bench.json,
 # bench.md, bench.png, train.json, train.md, profile.txt. Every stage writes as it goes, so a stage that is
@@ -37,7 +39,7 @@ BUDGET=${GPU_CHECK_BUDGET:-480}
 RESERVE=20                       # seconds kept for the report
 WORK=${GPU_CHECK_WORK:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
 mkdir -p "$WORK/logs"
-STAGES=${GPU_CHECK_STAGES:-"1 2 3 4 5"}
+STAGES=${GPU_CHECK_STAGES:-"1 2 3 4 5 6"}
 ENTRIES="baseline fusedgate:nanochat fusedgate:gated"
 ENV_TXT="$OUT/env.txt"
 LOG_CAP=2000000                  # bytes of one stage's log copied into env.txt (head and tail)
@@ -45,11 +47,11 @@ export PYTHONUNBUFFERED=1
 
 if [ "$MODE" = dry ]; then
     export TRITON_INTERPRET=1
-    LIMIT_INSTALL=120 LIMIT_PYTEST=120 LIMIT_BENCH=120 LIMIT_TRAIN=60 LIMIT_PROFILE=60
+    LIMIT_INSTALL=120 LIMIT_PYTEST=120 LIMIT_BENCH=120 LIMIT_TRAIN=60 LIMIT_PROFILE=60 LIMIT_PROBE=120
     DRY=--dry-run
     TRAIN_ARGS=(--preset test --device cpu --steps 3 --eval-every 3 --threads 1 --data "$ROOT/fusedgate")
 else
-    LIMIT_INSTALL=60 LIMIT_PYTEST=90 LIMIT_BENCH=180 LIMIT_TRAIN=45 LIMIT_PROFILE=45
+    LIMIT_INSTALL=60 LIMIT_PYTEST=90 LIMIT_BENCH=180 LIMIT_TRAIN=45 LIMIT_PROFILE=45 LIMIT_PROBE=170
     DRY=
     TRAIN_ARGS=(--preset small --device cuda --steps 300 --eval-every 100)
 fi
@@ -58,6 +60,7 @@ LIMIT_PYTEST=${GPU_CHECK_LIMIT_PYTEST:-$LIMIT_PYTEST}
 LIMIT_BENCH=${GPU_CHECK_LIMIT_BENCH:-$LIMIT_BENCH}
 LIMIT_TRAIN=${GPU_CHECK_LIMIT_TRAIN:-$LIMIT_TRAIN}
 LIMIT_PROFILE=${GPU_CHECK_LIMIT_PROFILE:-$LIMIT_PROFILE}
+LIMIT_PROBE=${GPU_CHECK_LIMIT_PROBE:-$LIMIT_PROBE}
 
 note() { echo "$*" | tee -a "$ENV_TXT"; }
 wanted() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
@@ -176,6 +179,10 @@ wanted 2 && run_stage pytest "$LIMIT_PYTEST" bash -c stage_pytest
 wanted 3 && run_stage bench "$LIMIT_BENCH" "$PY" -m fusedgate.bench.gpu_check bench --out "$OUT" $DRY
 wanted 4 && stage_train
 wanted 5 && run_stage profile "$LIMIT_PROFILE" "$PY" -m fusedgate.bench.gpu_check profile --out "$OUT" $DRY
+if wanted 6; then   # probe.txt is rewritten after each of its sections: a probe cut short keeps the ones done
+    run_stage probe "$LIMIT_PROBE" "$PY" -m fusedgate.bench.gpu_probe --out "$WORK/probe" $DRY
+    [ -f "$WORK/probe/probe.txt" ] && { echo; cat "$WORK/probe/probe.txt"; } >>"$OUT/profile.txt"
+fi
 BUDGET=$((BUDGET + RESERVE)) run_stage report "$RESERVE" "$PY" -m fusedgate.bench.gpu_check report --out "$OUT" \
     --runs "$WORK/train" --entries "${ENTRIES// /,}"
 tail -n 40 "$WORK/logs/report.log"

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 FILES = {"env.txt", "pytest.log", "bench.json", "bench.md", "bench.png", "train.json", "train.md", "profile.txt"}
 STAGES = ("install", "versions", "pytest", "bench", "train:baseline", "train:fusedgate:nanochat",
-          "train:fusedgate:gated", "profile", "report")
+          "train:fusedgate:gated", "profile", "probe", "report")
 
 
 def run_script(out: Path, work: Path, **env) -> subprocess.CompletedProcess:
@@ -95,11 +95,14 @@ def test_training_stage_reports_three_finished_runs(dry_run):
     assert "| fusedgate:gated" in (out / "train.md").read_text()
 
 
-def test_profile_has_a_table_per_spec(dry_run):
+def test_profile_has_a_table_per_spec_and_then_the_probe(dry_run):
     _, out, _ = dry_run
-    text = (out / "profile.txt").read_text()
-    assert "## FusedGate gated()" in text and "## FusedGate nanochat()" in text
-    assert "failed" not in text and text.count("Self CPU") >= 2
+    profile, probe = (out / "profile.txt").read_text().split("# GPU probe (cpu", 1)
+    assert "## FusedGate gated()" in profile and "## FusedGate nanochat()" in profile
+    assert "failed" not in profile and profile.count("Self CPU") >= 2
+    for section in ("## Host, events, graph", "## Newton–Schulz tilings", "## cProfile of", "fg_adamw_compiled"):
+        assert section in probe, section
+    assert " failed" not in probe   # a section that raised is written as "## <section> failed"
 
 
 def test_a_stage_past_its_limit_is_killed_and_the_rest_still_runs(tmp_path):
