@@ -9,6 +9,9 @@ This probe splits that cost and looks at the other misses, in one call of a few 
               back, no synchronisation), the time of a replayed CUDA graph of the same step (the GPU's own
               time: no Python, no launches), and the kernels one step launches (count, summed GPU time).
               A step whose event time ≈ its host time and ≫ its graph time is bound by its launches.
+    blocks    the gated step (and fused AdamW beside it) on 8192² and d12, rebuilt under each pair of elements
+              per program (``layout.BLOCK``, 1024 today) and warps (``layout.STEP_WARPS``, 4) of the
+              element-wise kernels; fewer, larger chunks also mean fewer trips of the per-parameter reductions.
     pyprofile cProfile of the host side of the AdamW preset's Triton step: where the host time goes.
     ns        Triton Newton–Schulz under each launch tiling (``kernels.newton_schulz.Tiling``) against torch's
               at 4096² (bf16), the best two again at 8192²; ``triton.testing.do_bench`` medians, the relative
@@ -53,6 +56,8 @@ class ProbePlan:
     tilings: tuple[tuple[int, int, int, int], ...]     # (block, block_k, num_warps, num_stages)
     compiled_size: int
     timing: Plan
+    block_rows: tuple[tuple[str, Workload], ...] = ()   # (contestant, workload), fp32, under each of ``blocks``
+    blocks: tuple[tuple[int, int], ...] = ()            # (elements per program, warps) of the element-wise kernels
 
 
 def _host_rows(names, sized) -> tuple:
@@ -66,10 +71,14 @@ GPU_PROBE = ProbePlan(
     50, 4096, 8192,
     ((64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 8, 4),
      (128, 128, 8, 3), (64, 64, 4, 4)),
-    4096, Plan(warmup=5, min_reps=10, max_reps=100, budget_s=0.25))
+    4096, Plan(warmup=5, min_reps=10, max_reps=100, budget_s=0.25),
+    (("adamw_fused", matrix_workload(8192)), ("fg_gated_triton", matrix_workload(8192)),
+     ("adamw_fused", nanochat_workload(12)), ("fg_gated_triton", nanochat_workload(12))),
+    ((1024, 4), (1024, 8), (2048, 4), (2048, 8), (4096, 8)))
 DRY_PROBE = ProbePlan(_host_rows(("adamw_fused", "fg_adamw_triton"), ((matrix_workload(64), "fp32"),)),
                       2, 32, 48, ((16, 16, 4, 3), (32, 16, 4, 3)), 64,
-                      Plan(warmup=1, min_reps=1, max_reps=2, budget_s=0.01))
+                      Plan(warmup=1, min_reps=1, max_reps=2, budget_s=0.01),
+                      (("fg_gated_triton", matrix_workload(64)),), ((4096, 4), (1024, 4)))
 
 
 # ---------------------------------------------------------------------------------------------- host
@@ -154,6 +163,31 @@ def pyprofile_section(plan: ProbePlan, device: torch.device, interpreter: bool) 
     pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(30)
     return f"## cProfile of {plan.host_calls} calls of {name} {workload.label} {dtype} (sorted by own time)\n" + \
         text.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- blocks
+def blocks_section(plan: ProbePlan, device: torch.device, interpreter: bool) -> list[dict]:
+    """Each FusedGate row rebuilt and timed (CUDA events, L2 flushed) under each (``layout.BLOCK``,
+    ``layout.STEP_WARPS``); a torch row once. The constants are set for the row's life and restored."""
+    from fusedgate.kernels import layout as L
+
+    rows, flush, saved = [], flush_buffer(device), (L.BLOCK, L.STEP_WARPS)
+    for name, workload in plan.block_rows:
+        for block, warps in plan.blocks if name.startswith("fg_") else ((None, None),):
+            row = dict(contestant=name, size=workload.label, block=block, warps=warps)
+            try:
+                if block is not None:
+                    L.BLOCK, L.STEP_WARPS = block, warps
+                setup = C.by_name([name])[0].build(workload, torch.float32, device, interpreter)
+                row["us"] = measure(setup.step, device, plan.timing, flush).median_s * 1e6
+                row["gbps"] = setup.bytes_moved() / row["us"] / 1e3
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            finally:
+                L.BLOCK, L.STEP_WARPS = saved
+            rows.append(row)
+            print(f"blocks {row}", flush=True)
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------- Newton–Schulz
@@ -242,15 +276,27 @@ def ns_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write(out: Path, results: dict) -> None:
+def blocks_table(rows: list[dict]) -> str:
+    lines = ["| contestant | size | elements per program | warps | µs | GB/s |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        shape = f"| {r['contestant']} | {r['size']} | {r['block'] or 'n/a'} | {r['warps'] or 'n/a'} |"
+        lines.append(f"{shape} {r['error']} ||" if "error" in r else f"{shape} {r['us']:.1f} | {r['gbps']:.0f} |")
+    return "\n".join(lines)
+
+
+TABLES = {"host": ("## Host, events, graph", host_table),
+          "blocks": ("## Element-wise kernels: elements per program × warps (fp32, design bytes)", blocks_table),
+          "ns": ("## Newton–Schulz tilings (bf16 on CUDA)", ns_table)}
+
+
+def write(out: Path, results: dict, sections: list[str]) -> None:
+    """probe.txt (each section done so far: its table, or its text — a section that raised is its traceback)
+    and probe.json."""
     parts = [f"# GPU probe ({results['device']}, {results['versions']})"]
-    if "host" in results:
-        parts.append("## Host, events, graph\n\n" + host_table(results["host"]))
-    if "ns" in results:
-        parts.append("## Newton–Schulz tilings (bf16 on CUDA)\n\n" + ns_table(results["ns"]))
-    for key in ("pyprofile", "compiled"):
-        if key in results:
-            parts.append(results[key])
+    for name in (n for n in sections if n in results):
+        value = results[name]
+        parts.append(f"{TABLES[name][0]}\n\n{TABLES[name][1](value)}" if name in TABLES and isinstance(value, list)
+                     else value)
     write_atomic(out / "probe.txt", "\n\n".join(parts) + "\n")
     write_atomic(out / "probe.json", json.dumps(results, indent=1, default=str) + "\n")
 
@@ -259,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fusedgate.bench.gpu_probe", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="the folder for probe.txt and probe.json")
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU, Triton's interpreter")
-    parser.add_argument("--sections", default="host,ns,pyprofile,compiled", help="comma-separated, in order")
+    parser.add_argument("--sections", default="host,blocks,ns,pyprofile,compiled", help="comma-separated, in order")
     args = parser.parse_args(argv)
     device = torch.device("cpu" if args.dry_run or not torch.cuda.is_available() else "cuda")
     plan = DRY_PROBE if args.dry_run else GPU_PROBE
@@ -267,15 +313,20 @@ def main(argv: list[str] | None = None) -> int:
     results = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                    versions=f"torch {torch.__version__}, triton {triton.__version__}")
     args.out.mkdir(parents=True, exist_ok=True)
-    sections = dict(host=lambda: host_section(plan, device, args.dry_run), ns=lambda: ns_section(plan, device),
+    sections = dict(host=lambda: host_section(plan, device, args.dry_run),
+                    blocks=lambda: blocks_section(plan, device, args.dry_run), ns=lambda: ns_section(plan, device),
                     pyprofile=lambda: pyprofile_section(plan, device, args.dry_run),
                     compiled=lambda: compiled_section(plan, device))
-    for name in args.sections.split(","):
+    wanted = args.sections.split(",")
+    unknown = [name for name in wanted if name not in sections]
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(sections)}")
+    for name in wanted:
         try:
             results[name] = sections[name]()
         except Exception:
             results[name] = f"## {name} failed\n{traceback.format_exc()[-4000:]}"
-        write(args.out, results)
+        write(args.out, results, wanted)
     return 0
 
 

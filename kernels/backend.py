@@ -217,7 +217,8 @@ def _gated_stack(stack: Stack, gate: Gate, iterate: Callable, cache: dict) -> No
         ptrs = lay.pointers(ops.rows)
         if lay.n_chunks:
             K.nonfinite_kernel[(lay.n_chunks,)](ptrs, lay.chunk_param, lay.chunk_off, lay.numel_table, lay.flags,
-                                                G_DTYPE=TL_DTYPES[bucket.grads[0].dtype], BLOCK=L.BLOCK)
+                                                G_DTYPE=TL_DTYPES[bucket.grads[0].dtype], BLOCK=L.BLOCK,
+                                                num_warps=L.STEP_WARPS)
         launch_gate(lay, ptrs, bucket, gate, lay.chunk_start, lay.flags)
         if lay.n_chunks and use_ortho:
             buffer = lay.ns_buffer(ns_dtype(lay.device))
@@ -263,7 +264,7 @@ def launch_moments(lay: L.BucketLayout, ptrs: torch.Tensor, bucket: Stack, gate:
                                       buffer, lay.ns_base, *L.lerp_weight(1.0 - hp.momentum),
                                       *L.lerp_weight(hp.momentum), G_DTYPE=TL_DTYPES[bucket.grads[0].dtype],
                                       S_DTYPE=TL_DTYPES[buffer.dtype], USE_CLIP=use_clip, NESTEROV=hp.nesterov,
-                                      USE_ADAM=use_adam, BLOCK=L.BLOCK)
+                                      USE_ADAM=use_adam, BLOCK=L.BLOCK, num_warps=L.STEP_WARPS)
 
 
 def launch_apply(lay: L.BucketLayout, ptrs: torch.Tensor, bucket: Stack, gate: Gate, buffer: torch.Tensor) -> None:
@@ -273,7 +274,7 @@ def launch_apply(lay: L.BucketLayout, ptrs: torch.Tensor, bucket: Stack, gate: G
     K.apply_kernel[(lay.n_chunks,)](ptrs, lay.chunk_param, lay.chunk_off, lay.numel_table, lay.coefs, lay.partials,
                                     buffer, lay.ns_base, 1.0 - hp.lr * hp.weight_decay, hp.eps,
                                     P_DTYPE=TL_DTYPES[bucket.params[0].dtype], USE_ADAM=gate.uses[1],
-                                    CAUTIOUS=_cautious(gate, hp), BLOCK=L.BLOCK)
+                                    CAUTIOUS=_cautious(gate, hp), BLOCK=L.BLOCK, num_warps=L.STEP_WARPS)
 
 
 def launch_step(lay: L.BucketLayout, ptrs: torch.Tensor, bucket: Stack, gate: Gate) -> None:
@@ -282,7 +283,8 @@ def launch_step(lay: L.BucketLayout, ptrs: torch.Tensor, bucket: Stack, gate: Ga
     K.step_kernel[(lay.n_chunks,)](ptrs, lay.chunk_param, lay.chunk_off, lay.numel_table, lay.coefs, lay.partials,
                                    *L.lerp_weight(1.0 - hp.momentum), 1.0 - hp.lr * hp.weight_decay, hp.eps,
                                    P_DTYPE=TL_DTYPES[bucket.params[0].dtype], G_DTYPE=TL_DTYPES[bucket.grads[0].dtype],
-                                   USE_CLIP=gate.uses[2], CAUTIOUS=_cautious(gate, hp), BLOCK=L.BLOCK)
+                                   USE_CLIP=gate.uses[2], CAUTIOUS=_cautious(gate, hp), BLOCK=L.BLOCK,
+                                   num_warps=L.STEP_WARPS)
 
 
 def launch_finalize(lay: L.BucketLayout, ptrs: torch.Tensor, gate: Gate, chunk_start: torch.Tensor,
@@ -306,12 +308,12 @@ def _adamw_stack(stack: Stack, cache: dict) -> None:
         chunks = (lay.chunk_param, lay.chunk_off, lay.numel_table)
         grid = (lay.n_chunks,)
         if lay.n_chunks:
-            K.nonfinite_kernel[grid](ptrs, *chunks, lay.flags, G_DTYPE=g_dtype, BLOCK=L.BLOCK)
+            K.nonfinite_kernel[grid](ptrs, *chunks, lay.flags, G_DTYPE=g_dtype, BLOCK=L.BLOCK, num_warps=L.STEP_WARPS)
         SK.adamw_kernel[(lay.n,)](ptrs, lay.chunk_start, lay.flags, lay.coefs, hp.beta2, 1.0 - hp.beta2,
                                   *L.split64(hp.lr), *L.split64(hp.beta1), *L.split64(hp.beta2),
                                   FBLOCK=L.FBLOCK, num_warps=1)
         if lay.n_chunks:
             K.adamw_step_kernel[grid](ptrs, *chunks, lay.coefs, *L.lerp_weight(1.0 - hp.beta1),
                                       *L.lerp_weight(1.0 - hp.beta2), 1.0 - hp.lr * hp.weight_decay, hp.eps,
-                                      P_DTYPE=p_dtype, G_DTYPE=g_dtype, BLOCK=L.BLOCK)
+                                      P_DTYPE=p_dtype, G_DTYPE=g_dtype, BLOCK=L.BLOCK, num_warps=L.STEP_WARPS)
         ops.finish()

@@ -23,8 +23,10 @@ from fusedgate import reference as R
 from fusedgate.kernels import slots as S
 from fusedgate.kernels._interpret import INTERPRET
 
-# Elements per program: large blocks keep the interpreter's per-program overhead down.
+# Elements per program of the element-wise kernels (large blocks keep the interpreter's per-program overhead
+# down) and their warps (Triton's default); bench/gpu_probe.py times other pairs on a GPU.
 BLOCK = 4096 if INTERPRET else 1024
+STEP_WARPS = 4
 # The per-parameter reductions (gate_kernel's finite test, finalize_kernel's sums) run one program per parameter,
 # looping over its chunks FBLOCK at a time: one dependent load per trip, so a 67M-element matrix (65,536 chunks)
 # paid 256 trips at FBLOCK = 256, about 0.5 ms on an H200 (bench/results/nvidia-h200/README.md). The sums' tile

@@ -25,6 +25,11 @@ def test_the_probe_dry_run_writes_every_section(tmp_path):
         assert row["graph_us"] == "no CUDA"    # graphs need a GPU; the column says why it is empty
     assert "| fg_adamw_triton | matrix | 64x64 | fp32 |" in text
 
+    blocks = results["blocks"]
+    assert [(row["block"], row["warps"]) for row in blocks] == [(4096, 4), (1024, 4)]
+    assert all("error" not in row and row["us"] > 0 and row["gbps"] > 0 for row in blocks), blocks
+    assert "| fg_gated_triton | 64x64 | 1024 | 4 |" in text
+
     ns = results["ns"]
     assert [row["size"] for row in ns] == [32, 32, 32, 48, 48, 48]
     assert all("error" not in row and row["us"] > 0 for row in ns), ns

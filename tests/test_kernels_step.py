@@ -210,3 +210,15 @@ def test_orthogonalising_the_bf16_buffer_itself_equals_its_float32_copy(iterate)
     copied, m2 = R.orthogonalise(x.float().clone(), engine, 5, moment, 0.95, torch.bfloat16, fn)
     assert as_is.dtype == copied.dtype == torch.float32
     assert torch.equal(as_is, copied) and torch.equal(m1, m2)
+
+
+@pytest.mark.parametrize("ortho", [(0.0, 0.0), (1.0, 0.5)])
+def test_another_block_and_warps_give_the_same_step(monkeypatch, ortho):
+    """``layout.BLOCK`` and ``layout.STEP_WARPS`` are read when a layout is built and at every launch (the GPU
+    probe sweeps them): under another pair the chunking and the kernels agree, and the step is the reference's."""
+    monkeypatch.setattr(L, "BLOCK", 64)
+    monkeypatch.setattr(L, "STEP_WARPS", 8)
+    shapes = [(20, 9), (7, 30)]
+    rp, ref, tp, tri = run_and_compare(shapes, busy_spec("adam", ortho), steps=2)
+    (layout,) = tri._cache.values()
+    assert layout.n_chunks == 3 + 4      # 180 and 210 elements in chunks of 64
