@@ -199,18 +199,9 @@ def _orthogonalise_runs(layout: L.BucketLayout, bucket: Stack, buffer: torch.Ten
             torch._foreach_copy_([s["normuon_sq"] for s in states], list(moment_new.unbind(0)))
 
 
-def device_iteration(iterate: Callable, device: torch.device) -> Callable:
-    """The polynomial iteration on ``device``: on CUDA the plain torch form becomes
-    ``reference.polar_iteration_gemm``, each step's sums folded into its products (as the compiled backend
-    does): 5 element-wise passes fewer per step over bf16 operands, rounded once in the GEMM instead of
-    after each op. On the CPU the plain form, bit for bit nanochat's; a Triton ``iterate`` as given."""
-    return R.polar_iteration_gemm if iterate is R.polar_iteration and device.type == "cuda" else iterate
-
-
 def _gated_stack(stack: Stack, gate: Gate, iterate: Callable, cache: dict) -> None:
     """One gated step of a group's matrix params (``reference.gated_matrix_stack`` for each run)."""
     use_ortho = gate.uses[0]
-    iterate = device_iteration(iterate, stack.params[0].device)
     for bucket in buckets(stack):
         lay = cached_layout(cache, "gated", stack.hyper.units, bucket)
         ops = Operands(bucket, lay, adam=gate.uses[1])
