@@ -22,7 +22,8 @@ def test_the_probe_dry_run_writes_every_section(tmp_path):
     for row in host.values():
         assert "error" not in row, row
         assert row["event_us"] > 0 and row["host_us"] > 0
-        assert row["graph_us"] == "no CUDA"    # graphs need a GPU; the column says why it is empty
+    assert host["fg_adamw_triton"]["graph_us"] == "no CUDA"    # graphs need a GPU; the column says why it is empty
+    assert host["adamw_fused"]["graph_us"] == "not tried"     # only FusedGate's step is known to capture
     assert "| fg_adamw_triton | matrix | 64x64 | fp32 |" in text
 
     blocks = results["blocks"]
