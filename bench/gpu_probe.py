@@ -208,31 +208,28 @@ def ns_section(plan: ProbePlan, device: torch.device) -> list[dict]:
     from fusedgate.kernels.newton_schulz import Tiling, newton_schulz_triton
 
     dtype = C.ns_dtype(device)
-    rows = []
 
-    def one(n: int, tiling: Tiling | None) -> dict:
+    def size_rows(n: int, tilings: list[Tiling]) -> list[dict]:
+        """torch's row, then one per tiling, on one input whose torch result every row is compared with."""
         x = C.ns_input(ns_workload(n), device)
-        ref = R.newton_schulz(x, C.NS_STEPS, dtype)
-        row = dict(size=n, tiling=asdict(tiling) if tiling else "torch")
-        try:
-            fn = (lambda: R.newton_schulz(x, C.NS_STEPS, dtype)) if tiling is None else \
-                (lambda: newton_schulz_triton(x.to(dtype), C.NS_STEPS, tiling))
-            out = fn()
-            row["diff_vs_torch"] = ((out.double() - ref.double()).norm() / ref.double().norm()).item()
-            row["us"] = _ns_time_us(fn, device)
-        except Exception as exc:
-            row["error"] = f"{type(exc).__name__}: {exc}"[:300]
-        print(f"ns {row}", flush=True)
-        return row
+        ref = R.newton_schulz(x, C.NS_STEPS, dtype).double()
+        rows = []
+        for tiling in [None, *tilings]:
+            row = dict(size=n, tiling=asdict(tiling) if tiling else "torch")
+            try:
+                fn = (lambda: R.newton_schulz(x, C.NS_STEPS, dtype)) if tiling is None else \
+                    (lambda tiling=tiling: newton_schulz_triton(x.to(dtype), C.NS_STEPS, tiling))
+                row["diff_vs_torch"] = ((fn().double() - ref).norm() / ref.norm()).item()
+                row["us"] = _ns_time_us(fn, device)
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            print(f"ns {row}", flush=True)
+            rows.append(row)
+        return rows
 
-    torch_row = one(plan.ns_size, None)
-    rows.append(torch_row)
-    for tiling in plan.tilings:
-        rows.append(one(plan.ns_size, Tiling(*tiling)))
-    timed = sorted((r for r in rows[1:] if "us" in r), key=lambda r: r["us"])[:2]
-    rows.append(one(plan.ns_large, None))
-    rows += [one(plan.ns_large, Tiling(**r["tiling"])) for r in timed]
-    return rows
+    small = size_rows(plan.ns_size, [Tiling(*tiling) for tiling in plan.tilings])
+    best = sorted((r for r in small[1:] if "us" in r), key=lambda r: r["us"])[:2]
+    return small + size_rows(plan.ns_large, [Tiling(**r["tiling"]) for r in best])
 
 
 # ---------------------------------------------------------------------------------------------- compiled
