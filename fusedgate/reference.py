@@ -637,7 +637,7 @@ def _gated_stacks(stacks: list[Stack], gate: Gate, iterate: Callable, fns: StepF
     results = [fns.run_step(*call) for call in calls] if fns.schedule is None else fns.schedule(fns.run_step, calls)
     for at, (s, a) in zip(where, results):
         if gate.measures:
-            sums[at] = s
+            sums[at] = s.to(sums.dtype)   # a float64 run's sums (an index put does not cast)
         applied[at] = a
     if gate.measures:
         fns.observe(sensors, steps, gate.spec, sums, applied)

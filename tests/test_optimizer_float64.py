@@ -60,3 +60,25 @@ def test_the_production_engine_runs_in_float64():
         assert all(s["exp_avg"].dtype == dtype for s in opt.state.values())
     for a, b in zip(results[torch.float64], results[torch.float32]):
         assert a.dtype == torch.float64 and max_rel_diff(b, a) <= 1e-5
+
+
+def test_float64_matrices_of_one_shape_apart_in_a_group_step_with_their_sensors():
+    """Two float64 matrices of one shape with another between them (the run is gathered by an index, whose put
+    does not cast float64 sums into the float32 sums table): each steps as it does alone in a group."""
+    torch.manual_seed(3)
+    shapes = [(6, 5), (4, 7), (6, 5)]
+    together = [torch.nn.Parameter(torch.randn(s, dtype=torch.float64)) for s in shapes]
+    alone = [torch.nn.Parameter(p.detach().clone()) for p in together]
+    spec = GateSpec.gated()
+    opt = FusedGate(together, spec=spec, total_steps=4)
+    singles = [FusedGate([p], spec=spec, total_steps=4) for p in alone]
+    for step in range(3):
+        for a, b in zip(together, alone):
+            a.grad = torch.randn(a.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(step))
+            b.grad = a.grad.clone()
+        opt.step(loss=torch.tensor(1.0 - 0.1 * step))
+        for single in singles:
+            single.step(loss=torch.tensor(1.0 - 0.1 * step))
+    for a, b, single in zip(together, alone, singles):
+        assert torch.equal(a, b)
+        assert torch.equal(opt.state[a]["sensors"], single.state[b]["sensors"])
