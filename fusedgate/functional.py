@@ -15,6 +15,10 @@ Backends, one signature ``(stacks, gate, *, iterate, cache)``:
 ``iterate`` is the Newton–Schulz implementation (``reference.polar_iteration``, or the Triton kernels'
 ``polar_iteration_triton``); ``cache`` a dict the caller owns and keeps between steps (the Triton
 backend's launch tables live there; the reference ignores it).
+
+Before the stacks, once per step, ``advance_global(global_state, loss, spec, *, backend)`` counts the step and
+folds the loss into the global sensors: ``gate.observe_loss``'s torch ops (about twenty launches on CUDA), or
+one ``global_kernel`` launch where the kernels run.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from fusedgate import gate as G
 from fusedgate import reference as R
+from fusedgate.spec import GateSpec
 from fusedgate.stack import Gate, Stack
 
 BACKENDS = ("auto", "reference", "triton", "compiled")
@@ -47,6 +53,23 @@ def gated_step(stacks: Sequence[Stack], gate: Gate, *, backend: str = "reference
         triton_backend().gated_step(kernels, gate, iterate=iterate, cache=cache)
     if rest:
         R.gated_step(rest, gate, iterate=iterate, cache=cache)
+
+
+@torch.no_grad()
+def advance_global(global_state: torch.Tensor, loss: torch.Tensor | float | None, spec: GateSpec, *,
+                   backend: str = "reference") -> torch.Tensor:
+    """global step += 1 and, given a loss (a tensor of one element or a number), the loss sensors folded
+    (``gate.observe_loss``), in place; returns the global state as it was (a refused step puts it back).
+    With the Triton kernel where they run (``backend`` "triton" — "auto" or "compiled": on CUDA, with Triton)."""
+    on_kernels = backend == "triton" or (backend in ("auto", "compiled") and global_state.is_cuda
+                                         and triton_available())
+    if on_kernels and triton_backend().kernels_take(global_state.device):
+        return triton_backend().advance_global(global_state, loss, spec)
+    before = global_state.clone()
+    global_state[G.G_STEP] += 1
+    if loss is not None:
+        G.observe_loss(global_state, torch.as_tensor(loss), spec)
+    return before
 
 
 def _on_triton(stack: Stack, backend: str) -> bool:

@@ -176,28 +176,33 @@ class FusedGate(torch.optim.Optimizer):
 
         # Phase 2: wait for them (zero2: step the sliced AdamW elements at once and launch their all-gathers),
         # fold the loss into the global sensors, then one functional step over plain lists of what this rank owns
-        gate = self._gate(sensed_loss, device)
-        if sync is not None:
-            sync.wait(self, lambda stacks: self._compute(stacks, gate))
-        if isinstance(sync, fsdp.Fsdp2):
-            sync.compute(self, self._stacks(None), gate)   # the local shards, whole matrices orthogonalised once
-        else:
-            self._compute(self._stacks(sync.owns if sync is not None else None), gate)
+        gate, before = self._gate(sensed_loss, device)
+        try:
+            if sync is not None:
+                sync.wait(self, lambda stacks: self._compute(stacks, gate))
+            if isinstance(sync, fsdp.Fsdp2):
+                sync.compute(self, self._stacks(None), gate)   # the local shards, whole matrices orthogonalised once
+            else:
+                self._compute(self._stacks(sync.owns if sync is not None else None), gate)
+        except Exception:
+            self._global.copy_(before)   # a refused step leaves the step count and the loss sensors as they were
+            raise
 
         # Phase 3: zero2 — launch the all-gathers of the updated parameters, wait, copy them back
         if sync is not None:
             sync.gather(self)
         return closure_loss
 
-    def _gate(self, sensed_loss, device) -> Gate:
-        """Advance the global step (and, with a loss, the loss sensors); this step's :class:`Gate`."""
+    def _gate(self, sensed_loss, device) -> tuple[Gate, torch.Tensor]:
+        """Advance the global step (and, with a loss, the loss sensors); this step's :class:`Gate` and the
+        global state as it was before."""
         if self._global is None:
             self._global = G.new_global_state(device)
-        self._global[G.G_STEP] += 1
+        averaged = None
         if sensed_loss is not None:
-            averaged = self._sync.averaged_loss() if self._sync is not None else torch.as_tensor(sensed_loss)
-            G.observe_loss(self._global, averaged, self.spec)
-        return Gate(self.spec, self._global, self.total_steps, self.reads_sensors)
+            averaged = self._sync.averaged_loss() if self._sync is not None else sensed_loss
+        before = F.advance_global(self._global, averaged, self.spec, backend=self.backend)
+        return Gate(self.spec, self._global, self.total_steps, self.reads_sensors), before
 
     def _compute(self, stacks: list[Stack], gate: Gate) -> None:
         if stacks:

@@ -4,8 +4,10 @@ tensors under Triton's interpreter) — the reference backend's signature. float
 to the reference backend (computed in float64 there); ``cache`` (owned by the caller) keeps the launch
 tables between steps.
 
-Per bucket of a group (params sharing param dtype and grad dtype), a gated step is a constant number
-of launches, whatever the number of tensors:
+Once per step, before the stacks, ``advance_global`` counts the step and folds the loss into the global
+sensors in one launch (``global_kernel``). Every bucket is then checked (device, dtypes, state: ``prepare``)
+before any is stepped, so a refused step launches nothing. Per bucket of a group (params sharing param dtype
+and grad dtype), a gated step is a constant number of launches, whatever the number of tensors:
     nonfinite_kernel   (chunks)  per-chunk finiteness flags of the gradient
     gate_kernel        (params)  gate, actuators, coefficients, decay products
     step_kernel        (chunks)  the fused update + sensor partial sums            — no orthogonalisation
@@ -46,6 +48,7 @@ from fusedgate.kernels import scalar_kernels as SK
 from fusedgate.kernels import slots as S
 from fusedgate.kernels import step_kernels as K
 from fusedgate.kernels._interpret import INTERPRET
+from fusedgate.spec import GateSpec
 from fusedgate.stack import Gate, Stack
 
 TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
@@ -64,23 +67,54 @@ def check_device(device: torch.device) -> None:
         raise RuntimeError(f"the Triton backend does not support {device.type} tensors; use backend='reference'")
 
 
+def kernels_take(device: torch.device) -> bool:
+    """Whether the kernels run on tensors of ``device`` here: CUDA when compiling, the CPU under the interpreter."""
+    return device.type == ("cpu" if INTERPRET else "cuda")
+
+
+def advance_global(global_state: torch.Tensor, loss, spec: GateSpec) -> torch.Tensor:
+    """``functional.advance_global`` with ``global_kernel``: one launch (plus the copy of a loss that lives on
+    another device, or a Python number). Returns the state before it."""
+    before = torch.empty_like(global_state)
+    operand = global_state if loss is None else torch.as_tensor(loss).detach().reshape(1).to(global_state.device)
+    SK.global_kernel[(1,)](global_state, operand, before, 1.0 - spec.ema_loss, 1.0 - spec.ema_loss_improvement,
+                           HAS_LOSS=loss is not None, num_warps=1)
+    return before
+
+
 def gated_step(stacks: list[Stack], gate: Gate, *, iterate: Callable = R.polar_iteration,
                cache: dict | None = None) -> None:
-    """Every stack's step with the kernels (float64 parameters: with ``reference.gated_step``), in place."""
+    """Every stack's step with the kernels (float64 parameters: with ``reference.gated_step``), in place.
+    Every bucket is checked (device, dtypes, state) before anything is stepped: a refused step changes nothing."""
+    cache = {} if cache is None else cache
+    prepared = [prepare(bucket, gate, cache) for stack in stacks for bucket in _narrow_buckets(stack)]
     wide = [R.take(stack, [i for i, p in enumerate(stack.params) if p.dtype == torch.float64]) for stack in stacks]
     wide = [stack for stack in wide if stack.params]
     if wide:
         R.gated_step(wide, gate, iterate=iterate, cache=cache)
-    cache = {} if cache is None else cache
-    for stack in stacks:
-        narrow = R.take(stack, [i for i, p in enumerate(stack.params) if p.dtype != torch.float64])
-        if not narrow.params:
-            continue
-        check_device(narrow.params[0].device)
-        if narrow.gated:
-            _gated_stack(narrow, gate, iterate, cache)
+    for bucket, lay, ops, ptrs in prepared:
+        if bucket.gated:
+            _gated_bucket(bucket, lay, ptrs, gate, iterate)
         else:
-            _adamw_stack(narrow, cache)
+            _adamw_bucket(bucket, lay, ptrs)
+        ops.finish()
+
+
+def _narrow_buckets(stack: Stack) -> list[Stack]:
+    """The stack's float32/bfloat16/float16 parameters in ``buckets``, their device checked."""
+    narrow = R.take(stack, [i for i, p in enumerate(stack.params) if p.dtype != torch.float64])
+    if not narrow.params:
+        return []
+    check_device(narrow.params[0].device)
+    return buckets(narrow)
+
+
+def prepare(bucket: Stack, gate: Gate, cache: dict) -> tuple:
+    """(bucket, its launch tables, its checked ``Operands``, its pointer table): everything before a launch."""
+    gated = bucket.gated
+    lay = cached_layout(cache, "gated" if gated else "adamw", bucket.hyper.units if gated else None, bucket)
+    ops = Operands(bucket, lay, adam=gate.uses[1] if gated else True)
+    return bucket, lay, ops, lay.pointers(ops.rows)
 
 
 def buckets(stack: Stack) -> list[Stack]:
@@ -199,27 +233,21 @@ def _orthogonalise_runs(layout: L.BucketLayout, bucket: Stack, buffer: torch.Ten
             torch._foreach_copy_([s["normuon_sq"] for s in states], list(moment_new.unbind(0)))
 
 
-def _gated_stack(stack: Stack, gate: Gate, iterate: Callable, cache: dict) -> None:
-    """One gated step of a group's matrix params (``reference.gated_matrix_stack`` for each run)."""
-    use_ortho = gate.uses[0]
-    for bucket in buckets(stack):
-        lay = cached_layout(cache, "gated", stack.hyper.units, bucket)
-        ops = Operands(bucket, lay, adam=gate.uses[1])
-        ptrs = lay.pointers(ops.rows)
-        if lay.n_chunks:
-            K.nonfinite_kernel[(lay.n_chunks,)](ptrs, lay.chunk_param, lay.chunk_off, lay.numel_table, lay.flags,
-                                                G_DTYPE=TL_DTYPES[bucket.grads[0].dtype], BLOCK=L.BLOCK,
-                                                num_warps=L.STEP_WARPS)
-        launch_gate(lay, ptrs, bucket, gate, lay.chunk_start, lay.flags)
-        if lay.n_chunks and use_ortho:
-            buffer = lay.ns_buffer(ns_dtype(lay.device))
-            launch_moments(lay, ptrs, bucket, gate, buffer)
-            _orthogonalise_runs(lay, bucket, buffer, R.Engine.of(gate.spec), buffer.dtype, iterate)
-            launch_apply(lay, ptrs, bucket, gate, buffer)
-        elif lay.n_chunks:
-            launch_step(lay, ptrs, bucket, gate)
-        launch_finalize(lay, ptrs, gate, lay.chunk_start, lay.partials)
-        ops.finish()
+def _gated_bucket(bucket: Stack, lay: L.BucketLayout, ptrs: torch.Tensor, gate: Gate, iterate: Callable) -> None:
+    """One gated step of a bucket of matrix params (``reference.gated_matrix_stack`` for each run)."""
+    if lay.n_chunks:
+        K.nonfinite_kernel[(lay.n_chunks,)](ptrs, lay.chunk_param, lay.chunk_off, lay.numel_table, lay.flags,
+                                            G_DTYPE=TL_DTYPES[bucket.grads[0].dtype], BLOCK=L.BLOCK,
+                                            num_warps=L.STEP_WARPS)
+    launch_gate(lay, ptrs, bucket, gate, lay.chunk_start, lay.flags)
+    if lay.n_chunks and gate.uses[0]:
+        buffer = lay.ns_buffer(ns_dtype(lay.device))
+        launch_moments(lay, ptrs, bucket, gate, buffer)
+        _orthogonalise_runs(lay, bucket, buffer, R.Engine.of(gate.spec), buffer.dtype, iterate)
+        launch_apply(lay, ptrs, bucket, gate, buffer)
+    elif lay.n_chunks:
+        launch_step(lay, ptrs, bucket, gate)
+    launch_finalize(lay, ptrs, gate, lay.chunk_start, lay.partials)
 
 
 def launch_gate(lay: L.BucketLayout, ptrs: torch.Tensor, bucket: Stack, gate: Gate, chunk_start: torch.Tensor,
@@ -288,23 +316,18 @@ def launch_finalize(lay: L.BucketLayout, ptrs: torch.Tensor, gate: Gate, chunk_s
                                  1.0 if gate.measures else 0.0, FBLOCK=L.FBLOCK, num_warps=L.SUMS_WARPS)
 
 
-def _adamw_stack(stack: Stack, cache: dict) -> None:
-    """One AdamW step of a group's params (``reference.adamw_step`` for each)."""
-    hp = stack.hyper
-    for bucket in buckets(stack):
-        lay = cached_layout(cache, "adamw", None, bucket)
-        ops = Operands(bucket, lay)
-        ptrs = lay.pointers(ops.rows)
-        p_dtype, g_dtype = TL_DTYPES[bucket.params[0].dtype], TL_DTYPES[bucket.grads[0].dtype]
-        chunks = (lay.chunk_param, lay.chunk_off, lay.numel_table)
-        grid = (lay.n_chunks,)
-        if lay.n_chunks:
-            K.nonfinite_kernel[grid](ptrs, *chunks, lay.flags, G_DTYPE=g_dtype, BLOCK=L.BLOCK, num_warps=L.STEP_WARPS)
-        SK.adamw_kernel[(lay.n,)](ptrs, lay.chunk_start, lay.flags, lay.coefs, hp.beta2, 1.0 - hp.beta2,
-                                  *L.split64(hp.lr), *L.split64(hp.beta1), *L.split64(hp.beta2),
-                                  FBLOCK=L.FBLOCK, num_warps=1)
-        if lay.n_chunks:
-            K.adamw_step_kernel[grid](ptrs, *chunks, lay.coefs, *L.lerp_weight(1.0 - hp.beta1),
-                                      *L.lerp_weight(1.0 - hp.beta2), 1.0 - hp.lr * hp.weight_decay, hp.eps,
-                                      P_DTYPE=p_dtype, G_DTYPE=g_dtype, BLOCK=L.BLOCK, num_warps=L.STEP_WARPS)
-        ops.finish()
+def _adamw_bucket(bucket: Stack, lay: L.BucketLayout, ptrs: torch.Tensor) -> None:
+    """One AdamW step of a bucket of params (``reference.adamw_step`` for each)."""
+    hp = bucket.hyper
+    p_dtype, g_dtype = TL_DTYPES[bucket.params[0].dtype], TL_DTYPES[bucket.grads[0].dtype]
+    chunks = (lay.chunk_param, lay.chunk_off, lay.numel_table)
+    grid = (lay.n_chunks,)
+    if lay.n_chunks:
+        K.nonfinite_kernel[grid](ptrs, *chunks, lay.flags, G_DTYPE=g_dtype, BLOCK=L.BLOCK, num_warps=L.STEP_WARPS)
+    SK.adamw_kernel[(lay.n,)](ptrs, lay.chunk_start, lay.flags, lay.coefs, hp.beta2, 1.0 - hp.beta2,
+                              *L.split64(hp.lr), *L.split64(hp.beta1), *L.split64(hp.beta2),
+                              FBLOCK=L.FBLOCK, num_warps=1)
+    if lay.n_chunks:
+        K.adamw_step_kernel[grid](ptrs, *chunks, lay.coefs, *L.lerp_weight(1.0 - hp.beta1),
+                                  *L.lerp_weight(1.0 - hp.beta2), 1.0 - hp.lr * hp.weight_decay, hp.eps,
+                                  P_DTYPE=p_dtype, G_DTYPE=g_dtype, BLOCK=L.BLOCK, num_warps=L.STEP_WARPS)

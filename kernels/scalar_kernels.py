@@ -6,6 +6,8 @@
 ``adamw_kernel``     the same for AdamW params: finiteness, decay products, step, coefficients.
 ``finalize_kernel``  after the pass: sums the chunks' partial sums and folds them into the sensors
                      (``fusedgate.gate.observe_param``), then counts the step (or the skip).
+``global_kernel``    before everything (one program): the global step count and the loss sensors
+                     (``fusedgate.gate.observe_loss``) — one launch where the torch form takes about twenty.
 ``param_flags_kernel``, ``param_sums_kernel``  under FSDP2 (``fusedgate.kernels.sharded``): the per-parameter
                      finiteness flags and sums of the local chunks, all-reduced before ``gate_kernel`` and
                      ``finalize_kernel`` read them as one chunk per parameter.
@@ -77,8 +79,10 @@ def _f64(hi, lo):
 
 @helper
 def _lerp(a, b, w):
-    """torch.lerp: a + w·(b − a) for w < 0.5, else b − (b − a)·(1 − w)."""
-    return tl.where(w < 0.5, a + w * (b - a), b - (b - a) * (1.0 - w))
+    """torch.lerp with a float32 weight, bit for bit: fma(w, b − a, a) for w < 0.5, else fma(w − 1, b − a, b)
+    (``step_kernels._lerp``, with w − 1 formed here)."""
+    small = w < 0.5
+    return tl.fma(tl.where(small, w, w - 1.0), b - a, tl.where(small, a, b))
 
 
 @helper
@@ -301,3 +305,38 @@ def finalize_kernel(ptrs, chunk_start, partials, coefs, w_grad_norm, w_update_ra
     tl.store(sensors + S_TRUST_RATIO, trust, mask=observe)
     tl.store(step_ptr, step + 1.0, mask=applied)
     tl.store(sensors + S_SKIPPED, tl.load(sensors + S_SKIPPED) + 1.0, mask=~applied)
+
+
+@helper
+def _finite_or_max(x):
+    """torch.nan_to_num for float32: NaN → 0, ±inf → ±(the largest float32)."""
+    return tl.where(x != x, 0.0, _clamp(x, -FP32_MAX, FP32_MAX))
+
+
+@triton.jit
+def global_kernel(global_state, loss, before, w_loss, w_improvement, HAS_LOSS: tl.constexpr):
+    """``before`` ← the global state; step += 1, then (``HAS_LOSS``) fusedgate.gate.observe_loss of ``loss[0]``
+    (any real dtype, read as float32), in place: the first finite loss sets the EMA and the reference, later
+    ones are folded with the EMA weights ``w_*`` = 1 − decay; a non-finite loss leaves the loss sensors as they
+    are."""
+    step = tl.load(global_state + G_STEP)
+    prev_ema = tl.load(global_state + G_LOSS_EMA)
+    ref = tl.load(global_state + G_LOSS_REF)
+    prev_improvement = tl.load(global_state + G_LOSS_IMPROVEMENT)
+    count = tl.load(global_state + G_LOSS_SEEN)
+    tl.store(before + G_STEP, step)
+    tl.store(before + G_LOSS_EMA, prev_ema)
+    tl.store(before + G_LOSS_REF, ref)
+    tl.store(before + G_LOSS_IMPROVEMENT, prev_improvement)
+    tl.store(before + G_LOSS_SEEN, count)
+    tl.store(global_state + G_STEP, step + 1.0)
+    if HAS_LOSS:
+        x = tl.load(loss).to(tl.float32)
+        finite = tl.abs(x) <= FP32_MAX   # false for ±inf and NaN
+        seen = count > 0
+        ema = tl.where(seen, _lerp(prev_ema, x, w_loss), x)
+        improvement = tl.where(seen, _lerp(prev_improvement, prev_ema - ema, w_improvement), 0.0)
+        tl.store(global_state + G_LOSS_EMA, _finite_or_max(ema), mask=finite)
+        tl.store(global_state + G_LOSS_REF, _finite_or_max(tl.where(seen, ref, x)), mask=finite)
+        tl.store(global_state + G_LOSS_IMPROVEMENT, _finite_or_max(improvement), mask=finite)
+        tl.store(global_state + G_LOSS_SEEN, _finite_or_max(count + 1.0), mask=finite)
