@@ -15,8 +15,8 @@ and grad dtype), a gated step is a constant number of launches, whatever the num
     finalize_kernel    (params)  sensor EMAs, trust ratio, step / skipped counts
 The orthogonaliser works on one flat buffer (the moments pass writes its input, the apply pass reads its
 output) with one batched call per run of equal shapes: MuonEq's row statistics and scaling, the
-polynomial iteration (quintic or Polar Express; ``iterate``: torch matmuls, or the Triton kernels'
-``polar_iteration_triton``), Muon+'s Frobenius rescale and NorMuon's factored second moment — the same
+polynomial iteration (quintic or Polar Express; ``iterate``: torch matmuls — on CUDA with each step's sums
+folded into its GEMMs, ``device_iteration`` — or the Triton kernels' ``polar_iteration_triton``), Muon+'s Frobenius rescale and NorMuon's factored second moment — the same
 ``fusedgate.reference.orthogonalise`` the reference runs, so the math is shared, not re-derived. The
 cautious weight decay is fused into the apply pass. AdamW params: nonfinite_kernel, adamw_kernel,
 adamw_step_kernel. Nothing reads a device value on the host.
@@ -233,6 +233,15 @@ def _orthogonalise_runs(layout: L.BucketLayout, bucket: Stack, buffer: torch.Ten
             torch._foreach_copy_([s["normuon_sq"] for s in states], list(moment_new.unbind(0)))
 
 
+def device_iteration(iterate: Callable, device: torch.device) -> Callable:
+    """The polynomial iteration on ``device``: on CUDA the plain torch form becomes
+    ``reference.polar_iteration_gemm``, each step's sums folded into its products (as the compiled backend
+    does): 5 element-wise passes fewer per step over bf16 operands, each product and its sum rounded once
+    (closer to float64 than the plain form's rounding after every op: ``tests/test_kernels_gpu.py`` holds both to
+    a float64 twin). On the CPU the plain form, bit for bit nanochat's; a Triton ``iterate`` as given."""
+    return R.polar_iteration_gemm if iterate is R.polar_iteration and device.type == "cuda" else iterate
+
+
 def _gated_bucket(bucket: Stack, lay: L.BucketLayout, ptrs: torch.Tensor, gate: Gate, iterate: Callable) -> None:
     """One gated step of a bucket of matrix params (``reference.gated_matrix_stack`` for each run)."""
     if lay.n_chunks:
@@ -243,7 +252,8 @@ def _gated_bucket(bucket: Stack, lay: L.BucketLayout, ptrs: torch.Tensor, gate: 
     if lay.n_chunks and gate.uses[0]:
         buffer = lay.ns_buffer(ns_dtype(lay.device))
         launch_moments(lay, ptrs, bucket, gate, buffer)
-        _orthogonalise_runs(lay, bucket, buffer, R.Engine.of(gate.spec), buffer.dtype, iterate)
+        _orthogonalise_runs(lay, bucket, buffer, R.Engine.of(gate.spec), buffer.dtype,
+                            device_iteration(iterate, lay.device))
         launch_apply(lay, ptrs, bucket, gate, buffer)
     elif lay.n_chunks:
         launch_step(lay, ptrs, bucket, gate)

@@ -55,8 +55,10 @@ def gated_stacks(stacks: list[Stack], gate: Gate, iterate: Callable, cache: dict
     (``fsdp.interleave``), in the reference FSDP2 path's run order (so the owners are the same)."""
     runs = [bucket for stack in stacks for run in R.same_shape_runs(stack.params)
             for bucket in B.buckets(R.take(stack, run))]
-    B.check_device(fsdp.local(runs[0].params[0]).device)
-    step = functools.partial(run_step, gate=gate, iterate=iterate, cache=cache, round=round)
+    device = fsdp.local(runs[0].params[0]).device
+    B.check_device(device)
+    step = functools.partial(run_step, gate=gate, iterate=B.device_iteration(iterate, device), cache=cache,
+                             round=round)
     fsdp.interleave(step, [(run,) for run in runs])
 
 

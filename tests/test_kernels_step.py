@@ -181,6 +181,22 @@ def test_a_non_contiguous_moment_put_in_later_is_made_contiguous(spec):
     assert worst_differences(rp, ref, tp, tri)["param"] <= TOL["param"]
 
 
+def test_the_iteration_on_cuda_folds_the_sums_into_the_products():
+    """On CUDA the Triton backend runs the plain torch iteration as ``polar_iteration_gemm`` (as the compiled
+    backend does), which is the same polynomial; on the CPU the plain form stays (nanochat's, bit for bit), and a
+    Triton iteration is kept wherever it was asked for."""
+    from fusedgate import reference as R
+    from fusedgate.kernels.newton_schulz import polar_iteration_triton
+    assert backend.device_iteration(R.polar_iteration, torch.device("cuda")) is R.polar_iteration_gemm
+    assert backend.device_iteration(R.polar_iteration, torch.device("cpu")) is R.polar_iteration
+    assert backend.device_iteration(polar_iteration_triton, torch.device("cuda")) is polar_iteration_triton
+    x = torch.randn(3, 12, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    coefficients = R.Engine.of(GateSpec.nanochat()).coefficients(5)
+    plain = R.polar_iteration(x, coefficients, *R.NORMALISATION["polar_express"], torch.float64)
+    folded = R.polar_iteration_gemm(x, coefficients, *R.NORMALISATION["polar_express"], torch.float64)
+    assert rel(folded, plain) <= 1e-12
+
+
 @pytest.mark.parametrize("iterate", ["plain", "gemm"])
 def test_orthogonalising_the_bf16_buffer_itself_equals_its_float32_copy(iterate):
     """On CUDA the backend hands ``reference.orthogonalise`` its bf16 buffer instead of a float32 copy: the
