@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import join_ranks, run_gloo_rank, train_on_slices
+from conftest import join_ranks, resynchronise, run_gloo_rank, train_on_slices
 from torch import nn
 
 from fusedgate.distributed import state_bytes
@@ -263,12 +263,7 @@ def _teacher_forced(rank: int, world: int, preset: str, steps: int = 3) -> dict:
         worst["params"] = max([worst["params"]] + [_local_diff(a, b) for a, b in pairs])
         worst["state"] = max([worst["state"]] + [_local_diff(tri.state[a][key], value) for a, b in pairs
                                                  for key, value in ref.state[b].items()])
-        with torch.no_grad():
-            for a, b in pairs:
-                a.copy_(b)
-                for key, value in ref.state[b].items():
-                    tri.state[a][key].copy_(value)
-            tri._global.copy_(ref._global)
+        resynchronise(tri_model.parameters(), tri, ref_model.parameters(), ref)
     gated = {(index, tuple(p.shape), p.dtype) for index, g in enumerate(ref.param_groups)
              for i, p in enumerate(g["params"]) if ref.is_gated(g, i, p)}
     worst["layouts"] = sorted(key[0] for key in tri._cache if key[0].startswith("fsdp2"))
