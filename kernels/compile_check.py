@@ -76,6 +76,10 @@ def variants():
         yield f"gate/{'blend' if use_adam else 'ortho'}", SK.gate_kernel, gate, \
             {"USE_ADAM": use_adam, "FBLOCK": L.FBLOCK}
     yield "adamw", SK.adamw_kernel, adamw, {"FBLOCK": L.FBLOCK}
+    for has_loss in (True, False):
+        yield (f"global/{'loss' if has_loss else 'no loss'}", SK.global_kernel,
+               {"global_state": "*fp32", "loss": "*fp32", "before": "*fp32", **floats("w_loss", "w_improvement"),
+                "HAS_LOSS": "constexpr"}, {"HAS_LOSS": has_loss})
     yield "finalize", SK.finalize_kernel, finalize, {"FBLOCK": L.FBLOCK}
     yield "param_sums", SK.param_sums_kernel, {"chunk_start": P, "partials": "*fp32", "out": "*fp32",
                                                 "FBLOCK": "constexpr"}, {"FBLOCK": L.FBLOCK}

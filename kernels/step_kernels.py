@@ -57,8 +57,11 @@ def _chunk(chunk_param, chunk_off, numels, BLOCK: tl.constexpr):
 
 @helper
 def _applied_chunk(chunk_param, chunk_off, numels, coefs, BLOCK: tl.constexpr):
-    """As ``_chunk`` plus the parameter's coefficient row; the mask is empty when the step is skipped."""
-    c = tl.program_id(0)
+    """As ``_chunk`` plus the parameter's coefficient row; the mask is empty when the step is skipped. The chunks
+    are taken last first: the GPU starts programs roughly in ``program_id`` order, so the update passes begin on
+    the gradient chunks ``nonfinite_kernel`` read last, which may still sit in L2 (each chunk's result and partial
+    sums are its own, so the order changes no value)."""
+    c = tl.num_programs(0) - 1 - tl.program_id(0)
     i = tl.load(chunk_param + c)
     cf = coefs + i * N_COEF
     offs = tl.load(chunk_off + c) + tl.arange(0, BLOCK)
