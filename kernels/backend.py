@@ -16,7 +16,8 @@ and grad dtype), a gated step is a constant number of launches, whatever the num
 The orthogonaliser works on one flat buffer (the moments pass writes its input, the apply pass reads its
 output) with one batched call per run of equal shapes: MuonEq's row statistics and scaling, the
 polynomial iteration (quintic or Polar Express; ``iterate``: torch matmuls — on CUDA with each step's sums
-folded into its GEMMs, ``device_iteration`` — or the Triton kernels' ``polar_iteration_triton``), Muon+'s Frobenius rescale and NorMuon's factored second moment — the same
+folded into its GEMMs, ``device_iteration`` — or the Triton kernels' ``polar_iteration_triton``), Muon+'s
+Frobenius rescale and NorMuon's factored second moment — the same
 ``fusedgate.reference.orthogonalise`` the reference runs, so the math is shared, not re-derived. The
 cautious weight decay is fused into the apply pass. AdamW params: nonfinite_kernel, adamw_kernel,
 adamw_step_kernel. Nothing reads a device value on the host.
@@ -247,7 +248,7 @@ def _gated_bucket(bucket: Stack, lay: L.BucketLayout, ptrs: torch.Tensor, gate: 
     if lay.n_chunks:
         K.nonfinite_kernel[(lay.n_chunks,)](ptrs, lay.chunk_param, lay.chunk_off, lay.numel_table, lay.flags,
                                             G_DTYPE=TL_DTYPES[bucket.grads[0].dtype], BLOCK=L.BLOCK,
-                                            num_warps=L.STEP_WARPS)
+                                            ALIGNED=lay.aligned, num_warps=L.STEP_WARPS)
     launch_gate(lay, ptrs, bucket, gate, lay.chunk_start, lay.flags)
     if lay.n_chunks and gate.uses[0]:
         buffer = lay.ns_buffer(ns_dtype(lay.device))
@@ -285,6 +286,11 @@ def ns_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def _aligned(lay: L.BucketLayout, buffer: torch.Tensor) -> bool:
+    """The kernels' ALIGNED for a pass that also touches the orthogonaliser's buffer (``layout.pointers``)."""
+    return lay.aligned and buffer.data_ptr() % L.VECTOR_BYTES == 0
+
+
 def launch_moments(lay: L.BucketLayout, ptrs: torch.Tensor, bucket: Stack, gate: Gate, buffer: torch.Tensor) -> None:
     """``moments_kernel``: clip, m, v, the orthogonaliser's input written into the flat ``buffer`` (at
     ``ns_base``), sums ‖g̃‖², g̃·m₋, ‖m₋‖²."""
@@ -293,7 +299,8 @@ def launch_moments(lay: L.BucketLayout, ptrs: torch.Tensor, bucket: Stack, gate:
                                       buffer, lay.ns_base, *L.lerp_weight(1.0 - hp.momentum),
                                       *L.lerp_weight(hp.momentum), G_DTYPE=TL_DTYPES[bucket.grads[0].dtype],
                                       S_DTYPE=TL_DTYPES[buffer.dtype], USE_CLIP=use_clip, NESTEROV=hp.nesterov,
-                                      USE_ADAM=use_adam, BLOCK=L.BLOCK, num_warps=L.STEP_WARPS)
+                                      USE_ADAM=use_adam, BLOCK=L.BLOCK, ALIGNED=_aligned(lay, buffer),
+                                      num_warps=L.STEP_WARPS)
 
 
 def launch_apply(lay: L.BucketLayout, ptrs: torch.Tensor, bucket: Stack, gate: Gate, buffer: torch.Tensor) -> None:
@@ -303,7 +310,8 @@ def launch_apply(lay: L.BucketLayout, ptrs: torch.Tensor, bucket: Stack, gate: G
     K.apply_kernel[(lay.n_chunks,)](ptrs, lay.chunk_param, lay.chunk_off, lay.numel_table, lay.coefs, lay.partials,
                                     buffer, lay.ns_base, 1.0 - hp.lr * hp.weight_decay, hp.eps,
                                     P_DTYPE=TL_DTYPES[bucket.params[0].dtype], USE_ADAM=gate.uses[1],
-                                    CAUTIOUS=_cautious(gate, hp), BLOCK=L.BLOCK, num_warps=L.STEP_WARPS)
+                                    CAUTIOUS=_cautious(gate, hp), BLOCK=L.BLOCK, ALIGNED=_aligned(lay, buffer),
+                                    num_warps=L.STEP_WARPS)
 
 
 def launch_step(lay: L.BucketLayout, ptrs: torch.Tensor, bucket: Stack, gate: Gate) -> None:
@@ -313,7 +321,7 @@ def launch_step(lay: L.BucketLayout, ptrs: torch.Tensor, bucket: Stack, gate: Ga
                                    *L.lerp_weight(1.0 - hp.momentum), 1.0 - hp.lr * hp.weight_decay, hp.eps,
                                    P_DTYPE=TL_DTYPES[bucket.params[0].dtype], G_DTYPE=TL_DTYPES[bucket.grads[0].dtype],
                                    USE_CLIP=gate.uses[2], CAUTIOUS=_cautious(gate, hp), BLOCK=L.BLOCK,
-                                   num_warps=L.STEP_WARPS)
+                                   ALIGNED=lay.aligned, num_warps=L.STEP_WARPS)
 
 
 def launch_finalize(lay: L.BucketLayout, ptrs: torch.Tensor, gate: Gate, chunk_start: torch.Tensor,
@@ -333,11 +341,13 @@ def _adamw_bucket(bucket: Stack, lay: L.BucketLayout, ptrs: torch.Tensor) -> Non
     chunks = (lay.chunk_param, lay.chunk_off, lay.numel_table)
     grid = (lay.n_chunks,)
     if lay.n_chunks:
-        K.nonfinite_kernel[grid](ptrs, *chunks, lay.flags, G_DTYPE=g_dtype, BLOCK=L.BLOCK, num_warps=L.STEP_WARPS)
+        K.nonfinite_kernel[grid](ptrs, *chunks, lay.flags, G_DTYPE=g_dtype, BLOCK=L.BLOCK, ALIGNED=lay.aligned,
+                                 num_warps=L.STEP_WARPS)
     SK.adamw_kernel[(lay.n,)](ptrs, lay.chunk_start, lay.flags, lay.coefs, hp.beta2, 1.0 - hp.beta2,
                               *L.split64(hp.lr), *L.split64(hp.beta1), *L.split64(hp.beta2),
                               FBLOCK=L.FBLOCK, num_warps=1)
     if lay.n_chunks:
         K.adamw_step_kernel[grid](ptrs, *chunks, lay.coefs, *L.lerp_weight(1.0 - hp.beta1),
                                   *L.lerp_weight(1.0 - hp.beta2), 1.0 - hp.lr * hp.weight_decay, hp.eps,
-                                  P_DTYPE=p_dtype, G_DTYPE=g_dtype, BLOCK=L.BLOCK, num_warps=L.STEP_WARPS)
+                                  P_DTYPE=p_dtype, G_DTYPE=g_dtype, BLOCK=L.BLOCK, ALIGNED=lay.aligned,
+                                  num_warps=L.STEP_WARPS)

@@ -1,9 +1,12 @@
 """Compile every Triton kernel of fusedgate.kernels for CUDA without a GPU (ahead of time, to cubin).
 
-    python -m fusedgate.kernels.compile_check 90     # sm_90; prints one JSON line
+    python -m fusedgate.kernels.compile_check 90              # sm_90; prints one JSON line
+    python -m fusedgate.kernels.compile_check 90 --accesses   # and each variant's global access widths
 
-prints {kernel variant: "ok" | error}. The interpreter accepts code the compiler rejects (e.g.
-non-constexpr globals), so CI runs this to check that the kernels build for the GPU. The kernels must be
+prints {kernel variant: "ok" | error}; with ``--accesses``, {variant: {SASS global load/store opcode: count}}
+from the cubin (``cuobjdump``, shipped with Triton), which shows whether the ALIGNED variants of the element-wise
+kernels got their 128-bit accesses (``LDG.E.128``/``STG.E.128``). The interpreter accepts code the compiler
+rejects (e.g. non-constexpr globals), so CI runs this to check that the kernels build for the GPU. The kernels must be
 defined for the compiler, not the interpreter (``fusedgate.kernels`` picks the interpreter on a machine
 without CUDA, before this module runs), so when they were not, the command runs itself again with
 ``TRITON_INTERPRET=0``.
@@ -35,17 +38,18 @@ def variants():
     step = {**CHUNKS, "coefs": "*fp32", "partials": "*fp32",
             **floats("one_minus_mu", "one_minus_mu_m1", "decay", "eps"),
             "P_DTYPE": "constexpr", "G_DTYPE": "constexpr", "USE_CLIP": "constexpr", "CAUTIOUS": "constexpr",
-            "BLOCK": "constexpr"}
+            "BLOCK": "constexpr", "ALIGNED": "constexpr"}
     adamw_step = {**CHUNKS, "coefs": "*fp32", **floats("one_minus_beta1", "one_minus_beta1_m1", "one_minus_beta2",
                                                         "one_minus_beta2_m1", "decay", "eps"), "P_DTYPE": "constexpr",
-                  "G_DTYPE": "constexpr", "BLOCK": "constexpr"}
+                  "G_DTYPE": "constexpr", "BLOCK": "constexpr", "ALIGNED": "constexpr"}
     apply = {**CHUNKS, "coefs": "*fp32", "partials": "*fp32", "ns_output": "*bf16", "ns_base": P,
              **floats("decay", "eps"), "P_DTYPE": "constexpr", "USE_ADAM": "constexpr", "CAUTIOUS": "constexpr",
-             "BLOCK": "constexpr"}
+             "BLOCK": "constexpr", "ALIGNED": "constexpr"}
     moments = {**CHUNKS, "coefs": "*fp32", "partials": "*fp32", "ns_input": "*bf16", "ns_base": P,
                **floats("one_minus_mu", "one_minus_mu_m1", "mu", "mu_m1"), "G_DTYPE": "constexpr",
                "S_DTYPE": "constexpr",
-               "USE_CLIP": "constexpr", "NESTEROV": "constexpr", "USE_ADAM": "constexpr", "BLOCK": "constexpr"}
+               "USE_CLIP": "constexpr", "NESTEROV": "constexpr", "USE_ADAM": "constexpr", "BLOCK": "constexpr",
+               "ALIGNED": "constexpr"}
     gate = {"ptrs": P, "chunk_start": P, "flags": "*i32", "static64": "*fp64", "poles64": "*fp64",
             "coefs": "*fp32", "global_state": "*fp32",
             **floats("total_steps", "gate_bias", "sharpness", "dampen_keep", "w_loss", "w_imp", "w_gn", "w_ur",
@@ -57,22 +61,9 @@ def variants():
     finalize = {"ptrs": P, "chunk_start": P, "partials": "*fp32", "coefs": "*fp32",
                 **floats("w_grad_norm", "w_update_ratio", "w_alignment", "measure"), "FBLOCK": "constexpr"}
     ns = {"PRECISION": "tf32", "BM": 64, "BK": 32}
-    yield "nonfinite/bf16", K.nonfinite_kernel, {**CHUNKS, "flags": "*i32", "G_DTYPE": "constexpr",
-                                                 "BLOCK": "constexpr"}, {"G_DTYPE": tl.bfloat16, "BLOCK": 1024}
-    for p_dtype, name in ((tl.float32, "fp32"), (tl.bfloat16, "bf16")):
-        for cautious in (False, True):
-            tag = "cautious" if cautious else "decoupled"
-            yield f"step/{name}/{tag}", K.step_kernel, step, {"P_DTYPE": p_dtype, "G_DTYPE": p_dtype,
-                                                              "USE_CLIP": True, "CAUTIOUS": cautious, "BLOCK": 1024}
-            for use_adam in (False, True):
-                yield (f"apply/{name}/{tag}/{'blend' if use_adam else 'ortho'}", K.apply_kernel, apply,
-                       {"P_DTYPE": p_dtype, "USE_ADAM": use_adam, "CAUTIOUS": cautious, "BLOCK": 1024})
-        yield f"adamw_step/{name}", K.adamw_step_kernel, adamw_step, {"P_DTYPE": p_dtype, "G_DTYPE": p_dtype,
-                                                                      "BLOCK": 1024}
+    for aligned in (False, True):
+        yield from _elementwise(step, adamw_step, apply, moments, aligned)
     for use_adam in (False, True):
-        yield f"moments/bf16/{'blend' if use_adam else 'ortho'}", K.moments_kernel, moments, \
-            {"G_DTYPE": tl.bfloat16, "S_DTYPE": tl.bfloat16, "USE_CLIP": True, "NESTEROV": True,
-             "USE_ADAM": use_adam, "BLOCK": 1024}
         yield f"gate/{'blend' if use_adam else 'ortho'}", SK.gate_kernel, gate, \
             {"USE_ADAM": use_adam, "FBLOCK": L.FBLOCK}
     yield "adamw", SK.adamw_kernel, adamw, {"FBLOCK": L.FBLOCK}
@@ -94,6 +85,29 @@ def variants():
                                            "BN": "constexpr", "BK": "constexpr"}, {**ns, "BN": 64}
 
 
+def _elementwise(step, adamw_step, apply, moments, aligned: bool):
+    """The element-wise kernels' variants, named with an "/aligned" suffix when ALIGNED (vector accesses)."""
+    tail = "/aligned" if aligned else ""
+    block = {"BLOCK": 1024, "ALIGNED": aligned}
+    yield f"nonfinite/bf16{tail}", K.nonfinite_kernel, {**CHUNKS, "flags": "*i32", "G_DTYPE": "constexpr",
+                                                        "BLOCK": "constexpr", "ALIGNED": "constexpr"}, \
+        {"G_DTYPE": tl.bfloat16, **block}
+    for p_dtype, name in ((tl.float32, "fp32"), (tl.bfloat16, "bf16")):
+        for cautious in (False, True):
+            tag = "cautious" if cautious else "decoupled"
+            yield f"step/{name}/{tag}{tail}", K.step_kernel, step, {"P_DTYPE": p_dtype, "G_DTYPE": p_dtype,
+                                                                    "USE_CLIP": True, "CAUTIOUS": cautious, **block}
+            for use_adam in (False, True):
+                yield (f"apply/{name}/{tag}/{'blend' if use_adam else 'ortho'}{tail}", K.apply_kernel, apply,
+                       {"P_DTYPE": p_dtype, "USE_ADAM": use_adam, "CAUTIOUS": cautious, **block})
+        yield f"adamw_step/{name}{tail}", K.adamw_step_kernel, adamw_step, {"P_DTYPE": p_dtype, "G_DTYPE": p_dtype,
+                                                                            **block}
+    for use_adam in (False, True):
+        yield f"moments/bf16/{'blend' if use_adam else 'ortho'}{tail}", K.moments_kernel, moments, \
+            {"G_DTYPE": tl.bfloat16, "S_DTYPE": tl.bfloat16, "USE_CLIP": True, "NESTEROV": True,
+             "USE_ADAM": use_adam, **block}
+
+
 def main(arch: int) -> dict[str, str]:
     target = GPUTarget("cuda", arch, 32)
     results = {}
@@ -106,19 +120,44 @@ def main(arch: int) -> dict[str, str]:
     return results
 
 
-def _arch(argv: list[str]) -> int:
+def accesses(arch: int) -> dict[str, dict[str, int]]:
+    """Per variant, the count of each global load/store opcode in its SASS (``LDG.E`` 32-bit, ``LDG.E.128``…)."""
+    import re
+    import subprocess
+    import tempfile
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    target, out = GPUTarget("cuda", arch, 32), {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name, fn, signature, constexprs in variants():
+            path = os.path.join(folder, "kernel.cubin")
+            with open(path, "wb") as file:
+                file.write(triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                                          target=target).asm["cubin"])
+            sass = subprocess.run([tool, "-sass", path], capture_output=True, text=True, check=True).stdout
+            counts: dict[str, int] = {}
+            for opcode in re.findall(r"\b((?:LDG|STG)\.E[.\w]*)", sass):
+                counts[opcode] = counts.get(opcode, 0) + 1
+            out[name] = counts
+    return out
+
+
+def _arch(argv: list[str]) -> tuple[int, bool]:
+    """(architecture, whether --accesses was given) from the command line."""
+    widths = "--accesses" in argv
+    argv = [a for a in argv if a != "--accesses"]
     if len(argv) > 1 or (argv and not argv[0].isdigit()):
         print(f"compile_check: error: expected one CUDA architecture number such as 90, got {' '.join(argv)!r}",
               file=sys.stderr)
         sys.exit(2)
-    return int(argv[0]) if argv else 90
+    return (int(argv[0]) if argv else 90), widths
 
 
 if __name__ == "__main__":
     from fusedgate.kernels._interpret import INTERPRET
 
-    arch = _arch(sys.argv[1:])
+    arch, widths = _arch(sys.argv[1:])
     if INTERPRET:  # the kernels were defined for the interpreter: define them again for the compiler
         env = {**os.environ, "TRITON_INTERPRET": "0"}
-        os.execve(sys.executable, [sys.executable, "-m", "fusedgate.kernels.compile_check", str(arch)], env)
-    print(json.dumps(main(arch)))
+        os.execve(sys.executable, [sys.executable, "-m", "fusedgate.kernels.compile_check", *sys.argv[1:]], env)
+    print(json.dumps(accesses(arch) if widths else main(arch)))

@@ -33,6 +33,9 @@ STEP_WARPS = 4
 # (FBLOCK × 8 float32) takes 128 registers a thread at 8 warps (SUMS_WARPS; 255 at 4), the flags' 128 at 1 warp.
 FBLOCK = 1024
 SUMS_WARPS = 8
+# The element-wise kernels' vector accesses (``step_kernels``, ALIGNED): 16-byte addresses, sizes in multiples of 8
+VECTOR_BYTES = 16
+VECTOR_ELEMENTS = 8
 
 
 def to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -99,6 +102,8 @@ class BucketLayout:
         self._ns_buffer: torch.Tensor | None = None
         self._pointer_rows: list[list[int]] | None = None
         self.ptrs: torch.Tensor | None = None
+        self.aligned = False   # see ``pointers``
+        self._sizes_aligned = all(n % VECTOR_ELEMENTS == 0 for n in self.numels)
         self.checked_states = None   # backend.CheckedStates: the state tensors backend.Operands last checked
         self._poles_key = None
         self.poles64: torch.Tensor | None = None
@@ -118,10 +123,15 @@ class BucketLayout:
         return [math.sqrt(max(numel, 1)), adam_base, ortho_base, decay]   # an empty param has G = 0: no clip
 
     def pointers(self, rows: list[list[int]]) -> torch.Tensor:
-        """The pointer table for these addresses (rebuilt only when an address changed)."""
+        """The pointer table for these addresses (rebuilt only when an address changed). With it ``aligned``: every
+        address of p, grad, m, v is a multiple of VECTOR_BYTES and every size of VECTOR_ELEMENTS, so the
+        element-wise kernels may use vector accesses (their ALIGNED; the orthogonaliser buffer's offsets, sums of
+        sizes, then are multiples too)."""
         if rows != self._pointer_rows:
             self.ptrs = to_device(rows, torch.int64, self.device)
             self._pointer_rows = [list(row) for row in rows]
+            self.aligned = self._sizes_aligned and all(address % VECTOR_BYTES == 0 for row in rows
+                                                       for address in row[S.T_P:S.T_V + 1])
         return self.ptrs
 
     def poles(self, values: list[float]) -> torch.Tensor:

@@ -10,7 +10,8 @@ polynomial's sums into its GEMMs, the reference does not) each path's distance t
 steps and matrices, ≤ 1.1× the reference's on average and ≤ 1.25× at worst (on the CPU with a bf16
 iteration the folded path measured 0.80× and 0.93×: ``bench/results/nvidia-h200/anchored_bf16_cpu.txt``). Free-running,
 the orthogonaliser turns those differences into another trajectory: on an H200 (2026-12-04) fp32 params with a
-bf16 Newton–Schulz had drifted 2.6e-2 of the motion apart after 20 steps.
+bf16 Newton–Schulz had drifted 2.6e-2 of the motion apart after 20 steps. Buckets of both kinds: ``SHAPES``
+(element-by-element accesses) and ``ALIGNED_SHAPES`` (the kernels' 128-bit vector accesses, ``ALIGNED``).
 """
 
 import pytest
@@ -23,7 +24,8 @@ from fusedgate import FusedGate, GateSpec
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
-SHAPES = [(64, 96), (96, 64), (3, 1000), (0, 8), (33, 17), (64, 96)]
+SHAPES = [(64, 96), (96, 64), (3, 1000), (0, 8), (33, 17), (64, 96)]   # (33, 17): a bucket without vector accesses
+ALIGNED_SHAPES = [(64, 96), (96, 64), (8, 1000), (64, 96)]   # every size a multiple of 8: ALIGNED, 128-bit accesses
 
 
 def cuda_params(shapes, dtype, seed=0):
@@ -31,42 +33,46 @@ def cuda_params(shapes, dtype, seed=0):
     return [torch.nn.Parameter((torch.randn(*s, generator=gen) * 0.5).to(dtype).cuda()) for s in shapes]
 
 
-def run(backend_name, spec, dtype, steps=20):
-    params = cuda_params(SHAPES, dtype)
+def run(backend_name, spec, dtype, steps=20, shapes=SHAPES):
+    params = cuda_params(shapes, dtype)
     opt = FusedGate(params, spec=spec, total_steps=steps, backend=backend_name)
     for s in range(steps):
-        for p, g in zip(params, random_grads(SHAPES, s, dtype, spike=(s == 3))):
+        for p, g in zip(params, random_grads(shapes, s, dtype, spike=(s == 3))):
             p.grad = g.cuda()
         opt.step(loss=torch.tensor(2.0 - 0.05 * s, device="cuda"))
     return params, opt
 
 
-def test_cuda_triton_matches_cuda_reference_free_running_in_fp32():
+@pytest.mark.parametrize("shapes", [SHAPES, ALIGNED_SHAPES], ids=["element accesses", "vector accesses"])
+def test_cuda_triton_matches_cuda_reference_free_running_in_fp32(shapes):
     spec = busy_spec("adam")
-    ref, _ = run("reference", spec, torch.float32)
-    tri, opt = run("triton", spec, torch.float32)
+    ref, _ = run("reference", spec, torch.float32, shapes=shapes)
+    tri, opt = run("triton", spec, torch.float32, shapes=shapes)
     for a, b in zip(tri, ref):
         assert rel(a.detach(), b.detach()) <= 1e-5
     assert all(info["skipped"] == 0 for info in opt.gate_state().values())
+    assert [lay.aligned for lay in opt._cache.values()] == [shapes is ALIGNED_SHAPES]
 
 
-@pytest.mark.parametrize("dtype, ortho", [(torch.float32, (1.0, 0.5)), (torch.bfloat16, (0.0, 0.0)),
-                                          (torch.bfloat16, (1.0, 0.5))])
-def test_cuda_triton_matches_cuda_reference_teacher_forced(dtype, ortho, steps=20):
+@pytest.mark.parametrize("dtype, ortho, shapes", [(torch.float32, (1.0, 0.5), SHAPES),
+                                                  (torch.bfloat16, (0.0, 0.0), SHAPES),
+                                                  (torch.bfloat16, (1.0, 0.5), SHAPES),
+                                                  (torch.bfloat16, (1.0, 0.5), ALIGNED_SHAPES)])
+def test_cuda_triton_matches_cuda_reference_teacher_forced(dtype, ortho, shapes, steps=20):
     """Teacher-forced against the reference; with the orthogonaliser, both against a float64 twin (the truth):
     the Triton path folds the polynomial's sums into its products (``backend.device_iteration``), another
     rounding of the same bf16 iteration, so it is held to be as close to float64 as the reference is."""
     spec = busy_spec("adam", ortho)
     twins = []
     for backend, twin_dtype in (("triton", dtype), ("reference", dtype), ("reference", torch.float64)):
-        params = cuda_params(SHAPES, twin_dtype)
+        params = cuda_params(shapes, twin_dtype)
         twins.append((params, FusedGate(params, spec=spec, total_steps=steps, backend=backend)))
     (tri_params, tri), (ref_params, ref), (wide_params, wide) = twins
     ulp = torch.finfo(dtype).eps
     errors = {"triton": [], "reference": []}   # per step and matrix: max |p − p_float64| / max |Δp_float64|
     for s in range(steps):
         before = [p.detach().double().clone() for p in ref_params]
-        grads = random_grads(SHAPES, s, dtype, spike=(s == 3))
+        grads = random_grads(shapes, s, dtype, spike=(s == 3))
         for params, opt in twins:
             for p, g in zip(params, grads):
                 p.grad = g.to(p.dtype).cuda()

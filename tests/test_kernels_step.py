@@ -222,3 +222,50 @@ def test_another_block_and_warps_give_the_same_step(monkeypatch, ortho):
     rp, ref, tp, tri = run_and_compare(shapes, busy_spec("adam", ortho), steps=2)
     (layout,) = tri._cache.values()
     assert layout.n_chunks == 3 + 4      # 180 and 210 elements in chunks of 64
+
+
+ALIGNED_SHAPES = [(16, 24), (8, 2 * L.BLOCK), (16, 24), (4, 2)]   # every size a multiple of 8
+
+
+def misaligned_view(shape, seed=0) -> torch.nn.Parameter:
+    """A contiguous parameter 4 bytes past a 16-byte boundary: a view one float32 into a larger tensor."""
+    flat = torch.randn(1 + math.prod(shape), generator=torch.Generator().manual_seed(seed)) * 0.5
+    return torch.nn.Parameter(flat[1:].view(shape))
+
+
+@pytest.mark.parametrize("ortho", [(0.0, 0.0), (1.0, 0.5)])
+def test_a_bucket_of_aligned_tensors_steps_with_vector_accesses_as_the_reference(ortho):
+    """Sizes that are multiples of 8 at 16-byte addresses: the bucket is ``aligned`` (the kernels' ALIGNED, their
+    128-bit accesses: ``test_kernels_compile.py``) and steps as the reference does."""
+    rp, ref, tp, tri = twin_optimizers(ALIGNED_SHAPES, busy_spec("adam", ortho))
+    for s in range(3):
+        step_both(rp, ref, tp, tri, random_grads(ALIGNED_SHAPES, s, spike=(s == 1)), 2.0 - 0.1 * s)
+    assert [lay.aligned for lay in tri._cache.values()] == [True]
+    worst = worst_differences(rp, ref, tp, tri)
+    assert all(worst[key] <= tol for key, tol in TOL.items()), worst
+
+
+@pytest.mark.parametrize("case", ["size", "param address", "grad address"])
+def test_a_bucket_with_an_odd_size_or_address_is_not_aligned(case):
+    """One size not a multiple of 8, or one param or gradient 4 bytes off a 16-byte boundary: the whole bucket takes
+    the element-by-element accesses, and still steps as the reference does."""
+    shapes = ALIGNED_SHAPES + [(3, 5)] if case == "size" else ALIGNED_SHAPES
+    rp, ref, tp, tri = twin_optimizers(shapes, busy_spec("adam", (0.0, 0.0)))
+    if case == "param address":
+        tp[1] = misaligned_view(shapes[1])
+        rp[1] = torch.nn.Parameter(tp[1].detach().clone())
+        ref, tri = (FusedGate(params, spec=busy_spec("adam", (0.0, 0.0)), total_steps=20, backend=b)
+                    for params, b in ((rp, "reference"), (tp, "triton")))
+        assert tp[1].data_ptr() % 16 == 4
+    for s in range(2):
+        grads = random_grads(shapes, s)
+        if case == "grad address":
+            grads[2] = misaligned_view(shapes[2], seed=s).detach()
+            assert grads[2].data_ptr() % 16 == 4
+        for params, opt in ((rp, ref), (tp, tri)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone() if params is rp else g
+            opt.step(loss=torch.tensor(2.0 - 0.1 * s))
+    assert [lay.aligned for lay in tri._cache.values()] == [False]
+    worst = worst_differences(rp, ref, tp, tri)
+    assert all(worst[key] <= tol for key, tol in TOL.items()), worst
