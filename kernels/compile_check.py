@@ -121,7 +121,9 @@ def main(arch: int) -> dict[str, str]:
 
 
 def accesses(arch: int) -> dict[str, dict[str, int]]:
-    """Per variant, the count of each global load/store opcode in its SASS (``LDG.E`` 32-bit, ``LDG.E.128``…)."""
+    """Per variant, the count of each global load/store opcode in its SASS (``LDG.E`` 32-bit, ``LDG.E.128``…),
+    compiled with its pointer arguments 16-byte aligned, as a launch specialises them (integer arguments are not
+    specialised here, so the Newton–Schulz kernels' strides are unknown and their counts not a launch's)."""
     import re
     import subprocess
     import tempfile
@@ -131,8 +133,11 @@ def accesses(arch: int) -> dict[str, dict[str, int]]:
     with tempfile.TemporaryDirectory() as folder:
         for name, fn, signature, constexprs in variants():
             path = os.path.join(folder, "kernel.cubin")
+            # as a launch on torch tensors specialises them: every pointer argument 16-byte aligned
+            aligned = {(i,): [["tt.divisibility", 16]] for i, kind in enumerate(signature.values())
+                       if kind.startswith("*")}
             with open(path, "wb") as file:
-                file.write(triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                file.write(triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=aligned),
                                           target=target).asm["cubin"])
             sass = subprocess.run([tool, "-sass", path], capture_output=True, text=True, check=True).stdout
             counts: dict[str, int] = {}
