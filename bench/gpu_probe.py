@@ -12,6 +12,8 @@ This probe splits that cost and looks at the other misses, in one call of a few 
     blocks    the gated step (and fused AdamW beside it) on 8192² and d12, rebuilt under each pair of elements
               per program (``layout.BLOCK``, 1024 today) and warps (``layout.STEP_WARPS``, 4) of the
               element-wise kernels; fewer, larger chunks also mean fewer trips of the per-parameter reductions.
+              Then once more at the first pair without the 128-bit accesses (``layout.VECTOR_ACCESSES``): what
+              they gain.
     pyprofile cProfile of the host side of the AdamW preset's Triton step: where the host time goes.
     ns        Triton Newton–Schulz under each launch tiling (``kernels.newton_schulz.Tiling``) against torch's
               at 4096² (bf16), the best two again at 8192²; ``triton.testing.do_bench`` medians, the relative
@@ -171,23 +173,26 @@ def pyprofile_section(plan: ProbePlan, device: torch.device, interpreter: bool) 
 # ---------------------------------------------------------------------------------------------- blocks
 def blocks_section(plan: ProbePlan, device: torch.device, interpreter: bool) -> list[dict]:
     """Each FusedGate row rebuilt and timed (CUDA events, L2 flushed) under each (``layout.BLOCK``,
-    ``layout.STEP_WARPS``); a torch row once. The constants are set for the row's life and restored."""
+    ``layout.STEP_WARPS``) with vector accesses, and under the first pair without; a torch row once. The constants
+    are set for the row's life and restored."""
     from fusedgate.kernels import layout as L
 
-    rows, flush, saved = [], flush_buffer(device), (L.BLOCK, L.STEP_WARPS)
+    rows, flush, saved = [], flush_buffer(device), (L.BLOCK, L.STEP_WARPS, L.VECTOR_ACCESSES)
+    settings = [(block, warps, True) for block, warps in plan.blocks] + [(*plan.blocks[0], False)] \
+        if plan.blocks else []
     for name, workload in plan.block_rows:
-        for block, warps in plan.blocks if name.startswith("fg_") else ((None, None),):
-            row = dict(contestant=name, size=workload.label, block=block, warps=warps)
+        for block, warps, vector in settings if name.startswith("fg_") else ((None, None, None),):
+            row = dict(contestant=name, size=workload.label, block=block, warps=warps, vector=vector)
             try:
                 if block is not None:
-                    L.BLOCK, L.STEP_WARPS = block, warps
+                    L.BLOCK, L.STEP_WARPS, L.VECTOR_ACCESSES = block, warps, vector
                 setup = C.by_name([name])[0].build(workload, torch.float32, device, interpreter)
                 row["us"] = measure(setup.step, device, plan.timing, flush).median_s * 1e6
                 row["gbps"] = setup.bytes_moved() / row["us"] / 1e3
             except Exception as exc:
                 row["error"] = f"{type(exc).__name__}: {exc}"[:300]
             finally:
-                L.BLOCK, L.STEP_WARPS = saved
+                L.BLOCK, L.STEP_WARPS, L.VECTOR_ACCESSES = saved
             rows.append(row)
             print(f"blocks {row}", flush=True)
     return rows
@@ -277,9 +282,12 @@ def ns_table(rows: list[dict]) -> str:
 
 
 def blocks_table(rows: list[dict]) -> str:
-    lines = ["| contestant | size | elements per program | warps | µs | GB/s |", "|---|---|---|---|---|---|"]
+    lines = ["| contestant | size | elements per program | warps | 128-bit accesses | µs | GB/s |",
+             "|---|---|---|---|---|---|---|"]
+    vector = {True: "where aligned", False: "off", None: "n/a"}
     for r in rows:
-        shape = f"| {r['contestant']} | {r['size']} | {r['block'] or 'n/a'} | {r['warps'] or 'n/a'} |"
+        shape = (f"| {r['contestant']} | {r['size']} | {r['block'] or 'n/a'} | {r['warps'] or 'n/a'} | "
+                 f"{vector[r.get('vector')]} |")
         lines.append(f"{shape} {r['error']} ||" if "error" in r else f"{shape} {r['us']:.1f} | {r['gbps']:.0f} |")
     return "\n".join(lines)
 

@@ -33,9 +33,11 @@ STEP_WARPS = 4
 # (FBLOCK × 8 float32) takes 128 registers a thread at 8 warps (SUMS_WARPS; 255 at 4), the flags' 128 at 1 warp.
 FBLOCK = 1024
 SUMS_WARPS = 8
-# The element-wise kernels' vector accesses (``step_kernels``, ALIGNED): 16-byte addresses, sizes in multiples of 8
+# The element-wise kernels' vector accesses (``step_kernels``, ALIGNED): 16-byte addresses, sizes in multiples of 8;
+# VECTOR_ACCESSES False never uses them (bench/gpu_probe.py times both)
 VECTOR_BYTES = 16
 VECTOR_ELEMENTS = 8
+VECTOR_ACCESSES = True
 
 
 def to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -130,8 +132,8 @@ class BucketLayout:
         if rows != self._pointer_rows:
             self.ptrs = to_device(rows, torch.int64, self.device)
             self._pointer_rows = [list(row) for row in rows]
-            self.aligned = self._sizes_aligned and all(address % VECTOR_BYTES == 0 for row in rows
-                                                       for address in row[S.T_P:S.T_V + 1])
+            self.aligned = VECTOR_ACCESSES and self._sizes_aligned and all(
+                address % VECTOR_BYTES == 0 for row in rows for address in row[S.T_P:S.T_V + 1])
         return self.ptrs
 
     def poles(self, values: list[float]) -> torch.Tensor:

@@ -27,9 +27,11 @@ def test_the_probe_dry_run_writes_every_section(tmp_path):
     assert "| fg_adamw_triton | matrix | 64x64 | fp32 |" in text
 
     blocks = results["blocks"]
-    assert [(row["block"], row["warps"]) for row in blocks] == [(4096, 4), (1024, 4)]
+    assert [(row["block"], row["warps"], row["vector"]) for row in blocks] == [(4096, 4, True), (1024, 4, True),
+                                                                               (4096, 4, False)]
     assert all("error" not in row and row["us"] > 0 and row["gbps"] > 0 for row in blocks), blocks
-    assert "| fg_gated_triton | 64x64 | 1024 | 4 |" in text
+    assert "| fg_gated_triton | 64x64 | 1024 | 4 | where aligned |" in text
+    assert "| fg_gated_triton | 64x64 | 4096 | 4 | off |" in text
 
     ns = results["ns"]
     assert [row["size"] for row in ns] == [32, 32, 32, 48, 48, 48]
