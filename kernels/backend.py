@@ -273,8 +273,8 @@ def launch_gate(lay: L.BucketLayout, ptrs: torch.Tensor, bucket: Stack, gate: Ga
         ptrs, chunk_start, flags, lay.static64, lay.poles(pole_row), lay.coefs, gate.global_state,
         float(gate.total_steps or 0), spec.gate_bias, spec.sharpness, (1.0 - mod.dampen) if gate.measures else 0.0,
         *spec.gate_weights, *L.split64(mod.scale), *L.split64(mod.clip), *L.split64(hp.lr),
-        *L.split64(hp.momentum), *L.split64(hp.lr * hp.weight_decay), USE_ADAM=gate.uses[1], FBLOCK=L.FBLOCK,
-        num_warps=1)
+        *L.split64(hp.momentum), *L.split64(hp.lr * hp.weight_decay), USE_ADAM=gate.uses[1], FBLOCK=L.FLAGS_BLOCK,
+        num_warps=L.FLAGS_WARPS)
 
 
 def _cautious(gate: Gate, hp) -> bool:
@@ -345,7 +345,7 @@ def _adamw_bucket(bucket: Stack, lay: L.BucketLayout, ptrs: torch.Tensor) -> Non
                                  num_warps=L.STEP_WARPS)
     SK.adamw_kernel[(lay.n,)](ptrs, lay.chunk_start, lay.flags, lay.coefs, hp.beta2, 1.0 - hp.beta2,
                               *L.split64(hp.lr), *L.split64(hp.beta1), *L.split64(hp.beta2),
-                              FBLOCK=L.FBLOCK, num_warps=1)
+                              FBLOCK=L.FLAGS_BLOCK, num_warps=L.FLAGS_WARPS)
     if lay.n_chunks:
         K.adamw_step_kernel[grid](ptrs, *chunks, lay.coefs, *L.lerp_weight(1.0 - hp.beta1),
                                   *L.lerp_weight(1.0 - hp.beta2), 1.0 - hp.lr * hp.weight_decay, hp.eps,

@@ -65,8 +65,8 @@ def variants():
         yield from _elementwise(step, adamw_step, apply, moments, aligned)
     for use_adam in (False, True):
         yield f"gate/{'blend' if use_adam else 'ortho'}", SK.gate_kernel, gate, \
-            {"USE_ADAM": use_adam, "FBLOCK": L.FBLOCK}
-    yield "adamw", SK.adamw_kernel, adamw, {"FBLOCK": L.FBLOCK}
+            {"USE_ADAM": use_adam, "FBLOCK": L.FLAGS_BLOCK}
+    yield "adamw", SK.adamw_kernel, adamw, {"FBLOCK": L.FLAGS_BLOCK}
     for has_loss in (True, False):
         yield (f"global/{'loss' if has_loss else 'no loss'}", SK.global_kernel,
                {"global_state": "*fp32", "loss": "*fp32", "before": "*fp32", **floats("w_loss", "w_improvement"),
@@ -75,7 +75,7 @@ def variants():
     yield "param_sums", SK.param_sums_kernel, {"chunk_start": P, "partials": "*fp32", "out": "*fp32",
                                                 "FBLOCK": "constexpr"}, {"FBLOCK": L.FBLOCK}
     yield "param_flags", SK.param_flags_kernel, {"chunk_start": P, "flags": "*i32", "out": "*i32",
-                                                  "FBLOCK": "constexpr"}, {"FBLOCK": L.FBLOCK}
+                                                  "FBLOCK": "constexpr"}, {"FBLOCK": L.FLAGS_BLOCK}
     yield "ns/gram", NS._gram_kernel, {"X": "*bf16", "A": "*bf16", **{k: "i32" for k in ("n", "k", "sxb", "sxr",
                                        "sxc")}, "PRECISION": "constexpr", "BM": "constexpr", "BK": "constexpr"}, ns
     yield "ns/poly", NS._poly_kernel, {"A": "*bf16", "B": "*bf16", "n": "i32", **floats("coef_b", "coef_c"),

@@ -30,9 +30,13 @@ STEP_WARPS = 4
 # The per-parameter reductions (gate_kernel's finite test, finalize_kernel's sums) run one program per parameter,
 # looping over its chunks FBLOCK at a time: one dependent load per trip, so a 67M-element matrix (65,536 chunks)
 # paid 256 trips at FBLOCK = 256, about 0.5 ms on an H200 (bench/results/nvidia-h200/README.md). The sums' tile
-# (FBLOCK × 8 float32) takes 128 registers a thread at 8 warps (SUMS_WARPS; 255 at 4), the flags' 128 at 1 warp.
+# (FBLOCK × 8 float32) takes 128 registers a thread at 8 warps (SUMS_WARPS; 255 at 4).
 FBLOCK = 1024
 SUMS_WARPS = 8
+# The finiteness test (gate_kernel, adamw_kernel, param_flags_kernel) loops FLAGS_BLOCK flags a trip over 4 warps:
+# 16 trips for that matrix, 4× fewer than FBLOCK at one warp, in the same 128 registers a thread, no spills (sm_90)
+FLAGS_BLOCK = 4096
+FLAGS_WARPS = 4
 # The element-wise kernels' vector accesses (``step_kernels``, ALIGNED): 16-byte addresses, sizes in multiples of 8;
 # VECTOR_ACCESSES False never uses them (bench/gpu_probe.py times both)
 VECTOR_BYTES = 16

@@ -76,7 +76,8 @@ def run_step(run: Stack, *, gate: Gate, iterate: Callable, cache: dict, round: f
         K.nonfinite_kernel[(lay.n_chunks,)](ptrs, lay.chunk_param, lay.chunk_off, lay.numel_table, lay.flags,
                                             G_DTYPE=B.TL_DTYPES[bucket.grads[0].dtype], BLOCK=L.BLOCK,
                                             ALIGNED=lay.aligned, num_warps=L.STEP_WARPS)
-    SK.param_flags_kernel[(lay.n,)](lay.chunk_start, lay.flags, lay.matrix_flags, FBLOCK=L.FBLOCK)
+    SK.param_flags_kernel[(lay.n,)](lay.chunk_start, lay.flags, lay.matrix_flags, FBLOCK=L.FLAGS_BLOCK,
+                                    num_warps=L.FLAGS_WARPS)
     reducing = dist.all_reduce(lay.matrix_flags, op=dist.ReduceOp.MAX, group=round.group, async_op=True)
     yield
     reducing.wait()

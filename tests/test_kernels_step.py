@@ -224,6 +224,28 @@ def test_another_block_and_warps_give_the_same_step(monkeypatch, ortho):
     assert layout.n_chunks == 3 + 4      # 180 and 210 elements in chunks of 64
 
 
+@pytest.mark.parametrize("spec", [busy_spec("adam", (0.0, 0.0)), GateSpec.adamw(lr=1e-2)], ids=["gated", "adamw"])
+def test_the_per_parameter_loops_over_many_trips_find_a_late_non_finite_chunk(monkeypatch, spec):
+    """The per-parameter loops (the finiteness test FLAGS_BLOCK flags a trip, the sums FBLOCK rows a trip) over
+    many trips: 8-element chunks, 4 a trip, so a 200-element parameter takes 7. A NaN in its last chunk skips its
+    step (and only its), as in the reference; the others' sums and steps agree."""
+    monkeypatch.setattr(L, "BLOCK", 8)
+    monkeypatch.setattr(L, "FBLOCK", 4)
+    monkeypatch.setattr(L, "FLAGS_BLOCK", 4)
+    shapes = [(20, 10), (9, 7)]
+    rp, ref, tp, tri = twin_optimizers(shapes, spec)
+    for s in range(3):
+        grads = random_grads(shapes, s)
+        if s == 1:
+            grads[0].view(-1)[-1] = float("nan")
+        step_both(rp, ref, tp, tri, grads, 2.0 - 0.1 * s)
+    (layout,) = tri._cache.values()
+    assert layout.n_chunks == 25 + 8
+    assert tri.skipped_steps() == ref.skipped_steps() == {"group0.param0": 1, "group0.param1": 0}
+    worst = worst_differences(rp, ref, tp, tri)
+    assert all(worst[key] <= tol for key, tol in TOL.items()), worst
+
+
 ALIGNED_SHAPES = [(16, 24), (8, 2 * L.BLOCK), (16, 24), (4, 2)]   # every size a multiple of 8
 
 
