@@ -6,24 +6,26 @@ Run from the repository root, nothing else heavy running:
 
     TRITON_INTERPRET=1 OMP_NUM_THREADS=1 python bench/results/host_step/ab_state_checks.py
 
-The kernels are replaced by no-ops (``InterpretedFunction.run``), so what is timed is the Python of
-``FusedGate.step`` around the launches, on small tensors (the host's work depends on the number of tensors, not
-their size): one matrix, and as many as NanoChat d12 has (72). "Before" is this same code with the two changes
-undone by patching: ``checked_states`` cleared before every step, and ``BucketLayout.pointers`` the old body.
+The harness is ``harness.py``: the kernels are replaced by no-ops (``InterpretedFunction.run``), so what is timed
+is the Python of ``FusedGate.step`` around the launches, on small tensors (the host's work depends on the number
+of tensors, not their size): one matrix, and as many as NanoChat d12 has (72). "Before" is this same code with
+the two changes undone by patching: ``checked_states`` cleared before every step, and ``BucketLayout.pointers``
+the old body.
 Alternating blocks of 200 steps, 7 blocks per arm, one process, one thread; µs per step, median over blocks.
 """
 
-import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
-from triton.runtime.interpreter import InterpretedFunction
 
-from fusedgate.bench import contestants as C
-from fusedgate.bench.workloads import Workload, nanochat_workload
-from fusedgate.kernels import layout as L
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
 
-STEPS, BLOCKS = 200, 7
+from fusedgate.kernels import layout as L  # noqa: E402
+
+NEW_POINTERS = L.BucketLayout.pointers
 
 
 def old_pointers(self, rows):
@@ -34,43 +36,20 @@ def old_pointers(self, rows):
     return self.ptrs
 
 
-def block(setup, optimizer, before: bool) -> float:
+def arm(before: bool) -> None:
+    L.BucketLayout.pointers = old_pointers if before else NEW_POINTERS
+
+
+def block(setup, before: bool) -> float:
+    """Before: every layout's checked states forgotten before every step (checked on every step)."""
+    optimizer = _optimizer_of(setup)
     start = time.perf_counter()
-    for _ in range(STEPS):
+    for _ in range(harness.STEPS):
         for layout in optimizer._cache.values():
             if before:
                 layout.checked_states = None
         setup.step()
-    return (time.perf_counter() - start) / STEPS * 1e6
-
-
-def main() -> None:
-    torch.set_num_threads(1)
-    new_pointers = L.BucketLayout.pointers
-    d12 = nanochat_workload(12)
-    cases = [("one matrix", Workload("matrix", "1", ((8, 8),))),
-             ("d12's 72 matrices", Workload("nanochat", "d12", tuple((8, 8) for _ in d12.shapes)))]
-    for name in ("fg_adamw_triton", "fg_gated_triton"):
-        for label, workload in cases:
-            setup = C.by_name([name])[0].build(workload, torch.float32, torch.device("cpu"), True)
-            for _ in range(3):
-                setup.step()   # the tables built, with the real kernels
-            optimizer = _optimizer_of(setup)
-            saved = InterpretedFunction.run
-            InterpretedFunction.run = lambda self, *args, **kwargs: None
-            times = {True: [], False: []}
-            try:
-                for _ in range(BLOCKS):
-                    for before in (True, False):
-                        L.BucketLayout.pointers = old_pointers if before else new_pointers
-                        times[before].append(block(setup, optimizer, before))
-            finally:
-                InterpretedFunction.run = saved
-                L.BucketLayout.pointers = new_pointers
-            b, a = statistics.median(times[True]), statistics.median(times[False])
-            print(f"{name:16s} {label:18s} before {b:7.1f} µs  after {a:7.1f} µs  after/before {a / b:.3f}  "
-                  f"(blocks: before {min(times[True]):.1f}–{max(times[True]):.1f}, "
-                  f"after {min(times[False]):.1f}–{max(times[False]):.1f})")
+    return (time.perf_counter() - start) / harness.STEPS * 1e6
 
 
 def _optimizer_of(setup) -> torch.optim.Optimizer:
@@ -82,4 +61,4 @@ def _optimizer_of(setup) -> torch.optim.Optimizer:
 
 
 if __name__ == "__main__":
-    main()
+    harness.run(("fg_adamw_triton", "fg_gated_triton"), arm, block)
