@@ -63,8 +63,9 @@ def advance_global(global_state: torch.Tensor, loss: torch.Tensor | float | None
     With the Triton kernel where they run (``backend`` "triton" — "auto" or "compiled": on CUDA, with Triton)."""
     on_kernels = backend == "triton" or (backend in ("auto", "compiled") and global_state.is_cuda
                                          and triton_available())
-    if on_kernels and triton_backend().kernels_take(global_state.device):
-        return triton_backend().advance_global(global_state, loss, spec)
+    kernels = triton_backend() if on_kernels else None
+    if kernels is not None and kernels.kernels_take(global_state.device):
+        return kernels.advance_global(global_state, loss, spec)
     before = global_state.clone()
     global_state[G.G_STEP] += 1
     if loss is not None:

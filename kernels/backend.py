@@ -245,10 +245,7 @@ def device_iteration(iterate: Callable, device: torch.device) -> Callable:
 
 def _gated_bucket(bucket: Stack, lay: L.BucketLayout, ptrs: torch.Tensor, gate: Gate, iterate: Callable) -> None:
     """One gated step of a bucket of matrix params (``reference.gated_matrix_stack`` for each run)."""
-    if lay.n_chunks:
-        K.nonfinite_kernel[(lay.n_chunks,)](ptrs, lay.chunk_param, lay.chunk_off, lay.numel_table, lay.flags,
-                                            G_DTYPE=TL_DTYPES[bucket.grads[0].dtype], BLOCK=L.BLOCK,
-                                            ALIGNED=lay.aligned, num_warps=L.STEP_WARPS)
+    launch_nonfinite(lay, ptrs, bucket)
     launch_gate(lay, ptrs, bucket, gate, lay.chunk_start, lay.flags)
     if lay.n_chunks and gate.uses[0]:
         buffer = lay.ns_buffer(ns_dtype(lay.device))
@@ -259,6 +256,14 @@ def _gated_bucket(bucket: Stack, lay: L.BucketLayout, ptrs: torch.Tensor, gate: 
     elif lay.n_chunks:
         launch_step(lay, ptrs, bucket, gate)
     launch_finalize(lay, ptrs, gate, lay.chunk_start, lay.partials)
+
+
+def launch_nonfinite(lay: L.BucketLayout, ptrs: torch.Tensor, bucket: Stack) -> None:
+    """``nonfinite_kernel``: the per-chunk finiteness flags of the bucket's gradients (``lay.flags``)."""
+    if lay.n_chunks:
+        K.nonfinite_kernel[(lay.n_chunks,)](ptrs, lay.chunk_param, lay.chunk_off, lay.numel_table, lay.flags,
+                                            G_DTYPE=TL_DTYPES[bucket.grads[0].dtype], BLOCK=L.BLOCK,
+                                            ALIGNED=lay.aligned, num_warps=L.STEP_WARPS)
 
 
 def launch_gate(lay: L.BucketLayout, ptrs: torch.Tensor, bucket: Stack, gate: Gate, chunk_start: torch.Tensor,
@@ -337,17 +342,14 @@ def launch_finalize(lay: L.BucketLayout, ptrs: torch.Tensor, gate: Gate, chunk_s
 def _adamw_bucket(bucket: Stack, lay: L.BucketLayout, ptrs: torch.Tensor) -> None:
     """One AdamW step of a bucket of params (``reference.adamw_step`` for each)."""
     hp = bucket.hyper
-    p_dtype, g_dtype = TL_DTYPES[bucket.params[0].dtype], TL_DTYPES[bucket.grads[0].dtype]
-    chunks = (lay.chunk_param, lay.chunk_off, lay.numel_table)
-    grid = (lay.n_chunks,)
-    if lay.n_chunks:
-        K.nonfinite_kernel[grid](ptrs, *chunks, lay.flags, G_DTYPE=g_dtype, BLOCK=L.BLOCK, ALIGNED=lay.aligned,
-                                 num_warps=L.STEP_WARPS)
+    launch_nonfinite(lay, ptrs, bucket)
     SK.adamw_kernel[(lay.n,)](ptrs, lay.chunk_start, lay.flags, lay.coefs, hp.beta2, 1.0 - hp.beta2,
                               *L.split64(hp.lr), *L.split64(hp.beta1), *L.split64(hp.beta2),
                               FBLOCK=L.FLAGS_BLOCK, num_warps=L.FLAGS_WARPS)
     if lay.n_chunks:
-        K.adamw_step_kernel[grid](ptrs, *chunks, lay.coefs, *L.lerp_weight(1.0 - hp.beta1),
-                                  *L.lerp_weight(1.0 - hp.beta2), 1.0 - hp.lr * hp.weight_decay, hp.eps,
-                                  P_DTYPE=p_dtype, G_DTYPE=g_dtype, BLOCK=L.BLOCK, ALIGNED=lay.aligned,
-                                  num_warps=L.STEP_WARPS)
+        K.adamw_step_kernel[(lay.n_chunks,)](ptrs, lay.chunk_param, lay.chunk_off, lay.numel_table, lay.coefs,
+                                             *L.lerp_weight(1.0 - hp.beta1), *L.lerp_weight(1.0 - hp.beta2),
+                                             1.0 - hp.lr * hp.weight_decay, hp.eps,
+                                             P_DTYPE=TL_DTYPES[bucket.params[0].dtype],
+                                             G_DTYPE=TL_DTYPES[bucket.grads[0].dtype], BLOCK=L.BLOCK,
+                                             ALIGNED=lay.aligned, num_warps=L.STEP_WARPS)

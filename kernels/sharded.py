@@ -34,7 +34,6 @@ from fusedgate.kernels import backend as B
 from fusedgate.kernels import layout as L
 from fusedgate.kernels import scalar_kernels as SK
 from fusedgate.kernels import slots as S
-from fusedgate.kernels import step_kernels as K
 from fusedgate.stack import Gate, Stack
 
 
@@ -72,10 +71,7 @@ def run_step(run: Stack, *, gate: Gate, iterate: Callable, cache: dict, round: f
     lay = B.cached_layout(cache, f"fsdp2 {whole}", run.hyper.units, bucket, functools.partial(ShardLayout, whole=whole))
     ops = B.Operands(bucket, lay, adam=gate.uses[1])
     ptrs = lay.pointers(ops.rows)
-    if lay.n_chunks:
-        K.nonfinite_kernel[(lay.n_chunks,)](ptrs, lay.chunk_param, lay.chunk_off, lay.numel_table, lay.flags,
-                                            G_DTYPE=B.TL_DTYPES[bucket.grads[0].dtype], BLOCK=L.BLOCK,
-                                            ALIGNED=lay.aligned, num_warps=L.STEP_WARPS)
+    B.launch_nonfinite(lay, ptrs, bucket)
     SK.param_flags_kernel[(lay.n,)](lay.chunk_start, lay.flags, lay.matrix_flags, FBLOCK=L.FLAGS_BLOCK,
                                     num_warps=L.FLAGS_WARPS)
     reducing = dist.all_reduce(lay.matrix_flags, op=dist.ReduceOp.MAX, group=round.group, async_op=True)
