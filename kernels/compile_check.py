@@ -127,6 +127,7 @@ def accesses(arch: int) -> dict[str, dict[str, int]]:
     import re
     import subprocess
     import tempfile
+    from collections import Counter
 
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     target, out = GPUTarget("cuda", arch, 32), {}
@@ -140,10 +141,7 @@ def accesses(arch: int) -> dict[str, dict[str, int]]:
                 file.write(triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=aligned),
                                           target=target).asm["cubin"])
             sass = subprocess.run([tool, "-sass", path], capture_output=True, text=True, check=True).stdout
-            counts: dict[str, int] = {}
-            for opcode in re.findall(r"\b((?:LDG|STG)\.E[.\w]*)", sass):
-                counts[opcode] = counts.get(opcode, 0) + 1
-            out[name] = counts
+            out[name] = dict(Counter(re.findall(r"\b((?:LDG|STG)\.E[.\w]*)", sass)))
     return out
 
 
